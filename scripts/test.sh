@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test tier. On a fresh machine it first installs what the tiers need; slow builds are
+# cached under ${KILN_CACHE:-~/.cache/kiln} so later runs start in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-node-deps.sh
+bash test/cluster/build
+bash native/build.sh
+bash test/parity/setup
+
+exec npx vitest run "$@"
