@@ -1,0 +1,120 @@
+import { FP8_PRODUCTS, GPU_PRODUCT_NAMES } from "./gpu.js";
+import { enumOf, integer, number, object, optional, string } from "./schema.js";
+
+export const GROUP = "kiln.dev";
+export const VERSION = "v1alpha1";
+export const API_VERSION = `${GROUP}/${VERSION}`;
+
+/** Bumped when the engine file layout changes; part of every engine key. */
+export const ENGINE_FORMAT_VERSION = 1;
+
+export const SOURCE_SCHEMES = ["hf://", "s3://", "pvc://"] as const;
+
+export const PRECISIONS = ["bf16", "fp16", "fp8", "int8-weight"] as const;
+export const KV_DTYPES = ["auto", "bf16", "fp16", "fp8"] as const;
+export const PAGE_SIZES = [8, 16, 32, 64, 128, 256] as const;
+
+const celList = (values: readonly (string | number)[]) =>
+  `[${values.map((v) => (typeof v === "string" ? `'${v}'` : String(v))).join(", ")}]`;
+
+export const gpuProductSchema = enumOf(GPU_PRODUCT_NAMES, {
+  description: "GPU product the engine is compiled and autotuned for (`cpu` for the CPU backend).",
+});
+
+export const modelSourceSchema = string({
+  maxLength: 512,
+  description:
+    "Where the Hugging Face-format checkpoint lives: hf://org/name, s3://bucket/prefix, pvc://claim/path.",
+  validations: [
+    {
+      rule: `${SOURCE_SCHEMES.map((s) => `self.startsWith('${s}')`).join(" || ")}`,
+      message: `must start with one of ${SOURCE_SCHEMES.join(", ")}`,
+      reason: "FieldValueInvalid",
+    },
+    {
+      rule: "self.matches('^[a-z0-9]+://[^/]+/.+$')",
+      message: "must name a location after the scheme, e.g. hf://org/name",
+      reason: "FieldValueInvalid",
+    },
+  ],
+});
+
+export const revisionSchema = string({
+  maxLength: 128,
+  description: "Commit, tag or ETag of the checkpoint.",
+});
+
+export const precisionSchema = enumOf(PRECISIONS, {
+  default: "bf16",
+  description: "Weight/activation precision. fp8 needs an sm_89+ target and calibrates activation scales.",
+});
+
+export const calibrationSchema = object({
+  dataset: optional(
+    string({ maxLength: 512, default: "builtin:wikitext-sample", description: "Calibration text set." }),
+  ),
+  samples: optional(integer({ minimum: 1, maximum: 100000, default: 512 })),
+});
+
+/** Shape limits the engine is compiled for; shared by both kinds so the key inputs cannot diverge. */
+export const shapeFields = {
+  maxBatchSize: integer({
+    minimum: 1,
+    maximum: 4096,
+    default: 16,
+    description: "Most sequences decoded in one step.",
+  }),
+  maxInputLen: integer({
+    minimum: 1,
+    maximum: 1048576,
+    default: 2048,
+    description: "Longest prompt, in tokens.",
+  }),
+  maxSeqLen: integer({
+    minimum: 2,
+    maximum: 1048576,
+    default: 4096,
+    description: "Longest prompt + output, in tokens.",
+  }),
+  tensorParallel: integer({
+    minimum: 1,
+    maximum: 8,
+    default: 1,
+    description: "GPUs one engine instance is sharded over.",
+    validations: [{ rule: "self in [1, 2, 4, 8]", message: "must be 1, 2, 4 or 8" }],
+  }),
+};
+
+export const pageSizeSchema = integer({
+  minimum: 8,
+  maximum: 256,
+  default: 16,
+  description: "Tokens per KV-cache page.",
+  validations: [
+    { rule: `self in ${celList(PAGE_SIZES)}`, message: `must be one of ${PAGE_SIZES.join(", ")}` },
+  ],
+});
+
+export const kvDtypeSchema = enumOf(KV_DTYPES, {
+  default: "auto",
+  description: "KV-cache element type; auto follows the precision (fp8 engines keep a bf16 cache).",
+});
+
+export const memoryFractionSchema = number({
+  minimum: 0.1,
+  maximum: 0.98,
+  default: 0.9,
+  description: "Share of free device memory the runtime gives the KV cache (runtime-only: not in the key).",
+});
+
+export const MAX_INPUT_BELOW_SEQ = {
+  rule: "!has(self.maxInputLen) || !has(self.maxSeqLen) || self.maxInputLen < self.maxSeqLen",
+  message: "maxInputLen must be below maxSeqLen (room is needed for at least one generated token)",
+  fieldPath: ".maxInputLen",
+  reason: "FieldValueInvalid" as const,
+};
+
+export const FP8_NEEDS_SM89 = {
+  products: FP8_PRODUCTS,
+  list: celList(FP8_PRODUCTS),
+};

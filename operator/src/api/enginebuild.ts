@@ -1,0 +1,101 @@
+import {
+  calibrationSchema,
+  ENGINE_FORMAT_VERSION,
+  gpuProductSchema,
+  kvDtypeSchema,
+  MAX_INPUT_BELOW_SEQ,
+  modelSourceSchema,
+  pageSizeSchema,
+  precisionSchema,
+  revisionSchema,
+  shapeFields,
+} from "./common.js";
+import { conditionsSchema } from "./conditions.js";
+import { dateTime, enumOf, type Infer, integer, object, opaque, optional, string } from "./schema.js";
+
+export const ENGINE_BUILD = {
+  kind: "EngineBuild",
+  plural: "enginebuilds",
+  singular: "enginebuild",
+  shortNames: ["eb"],
+} as const;
+
+/**
+ * The fully resolved build input. Everything here except `toolchain.builderImage` and
+ * `model.credentialsSecret` is hashed into `key`; the spec is immutable because a different input
+ * is a different engine (and so a different EngineBuild).
+ */
+export const engineBuildSpecSchema = object(
+  {
+    key: string({
+      pattern: "^[0-9a-f]{64}$",
+      description: "Engine key: sha256 of the canonical build input.",
+    }),
+    formatVersion: integer({ minimum: 1, default: ENGINE_FORMAT_VERSION }),
+    model: object({
+      source: modelSourceSchema,
+      revision: revisionSchema,
+      credentialsSecret: optional(string({ maxLength: 253 })),
+    }),
+    engine: object(
+      {
+        precision: precisionSchema,
+        maxBatchSize: shapeFields.maxBatchSize,
+        maxInputLen: shapeFields.maxInputLen,
+        maxSeqLen: shapeFields.maxSeqLen,
+        tensorParallel: shapeFields.tensorParallel,
+        kvCache: object({ pageSize: pageSizeSchema, dtype: kvDtypeSchema }),
+        calibration: optional(calibrationSchema),
+      },
+      { validations: [MAX_INPUT_BELOW_SEQ] },
+    ),
+    target: object({
+      product: gpuProductSchema,
+      arch: string({ maxLength: 16, description: "SM arch (sm_90) or cpu." }),
+    }),
+    toolchain: object({
+      version: string({ maxLength: 128 }),
+      builderImage: string({ maxLength: 1024 }),
+    }),
+  },
+  {
+    validations: [
+      {
+        rule: "self == oldSelf",
+        message: "spec is immutable: a different build input is a different engine key and EngineBuild",
+      },
+    ],
+  },
+);
+
+export const EB_PHASES = ["Pending", "Queued", "Running", "Succeeded", "Failed"] as const;
+
+export const engineBuildStatusSchema = object({
+  phase: optional(enumOf(EB_PHASES)),
+  observedGeneration: optional(integer({ format: "int64" })),
+  message: optional(string()),
+  attempts: optional(integer({ minimum: 0, description: "Build Jobs started for this key." })),
+  queuePosition: optional(integer({ minimum: 1, description: "While Queued: place in the build queue." })),
+  jobName: optional(string({ maxLength: 253 })),
+  cacheHit: optional(
+    enumOf(["true", "false"], { description: "Whether the engine already existed in object storage." }),
+  ),
+  startedAt: optional(dateTime()),
+  completedAt: optional(dateTime()),
+  nextAttemptAt: optional(dateTime()),
+  artifact: optional(
+    object({
+      uri: string({ maxLength: 2048 }),
+      sha256: string({ pattern: "^[0-9a-f]{64}$" }),
+      sizeBytes: integer({ format: "int64", minimum: 0 }),
+    }),
+  ),
+  tuning: optional(
+    opaque<Record<string, unknown>>({ description: "Summary of the kernels/tactics the autotuner chose." }),
+  ),
+  conditions: optional(conditionsSchema),
+});
+
+export type EngineBuildSpec = Infer<typeof engineBuildSpecSchema>;
+export type EngineBuildStatus = Infer<typeof engineBuildStatusSchema>;
+export type EngineBuildPhase = (typeof EB_PHASES)[number];
