@@ -54,7 +54,10 @@ describe("applyChild", () => {
     const applied: KubeObject[] = [];
     const events: string[] = [];
     const client = {
-      apply: async <T extends KubeObject>(_rt: ResourceType, obj: T) => (applied.push(obj), obj),
+      apply: async <T extends KubeObject>(_rt: ResourceType, obj: T) => {
+        applied.push(obj);
+        return obj;
+      },
     };
     const sink: EventSink = { emit: (_o, _t, reason, message) => events.push(`${reason}: ${message}`) };
     return { applied, events, client, sink };

@@ -171,7 +171,12 @@ export const inferenceModelStatusSchema = object({
   phase: optional(enumOf(IM_PHASES)),
   observedGeneration: optional(integer({ format: "int64" })),
   message: optional(string()),
-  revision: optional(string({ description: "The pinned model revision every build of this model uses." })),
+  model: optional(
+    object(
+      { source: string(), revision: string() },
+      { description: "The model revision pinned for this source; every build of the model uses it." },
+    ),
+  ),
   targets: optional(
     array(
       object({

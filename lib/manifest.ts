@@ -1,0 +1,117 @@
+// The storage contract between the builder (writes) and the operator/runtime (read):
+//   <store>/engines/<key>/engine.kiln     the engine file
+//   <store>/engines/<key>/manifest.json   written last: an engine exists only when this does
+// plus the build Job's termination message and environment.
+
+export const MANIFEST_VERSION = 1;
+
+export interface EngineManifest {
+  manifestVersion: number;
+  key: string;
+  /** sha256 of engine.kiln, hex. */
+  sha256: string;
+  sizeBytes: number;
+  toolchain: { version: string };
+  target: { product: string; arch: string; fingerprint?: string };
+  /** The EngineBuild spec the engine was built from (its key inputs). */
+  inputs: Record<string, unknown>;
+  tuning?: Record<string, unknown>;
+  builtAt: string;
+}
+
+/** What the builder writes to its termination message (/dev/termination-log) on success. */
+export interface BuildResult {
+  uri: string;
+  sha256: string;
+  sizeBytes: number;
+  tuning?: Record<string, unknown>;
+}
+
+/** Environment the build Job's container receives; the builder reads exactly these. */
+export const BUILD_ENV = {
+  key: "KILN_ENGINE_KEY",
+  spec: "KILN_BUILD_SPEC",
+  storeUri: "KILN_STORE_URI",
+  storeEndpoint: "KILN_STORE_ENDPOINT",
+  storeRegion: "KILN_STORE_REGION",
+} as const;
+
+/** Environment of the runtime container. */
+export const RUNTIME_ENV = {
+  engineUri: "KILN_ENGINE_URI",
+  engineSha256: "KILN_ENGINE_SHA256",
+  engineKey: "KILN_ENGINE_KEY",
+  modelName: "KILN_MODEL_NAME",
+  port: "PORT",
+  kvMemoryFraction: "KILN_KV_MEMORY_FRACTION",
+  storeEndpoint: "KILN_STORE_ENDPOINT",
+  storeRegion: "KILN_STORE_REGION",
+} as const;
+
+export const enginePaths = (key: string) => ({
+  engine: `engines/${key}/engine.kiln`,
+  manifest: `engines/${key}/manifest.json`,
+});
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export type Validated<T> = { ok: true; value: T } | { ok: false; errors: string[] };
+
+/** Check a parsed manifest.json; `expectedKey` guards against an engine stored under the wrong key. */
+export function validateManifest(value: unknown, expectedKey: string): Validated<EngineManifest> {
+  const errors: string[] = [];
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return { ok: false, errors: ["manifest is not a JSON object"] };
+  }
+  const m = value as Record<string, unknown>;
+  const need = (field: string, ok: boolean, what: string) => {
+    if (!ok) errors.push(`manifest.${field} ${what}`);
+  };
+  need("manifestVersion", m.manifestVersion === MANIFEST_VERSION, `must be ${MANIFEST_VERSION}`);
+  need("key", m.key === expectedKey, `must be ${expectedKey} (got ${String(m.key)})`);
+  need("sha256", typeof m.sha256 === "string" && HEX64.test(m.sha256), "must be 64 hex digits");
+  need(
+    "sizeBytes",
+    typeof m.sizeBytes === "number" && Number.isInteger(m.sizeBytes) && m.sizeBytes > 0,
+    "must be a positive integer",
+  );
+  const toolchain = m.toolchain as Record<string, unknown> | undefined;
+  need(
+    "toolchain.version",
+    typeof toolchain?.version === "string" && toolchain.version !== "",
+    "must be a string",
+  );
+  const target = m.target as Record<string, unknown> | undefined;
+  need("target.product", typeof target?.product === "string", "must be a string");
+  need("target.arch", typeof target?.arch === "string", "must be a string");
+  need("inputs", typeof m.inputs === "object" && m.inputs !== null, "must be an object");
+  need(
+    "builtAt",
+    typeof m.builtAt === "string" && !Number.isNaN(Date.parse(m.builtAt)),
+    "must be a date-time",
+  );
+  if (m.tuning !== undefined)
+    need("tuning", typeof m.tuning === "object" && m.tuning !== null, "must be an object");
+  return errors.length ? { ok: false, errors } : { ok: true, value: m as unknown as EngineManifest };
+}
+
+/** Parse a termination message; anything that is not a well-formed result is reported, not thrown. */
+export function parseBuildResult(message: string | undefined): Validated<BuildResult> {
+  if (!message?.trim()) return { ok: false, errors: ["empty termination message"] };
+  let value: unknown;
+  try {
+    value = JSON.parse(message);
+  } catch {
+    return { ok: false, errors: [`termination message is not JSON: ${message.slice(0, 200)}`] };
+  }
+  const r = value as Record<string, unknown>;
+  const errors: string[] = [];
+  if (typeof r.uri !== "string") errors.push("result.uri must be a string");
+  if (typeof r.sha256 !== "string" || !HEX64.test(r.sha256))
+    errors.push("result.sha256 must be 64 hex digits");
+  if (typeof r.sizeBytes !== "number" || r.sizeBytes <= 0) errors.push("result.sizeBytes must be positive");
+  if (r.tuning !== undefined && (typeof r.tuning !== "object" || r.tuning === null)) {
+    errors.push("result.tuning must be an object");
+  }
+  return errors.length ? { ok: false, errors } : { ok: true, value: r as unknown as BuildResult };
+}

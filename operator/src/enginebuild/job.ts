@@ -1,0 +1,99 @@
+import type { V1Job } from "@kubernetes/client-node";
+import { BUILD_ENV } from "../../../lib/manifest.js";
+import type { GpuProductName } from "../api/gpu.js";
+import { LABELS, MANAGED_BY } from "../api/labels.js";
+import type { EngineBuild } from "../api/types.js";
+import type { OperatorConfig } from "../config.js";
+import { ownerReference } from "../controller/apply.js";
+
+/** `<build>-<attempt>`, kept a DNS label: Job names become a pod label value. */
+export function jobName(build: string, attempt: number): string {
+  const suffix = `-${attempt}`;
+  return `${build.slice(0, 63 - suffix.length).replace(/-+$/, "")}${suffix}`;
+}
+
+export const TERMINATION_MESSAGE_PATH = "/dev/termination-log";
+
+/** The build Job of one attempt: runs the builder image on one node of the target product. */
+export function desiredJob(build: EngineBuild, attempt: number, config: OperatorConfig): V1Job {
+  const product = build.spec.target.product as GpuProductName;
+  const isGpu = product !== "cpu";
+  const name = jobName(build.metadata.name ?? "", attempt);
+  const labels = {
+    [LABELS.engineBuild]: build.metadata.name ?? "",
+    [LABELS.engineKey]: build.spec.key.slice(0, 10),
+    [LABELS.managedBy]: MANAGED_BY,
+    [LABELS.component]: "builder",
+  };
+  const secrets = [build.spec.model.credentialsSecret, config.objectStore.credentialsSecret].filter(
+    (s): s is string => Boolean(s),
+  );
+  const gpus = String(build.spec.engine.tensorParallel);
+  return {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: {
+      name,
+      namespace: build.metadata.namespace,
+      labels,
+      ownerReferences: [ownerReference(build, true)],
+    },
+    spec: {
+      backoffLimit: config.limits.jobBackoffLimit,
+      activeDeadlineSeconds: config.limits.buildDeadlineSeconds,
+      ttlSecondsAfterFinished: config.limits.jobTtlSeconds,
+      template: {
+        metadata: { labels },
+        spec: {
+          restartPolicy: "Never",
+          nodeSelector: config.defaults.gpuNodeSelectors[product] ?? {},
+          ...(isGpu
+            ? {
+                tolerations: [{ key: config.defaults.gpuResource, operator: "Exists", effect: "NoSchedule" }],
+              }
+            : {}),
+          containers: [
+            {
+              name: "builder",
+              image: build.spec.toolchain.builderImage,
+              args: ["build"],
+              env: [
+                { name: BUILD_ENV.key, value: build.spec.key },
+                { name: BUILD_ENV.spec, value: JSON.stringify(build.spec) },
+                { name: BUILD_ENV.storeUri, value: config.objectStore.uri },
+                ...(config.objectStore.endpoint
+                  ? [{ name: BUILD_ENV.storeEndpoint, value: config.objectStore.endpoint }]
+                  : []),
+                { name: BUILD_ENV.storeRegion, value: config.objectStore.region },
+              ],
+              // Credentials by reference: the operator never reads the Secret's data.
+              ...(secrets.length ? { envFrom: secrets.map((s) => ({ secretRef: { name: s } })) } : {}),
+              resources: isGpu ? { limits: { [config.defaults.gpuResource]: gpus } } : {},
+              terminationMessagePath: TERMINATION_MESSAGE_PATH,
+              terminationMessagePolicy: "FallbackToLogsOnError",
+            },
+          ],
+        },
+      },
+    },
+  };
+}
+
+export type JobOutcome =
+  | { state: "running" }
+  | { state: "complete" }
+  | { state: "failed"; reason: string; message: string };
+
+export function jobOutcome(job: V1Job): JobOutcome {
+  const conditions = job.status?.conditions ?? [];
+  const done = (type: string) => conditions.find((c) => c.type === type && c.status === "True");
+  if (done("Complete")) return { state: "complete" };
+  const failed = done("Failed");
+  if (failed)
+    return {
+      state: "failed",
+      reason: failed.reason ?? "JobFailed",
+      message: failed.message ?? "the build Job failed",
+    };
+  return { state: "running" };
+}

@@ -1,0 +1,336 @@
+import type { V1Job, V1Pod } from "@kubernetes/client-node";
+import type { Logger } from "pino";
+import { enginePaths } from "../../../lib/manifest.js";
+import type { ObjectStore } from "../../../lib/object-store.js";
+import type { EngineBuildStatus } from "../api/enginebuild.js";
+import type { EngineBuild } from "../api/types.js";
+import type { OperatorConfig } from "../config.js";
+import { isSubset } from "../controller/apply.js";
+import type { Clock } from "../controller/clock.js";
+import type { EventSink, EventType } from "../controller/events.js";
+import type { Informer } from "../controller/informer.js";
+import { isAlreadyExists, type KubeClient, objectKey, type ResourceType } from "../controller/kube.js";
+import type { ReconcileResult } from "../controller/workqueue.js";
+import { EB_RESOURCE } from "../inferencemodel/reconcile.js";
+import { desiredJob, jobOutcome } from "./job.js";
+import { checkManifest, type ManifestCheck, terminationMessage, tuningSummary } from "./result.js";
+import { nextStatus } from "./status.js";
+
+export const JOB: ResourceType = { apiVersion: "batch/v1", kind: "Job", plural: "jobs", namespaced: true };
+export const POD: ResourceType = { apiVersion: "v1", kind: "Pod", plural: "pods", namespaced: true };
+
+export type Admission = { admitted: true } | { admitted: false; position: number };
+
+export interface BuildObservation {
+  build: EngineBuild;
+  /** The Job of the latest attempt, if it exists. */
+  job: V1Job | undefined;
+  /** Object storage's answer, read when it matters (no Job running). */
+  manifest: ManifestCheck | undefined;
+  terminationMessage: string | undefined;
+  admission: Admission;
+  config: OperatorConfig;
+  now: Date;
+}
+
+export interface BuildPlan {
+  createJob: V1Job | undefined;
+  status: EngineBuildStatus;
+  event: { type: EventType; reason: string; message: string } | undefined;
+  requeueAfterMs: number | undefined;
+}
+
+/** Does this build need to read object storage before planning? */
+export function needsManifest(build: EngineBuild, job: V1Job | undefined): boolean {
+  const phase = build.status?.phase;
+  if (phase === "Succeeded" || phase === "Failed") return false;
+  return !job || jobOutcome(job).state === "complete";
+}
+
+export function retryDelayMs(config: OperatorConfig, attempts: number): number {
+  return config.limits.buildRetryBaseSeconds * 1000 * 2 ** Math.max(0, attempts - 1);
+}
+
+/**
+ * The EngineBuild reconcile as a pure function:
+ * terminal phases stay put; a valid manifest in storage means done (with or without a Job);
+ * a finished Job is judged by the manifest it left; a failed attempt is retried with backoff up to
+ * the configured attempts; otherwise a new Job is created once admitted by the build limit.
+ */
+export function planBuild(o: BuildObservation): BuildPlan {
+  const { build, job, config, now } = o;
+  const status = build.status ?? {};
+  const attempts = status.attempts ?? 0;
+  const plan: BuildPlan = { createJob: undefined, status, event: undefined, requeueAfterMs: undefined };
+  const set = (
+    phase: Parameters<typeof nextStatus>[1],
+    reason: string,
+    message: string,
+    patch: Partial<EngineBuildStatus> = {},
+    event?: EventType,
+  ) => {
+    plan.status = nextStatus(build, phase, reason, message, patch, now);
+    if (event && (status.phase !== phase || build.status?.conditions?.[0]?.reason !== reason)) {
+      plan.event = { type: event, reason, message };
+    }
+  };
+
+  if (status.phase === "Succeeded" || status.phase === "Failed") return plan;
+
+  const succeed = (check: Extract<ManifestCheck, { state: "valid" }>, cacheHit: boolean) => {
+    const tuning = tuningSummary(check, o.terminationMessage);
+    set(
+      "Succeeded",
+      cacheHit ? "CacheHit" : "Built",
+      cacheHit ? "engine already in object storage" : `engine built in attempt ${attempts}`,
+      {
+        cacheHit: cacheHit ? "true" : "false",
+        completedAt: status.completedAt ?? now.toISOString(),
+        artifact: {
+          uri: check.engineUri,
+          sha256: check.manifest.sha256,
+          sizeBytes: check.manifest.sizeBytes,
+        },
+        ...(tuning ? { tuning } : {}),
+      },
+      "Normal",
+    );
+  };
+
+  const attemptFailed = (reason: string, message: string) => {
+    if (attempts >= config.limits.buildAttempts) {
+      set(
+        "Failed",
+        reason,
+        `attempt ${attempts}/${config.limits.buildAttempts}: ${message}`,
+        { completedAt: now.toISOString() },
+        "Warning",
+      );
+      return;
+    }
+    const delay = retryDelayMs(config, attempts);
+    set(
+      "Pending",
+      "RetryBackoff",
+      `attempt ${attempts} failed (${reason}: ${message}); retrying`,
+      {
+        nextAttemptAt: new Date(now.getTime() + delay).toISOString(),
+      },
+      "Warning",
+    );
+    plan.requeueAfterMs = delay;
+  };
+
+  if (job && status.jobName === job.metadata?.name) {
+    const outcome = jobOutcome(job);
+    if (outcome.state === "running") {
+      set("Running", "JobRunning", `build Job ${job.metadata?.name} running (attempt ${attempts})`, {
+        ...(job.status?.startTime ? { startedAt: new Date(job.status.startTime).toISOString() } : {}),
+      });
+      return plan;
+    }
+    if (status.nextAttemptAt) {
+      // This finished attempt was already judged; wait out the backoff, then start the next one.
+      const wait = Date.parse(status.nextAttemptAt) - now.getTime();
+      if (wait > 0) {
+        plan.requeueAfterMs = wait;
+        return plan;
+      }
+    } else if (outcome.state === "failed") {
+      attemptFailed(outcome.reason, outcome.message);
+      return plan;
+    } else {
+      const check = o.manifest;
+      if (check?.state === "valid") succeed(check, false);
+      else if (check?.state === "invalid") attemptFailed("ManifestInvalid", check.errors.join("; "));
+      else attemptFailed("ManifestMissing", "the Job completed but wrote no manifest.json");
+      return plan;
+    }
+  } else if (status.jobName && status.phase === "Running") {
+    attemptFailed("JobDeleted", `build Job ${status.jobName} disappeared before finishing`);
+    return plan;
+  }
+
+  if (o.manifest?.state === "valid") {
+    succeed(o.manifest, attempts === 0);
+    return plan;
+  }
+  if (status.nextAttemptAt && Date.parse(status.nextAttemptAt) > now.getTime()) {
+    plan.requeueAfterMs = Date.parse(status.nextAttemptAt) - now.getTime();
+    return plan;
+  }
+  if (!o.admission.admitted) {
+    const position = o.admission.position;
+    set(
+      "Queued",
+      "Queued",
+      `waiting for a build slot (position ${position}, limit ${config.limits.maxConcurrentBuilds})`,
+      {
+        queuePosition: position,
+      },
+    );
+    return plan;
+  }
+  const attempt = attempts + 1;
+  plan.createJob = desiredJob(build, attempt, config);
+  set(
+    "Running",
+    "JobCreated",
+    `build Job ${plan.createJob.metadata?.name} created (attempt ${attempt})`,
+    { attempts: attempt, jobName: plan.createJob.metadata?.name ?? "", startedAt: now.toISOString() },
+    "Normal",
+  );
+  return plan;
+}
+
+export interface BuildContext {
+  client: KubeClient;
+  builds: Informer<EngineBuild>;
+  jobs: Informer<V1Job>;
+  store: ObjectStore;
+  events: EventSink;
+  config: OperatorConfig;
+  clock: Clock;
+  log: Logger;
+  /** Re-enqueue every queued build (a slot just freed). */
+  wakeQueued: () => void;
+}
+
+/**
+ * Decides who may start a Job under the cluster-wide limit. Admission runs under one lock, and
+ * builds admitted here count as running until the cache shows them so: without that, two workers
+ * reading the same stale cache could both take the last slot.
+ */
+export class BuildAdmission {
+  private readonly admitted = new Set<string>();
+  private lock: Promise<void> = Promise.resolve();
+
+  async withLock<T>(fn: () => Promise<T>): Promise<T> {
+    const previous = this.lock;
+    let release: () => void = () => {};
+    this.lock = new Promise((r) => {
+      release = r;
+    });
+    await previous;
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
+  }
+
+  decide(build: EngineBuild, all: readonly EngineBuild[], limit: number, now: number): Admission {
+    const key = objectKey(build);
+    for (const k of this.admitted) {
+      const cached = all.find((b) => objectKey(b) === k);
+      // Once the cache shows the build past Pending/Queued, its phase speaks for it.
+      if (!cached || ["Running", "Succeeded", "Failed"].includes(cached.status?.phase ?? ""))
+        this.admitted.delete(k);
+    }
+    const running = new Set([
+      ...all.filter((b) => b.status?.phase === "Running").map(objectKey),
+      ...this.admitted,
+    ]);
+    if (running.has(key)) return { admitted: true };
+    const waiting = all
+      .filter((b) => {
+        const s = b.status;
+        if (s?.phase === "Succeeded" || s?.phase === "Failed" || s?.phase === "Running") return false;
+        return !(s?.nextAttemptAt && Date.parse(s.nextAttemptAt) > now);
+      })
+      .sort(
+        (a, b) =>
+          String(a.metadata.creationTimestamp ?? "").localeCompare(
+            String(b.metadata.creationTimestamp ?? ""),
+          ) || objectKey(a).localeCompare(objectKey(b)),
+      );
+    const position = waiting.findIndex((b) => objectKey(b) === key) + 1 || waiting.length + 1;
+    if (running.size + position <= limit) return { admitted: true };
+    return { admitted: false, position: Math.max(1, running.size + position - limit) };
+  }
+
+  markAdmitted(build: EngineBuild): void {
+    this.admitted.add(objectKey(build));
+  }
+
+  release(build: EngineBuild): void {
+    this.admitted.delete(objectKey(build));
+  }
+}
+
+export async function reconcileBuild(
+  ctx: BuildContext,
+  admission: BuildAdmission,
+  key: string,
+): Promise<ReconcileResult | undefined> {
+  const build = ctx.builds.get(key);
+  if (!build || build.metadata.deletionTimestamp) return undefined;
+  const namespace = build.metadata.namespace ?? "";
+  const log = ctx.log.child({ engineBuild: key });
+
+  const name = build.status?.jobName;
+  // The cache may not have a Job we created moments ago; ask the API server before concluding
+  // it is gone (that would count a phantom failed attempt).
+  const job = name
+    ? (ctx.jobs.get(`${namespace}/${name}`) ?? (await ctx.client.get<V1Job>(JOB, namespace, name)))
+    : undefined;
+
+  let manifest: ManifestCheck | undefined;
+  let message: string | undefined;
+  if (needsManifest(build, job)) {
+    const paths = enginePaths(build.spec.key);
+    manifest = checkManifest(
+      await ctx.store.get(paths.manifest),
+      build.spec.key,
+      ctx.store.uri(paths.engine),
+    );
+  }
+  if (job && jobOutcome(job).state === "complete") {
+    const pods = await ctx.client.list<V1Pod>(POD, namespace, `job-name=${job.metadata?.name}`);
+    message = terminationMessage(pods.items);
+  }
+
+  const plan = await admission.withLock(async () => {
+    const decision = admission.decide(
+      build,
+      ctx.builds.list(),
+      ctx.config.limits.maxConcurrentBuilds,
+      ctx.clock.now(),
+    );
+    const p = planBuild({
+      build,
+      job,
+      manifest,
+      terminationMessage: message,
+      admission: decision,
+      config: ctx.config,
+      now: new Date(ctx.clock.now()),
+    });
+    if (p.createJob) {
+      try {
+        await ctx.client.create(JOB, p.createJob);
+      } catch (err) {
+        // A previous run of this reconcile (e.g. before an operator restart) created it already.
+        if (!isAlreadyExists(err)) throw err;
+      }
+      admission.markAdmitted(build);
+    }
+    return p;
+  });
+
+  if (!isSubset(plan.status, build.status ?? {}) || !isSubset(build.status ?? {}, plan.status)) {
+    await ctx.client.replaceStatus(EB_RESOURCE, { ...build, status: plan.status });
+  }
+  if (plan.event) ctx.events.emit(build, plan.event.type, plan.event.reason, plan.event.message);
+  const phase = plan.status.phase;
+  if (
+    phase === "Succeeded" ||
+    phase === "Failed" ||
+    (phase === "Pending" && build.status?.phase === "Running")
+  ) {
+    admission.release(build);
+    ctx.wakeQueued();
+  }
+  log.debug({ phase, attempts: plan.status.attempts }, "reconciled");
+  return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
+}
