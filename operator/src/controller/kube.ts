@@ -202,14 +202,18 @@ export class KubeClient {
     }
   }
 
-  listWatch<T extends KubeObject>(rt: ResourceType, namespace?: string): ListWatch<T> {
+  listWatch<T extends KubeObject>(
+    rt: ResourceType,
+    namespace?: string,
+    labelSelector?: string,
+  ): ListWatch<T> {
     return {
-      list: () => this.list<T>(rt, namespace),
+      list: () => this.list<T>(rt, namespace, labelSelector),
       watch: async (resourceVersion, onEvent, onClose) => {
         const controller = await new Watch(this.kc).watch(
           resourcePath(rt, namespace),
           // Bookmarks keep resourceVersion fresh on quiet kinds, so a reconnect rarely hits 410.
-          { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300 },
+          { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300, labelSelector },
           (type, object) => onEvent({ type: type as WatchEventType, object }),
           (err) => onClose(err ?? undefined),
         );
