@@ -1,0 +1,136 @@
+#include "compiler/precision.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "core/error.h"
+
+namespace kiln {
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::FP32: return "fp32";
+    case Precision::BF16: return "bf16";
+    case Precision::FP16: return "fp16";
+    case Precision::Int8Weight: return "int8-weight";
+    case Precision::FP8: return "fp8";
+  }
+  return "?";
+}
+
+Precision precision_from_name(const std::string& name) {
+  for (Precision p : {Precision::FP32, Precision::BF16, Precision::FP16, Precision::Int8Weight, Precision::FP8}) {
+    if (name == precision_name(p)) return p;
+  }
+  throw Error("precision \"" + name + "\" is not supported (fp32, bf16, fp16, int8-weight, fp8)");
+}
+
+void quantize_int8_rows(const float* w, int64_t n, int64_t k, int8_t* q, float* scales) {
+  for (int64_t row = 0; row < n; ++row) {
+    const float* src = w + row * k;
+    float amax = 0.0f;
+    for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(src[i]));
+    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+    scales[row] = scale;
+    for (int64_t i = 0; i < k; ++i) {
+      const float v = std::nearbyint(src[i] / scale);
+      q[row * k + i] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+}
+
+float fp8_scale_for(float amax) { return amax > 0.0f ? amax / kF8E4M3Max : 1.0f; }
+
+void quantize_fp8(const float* w, size_t count, float scale, uint8_t* q) {
+  const float inv = 1.0f / scale;
+  for (size_t i = 0; i < count; ++i) q[i] = f32_to_f8e4m3(w[i] * inv);
+}
+
+namespace {
+
+DType checkpoint_dtype(const std::string& torch_dtype) {
+  if (torch_dtype == "bfloat16") return DType::BF16;
+  if (torch_dtype == "float16") return DType::F16;
+  return DType::F32;
+}
+
+TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype) {
+  TensorBlob b{name, dtype, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size() * dtype_size(dtype))};
+  encode_from_f32(dtype, w.data.data(), b.bytes.data(), w.data.size());
+  return b;
+}
+
+}  // namespace
+
+QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
+                        const std::function<void(size_t, size_t)>& on_tensor) {
+  QuantizedModel out;
+  std::set<std::string> gemm;
+  std::set<std::string> high;
+  for (const auto& n : g.nodes) {
+    if (n.op == "linear" && n.name != "lm_head") gemm.insert(n.weights[0]);
+    if ((n.op == "linear" && n.name == "lm_head") || n.op == "embedding") high.insert(n.weights[0]);
+  }
+  out.gemm_weights.assign(gemm.begin(), gemm.end());
+
+  DType gemm_dtype = DType::F32;
+  DType high_dtype = DType::F32;
+  std::string method = "none";
+  switch (precision) {
+    case Precision::FP32: break;
+    case Precision::BF16: gemm_dtype = high_dtype = DType::BF16; break;
+    case Precision::FP16: gemm_dtype = high_dtype = DType::F16; break;
+    case Precision::Int8Weight:
+      gemm_dtype = DType::I8;
+      high_dtype = checkpoint_dtype(g.config.torch_dtype);
+      method = "int8 weight-only, symmetric per output channel";
+      break;
+    case Precision::FP8:
+      gemm_dtype = DType::F8E4M3;
+      high_dtype = checkpoint_dtype(g.config.torch_dtype);
+      method = "fp8 e4m3 weights and activations, static per-tensor scales from calibration amax";
+      break;
+  }
+  Json scales = Json::object();
+  size_t done = 0;
+  for (const auto& [name, w] : g.weights) {
+    if (!gemm.count(name)) {
+      out.tensors.push_back(float_blob(name, w, high.count(name) ? high_dtype : DType::F32));
+    } else if (precision == Precision::Int8Weight) {
+      const int64_t n = w.shape[0];
+      const int64_t k = w.shape[1];
+      TensorBlob q{name, DType::I8, w.shape, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n * k))};
+      TensorBlob s{name + ".scales", DType::F32, {n}, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n) * 4)};
+      quantize_int8_rows(w.data.data(), n, k, reinterpret_cast<int8_t*>(q.bytes.data()),
+                         reinterpret_cast<float*>(s.bytes.data()));
+      out.tensors.push_back(std::move(q));
+      out.tensors.push_back(std::move(s));
+    } else if (precision == Precision::FP8) {
+      float amax = 0.0f;
+      for (float v : w.data) amax = std::max(amax, std::fabs(v));
+      const auto it = input_amax.find(name);
+      if (it == input_amax.end()) throw Error("fp8: calibration recorded no input range for " + name);
+      const float weight_scale = fp8_scale_for(amax);
+      TensorBlob q{name, DType::F8E4M3, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size())};
+      quantize_fp8(w.data.data(), w.data.size(), weight_scale, q.bytes.data());
+      out.tensors.push_back(std::move(q));
+      scales[name] = Json{{"weight_scale", weight_scale},
+                          {"weight_amax", amax},
+                          {"input_scale", fp8_scale_for(it->second)},
+                          {"input_amax", it->second}};
+    } else {
+      out.tensors.push_back(float_blob(name, w, gemm_dtype));
+    }
+    if (on_tensor) on_tensor(++done, g.weights.size());
+  }
+  out.quantization = Json{{"method", method},
+                          {"gemm_dtype", dtype_name(gemm_dtype)},
+                          {"embedding_lm_head_dtype", dtype_name(high_dtype)},
+                          {"norm_bias_dtype", "f32"},
+                          {"activations", quantizes_activations(precision) ? "f8e4m3" : "f32"}};
+  if (precision == Precision::FP8) out.quantization["scales"] = scales;
+  return out;
+}
+
+}  // namespace kiln

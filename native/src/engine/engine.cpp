@@ -1,0 +1,64 @@
+#include "engine/engine.h"
+
+#include "backend/cpu/target.h"
+#include "core/error.h"
+#include "engine/reader.h"
+
+namespace kiln {
+
+namespace {
+
+ModelConfig header_model(const Json& header, const std::string& source) {
+  if (!header.contains("model")) throw Error(source + ": header has no \"model\" object");
+  try {
+    return model_config_from_json(header["model"]);
+  } catch (const Error& e) {
+    throw Error(source + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<const Engine> Engine::load(const std::string& path, ThreadPool* pool) {
+  require_cpu_features();
+  EngineFile file = read_engine_file(path, pool);
+  check_engine_target(file.header, path, cpu_target_fingerprint());
+  std::shared_ptr<Engine> e(new Engine());
+  e->source_ = path;
+  e->config_ = header_model(file.header, path);
+  for (const auto& s : file.sections) {
+    e->index(s.name, s.dtype, s.shape, s.layout, file.file->data() + s.offset, s.bytes);
+  }
+  e->header_ = std::move(file.header);
+  e->storage_ = file.file;
+  return e;
+}
+
+std::shared_ptr<const Engine> Engine::from_tensors(Json header, std::vector<TensorBlob> tensors) {
+  std::shared_ptr<Engine> e(new Engine());
+  e->source_ = "<in-memory engine>";
+  e->config_ = header_model(header, e->source_);
+  auto owned = std::make_shared<std::vector<TensorBlob>>(std::move(tensors));
+  for (const auto& t : *owned) e->index(t.name, t.dtype, t.shape, t.layout, t.bytes.data(), t.bytes.size());
+  e->header_ = std::move(header);
+  e->storage_ = owned;
+  return e;
+}
+
+void Engine::index(const std::string& name, DType dtype, std::vector<int64_t> shape, WeightLayout layout,
+                   const uint8_t* data, size_t bytes) {
+  tensors_[name] = TensorView{name, dtype, std::move(shape), layout, data, bytes};
+}
+
+const TensorView* Engine::find(const std::string& name) const {
+  const auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+const TensorView& Engine::tensor(const std::string& name) const {
+  const TensorView* t = find(name);
+  if (!t) throw Error(source_ + ": tensor " + name + " is missing");
+  return *t;
+}
+
+}  // namespace kiln

@@ -1,0 +1,53 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/json.h"
+#include "core/thread_pool.h"
+#include "engine/tensor_blob.h"
+#include "model/config.h"
+
+namespace kiln {
+
+// A tensor of a loaded engine; `data` points into the engine's storage (file map or owned blobs).
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  WeightLayout layout = WeightLayout::Row;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+};
+
+// An engine ready to run: verified header, model config and every tensor by name.
+class Engine {
+ public:
+  // Reads and verifies `path` (see read_engine_file) and refuses an engine built for another target.
+  static std::shared_ptr<const Engine> load(const std::string& path, ThreadPool* pool = nullptr);
+  // An engine assembled in memory by the compiler (calibration and tests run the model before a file exists).
+  static std::shared_ptr<const Engine> from_tensors(Json header, std::vector<TensorBlob> tensors);
+
+  const Json& header() const { return header_; }
+  const ModelConfig& config() const { return config_; }
+  const std::string& source() const { return source_; }
+
+  const TensorView* find(const std::string& name) const;
+  // Throws an Error naming the engine and the missing tensor.
+  const TensorView& tensor(const std::string& name) const;
+
+ private:
+  Engine() = default;
+  void index(const std::string& name, DType dtype, std::vector<int64_t> shape, WeightLayout layout,
+             const uint8_t* data, size_t bytes);
+
+  std::string source_;
+  Json header_;
+  ModelConfig config_;
+  std::map<std::string, TensorView> tensors_;
+  std::shared_ptr<const void> storage_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,157 @@
+#include "runtime/model.h"
+
+#include <cmath>
+
+#include "backend/cpu/ops.h"
+#include "core/error.h"
+
+namespace kiln {
+
+namespace {
+
+int64_t header_max_seq_len(const Engine& e) {
+  const Json& h = e.header();
+  if (h.contains("limits") && h["limits"].contains("max_seq_len") && h["limits"]["max_seq_len"].is_number_integer()) {
+    const int64_t v = h["limits"]["max_seq_len"].get<int64_t>();
+    if (v > 0 && v <= (int64_t{1} << 22)) return v;
+  }
+  throw Error(e.source() + ": header limits.max_seq_len is missing or out of range");
+}
+
+}  // namespace
+
+const float* Model::optional_vector(const std::string& name, int64_t length) const {
+  const TensorView* t = engine_->find(name);
+  if (!t) return nullptr;
+  if (t->dtype != DType::F32 || t->shape != std::vector<int64_t>{length}) {
+    throw Error(engine_->source() + ": tensor " + name + " must be f32 [" + std::to_string(length) + "]");
+  }
+  return reinterpret_cast<const float*>(t->data);
+}
+
+Model::Model(std::shared_ptr<const Engine> engine, ThreadPool& pool)
+    : engine_(std::move(engine)), pool_(pool), plan_(engine_->header().contains("autotune") ? engine_->header()["autotune"] : Json()) {
+  const Engine& e = *engine_;
+  const ModelConfig& c = e.config();
+  max_seq_len_ = header_max_seq_len(e);
+  rope_ = std::make_unique<RopeTable>(c, max_seq_len_);
+
+  embed_ = &e.tensor("embed.weight");
+  if (embed_->shape != std::vector<int64_t>{c.vocab_size, c.hidden_size} ||
+      !(embed_->dtype == DType::F32 || embed_->dtype == DType::BF16 || embed_->dtype == DType::F16)) {
+    throw Error(e.source() + ": tensor embed.weight must be f32/bf16/f16 [vocab_size, hidden_size]");
+  }
+  final_norm_ = optional_vector("final_norm.weight", c.hidden_size);
+  const std::string head = e.find("lm_head.weight") ? "lm_head.weight" : "embed.weight";
+  lm_head_ = Linear(e, head, "", c.vocab_size, c.hidden_size, plan_);
+
+  const int64_t qkv_out = c.q_dim() + 2 * c.kv_dim();
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string L = "layers." + std::to_string(i) + ".";
+    Layer layer;
+    layer.attn_norm = optional_vector(L + "attn_norm.weight", c.hidden_size);
+    layer.mlp_norm = optional_vector(L + "mlp_norm.weight", c.hidden_size);
+    if (c.qk_norm) {
+      layer.q_norm = optional_vector(L + "q_norm.weight", c.head_dim);
+      layer.k_norm = optional_vector(L + "k_norm.weight", c.head_dim);
+      if (!layer.q_norm || !layer.k_norm) throw Error(e.source() + ": " + L + "q_norm/k_norm weights are missing");
+    }
+    layer.qkv = Linear(e, L + "qkv.weight", L + "qkv.bias", qkv_out, c.hidden_size, plan_);
+    layer.o = Linear(e, L + "o.weight", L + "o.bias", c.hidden_size, c.q_dim(), plan_);
+    layer.gate_up = Linear(e, L + "gate_up.weight", L + "gate_up.bias", 2 * c.intermediate_size, c.hidden_size, plan_);
+    layer.down = Linear(e, L + "down.weight", L + "down.bias", c.hidden_size, c.intermediate_size, plan_);
+    layers_.push_back(std::move(layer));
+  }
+}
+
+std::unique_ptr<KvCache> Model::new_contiguous_cache() const {
+  return std::make_unique<ContiguousKvCache>(config().num_layers, max_seq_len_, config().kv_dim());
+}
+
+void Model::forward(const int32_t* tokens, int64_t n, int64_t start, KvCache& cache, float* logits,
+                    ActivationObserver* observer) {
+  const ModelConfig& c = config();
+  if (n <= 0) throw Error("forward: no tokens");
+  if (start < 0 || start + n > std::min(max_seq_len_, cache.capacity())) {
+    throw Error("forward: positions " + std::to_string(start) + ".." + std::to_string(start + n - 1) +
+                " exceed the engine's max_seq_len (" + std::to_string(max_seq_len_) + ") or the cache");
+  }
+  const int64_t H = c.hidden_size;
+  const int64_t qkv_width = c.q_dim() + 2 * c.kv_dim();
+  const auto sized = [](std::vector<float>& v, int64_t count) {
+    v.resize(static_cast<size_t>(count));
+    return v.data();
+  };
+  float* h = sized(h_, n * H);
+  float* x = sized(x_, n * H);
+  float* qkv = sized(qkv_, n * qkv_width);
+  float* attn = sized(attn_, n * c.q_dim());
+  float* proj = sized(proj_, n * H);
+  float* gate_up = sized(gate_up_, n * 2 * c.intermediate_size);
+  float* act = sized(act_, n * c.intermediate_size);
+
+  const size_t row_bytes = static_cast<size_t>(H) * dtype_size(embed_->dtype);
+  for (int64_t t = 0; t < n; ++t) {
+    if (tokens[t] < 0 || tokens[t] >= c.vocab_size) {
+      throw Error("forward: token id " + std::to_string(tokens[t]) + " is outside the vocabulary (" +
+                  std::to_string(c.vocab_size) + ")");
+    }
+    decode_to_f32(embed_->dtype, embed_->data + row_bytes * static_cast<size_t>(tokens[t]), h + t * H,
+                  static_cast<size_t>(H));
+  }
+
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  k_rows_.resize(static_cast<size_t>(start + n));
+  v_rows_.resize(static_cast<size_t>(start + n));
+  AttentionArgs args;
+  args.q_stride = qkv_width;
+  args.m = n;
+  args.pos0 = start;
+  args.heads = c.num_heads;
+  args.kv_heads = c.num_kv_heads;
+  args.head_dim = c.head_dim;
+  args.window = c.sliding_window;
+  args.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  args.out = attn;
+  args.k_rows = k_rows_.data();
+  args.v_rows = v_rows_.data();
+
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
+    const auto layer_index = static_cast<int64_t>(l);
+    rms_norm(h, H, x, H, n, H, layer.attn_norm, eps);
+    layer.qkv.forward(x, n, qkv, pool_, scratch_, observer);
+    for (int64_t t = 0; t < n; ++t) {
+      float* q = qkv + t * qkv_width;
+      float* k = q + c.q_dim();
+      const float* v = k + c.kv_dim();
+      if (layer.q_norm) {
+        rms_norm(q, c.head_dim, q, c.head_dim, c.num_heads, c.head_dim, layer.q_norm, eps);
+        rms_norm(k, c.head_dim, k, c.head_dim, c.num_kv_heads, c.head_dim, layer.k_norm, eps);
+      }
+      const int64_t pos = start + t;
+      apply_rope(q, c.num_heads, c.head_dim, rope_->cos(pos), rope_->sin(pos));
+      apply_rope(k, c.num_kv_heads, c.head_dim, rope_->cos(pos), rope_->sin(pos));
+      std::copy(k, k + c.kv_dim(), cache.key(layer_index, pos));
+      std::copy(v, v + c.kv_dim(), cache.value(layer_index, pos));
+    }
+    for (int64_t p = 0; p < start + n; ++p) {
+      k_rows_[static_cast<size_t>(p)] = cache.key(layer_index, p);
+      v_rows_[static_cast<size_t>(p)] = cache.value(layer_index, p);
+    }
+    args.q = qkv;
+    attention(args, pool_);
+    layer.o.forward(attn, n, proj, pool_, scratch_, observer);
+    for (int64_t i = 0; i < n * H; ++i) h[i] += proj[i];
+
+    rms_norm(h, H, x, H, n, H, layer.mlp_norm, eps);
+    layer.gate_up.forward(x, n, gate_up, pool_, scratch_, observer);
+    silu_mul(gate_up, n, c.intermediate_size, act);
+    layer.down.forward(act, n, proj, pool_, scratch_, observer);
+    for (int64_t i = 0; i < n * H; ++i) h[i] += proj[i];
+  }
+  rms_norm(h + (n - 1) * H, H, x, H, 1, H, final_norm_, eps);
+  lm_head_.forward(x, 1, logits, pool_, scratch_, nullptr);
+}
+
+}  // namespace kiln

@@ -1,0 +1,218 @@
+// kiln-native: build, inspect and run Kiln engines from the command line (the parity tests and the
+// builder image drive the compiler through it).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "compiler/build.h"
+#include "core/error.h"
+#include "core/json.h"
+#include "engine/engine.h"
+#include "engine/reader.h"
+#include "runtime/generate.h"
+
+namespace {
+
+using kiln::Error;
+using kiln::Json;
+
+std::atomic<bool> g_cancel{false};
+
+constexpr const char* kUsage =
+    "usage:\n"
+    "  kiln-native build --model <hf_dir> --precision fp32|bf16|fp16|int8-weight|fp8 --out <engine.kiln>\n"
+    "                    [--calibration <file.jsonl>] [--max-seq-len N] [--max-batch N]\n"
+    "                    [--toolchain-version V] [--no-autotune] [--threads N]\n"
+    "  kiln-native inspect <engine.kiln>\n"
+    "  kiln-native generate --engine <engine.kiln> --tokens 1,2,3 --steps N [--logits-out <file.bin>] [--threads N]\n"
+    "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N]\n";
+
+// --name value options plus bare --switches; anything else is an error naming it.
+class Args {
+ public:
+  Args(int argc, char** argv, int first, const std::vector<std::string>& switches) {
+    for (int i = first; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) != 0) {
+        positional_.push_back(a);
+        continue;
+      }
+      if (std::find(switches.begin(), switches.end(), a) != switches.end()) {
+        values_[a] = "";
+        continue;
+      }
+      if (i + 1 >= argc) throw Error("option " + a + " needs a value");
+      values_[a] = argv[++i];
+    }
+  }
+
+  bool has(const std::string& name) const { return values_.count(name) > 0; }
+
+  std::string get(const std::string& name) const {
+    const auto it = values_.find(name);
+    if (it == values_.end()) throw Error("option " + name + " is required");
+    return it->second;
+  }
+
+  std::string get_or(const std::string& name, const std::string& fallback) const {
+    return has(name) ? get(name) : fallback;
+  }
+
+  int64_t integer(const std::string& name, int64_t fallback) const {
+    if (!has(name)) return fallback;
+    const std::string v = get(name);
+    try {
+      size_t used = 0;
+      const long long parsed = std::stoll(v, &used);
+      if (used != v.size()) throw std::invalid_argument(v);
+      return parsed;
+    } catch (const std::exception&) {
+      throw Error("option " + name + " must be an integer, got \"" + v + "\"");
+    }
+  }
+
+  const std::vector<std::string>& positional() const { return positional_; }
+
+  void only(const std::vector<std::string>& allowed) const {
+    for (const auto& [name, value] : values_) {
+      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) throw Error("unknown option " + name);
+    }
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+void print_line(const Json& j) {
+  std::cout << j.dump() << std::endl;
+}
+
+int run_build(const Args& args) {
+  args.only({"--model", "--precision", "--out", "--calibration", "--max-seq-len", "--max-batch",
+             "--toolchain-version", "--no-autotune", "--threads"});
+  kiln::BuildOptions o;
+  o.model_dir = args.get("--model");
+  o.precision = kiln::precision_from_name(args.get("--precision"));
+  o.out_path = args.get("--out");
+  o.calibration_path = args.get_or("--calibration", "");
+  o.max_seq_len = args.integer("--max-seq-len", 0);
+  o.max_batch = args.integer("--max-batch", 8);
+  o.toolchain_version = args.get_or("--toolchain-version", "");
+  o.autotune = !args.has("--no-autotune");
+  o.threads = static_cast<int>(args.integer("--threads", 0));
+  const kiln::BuildResult r = kiln::build(
+      o,
+      [](const kiln::BuildProgress& p) {
+        print_line(Json{{"phase", p.phase}, {"percent", p.percent}, {"message", p.message}});
+      },
+      g_cancel);
+  print_line(Json{{"phase", "done"}, {"path", r.path}, {"sha256", r.sha256}, {"bytes", r.bytes}, {"seconds", r.seconds}});
+  return 0;
+}
+
+int run_inspect(const Args& args) {
+  args.only({});
+  if (args.positional().size() != 1) throw Error("inspect takes exactly one engine path");
+  std::cout << kiln::inspect(args.positional()[0]) << std::endl;
+  return 0;
+}
+
+std::vector<int32_t> parse_tokens(const std::string& text) {
+  std::vector<int32_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = text.find(',', start);
+    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    try {
+      size_t used = 0;
+      const long v = std::stol(item, &used);
+      if (used != item.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(item);
+      out.push_back(static_cast<int32_t>(v));
+    } catch (const std::exception&) {
+      throw Error("--tokens: \"" + item + "\" is not a token id");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+int run_generate(const Args& args) {
+  args.only({"--engine", "--tokens", "--steps", "--logits-out", "--threads"});
+  kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
+  kiln::Model model(kiln::Engine::load(args.get("--engine"), &pool), pool);
+  const std::vector<int32_t> prompt = parse_tokens(args.get("--tokens"));
+  const int64_t steps = args.integer("--steps", 32);
+  std::ofstream logits_out;
+  if (args.has("--logits-out")) {
+    logits_out.open(args.get("--logits-out"), std::ios::binary | std::ios::trunc);
+    if (!logits_out) throw Error(args.get("--logits-out") + ": cannot create");
+  }
+  // The file holds raw little-endian float32 rows; every supported target is little-endian.
+  const auto r = kiln::generate_greedy(model, prompt, steps, [&](const float* logits, int64_t vocab) {
+    if (logits_out.is_open()) {
+      logits_out.write(reinterpret_cast<const char*>(logits), static_cast<std::streamsize>(vocab * sizeof(float)));
+    }
+  });
+  if (logits_out.is_open()) {
+    logits_out.close();
+    if (!logits_out) throw Error(args.get("--logits-out") + ": write failed");
+  }
+  print_line(Json{{"tokens", r.tokens}, {"prefill_ms", r.prefill_ms}, {"decode_tok_per_s", r.decode_tok_per_s}});
+  return 0;
+}
+
+int run_bench(const Args& args) {
+  args.only({"--engine", "--prompt-len", "--steps", "--threads"});
+  kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
+  kiln::Model model(kiln::Engine::load(args.get("--engine"), &pool), pool);
+  const int64_t prompt_len = args.integer("--prompt-len", 128);
+  const int64_t steps = args.integer("--steps", 64);
+  if (prompt_len < 1) throw Error("--prompt-len must be at least 1");
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+  for (int64_t i = 0; i < prompt_len; ++i) {
+    prompt[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 13) % model.config().vocab_size);
+  }
+  const auto r = kiln::generate_greedy(model, prompt, steps);
+  print_line(Json{{"prompt_len", prompt_len},
+                  {"steps", steps},
+                  {"threads", pool.size()},
+                  {"prefill_ms", r.prefill_ms},
+                  {"prefill_tok_per_s", r.prefill_ms > 0 ? 1000.0 * static_cast<double>(prompt_len) / r.prefill_ms : 0.0},
+                  {"decode_tok_per_s", r.decode_tok_per_s}});
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGINT, [](int) { g_cancel.store(true); });
+  std::signal(SIGTERM, [](int) { g_cancel.store(true); });
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cerr << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  try {
+    if (command == "build") return run_build(Args(argc, argv, 2, {"--no-autotune"}));
+    if (command == "inspect") return run_inspect(Args(argc, argv, 2, {}));
+    if (command == "generate") return run_generate(Args(argc, argv, 2, {}));
+    if (command == "bench") return run_bench(Args(argc, argv, 2, {}));
+    std::cerr << "kiln-native: unknown command \"" << command << "\"\n" << kUsage;
+    return 2;
+  } catch (const kiln::Cancelled& e) {
+    std::cerr << "kiln-native: " << e.what() << "\n";
+    return 130;
+  } catch (const std::exception& e) {
+    std::cerr << "kiln-native: " << e.what() << "\n";
+    return 1;
+  }
+}
