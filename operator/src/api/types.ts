@@ -1,4 +1,4 @@
-import type { V1ObjectMeta } from "@kubernetes/client-node";
+import type { ObjectMetaLike } from "../controller/kube.js";
 import type { EngineBuildSpec, EngineBuildStatus } from "./enginebuild.js";
 import type { InferenceModelSpec, InferenceModelStatus } from "./inferencemodel.js";
 
@@ -6,7 +6,8 @@ import type { InferenceModelSpec, InferenceModelStatus } from "./inferencemodel.
 export interface CustomResource<Spec, Status> {
   apiVersion: string;
   kind: string;
-  metadata: V1ObjectMeta;
+  /** Plain JSON as the API server sends it (timestamps are strings). */
+  metadata: ObjectMetaLike;
   spec: Spec;
   status?: Status;
 }

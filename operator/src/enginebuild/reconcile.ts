@@ -235,7 +235,7 @@ export class BuildAdmission {
     const waiting = all
       .filter((b) => {
         const s = b.status;
-        if (s?.phase === "Succeeded" || s?.phase === "Failed" || s?.phase === "Running") return false;
+        if (running.has(objectKey(b)) || s?.phase === "Succeeded" || s?.phase === "Failed") return false;
         return !(s?.nextAttemptAt && Date.parse(s.nextAttemptAt) > now);
       })
       .sort(

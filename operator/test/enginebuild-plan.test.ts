@@ -1,0 +1,210 @@
+import type { V1Job } from "@kubernetes/client-node";
+import { describe, expect, it } from "vitest";
+import type { EngineBuild } from "../src/api/types.js";
+import { BuildAdmission, type BuildObservation, planBuild } from "../src/enginebuild/reconcile.js";
+import type { ManifestCheck } from "../src/enginebuild/result.js";
+import { planModel } from "../src/inferencemodel/reconcile.js";
+import { config, model, NOW } from "./fixtures.js";
+
+const newBuild = (name = "m"): EngineBuild => {
+  const b = planModel({
+    model: model(name),
+    revision: "rev1",
+    buildsByKey: new Map(),
+    ownedBuilds: [],
+    deployments: [],
+    service: undefined,
+    config,
+    now: NOW,
+  }).createBuilds[0] as EngineBuild;
+  return { ...b, metadata: { ...b.metadata, uid: `uid-eb-${name}`, generation: 1 } };
+};
+
+const validManifest = (key: string): ManifestCheck => ({
+  state: "valid",
+  engineUri: `s3://engines/kiln/engines/${key}/engine.kiln`,
+  manifest: {
+    manifestVersion: 1,
+    key,
+    sha256: "b".repeat(64),
+    sizeBytes: 99,
+    toolchain: { version: "0.1.0" },
+    target: { product: "H100", arch: "sm_90" },
+    inputs: {},
+    tuning: { gemm: "cublasLt algo 7" },
+    builtAt: NOW.toISOString(),
+  },
+});
+
+const observe = (build: EngineBuild, over: Partial<BuildObservation> = {}): BuildObservation => ({
+  build,
+  job: undefined,
+  manifest: { state: "missing" },
+  terminationMessage: undefined,
+  admission: { admitted: true },
+  config,
+  now: NOW,
+  ...over,
+});
+
+const jobWith = (name: string, condition?: { type: string; reason?: string; message?: string }): V1Job => ({
+  metadata: { name },
+  status: condition ? { conditions: [{ status: "True", ...condition }] } : { active: 1 },
+});
+
+describe("EngineBuild plan", () => {
+  it("succeeds without a Job when a valid manifest already exists (cache hit)", () => {
+    const b = newBuild();
+    const plan = planBuild(observe(b, { manifest: validManifest(b.spec.key) }));
+    expect(plan.createJob).toBeUndefined();
+    expect(plan.status).toMatchObject({
+      phase: "Succeeded",
+      cacheHit: "true",
+      artifact: {
+        uri: `s3://engines/kiln/engines/${b.spec.key}/engine.kiln`,
+        sha256: "b".repeat(64),
+        sizeBytes: 99,
+      },
+    });
+  });
+
+  it("creates attempt 1's Job with builder image, spec env, GPU limit, node selector and limits", () => {
+    const b = newBuild();
+    const plan = planBuild(observe(b));
+    const job = plan.createJob;
+    expect(job?.metadata?.name).toBe(`${b.metadata.name}-1`);
+    expect(job?.metadata?.ownerReferences?.[0]).toMatchObject({ kind: "EngineBuild", controller: true });
+    expect(job?.spec).toMatchObject({
+      backoffLimit: 0,
+      activeDeadlineSeconds: 14400,
+      ttlSecondsAfterFinished: 86400,
+    });
+    const pod = job?.spec?.template.spec;
+    expect(pod?.restartPolicy).toBe("Never");
+    expect(pod?.nodeSelector).toEqual({ "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3" });
+    const c = pod?.containers[0];
+    expect(c?.image).toBe("kiln/builder:0.1.0");
+    expect(c?.resources?.limits).toEqual({ "nvidia.com/gpu": "1" });
+    expect(c?.terminationMessagePath).toBe("/dev/termination-log");
+    expect(JSON.parse(c?.env?.find((e) => e.name === "KILN_BUILD_SPEC")?.value ?? "{}")).toEqual(b.spec);
+    expect(plan.status).toMatchObject({ phase: "Running", attempts: 1, jobName: `${b.metadata.name}-1` });
+  });
+
+  it("passes the model's credentials Secret by reference", () => {
+    const b = newBuild();
+    const withSecret = {
+      ...b,
+      spec: { ...b.spec, model: { ...b.spec.model, credentialsSecret: "hf-token" } },
+    };
+    expect(planBuild(observe(withSecret)).createJob?.spec?.template.spec?.containers[0]?.envFrom).toEqual([
+      { secretRef: { name: "hf-token" } },
+    ]);
+  });
+
+  it("waits as Queued with its position when the build limit is reached", () => {
+    const plan = planBuild(observe(newBuild(), { admission: { admitted: false, position: 3 } }));
+    expect(plan.createJob).toBeUndefined();
+    expect(plan.status).toMatchObject({ phase: "Queued", queuePosition: 3 });
+  });
+
+  it("reads the manifest when the Job completes and records artifact and tuning", () => {
+    const b = newBuild();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
+    const plan = planBuild(
+      observe(running, { job: jobWith("j", { type: "Complete" }), manifest: validManifest(b.spec.key) }),
+    );
+    expect(plan.status).toMatchObject({
+      phase: "Succeeded",
+      cacheHit: "false",
+      tuning: { gemm: "cublasLt algo 7" },
+    });
+    expect(plan.event?.reason).toBe("Built");
+  });
+
+  it("counts a completed Job without a manifest as a failed attempt", () => {
+    const b = newBuild();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
+    const plan = planBuild(observe(running, { job: jobWith("j", { type: "Complete" }) }));
+    expect(plan.status.phase).toBe("Pending");
+    expect(plan.status.message).toMatch(/ManifestMissing/);
+  });
+
+  it("retries a failed Job after a growing backoff, then fails with the Job's reason", () => {
+    const b = newBuild();
+    let status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
+    const failJob = (name: string) =>
+      jobWith(name, { type: "Failed", reason: "BackoffLimitExceeded", message: "pod failed" });
+
+    let plan = planBuild(observe({ ...b, status }, { job: failJob("j1") }));
+    expect(plan.status.phase).toBe("Pending");
+    expect(plan.requeueAfterMs).toBe(30_000);
+    expect(plan.createJob).toBeUndefined();
+    status = plan.status;
+
+    // Before the backoff ends nothing happens; after it, attempt 2 starts.
+    plan = planBuild(
+      observe({ ...b, status }, { job: failJob("j1"), now: new Date(NOW.getTime() + 10_000) }),
+    );
+    expect(plan.createJob).toBeUndefined();
+    expect(plan.requeueAfterMs).toBe(20_000);
+    plan = planBuild(
+      observe({ ...b, status }, { job: failJob("j1"), now: new Date(NOW.getTime() + 30_000) }),
+    );
+    expect(plan.createJob?.metadata?.name).toBe(`${b.metadata.name}-2`);
+    status = plan.status;
+    expect(status).toMatchObject({ phase: "Running", attempts: 2 });
+
+    plan = planBuild(observe({ ...b, status }, { job: failJob(status.jobName ?? "") }));
+    expect(plan.requeueAfterMs).toBe(60_000);
+    status = { ...plan.status, phase: "Running", attempts: 3, jobName: "j3", nextAttemptAt: undefined };
+    plan = planBuild(observe({ ...b, status }, { job: failJob("j3") }));
+    expect(plan.status).toMatchObject({ phase: "Failed" });
+    expect(plan.status.message).toMatch(/attempt 3\/3: pod failed/);
+    expect(plan.status.conditions?.find((c) => c.type === "Ready")?.reason).toBe("BackoffLimitExceeded");
+    expect(plan.event?.type).toBe("Warning");
+  });
+
+  it("leaves terminal builds alone", () => {
+    const b = newBuild();
+    const done = { ...b, status: { phase: "Failed" as const, attempts: 3 } };
+    const plan = planBuild(observe(done, { manifest: validManifest(b.spec.key) }));
+    expect(plan.status).toBe(done.status);
+    expect(plan.createJob).toBeUndefined();
+  });
+});
+
+describe("BuildAdmission", () => {
+  const at = (name: string, created: string, phase?: "Running" | "Queued"): EngineBuild => {
+    const b = newBuild(name);
+    return {
+      ...b,
+      metadata: { ...b.metadata, name, creationTimestamp: created },
+      ...(phase ? { status: { phase } } : {}),
+    };
+  };
+
+  it("admits up to the limit in creation order and gives the rest their queue position", () => {
+    const admission = new BuildAdmission();
+    const builds = [
+      at("a", "2025-01-01T00:00:01Z"),
+      at("b", "2025-01-01T00:00:02Z"),
+      at("c", "2025-01-01T00:00:03Z"),
+    ];
+    expect(admission.decide(builds[0] as EngineBuild, builds, 2, 0)).toEqual({ admitted: true });
+    expect(admission.decide(builds[1] as EngineBuild, builds, 2, 0)).toEqual({ admitted: true });
+    expect(admission.decide(builds[2] as EngineBuild, builds, 2, 0)).toEqual({
+      admitted: false,
+      position: 1,
+    });
+  });
+
+  it("counts builds it just admitted as running before the cache shows them", () => {
+    const admission = new BuildAdmission();
+    const builds = [at("a", "2025-01-01T00:00:01Z"), at("b", "2025-01-01T00:00:02Z")];
+    admission.markAdmitted(builds[0] as EngineBuild);
+    expect(admission.decide(builds[1] as EngineBuild, builds, 1, 0)).toEqual({
+      admitted: false,
+      position: 1,
+    });
+  });
+});
