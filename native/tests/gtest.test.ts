@@ -31,7 +31,10 @@ function runGtest(): { suites: GtestSuite[]; error?: string } {
     const report = join(dir, "report.json");
     const run = spawnSync(binary, [`--gtest_output=json:${report}`], { encoding: "utf8", timeout: 600_000 });
     if (!existsSync(report)) {
-      return { suites: [], error: `gtest wrote no report (exit ${run.status}, signal ${run.signal}): ${run.stderr}` };
+      return {
+        suites: [],
+        error: `gtest wrote no report (exit ${run.status}, signal ${run.signal}): ${run.stderr}`,
+      };
     }
     return { suites: (JSON.parse(readFileSync(report, "utf8")) as { testsuites: GtestSuite[] }).testsuites };
   } finally {

@@ -79,8 +79,14 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
   std::string method = "none";
   switch (precision) {
     case Precision::FP32: break;
-    case Precision::BF16: gemm_dtype = high_dtype = DType::BF16; break;
-    case Precision::FP16: gemm_dtype = high_dtype = DType::F16; break;
+    case Precision::BF16:
+      gemm_dtype = DType::BF16;
+      high_dtype = checkpoint_dtype(g.config.torch_dtype);
+      break;
+    case Precision::FP16:
+      gemm_dtype = DType::F16;
+      high_dtype = checkpoint_dtype(g.config.torch_dtype);
+      break;
     case Precision::Int8Weight:
       gemm_dtype = DType::I8;
       high_dtype = checkpoint_dtype(g.config.torch_dtype);

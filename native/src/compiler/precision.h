@@ -28,8 +28,8 @@ struct QuantizedModel {
 };
 
 // Applies the precision to every weight of the graph. Decoder-layer GEMM weights take the precision;
-// the embedding and lm_head stay high precision (the precision itself for fp32/bf16/fp16, the
-// checkpoint's dtype for int8/fp8); norms and biases stay fp32. int8-weight stores one scale per
+// the embedding and lm_head keep the checkpoint's own dtype (never narrower than it was trained or
+// shipped in, and no copy wider than the source); norms and biases stay fp32. int8-weight stores one scale per
 // output channel in "<weight>.scales"; fp8 stores per-tensor weight scales and, from `input_amax`
 // (calibration, keyed by weight name), per-tensor input scales. `on_tensor` may throw to cancel.
 QuantizedModel quantize(const Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
