@@ -1,0 +1,98 @@
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export type Precision = "fp32" | "bf16" | "fp16" | "int8-weight" | "fp8";
+
+export interface BuildOptions {
+  /** A Hugging Face checkpoint folder: config.json, *.safetensors, tokenizer files. */
+  modelDir: string;
+  /** Where engine.kiln is written. */
+  outPath: string;
+  precision: Precision;
+  /** JSONL, one array of token ids per line; required for fp8. */
+  calibrationPath?: string;
+  maxSeqLen?: number;
+  maxBatch?: number;
+  toolchainVersion?: string;
+  autotune?: boolean;
+  threads?: number;
+}
+
+export interface BuildProgress {
+  phase: string;
+  percent: number;
+  message: string;
+}
+
+export interface BuildResult {
+  path: string;
+  sha256: string;
+  bytes: number;
+  seconds: number;
+}
+
+interface NativeAddon {
+  build(
+    options: BuildOptions,
+    onProgress?: (p: BuildProgress) => void,
+  ): { promise: Promise<BuildResult>; cancel(): void };
+  inspect(path: string): string;
+  version: string;
+}
+
+/** Where the addon is looked for: KILN_ADDON_PATH, else the CMake build of this checkout. */
+export function addonPath(): string {
+  const fromEnv = process.env.KILN_ADDON_PATH;
+  if (fromEnv) return fromEnv;
+  return join(dirname(fileURLToPath(import.meta.url)), "..", "build", "kiln.node");
+}
+
+let loaded: NativeAddon | undefined;
+
+function addon(): NativeAddon {
+  if (loaded) return loaded;
+  const path = addonPath();
+  if (!existsSync(path)) {
+    throw new Error(`kiln native addon not found at ${path}: run 'bash native/build.sh' (or set KILN_ADDON_PATH)`);
+  }
+  loaded = createRequire(import.meta.url)(path) as NativeAddon;
+  return loaded;
+}
+
+export class BuildCancelledError extends Error {
+  override readonly name = "BuildCancelledError";
+}
+
+/**
+ * Compiles a checkpoint into an engine on a worker thread. Progress events arrive in order on the
+ * JS thread; aborting the signal stops the build at its next check and rejects with
+ * BuildCancelledError (no partial engine is left at outPath).
+ */
+export function build(
+  options: BuildOptions,
+  hooks: { onProgress?: (p: BuildProgress) => void; signal?: AbortSignal } = {},
+): Promise<BuildResult> {
+  const { signal, onProgress } = hooks;
+  if (signal?.aborted) return Promise.reject(new BuildCancelledError("build cancelled before it started"));
+  const handle = addon().build(options, onProgress);
+  const onAbort = () => handle.cancel();
+  signal?.addEventListener("abort", onAbort, { once: true });
+  return handle.promise
+    .catch((err: Error & { code?: string }) => {
+      if (err.code === "KILN_BUILD_CANCELLED") throw new BuildCancelledError(err.message);
+      throw new Error(`engine build of ${options.modelDir} failed: ${err.message}`, { cause: err });
+    })
+    .finally(() => signal?.removeEventListener("abort", onAbort));
+}
+
+/** The verified header of an engine file (checksums checked; the target is not). */
+export function inspect(path: string): Record<string, unknown> {
+  return JSON.parse(addon().inspect(path)) as Record<string, unknown>;
+}
+
+/** The compiler's own version, recorded in engines built without an explicit toolchain version. */
+export function nativeVersion(): string {
+  return addon().version;
+}
