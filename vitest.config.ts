@@ -9,7 +9,12 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["**/*.test.ts"],
-          exclude: ["**/node_modules/**", "**/*.parity.test.ts", "**/*.cluster.test.ts", "**/*.pipeline.test.ts"],
+          exclude: [
+            "**/node_modules/**",
+            "**/*.parity.test.ts",
+            "**/*.cluster.test.ts",
+            "**/*.pipeline.test.ts",
+          ],
         },
       },
       {

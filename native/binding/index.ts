@@ -55,7 +55,9 @@ function addon(): NativeAddon {
   if (loaded) return loaded;
   const path = addonPath();
   if (!existsSync(path)) {
-    throw new Error(`kiln native addon not found at ${path}: run 'bash native/build.sh' (or set KILN_ADDON_PATH)`);
+    throw new Error(
+      `kiln native addon not found at ${path}: run 'bash native/build.sh' (or set KILN_ADDON_PATH)`,
+    );
   }
   loaded = createRequire(import.meta.url)(path) as NativeAddon;
   return loaded;
