@@ -1,17 +1,43 @@
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { createReadStream, createWriteStream } from "node:fs";
+import { copyFile, mkdir, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
+import { dirname, join, relative } from "node:path";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
-import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import {
+  ChecksumAlgorithm,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from "@aws-sdk/client-s3";
+import { Upload } from "@aws-sdk/lib-storage";
 
 /**
- * Engine storage: `s3://bucket/prefix` (any S3-compatible server) or `file:///dir` (a mounted
- * volume). Paths are relative to the prefix, e.g. `engines/<key>/manifest.json`.
+ * Engine and model storage: `s3://bucket/prefix` (any S3-compatible server) or `file:///dir` (a
+ * mounted volume). Paths are relative to the prefix, e.g. `engines/<key>/manifest.json`.
  */
 export interface ObjectStore {
   /** The URI of a path, as written into status and runtime env. */
   uri(path: string): string;
   get(path: string): Promise<Buffer | undefined>;
   put(path: string, body: Buffer | string): Promise<void>;
+  /** Size of an object, or undefined when there is none. */
+  size(path: string): Promise<number | undefined>;
+  /** Every object under `dir` (relative paths, sorted). */
+  list(dir: string): Promise<{ path: string; size: number }[]>;
+  /** Streams a local file up (multipart with checksums on S3); readers never see a partial object. */
+  putFile(path: string, localFile: string, onProgress?: (sentBytes: number) => void): Promise<void>;
+  /**
+   * Streams an object down to `localFile`. An earlier partial download at `${localFile}.part` is
+   * resumed from where it stopped; the file appears at `localFile` only once complete.
+   */
+  getFile(
+    path: string,
+    localFile: string,
+    onProgress?: (bytes: number, total: number) => void,
+  ): Promise<void>;
 }
 
 export interface ObjectStoreOptions {
@@ -29,6 +55,17 @@ export function openObjectStore(opts: ObjectStoreOptions): ObjectStore {
     return new S3Store(url.hostname, url.pathname.replace(/^\/+|\/+$/g, ""), opts);
   }
   throw new Error(`object store ${opts.uri}: scheme must be s3:// or file://`);
+}
+
+const PART_BYTES = 16 * 1024 * 1024;
+
+async function partialSize(file: string): Promise<number> {
+  try {
+    return (await stat(file)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
+    throw err;
+  }
 }
 
 class FileStore implements ObjectStore {
@@ -54,6 +91,59 @@ class FileStore implements ObjectStore {
     const tmp = `${target}.tmp-${process.pid}`;
     await writeFile(tmp, body);
     await rename(tmp, target);
+  }
+
+  async size(path: string): Promise<number | undefined> {
+    try {
+      return (await stat(join(this.root, path))).size;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
+  }
+
+  async list(dir: string): Promise<{ path: string; size: number }[]> {
+    const base = join(this.root, dir);
+    let entries: string[];
+    try {
+      entries = (await readdir(base, { recursive: true })) as string[];
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw err;
+    }
+    const out: { path: string; size: number }[] = [];
+    for (const entry of entries) {
+      const s = await stat(join(base, entry));
+      if (s.isFile()) out.push({ path: relative(this.root, join(base, entry)), size: s.size });
+    }
+    return out.sort((a, b) => a.path.localeCompare(b.path));
+  }
+
+  async putFile(path: string, localFile: string, onProgress?: (sentBytes: number) => void): Promise<void> {
+    const target = join(this.root, path);
+    await mkdir(dirname(target), { recursive: true });
+    const tmp = `${target}.tmp-${process.pid}`;
+    await copyFile(localFile, tmp);
+    await rename(tmp, target);
+    onProgress?.((await stat(target)).size);
+  }
+
+  async getFile(
+    path: string,
+    localFile: string,
+    onProgress?: (bytes: number, total: number) => void,
+  ): Promise<void> {
+    const source = join(this.root, path);
+    const total = (await stat(source)).size;
+    const part = `${localFile}.part`;
+    await mkdir(dirname(localFile), { recursive: true });
+    const have = Math.min(await partialSize(part), total);
+    await pipeline(
+      createReadStream(source, { start: have }),
+      createWriteStream(part, { flags: have > 0 ? "r+" : "w", start: have }),
+    );
+    await rename(part, localFile);
+    onProgress?.(total, total);
   }
 }
 
@@ -84,13 +174,104 @@ class S3Store implements ObjectStore {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key(path) }));
       return out.Body ? Buffer.from(await out.Body.transformToByteArray()) : Buffer.alloc(0);
     } catch (err) {
-      const name = (err as { name?: string }).name;
-      if (name === "NoSuchKey" || name === "NotFound") return undefined;
+      if (isNotFound(err)) return undefined;
       throw err;
     }
   }
 
   async put(path: string, body: Buffer | string): Promise<void> {
-    await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.key(path), Body: body }));
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.bucket,
+        Key: this.key(path),
+        Body: body,
+        ChecksumAlgorithm: ChecksumAlgorithm.SHA256,
+      }),
+    );
   }
+
+  async size(path: string): Promise<number | undefined> {
+    try {
+      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(path) }));
+      return out.ContentLength;
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async list(dir: string): Promise<{ path: string; size: number }[]> {
+    const prefix = `${this.key(dir).replace(/\/+$/, "")}/`;
+    const out: { path: string; size: number }[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(
+        new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }),
+      );
+      for (const o of page.Contents ?? []) {
+        if (!o.Key) continue;
+        out.push({ path: this.prefix ? o.Key.slice(this.prefix.length + 1) : o.Key, size: o.Size ?? 0 });
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return out.sort((a, b) => a.path.localeCompare(b.path));
+  }
+
+  async putFile(path: string, localFile: string, onProgress?: (sentBytes: number) => void): Promise<void> {
+    // Multipart with a SHA-256 per part: the server rejects a corrupted part, and an aborted
+    // upload leaves no object behind (only a multipart upload that lib-storage aborts).
+    const upload = new Upload({
+      client: this.client,
+      params: {
+        Bucket: this.bucket,
+        Key: this.key(path),
+        Body: createReadStream(localFile),
+        ChecksumAlgorithm: ChecksumAlgorithm.SHA256,
+      },
+      partSize: PART_BYTES,
+      queueSize: 2,
+      leavePartsOnError: false,
+    });
+    if (onProgress) upload.on("httpUploadProgress", (p) => onProgress(p.loaded ?? 0));
+    await upload.done();
+  }
+
+  async getFile(
+    path: string,
+    localFile: string,
+    onProgress?: (bytes: number, total: number) => void,
+  ): Promise<void> {
+    const total = await this.size(path);
+    if (total === undefined) throw new Error(`${this.uri(path)}: no such object`);
+    const part = `${localFile}.part`;
+    await mkdir(dirname(localFile), { recursive: true });
+    const start = Math.min(await partialSize(part), total);
+    if (start < total) {
+      const out = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.key(path), Range: `bytes=${start}-` }),
+      );
+      if (!out.Body) throw new Error(`${this.uri(path)}: empty response body`);
+      let have = start;
+      const count = new Transform({
+        transform(chunk: Buffer, _encoding, done) {
+          have += chunk.length;
+          onProgress?.(have, total);
+          done(null, chunk);
+        },
+      });
+      await pipeline(
+        out.Body as NodeJS.ReadableStream,
+        count,
+        createWriteStream(part, { flags: start > 0 ? "r+" : "w", start }),
+      );
+    }
+    const got = await partialSize(part);
+    if (got !== total) throw new Error(`${this.uri(path)}: downloaded ${got} of ${total} bytes`);
+    await rename(part, localFile);
+  }
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e.name === "NoSuchKey" || e.name === "NotFound" || e.$metadata?.httpStatusCode === 404;
 }
