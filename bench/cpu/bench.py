@@ -1,0 +1,168 @@
+"""CPU decode benchmark: Kiln (kiln-native) vs Hugging Face transformers, same checkpoint, one run.
+
+Checkpoint: a Llama config (hidden 512, 8 layers, 8 heads / 2 KV heads, ffn 1408, vocab 8192, random
+weights, fp32). For each Kiln precision: engine build time (autotune on) and decode tokens/s from
+`kiln-native bench`; transformers: fp32, greedy, KV cache on, same thread count, same prompt, decode
+steps timed alone (prefill excluded) in a plain forward loop (no generate() overhead, so the
+comparison favours transformers). Each side: median of REPEATS runs after one warm-up.
+Prints one table and rewrites the "CPU decode" section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "test" / "parity"))
+from make_checkpoints import init_weights  # noqa: E402  (same init as the parity checkpoints)
+
+SECTION = "## CPU decode (polyglot dev machine, 2 cores)"
+REPEATS = 3
+
+
+def make_checkpoint(path: Path) -> None:
+    if (path / "config.json").exists():
+        return
+    cfg = LlamaConfig(
+        hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg)
+    init_weights(model, 2024)
+    model.save_pretrained(path, safe_serialization=True)
+
+
+def prompt_ids(n: int, vocab: int) -> list[int]:
+    # The same synthetic prompt `kiln-native bench` uses, so both sides decode the same sequence.
+    return [(i * 7919 + 13) % vocab for i in range(n)]
+
+
+def kiln_build(kiln: str, ckpt: Path, precision: str, out: Path, calib: Path) -> float:
+    cmd = [kiln, "build", "--model", str(ckpt), "--precision", precision, "--out", str(out), "--max-seq-len", "1024"]
+    if precision == "fp8":
+        cmd += ["--calibration", str(calib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"build {precision} failed: {proc.stderr[-1500:]}")
+    done = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(done["seconds"])
+
+
+def kiln_decode(kiln: str, engine: Path, prompt_len: int, steps: int, threads: int) -> float:
+    runs = []
+    for i in range(REPEATS + 1):
+        cmd = [kiln, "bench", "--engine", str(engine), "--prompt-len", str(prompt_len), "--steps", str(steps)]
+        proc = subprocess.run(cmd + ["--threads", str(threads)], capture_output=True, text=True, check=True)
+        if i:  # first run warms the page cache
+            runs.append(float(json.loads(proc.stdout.strip().splitlines()[-1])["decode_tok_per_s"]))
+    return statistics.median(runs)
+
+
+@torch.inference_mode()
+def hf_decode(ckpt: Path, prompt_len: int, steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    ids = torch.tensor([prompt_ids(prompt_len, model.config.vocab_size)])
+
+    def once(n: int) -> float:
+        out = model(input_ids=ids, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(n - 1):  # n tokens: the first comes from prefill, n-1 decode steps
+            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        return (n - 1) / (time.perf_counter() - t0)
+
+    once(8)
+    return statistics.median(once(steps) for _ in range(REPEATS))
+
+
+def git_commit() -> str:
+    proc = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or "unknown"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def write_results(results: Path, body: str) -> None:
+    text = results.read_text() if results.exists() else "# Benchmark results\n\nNumbers measured by the scripts in bench/; each section is rewritten by its script.\n"
+    if SECTION in text:
+        start = text.index(SECTION)
+        nxt = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[nxt + 1 :] if nxt != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    results.write_text(text.rstrip("\n") + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kiln", default=str(REPO / "native" / "build" / "kiln-native"))
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--precisions", default="fp32,bf16,int8-weight,fp8")
+    ap.add_argument("--results", type=Path, default=REPO / "bench" / "RESULTS.md")
+    args = ap.parse_args()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    ckpt = args.work / "llama-512x8-v8192"
+    make_checkpoint(ckpt)
+    calib = args.work / "calibration.jsonl"
+    calib.write_text("\n".join(json.dumps(prompt_ids(64, 8192)[i:] + [i]) for i in range(8)) + "\n")
+
+    hf = hf_decode(ckpt, args.prompt_len, args.steps, args.threads)
+    rows = []
+    for precision in [p for p in args.precisions.split(",") if p]:
+        engine = args.work / f"engine.{precision}.kiln"
+        build_s = kiln_build(args.kiln, ckpt, precision, engine, calib)
+        tps = kiln_decode(args.kiln, engine, args.prompt_len, args.steps, args.threads)
+        rows.append((precision, build_s, engine.stat().st_size, tps))
+
+    header = "| Kiln precision | engine build (s) | engine size (MB) | Kiln decode tok/s | transformers fp32 tok/s | ratio |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    for precision, build_s, size, tps in rows:
+        lines.append(f"| {precision} | {build_s:.2f} | {size / 1e6:.1f} | {tps:.1f} | {hf:.1f} | {tps / hf:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"""{SECTION}
+
+Measured {now} at commit `{git_commit()}` by `bench/cpu/run.sh` on {cpu_name()} ({args.threads} threads),
+torch {torch.__version__}, transformers {__import__("transformers").__version__}.
+Checkpoint: Llama, hidden 512, 8 layers, 8 heads / 2 KV heads, ffn 1408, vocab 8192, random weights
+(fp32 safetensors). Prompt {args.prompt_len} tokens, {args.steps} greedy decode steps, median of {REPEATS}
+runs after a warm-up. Kiln: `kiln-native bench` on an engine built with autotune; transformers: fp32,
+KV cache, plain forward loop, decode steps only. Ratio = Kiln tok/s / transformers fp32 tok/s (only
+the fp32 row compares like with like; the others show what the lower precisions buy on this CPU).
+The machine is shared, so expect a few percent of noise between runs.
+
+{table}
+"""
+    write_results(args.results, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
