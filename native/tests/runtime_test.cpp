@@ -46,7 +46,7 @@ Comparison compare(const std::string& engine_path, const TinySpec& spec, const T
   ThreadPool pool(2);
   Model model(Engine::load(engine_path, &pool), pool);
   const auto want = reference_logits(tiny_config(spec), tensors, kPrompt);
-  auto cache = model.new_contiguous_cache();
+  auto cache = model.new_single_sequence();
   std::vector<float> logits(static_cast<size_t>(spec.vocab));
   Comparison c;
   int agree = 0;
@@ -54,9 +54,9 @@ Comparison compare(const std::string& engine_path, const TinySpec& spec, const T
   const int64_t prefill = 4;
   for (int64_t pos = prefill - 1; pos < static_cast<int64_t>(kPrompt.size()); ++pos) {
     if (pos == prefill - 1) {
-      model.forward(kPrompt.data(), prefill, 0, *cache, logits.data());
+      model.forward(kPrompt.data(), prefill, 0, cache, logits.data());
     } else {
-      model.forward(&kPrompt[static_cast<size_t>(pos)], 1, pos, *cache, logits.data());
+      model.forward(&kPrompt[static_cast<size_t>(pos)], 1, pos, cache, logits.data());
     }
     c.max_relative_error = std::max(c.max_relative_error, relative_error(logits, want[static_cast<size_t>(pos)]));
     agree += argmax(logits) == argmax(want[static_cast<size_t>(pos)]);
@@ -161,10 +161,10 @@ TEST(Runtime, PrefillAndTokenByTokenDecodeAgree) {
   Model model(Engine::load(build_engine(dir, Precision::FP32), &pool), pool);
   std::vector<float> whole(static_cast<size_t>(spec.vocab));
   std::vector<float> stepped(whole.size());
-  auto a = model.new_contiguous_cache();
-  model.forward(kPrompt.data(), static_cast<int64_t>(kPrompt.size()), 0, *a, whole.data());
-  auto b = model.new_contiguous_cache();
-  for (size_t i = 0; i < kPrompt.size(); ++i) model.forward(&kPrompt[i], 1, static_cast<int64_t>(i), *b, stepped.data());
+  auto a = model.new_single_sequence();
+  model.forward(kPrompt.data(), static_cast<int64_t>(kPrompt.size()), 0, a, whole.data());
+  auto b = model.new_single_sequence();
+  for (size_t i = 0; i < kPrompt.size(); ++i) model.forward(&kPrompt[i], 1, static_cast<int64_t>(i), b, stepped.data());
   for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(whole[i], stepped[i], 1e-4 * (1 + std::fabs(whole[i])));
 }
 
@@ -187,12 +187,12 @@ TEST(Runtime, RejectsTokensOutsideTheVocabularyAndPositionsBeyondTheLimit) {
   const std::string dir = write_tiny_checkpoint("m", spec);
   ThreadPool pool(1);
   Model model(Engine::load(build_engine(dir, Precision::FP32), &pool), pool);
-  auto cache = model.new_contiguous_cache();
+  auto cache = model.new_single_sequence();
   std::vector<float> logits(static_cast<size_t>(spec.vocab));
   const int32_t bad = static_cast<int32_t>(spec.vocab);
-  EXPECT_THROW(model.forward(&bad, 1, 0, *cache, logits.data()), Error);
+  EXPECT_THROW(model.forward(&bad, 1, 0, cache, logits.data()), Error);
   const int32_t ok = 1;
-  EXPECT_THROW(model.forward(&ok, 1, model.max_seq_len(), *cache, logits.data()), Error);
+  EXPECT_THROW(model.forward(&ok, 1, model.max_seq_len(), cache, logits.data()), Error);
   EXPECT_THROW(generate_greedy(model, {1}, model.max_seq_len() + 1), Error);
 }
 

@@ -63,9 +63,9 @@ std::map<std::string, float> calibrate_input_amax(std::shared_ptr<const Engine> 
   AmaxObserver observer;
   std::vector<float> logits(static_cast<size_t>(model.config().vocab_size));
   for (size_t i = 0; i < sequences.size(); ++i) {
-    auto cache = model.new_contiguous_cache();
+    auto sequence = model.new_single_sequence();
     const auto& seq = sequences[i];
-    model.forward(seq.data(), static_cast<int64_t>(seq.size()), 0, *cache, logits.data(), &observer);
+    model.forward(seq.data(), static_cast<int64_t>(seq.size()), 0, sequence, logits.data(), &observer);
     if (on_sequence) on_sequence(i + 1, sequences.size());
   }
   return observer.take();

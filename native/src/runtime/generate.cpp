@@ -30,11 +30,11 @@ GreedyResult generate_greedy(Model& model, const std::vector<int32_t>& prompt, i
   using clock = std::chrono::steady_clock;
   const int64_t vocab = model.config().vocab_size;
   std::vector<float> logits(static_cast<size_t>(vocab));
-  auto cache = model.new_contiguous_cache();
+  auto sequence = model.new_single_sequence();
   GreedyResult r;
 
   const auto t0 = clock::now();
-  model.forward(prompt.data(), static_cast<int64_t>(prompt.size()), 0, *cache, logits.data());
+  model.forward(prompt.data(), static_cast<int64_t>(prompt.size()), 0, sequence, logits.data());
   r.prefill_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
   if (on_logits) on_logits(logits.data(), vocab);
   r.tokens.push_back(argmax(logits));
@@ -42,7 +42,7 @@ GreedyResult generate_greedy(Model& model, const std::vector<int32_t>& prompt, i
   const auto t1 = clock::now();
   for (int64_t s = 1; s < steps; ++s) {
     const int32_t token = r.tokens.back();
-    model.forward(&token, 1, static_cast<int64_t>(prompt.size()) + s - 1, *cache, logits.data());
+    model.forward(&token, 1, static_cast<int64_t>(prompt.size()) + s - 1, sequence, logits.data());
     if (on_logits) on_logits(logits.data(), vocab);
     r.tokens.push_back(argmax(logits));
   }

@@ -1,41 +1,52 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "core/dtype.h"
 
 namespace kiln {
 
-// Where the model forward keeps keys and values of one sequence. The forward only asks for the row
-// of a (layer, position), so the paged cache of the serving runtime slots in behind this interface.
+// Keys and values of every sequence, in fixed-size pages shared by all of them. A sequence owns an
+// ordered list of page ids (its block table, kept by the BlockManager); position p of a sequence
+// lives in page table[p / page_size], slot p % page_size. Per layer, keys and values are each laid
+// out [page][slot][kv_heads * head_dim], so the rows of one page are contiguous for the attention
+// kernel. The dtype is fp32 or bf16 (half the memory, rounded to nearest even on write); compute
+// stays fp32. The CUDA backend keeps the same layout in device memory.
 class KvCache {
  public:
-  virtual ~KvCache() = default;
-  virtual int64_t capacity() const = 0;  // positions
-  // kv_heads * head_dim fp32 values.
-  virtual float* key(int64_t layer, int64_t position) = 0;
-  virtual float* value(int64_t layer, int64_t position) = 0;
-};
+  KvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim, DType dtype);
 
-// One contiguous fp32 block per layer, sized for `capacity` positions up front.
-class ContiguousKvCache final : public KvCache {
- public:
-  ContiguousKvCache(int64_t layers, int64_t capacity, int64_t kv_dim)
-      : capacity_(capacity), kv_dim_(kv_dim), keys_(static_cast<size_t>(layers * capacity * kv_dim)),
-        values_(keys_.size()) {}
+  int64_t layers() const { return layers_; }
+  int64_t pages() const { return pages_; }
+  int64_t page_size() const { return page_size_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  DType dtype() const { return dtype_; }
+  size_t bytes() const { return keys_.size() + values_.size(); }
 
-  int64_t capacity() const override { return capacity_; }
-  float* key(int64_t layer, int64_t position) override { return keys_.data() + offset(layer, position); }
-  float* value(int64_t layer, int64_t position) override { return values_.data() + offset(layer, position); }
+  // Stores one position's key and value rows (kv_dim fp32 each), converting to the cache dtype.
+  void write(int64_t layer, int32_t page, int64_t slot, const float* key, const float* value);
+
+  // The first byte of a layer's keys / values; row (page, slot) starts at row_index * kv_dim elements.
+  const uint8_t* layer_keys(int64_t layer) const { return keys_.data() + layer_offset(layer); }
+  const uint8_t* layer_values(int64_t layer) const { return values_.data() + layer_offset(layer); }
+
+  // Bytes one page costs across all layers (keys and values): the unit of the memory budget.
+  static size_t page_bytes(int64_t layers, int64_t page_size, int64_t kv_dim, DType dtype);
 
  private:
-  size_t offset(int64_t layer, int64_t position) const {
-    return static_cast<size_t>((layer * capacity_ + position) * kv_dim_);
+  size_t layer_offset(int64_t layer) const {
+    return static_cast<size_t>(layer * pages_ * page_size_ * kv_dim_) * dtype_size(dtype_);
   }
 
-  int64_t capacity_;
-  int64_t kv_dim_;
-  std::vector<float> keys_;
-  std::vector<float> values_;
+  int64_t layers_, pages_, page_size_, kv_dim_;
+  DType dtype_;
+  std::vector<uint8_t> keys_;
+  std::vector<uint8_t> values_;
 };
+
+// "fp32" or "bf16"; throws an Error naming the option otherwise.
+DType kv_cache_dtype_from_name(const std::string& name);
 
 }  // namespace kiln

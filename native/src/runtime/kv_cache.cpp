@@ -1,0 +1,39 @@
+#include "runtime/kv_cache.h"
+
+#include "core/error.h"
+
+namespace kiln {
+
+KvCache::KvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim, DType dtype)
+    : layers_(layers), pages_(pages), page_size_(page_size), kv_dim_(kv_dim), dtype_(dtype) {
+  if (dtype != DType::F32 && dtype != DType::BF16) {
+    throw Error(std::string("KV cache: dtype ") + dtype_name(dtype) + " is not supported (fp32 or bf16)");
+  }
+  if (layers < 1 || pages < 1 || page_size < 1 || kv_dim < 1) {
+    throw Error("KV cache: layers (" + std::to_string(layers) + "), pages (" + std::to_string(pages) +
+                "), page size (" + std::to_string(page_size) + ") and kv_dim (" + std::to_string(kv_dim) +
+                ") must all be positive");
+  }
+  const size_t bytes = static_cast<size_t>(layers * pages * page_size * kv_dim) * dtype_size(dtype);
+  keys_.resize(bytes);
+  values_.resize(bytes);
+}
+
+void KvCache::write(int64_t layer, int32_t page, int64_t slot, const float* key, const float* value) {
+  const size_t row = static_cast<size_t>((page * page_size_ + slot) * kv_dim_) * dtype_size(dtype_);
+  const size_t at = layer_offset(layer) + row;
+  encode_from_f32(dtype_, key, keys_.data() + at, static_cast<size_t>(kv_dim_));
+  encode_from_f32(dtype_, value, values_.data() + at, static_cast<size_t>(kv_dim_));
+}
+
+size_t KvCache::page_bytes(int64_t layers, int64_t page_size, int64_t kv_dim, DType dtype) {
+  return 2 * static_cast<size_t>(layers * page_size * kv_dim) * dtype_size(dtype);
+}
+
+DType kv_cache_dtype_from_name(const std::string& name) {
+  if (name == "fp32") return DType::F32;
+  if (name == "bf16") return DType::BF16;
+  throw Error("kvCacheDtype: \"" + name + "\" is not supported (fp32 or bf16)");
+}
+
+}  // namespace kiln
