@@ -2,7 +2,7 @@ import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { binaryPath } from "./binaries.js";
 import { clusterEnvVars } from "./env-vars.js";
-import { type ClusterInfo, startCluster } from "./launcher.js";
+import { type ClusterInfo, clusterInfoOf, startCluster } from "./launcher.js";
 import { commandOf, isAlive, stopProcesses } from "./processes.js";
 import { defaultUpRunDir, readClusterState, writeClusterState } from "./state.js";
 
@@ -23,8 +23,7 @@ async function up(): Promise<void> {
   }
   await rm(runDir, { recursive: true, force: true });
   const cluster = await startCluster({ runDir, stopWithParent: false });
-  const info: ClusterInfo = { ...cluster };
-  delete (info as Partial<typeof cluster>).stop;
+  const info = clusterInfoOf(cluster);
   const statePath = await writeClusterState(info);
   const envFile = join(runDir, "cluster.env");
   const env = clusterEnvVars(info);

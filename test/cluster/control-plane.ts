@@ -70,6 +70,15 @@ export function startApiserver({ logDir, ports, pki }: Common): StartedProcess {
       `--tls-private-key-file=${pki.apiserver.key}`,
       `--client-ca-file=${pki.ca.cert}`,
       "--authorization-mode=Node,RBAC",
+      // The aggregation layer: without it the controller manager and scheduler, which delegate
+      // authentication to the apiserver, log a missing requestheader CA bundle on every request.
+      `--requestheader-client-ca-file=${pki.frontProxyCa.cert}`,
+      "--requestheader-allowed-names=front-proxy-client",
+      "--requestheader-username-headers=X-Remote-User",
+      "--requestheader-group-headers=X-Remote-Group",
+      "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+      `--proxy-client-cert-file=${pki.frontProxyClient.cert}`,
+      `--proxy-client-key-file=${pki.frontProxyClient.key}`,
       "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
       `--service-account-key-file=${pki.serviceAccount.publicKey}`,
       `--service-account-signing-key-file=${pki.serviceAccount.privateKey}`,

@@ -1,6 +1,6 @@
 import type { TestProject } from "vitest/node";
 import { clusterEnvVars } from "./env-vars.js";
-import { type ClusterInfo, startCluster } from "./launcher.js";
+import { type ClusterInfo, clusterInfoOf, startCluster } from "./launcher.js";
 import { defaultUpRunDir, readClusterState } from "./state.js";
 
 // vitest globalSetup of the cluster and pipeline tiers: one real control plane + S3 server per tier
@@ -14,7 +14,7 @@ export default async function setup(project: TestProject): Promise<(() => Promis
     return undefined;
   }
   const cluster = await startCluster();
-  expose(project, cluster);
+  expose(project, clusterInfoOf(cluster));
   return async () => {
     // Logs of a failed run stay on disk (their folder is printed); a green run leaves nothing behind.
     const failed = project.vitest.state.getCountOfFailedTests() > 0;
@@ -23,17 +23,6 @@ export default async function setup(project: TestProject): Promise<(() => Promis
 }
 
 function expose(project: TestProject, cluster: ClusterInfo): void {
-  const { kubeconfigPath, apiServerUrl, s3, runDir, logDir, pids, processes, gpuNodes, startupMs } = cluster;
-  project.provide("kilnCluster", {
-    kubeconfigPath,
-    apiServerUrl,
-    s3,
-    runDir,
-    logDir,
-    pids,
-    processes,
-    gpuNodes,
-    startupMs,
-  });
+  project.provide("kilnCluster", cluster);
   Object.assign(process.env, clusterEnvVars(cluster));
 }

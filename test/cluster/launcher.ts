@@ -65,6 +65,12 @@ export interface ClusterHandle extends ClusterInfo {
   stop(options?: { keepLogs?: boolean }): Promise<void>;
 }
 
+/** The plain-data part of a handle, for provide/inject and state files. */
+export function clusterInfoOf(handle: ClusterHandle): ClusterInfo {
+  const { kubeconfigPath, apiServerUrl, s3, runDir, logDir, pids, processes, gpuNodes, startupMs } = handle;
+  return { kubeconfigPath, apiServerUrl, s3, runDir, logDir, pids, processes, gpuNodes, startupMs };
+}
+
 const defaultLog = (line: string) => process.stderr.write(`[kiln cluster] ${line}\n`);
 
 /**
@@ -147,9 +153,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         abort: abortOn(proc.exited),
       });
 
-    // The apiserver retries etcd until it answers, so both start at once; the S3 server is independent.
-    const etcd = track(await startEtcd(common));
-    const api = track(startApiserver(common));
+    // The S3 server is independent of the rest and starts first; the apiserver would retry an etcd
+    // that is not up yet, but only after a burst of connection errors in its log, so it waits (~1 s).
     const s3Server = await startS3Server({
       runDir,
       logDir,
@@ -157,7 +162,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       bucket: options.bucket ?? "kiln",
     });
     track(s3Server.process);
+    const etcd = track(await startEtcd(common));
     await healthy(etcd, `http://127.0.0.1:${ports.etcdClient}/health`, false);
+    const api = track(startApiserver(common));
     await healthy(api, `${apiServerUrl}/readyz`);
     log(`kube-apiserver ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 

@@ -20,6 +20,12 @@ export interface CertPair {
 
 export interface ClusterPki {
   ca: CertPair;
+  /**
+   * A second CA for the aggregation layer: the apiserver trusts requests carrying X-Remote-User
+   * headers only from its client certificate, so it must not be the CA every client cert comes from.
+   */
+  frontProxyCa: CertPair;
+  frontProxyClient: CertPair;
   apiserver: CertPair;
   /** Serving certificate of the other loopback components (controller manager, scheduler, kwok). */
   loopbackServing: CertPair;
@@ -79,9 +85,8 @@ async function issue(
   return pair;
 }
 
-/** Creates a fresh CA, the apiserver serving certificate, one client certificate per component and the SA keys. */
-export async function createClusterPki(dir: string): Promise<ClusterPki> {
-  const ca = { cert: join(dir, "ca.crt"), key: join(dir, "ca.key") };
+async function createCa(dir: string, name: string, subject: string): Promise<CertPair> {
+  const ca = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
   await openssl(
     [
       "req",
@@ -91,7 +96,7 @@ export async function createClusterPki(dir: string): Promise<ClusterPki> {
       "-days",
       validDays,
       "-subj",
-      "/CN=kiln-test-ca",
+      subject,
       "-keyout",
       ca.key,
       "-out",
@@ -101,8 +106,17 @@ export async function createClusterPki(dir: string): Promise<ClusterPki> {
       "-addext",
       "keyUsage=critical,keyCertSign,cRLSign",
     ],
-    "the cluster CA",
+    `the ${name} certificate`,
   );
+  return ca;
+}
+
+/** Creates fresh CAs, the apiserver serving certificate, one client certificate per component and the SA keys. */
+export async function createClusterPki(dir: string): Promise<ClusterPki> {
+  const [ca, frontProxyCa] = await Promise.all([
+    createCa(dir, "ca", "/CN=kiln-test-ca"),
+    createCa(dir, "front-proxy-ca", "/CN=kiln-test-front-proxy-ca"),
+  ]);
 
   const serviceAccount = { privateKey: join(dir, "sa.key"), publicKey: join(dir, "sa.pub") };
   const saKeys = generateKeyPairSync("ec", {
@@ -111,24 +125,37 @@ export async function createClusterPki(dir: string): Promise<ClusterPki> {
     publicKeyEncoding: { type: "spki", format: "pem" },
   });
 
-  const [apiserver, loopbackServing, admin, controllerManager, scheduler, kwok] = await Promise.all([
-    issue(dir, "apiserver", ca, "/CN=kube-apiserver", "server", [
-      "IP:127.0.0.1",
-      "DNS:localhost",
-      "DNS:kubernetes",
-      "DNS:kubernetes.default",
-      "DNS:kubernetes.default.svc",
-    ]),
-    issue(dir, "loopback-serving", ca, "/CN=kiln-loopback", "server", ["IP:127.0.0.1", "DNS:localhost"]),
-    // system:masters bypasses RBAC: the test harness and humans act as cluster admins.
-    issue(dir, "admin", ca, "/O=system:masters/CN=kiln-admin", "client"),
-    // The bootstrap RBAC policy grants these well-known user names exactly what the components need.
-    issue(dir, "controller-manager", ca, "/CN=system:kube-controller-manager", "client"),
-    issue(dir, "scheduler", ca, "/CN=system:kube-scheduler", "client"),
-    // kwok patches node and pod status of every node it manages, like a fleet of kubelets would.
-    issue(dir, "kwok", ca, "/O=system:masters/CN=kwok", "client"),
-    writeFile(serviceAccount.privateKey, saKeys.privateKey, { mode: 0o600 }),
-    writeFile(serviceAccount.publicKey, saKeys.publicKey),
-  ]);
-  return { ca, apiserver, loopbackServing, admin, controllerManager, scheduler, kwok, serviceAccount };
+  const [apiserver, loopbackServing, admin, controllerManager, scheduler, kwok, frontProxyClient] =
+    await Promise.all([
+      issue(dir, "apiserver", ca, "/CN=kube-apiserver", "server", [
+        "IP:127.0.0.1",
+        "DNS:localhost",
+        "DNS:kubernetes",
+        "DNS:kubernetes.default",
+        "DNS:kubernetes.default.svc",
+      ]),
+      issue(dir, "loopback-serving", ca, "/CN=kiln-loopback", "server", ["IP:127.0.0.1", "DNS:localhost"]),
+      // system:masters bypasses RBAC: the test harness and humans act as cluster admins.
+      issue(dir, "admin", ca, "/O=system:masters/CN=kiln-admin", "client"),
+      // The bootstrap RBAC policy grants these well-known user names exactly what the components need.
+      issue(dir, "controller-manager", ca, "/CN=system:kube-controller-manager", "client"),
+      issue(dir, "scheduler", ca, "/CN=system:kube-scheduler", "client"),
+      // kwok patches node and pod status of every node it manages, like a fleet of kubelets would.
+      issue(dir, "kwok", ca, "/O=system:masters/CN=kwok", "client"),
+      issue(dir, "front-proxy-client", frontProxyCa, "/CN=front-proxy-client", "client"),
+      writeFile(serviceAccount.privateKey, saKeys.privateKey, { mode: 0o600 }),
+      writeFile(serviceAccount.publicKey, saKeys.publicKey),
+    ]);
+  return {
+    ca,
+    frontProxyCa,
+    frontProxyClient,
+    apiserver,
+    loopbackServing,
+    admin,
+    controllerManager,
+    scheduler,
+    kwok,
+    serviceAccount,
+  };
 }
