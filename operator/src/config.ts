@@ -29,7 +29,16 @@ export interface OperatorConfig {
     gpuNodeSelectors: Partial<Record<GpuProductName, Record<string, string>>>;
     gpuResource: string;
   };
-  leaderElection: { namespace: string; name: string; identity: string };
+  leaderElection: {
+    namespace: string;
+    name: string;
+    identity: string;
+    /** How long a holder's lease lasts without renewal; a successor waits this long after a crash. */
+    leaseDurationSeconds: number;
+    /** A leader that has not renewed for this long steps down. */
+    renewDeadlineSeconds: number;
+    retryPeriodSeconds: number;
+  };
   http: { port: number };
   reconcileConcurrency: number;
 }
@@ -50,20 +59,49 @@ const defaultSelectors = () =>
     ),
   ) as OperatorConfig["defaults"]["gpuNodeSelectors"];
 
+/** The YAML document a configuration is read from when it is not a file: a ConfigMap's key. */
+export interface ConfigDocument {
+  /** Where it came from, for messages, e.g. `ConfigMap kiln-system/kiln-config key config.yaml`. */
+  source: string;
+  text: string;
+}
+
+/** The key of the ConfigMap (KILN_CONFIG_MAP=namespace/name) that holds the configuration. */
+export const CONFIG_MAP_KEY = "config.yaml";
+
+/** `namespace/name` of KILN_CONFIG_MAP, if set. */
+export function configMapRef(env: Env = process.env): { namespace: string; name: string } | undefined {
+  const ref = env.KILN_CONFIG_MAP;
+  if (!ref) return undefined;
+  const [namespace, name, ...rest] = ref.split("/");
+  if (!namespace || !name || rest.length) {
+    throw new ConfigError([`KILN_CONFIG_MAP must be namespace/name, got ${JSON.stringify(ref)}`]);
+  }
+  return { namespace, name };
+}
+
 /**
- * Configuration from a YAML/JSON file (KILN_CONFIG_FILE, typically a mounted ConfigMap) overlaid by
- * environment variables. Every problem is reported at once, each naming both places it can be set.
+ * Configuration from a YAML document overlaid by environment variables. The document is `document`
+ * when given (the operator's ConfigMap, read through the API so that edits apply live), else the
+ * file KILN_CONFIG_FILE (e.g. a mounted ConfigMap, read once). Every problem is reported at once,
+ * each naming both places it can be set.
  */
 export function loadConfig(
   env: Env = process.env,
   readFile: (p: string) => string = (p) => readFileSync(p, "utf8"),
+  document?: ConfigDocument,
 ) {
   const problems: string[] = [];
   let file: Record<string, unknown> = {};
-  const path = env.KILN_CONFIG_FILE;
+  const path = document?.source ?? env.KILN_CONFIG_FILE;
   if (path) {
     try {
-      file = (parse(readFile(path)) as Record<string, unknown> | null) ?? {};
+      const parsed: unknown = parse(document ? document.text : readFile(path));
+      if (parsed !== null && (typeof parsed !== "object" || Array.isArray(parsed))) {
+        problems.push(`${path}: must be a YAML mapping`);
+      } else {
+        file = (parsed as Record<string, unknown> | null) ?? {};
+      }
     } catch (err) {
       problems.push(`${path}: ${(err as Error).message}`);
     }
@@ -169,10 +207,54 @@ export function loadConfig(
       namespace: optStr("KILN_NAMESPACE", "leaderElection.namespace") ?? "kiln-system",
       name: optStr("KILN_LEASE_NAME", "leaderElection.name") ?? "kiln-operator",
       identity: env.POD_NAME ?? env.HOSTNAME ?? `kiln-operator-${process.pid}`,
+      leaseDurationSeconds: int(
+        "KILN_LEASE_DURATION_SECONDS",
+        "leaderElection.leaseDurationSeconds",
+        15,
+        2,
+        300,
+      ),
+      renewDeadlineSeconds: int(
+        "KILN_LEASE_RENEW_DEADLINE_SECONDS",
+        "leaderElection.renewDeadlineSeconds",
+        10,
+        1,
+        300,
+      ),
+      retryPeriodSeconds: int("KILN_LEASE_RETRY_PERIOD_SECONDS", "leaderElection.retryPeriodSeconds", 2, 1, 60),
     },
     http: { port: int("KILN_HTTP_PORT", "http.port", 8080, 0, 65535) },
     reconcileConcurrency: int("KILN_RECONCILE_CONCURRENCY", "reconcileConcurrency", 4, 1, 64),
   };
+  const lease = config.leaderElection;
+  if (lease.renewDeadlineSeconds >= lease.leaseDurationSeconds) {
+    problems.push(
+      `leaderElection.renewDeadlineSeconds (${lease.renewDeadlineSeconds}) must be below leaseDurationSeconds (${lease.leaseDurationSeconds}): a leader must step down before others may take over`,
+    );
+  }
   if (problems.length) throw new ConfigError(problems);
   return config;
+}
+
+/**
+ * Take a changed configuration into the running one, in place (every controller holds `current`).
+ * Toolchain, limits and defaults apply at once; the rest is wired into clients and listeners at
+ * start, so a change there is reported as needing a restart rather than half-applied.
+ */
+export function applyConfigChange(
+  current: OperatorConfig,
+  next: OperatorConfig,
+): { changed: string[]; needsRestart: string[] } {
+  const changed: string[] = [];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  for (const section of ["toolchain", "limits", "defaults"] as const) {
+    if (!same(current[section], next[section])) {
+      changed.push(section);
+      Object.assign(current[section], next[section]);
+    }
+  }
+  const needsRestart = (["objectStore", "leaderElection", "http", "reconcileConcurrency"] as const).filter(
+    (section) => !same(current[section], next[section]),
+  );
+  return { changed, needsRestart };
 }

@@ -16,7 +16,14 @@ import { EB_PHASES } from "./api/enginebuild.js";
 import { GPU_PRODUCT_NAMES, type GpuProductName } from "./api/gpu.js";
 import { LABELS, MANAGED_BY } from "./api/labels.js";
 import type { EngineBuild, InferenceModel } from "./api/types.js";
-import { ConfigError, loadConfig, type OperatorConfig } from "./config.js";
+import {
+  applyConfigChange,
+  CONFIG_MAP_KEY,
+  ConfigError,
+  configMapRef,
+  loadConfig,
+  type OperatorConfig,
+} from "./config.js";
 import { type Clock, realClock } from "./controller/clock.js";
 import { EventRecorder } from "./controller/events.js";
 import { Informer } from "./controller/informer.js";
@@ -36,6 +43,30 @@ import {
 import { defaultRevisionResolver, type RevisionResolver } from "./inferencemodel/revision.js";
 
 const NODE: ResourceType = { apiVersion: "v1", kind: "Node", plural: "nodes", namespaced: false };
+const CONFIG_MAP: ResourceType = {
+  apiVersion: "v1",
+  kind: "ConfigMap",
+  plural: "configmaps",
+  namespaced: true,
+};
+
+type ConfigMapObject = KubeObject & { data?: Record<string, string> };
+
+/** Reads the operator's ConfigMap and builds the configuration from it (env still wins). */
+export async function configFromConfigMap(
+  client: KubeClient,
+  ref: { namespace: string; name: string },
+  env: NodeJS.ProcessEnv,
+): Promise<OperatorConfig> {
+  const cm = await client.get<ConfigMapObject>(CONFIG_MAP, ref.namespace, ref.name);
+  if (!cm) throw new ConfigError([`ConfigMap ${ref.namespace}/${ref.name} (KILN_CONFIG_MAP) does not exist`]);
+  return loadConfig(env, undefined, configDocument(cm, ref));
+}
+
+const configDocument = (cm: ConfigMapObject, ref: { namespace: string; name: string }) => ({
+  source: `ConfigMap ${ref.namespace}/${ref.name} key ${CONFIG_MAP_KEY}`,
+  text: cm.data?.[CONFIG_MAP_KEY] ?? "",
+});
 
 export interface OperatorOptions {
   config: OperatorConfig;
@@ -45,6 +76,13 @@ export interface OperatorOptions {
   resolveRevision?: RevisionResolver;
   /** Informer resync period; a safety net for missed edges, not the way work is found. */
   resyncMs?: number;
+  /**
+   * The ConfigMap `config` was read from: it is watched, and a change to the toolchain, limits or
+   * defaults applies without a restart (a toolchain bump rebuilds and rolls every model).
+   */
+  configMap?: { namespace: string; name: string; env: NodeJS.ProcessEnv };
+  /** Called when leadership is lost; by default the process exits so it restarts from clean caches. */
+  onLostLeadership?: () => void;
 }
 
 export interface Operator {
@@ -79,6 +117,18 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const services = informer<V1Service & KubeObject>(SERVICE, managed);
   const jobs = informer<V1Job & KubeObject>(JOB, managed);
   const nodes = informer<V1Node & KubeObject>(NODE);
+  const configMaps = opts.configMap
+    ? new Informer<ConfigMapObject>(
+        client.listWatch<ConfigMapObject>(
+          CONFIG_MAP,
+          opts.configMap.namespace,
+          undefined,
+          `metadata.name=${opts.configMap.name}`,
+        ),
+        { clock, log: log.child({ informer: "ConfigMap" }) },
+      )
+    : undefined;
+  const informers = [models, builds, deployments, services, jobs, nodes, ...(configMaps ? [configMaps] : [])];
   const ownerUids = (o: KubeObject) => (o.metadata?.ownerReferences ?? []).map((r) => r.uid);
   builds.addIndex(INDEX.owner, ownerUids);
   deployments.addIndex(INDEX.owner, ownerUids);
@@ -141,7 +191,45 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const allModels = () => {
     for (const m of models.list()) enqueueModel(m);
   };
-  nodes.on({ add: allModels, delete: allModels });
+  // GPU capacity or labels (GPU feature discovery labels a node after it joins) can unblock a
+  // pre-flight or bring a product into the cluster: look at every model again.
+  nodes.on({
+    add: allModels,
+    delete: allModels,
+    update: (before, after) => {
+      const inventory = (n: V1Node) => JSON.stringify([n.metadata?.labels, n.status?.allocatable]);
+      if (inventory(before) !== inventory(after)) allModels();
+    },
+  });
+  const allBuilds = () => {
+    for (const b of builds.list()) buildQueue.add(objectKey(b));
+  };
+  if (configMaps && opts.configMap) {
+    const ref = opts.configMap;
+    const reload = (cm: ConfigMapObject) => {
+      let next: OperatorConfig;
+      try {
+        next = loadConfig(ref.env, undefined, configDocument(cm, ref));
+      } catch (err) {
+        // Keep running on the last good configuration; the error names every bad field.
+        log.error({ err }, "configuration change rejected");
+        return;
+      }
+      const previousToolchain = config.toolchain.version;
+      const { changed, needsRestart } = applyConfigChange(config, next);
+      if (needsRestart.length)
+        log.warn({ sections: needsRestart }, "configuration change needs an operator restart to apply");
+      if (!changed.length) return;
+      log.info(
+        { sections: changed, toolchain: { from: previousToolchain, to: config.toolchain.version } },
+        "configuration changed",
+      );
+      // New toolchain => new engine keys for every model; new limits => queued builds may start.
+      allModels();
+      allBuilds();
+    };
+    configMaps.on({ update: (_, cm) => reload(cm) });
+  }
 
   const gpusPerNode = () => {
     const out: Partial<Record<GpuProductName, number>> = {};
@@ -187,7 +275,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     },
   };
 
-  const started = Promise.all([models, builds, deployments, services, jobs, nodes].map((i) => i.start()));
+  const started = Promise.all(informers.map((i) => i.start()));
   let synced = false;
   void started.then(() => {
     synced = true;
@@ -208,8 +296,14 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     durations.observe({ controller }, seconds);
   };
   const workers: Promise<void>[] = [];
+  const lease = config.leaderElection;
   const elector = new LeaderElector(client, {
-    ...config.leaderElection,
+    namespace: lease.namespace,
+    name: lease.name,
+    identity: lease.identity,
+    leaseDurationMs: lease.leaseDurationSeconds * 1000,
+    renewDeadlineMs: lease.renewDeadlineSeconds * 1000,
+    retryPeriodMs: lease.retryPeriodSeconds * 1000,
     clock,
     log: log.child({ component: "leader" }),
   });
@@ -225,14 +319,16 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
         workers.push(
           runWorkers(buildQueue, config.reconcileConcurrency, build, buildCtx.log, observe("enginebuild")),
         );
-        for (const m of models.list()) enqueueModel(m);
-        for (const b of builds.list()) buildQueue.add(objectKey(b));
+        allModels();
+        allBuilds();
       });
     },
-    onStopped: () => {
-      log.fatal("leadership lost; exiting so a fresh process starts from clean caches");
-      process.exit(1);
-    },
+    onStopped:
+      opts.onLostLeadership ??
+      (() => {
+        log.fatal("leadership lost; exiting so a fresh process starts from clean caches");
+        process.exit(1);
+      }),
   });
 
   return {
@@ -243,7 +339,7 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
       buildQueue.shutDown();
       await Promise.all(workers);
       await elector.release();
-      for (const i of [models, builds, deployments, services, jobs, nodes]) i.stop();
+      for (const i of informers) i.stop();
       await http.close();
     },
   };
@@ -251,9 +347,14 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
 
 async function main(): Promise<void> {
   const log = componentLogger("operator");
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
   let config: OperatorConfig;
+  let configMap: OperatorOptions["configMap"];
   try {
-    config = loadConfig();
+    const ref = configMapRef();
+    configMap = ref ? { ...ref, env: process.env } : undefined;
+    config = ref ? await configFromConfigMap(new KubeClient(kubeConfig), ref, process.env) : loadConfig();
   } catch (err) {
     if (err instanceof ConfigError) {
       log.fatal(err.message);
@@ -261,11 +362,9 @@ async function main(): Promise<void> {
     }
     throw err;
   }
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromDefault();
   if (!process.env.POD_NAME)
     config.leaderElection.identity = `${config.leaderElection.identity}-${randomUUID().slice(0, 8)}`;
-  const operator = await startOperator({ config, kubeConfig, log });
+  const operator = await startOperator({ config, kubeConfig, log, configMap });
   log.info({ toolchain: config.toolchain.version, store: config.objectStore.uri }, "kiln operator started");
   const shutdown = async (signal: string) => {
     log.info({ signal }, "shutting down");

@@ -186,6 +186,7 @@ export const inferenceModelStatusSchema = object({
         deployment: optional(nameSchema),
         replicas: optional(integer()),
         readyReplicas: optional(integer()),
+        message: optional(string({ description: "Why this product has no engine or pods, if so." })),
       }),
       { listType: "map", listMapKeys: ["product"], description: "Per GPU product: its engines and pods." },
     ),

@@ -154,8 +154,12 @@ export class KubeClient {
     rt: ResourceType,
     namespace?: string,
     labelSelector?: string,
+    fieldSelector?: string,
   ): Promise<ObjectList<T>> {
-    const q = labelSelector ? `?labelSelector=${encodeURIComponent(labelSelector)}` : "";
+    const params = new URLSearchParams();
+    if (labelSelector) params.set("labelSelector", labelSelector);
+    if (fieldSelector) params.set("fieldSelector", fieldSelector);
+    const q = params.size ? `?${params}` : "";
     const list = await this.request<{ items: T[]; metadata: { resourceVersion: string } }>(
       "GET",
       resourcePath(rt, namespace) + q,
@@ -206,14 +210,21 @@ export class KubeClient {
     rt: ResourceType,
     namespace?: string,
     labelSelector?: string,
+    fieldSelector?: string,
   ): ListWatch<T> {
     return {
-      list: () => this.list<T>(rt, namespace, labelSelector),
+      list: () => this.list<T>(rt, namespace, labelSelector, fieldSelector),
       watch: async (resourceVersion, onEvent, onClose) => {
         const controller = await new Watch(this.kc).watch(
           resourcePath(rt, namespace),
           // Bookmarks keep resourceVersion fresh on quiet kinds, so a reconnect rarely hits 410.
-          { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: 300, labelSelector },
+          {
+            resourceVersion,
+            allowWatchBookmarks: true,
+            timeoutSeconds: 300,
+            ...(labelSelector ? { labelSelector } : {}),
+            ...(fieldSelector ? { fieldSelector } : {}),
+          },
           (type, object) => onEvent({ type: type as WatchEventType, object }),
           (err) => onClose(err ?? undefined),
         );

@@ -100,7 +100,17 @@ const WARNING_REASONS = new Set([
   "PreflightFailed",
   "ProgressDeadlineExceeded",
   "NoReadyReplicas",
+  "NoMatchingNodes",
 ]);
+
+/**
+ * Whether any node offers `product`. The CPU backend runs anywhere; with no node inventory at hand
+ * (`gpusPerNode` undefined) every product counts as present.
+ */
+export const productPresent = (
+  product: GpuProductName,
+  gpusPerNode: Partial<Record<GpuProductName, number>> | undefined,
+) => product === "cpu" || !gpusPerNode || gpusPerNode[product] !== undefined;
 
 const ownedBy = (obj: { metadata?: { ownerReferences?: { uid: string }[] } }, uid: string | undefined) =>
   (obj.metadata?.ownerReferences ?? []).some((r) => r.uid === uid);
@@ -134,8 +144,17 @@ export function planModel(o: ModelObservation): ModelPlan {
   };
 
   const targets: TargetView[] = [];
+  const absent: GpuProductName[] = [];
   if (!blocked && o.revision) {
     for (const product of spec.gpu.products) {
+      const name = deploymentName(model.metadata.name ?? "", product);
+      const live = o.deployments.find((d) => d.metadata?.name === name);
+      // No node of this product: building would claim a GPU that is not there. A Deployment that
+      // already exists stays (nodes come and go; its pods wait for them), so only new work waits.
+      if (!live && !productPresent(product, o.gpusPerNode)) {
+        absent.push(product);
+        continue;
+      }
       const desired = buildSpecFor(model.spec, product, o.revision, config.toolchain);
       const existing = o.buildsByKey.get(desired.key);
       const buildName = existing?.metadata.name ?? engineBuildName(desired.model.source, desired.key);
@@ -163,8 +182,6 @@ export function planModel(o: ModelObservation): ModelPlan {
         });
       }
 
-      const name = deploymentName(model.metadata.name ?? "", product);
-      const live = o.deployments.find((d) => d.metadata?.name === name);
       const running = runningEngineOf(live);
       const artifact = existing?.status?.phase === "Succeeded" ? existing.status.artifact : undefined;
       const toRun: RunningEngine | undefined = artifact
@@ -189,9 +206,7 @@ export function planModel(o: ModelObservation): ModelPlan {
       });
     }
 
-    const wantedDeployments = new Set(
-      spec.gpu.products.map((p) => deploymentName(model.metadata.name ?? "", p)),
-    );
+    const wantedDeployments = new Set(targets.map((t) => t.deploymentName));
     for (const d of o.deployments) {
       const name = d.metadata?.name ?? "";
       if (!wantedDeployments.has(name)) plan.deleteDeployments.push(name);
@@ -219,6 +234,7 @@ export function planModel(o: ModelObservation): ModelPlan {
     revisionError: o.revisionError,
     problems,
     targets,
+    absent,
     endpoint: plan.service ? endpointOf(model) : undefined,
     now: o.now,
   });

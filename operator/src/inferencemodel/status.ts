@@ -41,6 +41,8 @@ export interface StatusInput {
   revisionError: string | undefined;
   problems: PreflightProblem[];
   targets: TargetView[];
+  /** Listed GPU products no node offers: not built until one joins. */
+  absent?: GpuProductName[];
   endpoint: string | undefined;
   now: Date;
 }
@@ -81,7 +83,8 @@ export function computeStatus(input: StatusInput): InferenceModelStatus {
 
   // Blocked (pre-flight failed, revision unknown): nothing new was planned, so what was last
   // observed about each target still stands.
-  const blocked = targets.length === 0;
+  const blocked = input.problems.length > 0 || !input.revision;
+  const absent = input.absent ?? [];
   const targetStatus: TargetStatus[] = blocked
     ? (previous.targets ?? [])
     : targets.map((t) => {
@@ -106,7 +109,13 @@ export function computeStatus(input: StatusInput): InferenceModelStatus {
           replicas: t.deployment?.status?.replicas ?? 0,
           readyReplicas: t.deployment?.status?.readyReplicas ?? 0,
         };
-      });
+      })
+      .concat(
+        absent.map((product) => ({
+          product,
+          message: `no node offers ${product}; its engine is built once one joins`,
+        })),
+      );
 
   const desiredReplicas = blocked
     ? (previous.replicas ?? 0)
@@ -129,6 +138,14 @@ export function computeStatus(input: StatusInput): InferenceModelStatus {
         status: "Unknown",
         reason: "ResolvingRevision",
         message: input.revisionError ?? "resolving the model revision",
+      };
+    }
+    if (targets.length === 0) {
+      return {
+        type: CONDITIONS.engineReady,
+        status: "False",
+        reason: "NoMatchingNodes",
+        message: `no node offers any of ${absent.join(", ")}; nothing is built until one joins`,
       };
     }
     const failed = targets.filter((t) => buildPhase(t) === "Failed");
@@ -250,7 +267,7 @@ export function computeStatus(input: StatusInput): InferenceModelStatus {
   const phase: InferenceModelPhase = (() => {
     if (engine.reason === "PreflightFailed" || engine.reason === "BuildFailed")
       return anyServing ? "Degraded" : "Failed";
-    if (engine.reason === "ResolvingRevision") return "Pending";
+    if (engine.reason === "ResolvingRevision" || engine.reason === "NoMatchingNodes") return "Pending";
     if (engine.status !== "True") return "Building";
     if (stuck) return "Degraded";
     if (ready.status === "True") return "Ready";
