@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -7,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { testCluster } from "./env.js";
 import { startCluster } from "./launcher.js";
 import { isAlive } from "./processes.js";
+import { waitUntil } from "./wait.js";
 
 /** Pids of live processes whose command line mentions `text` (every component gets run-dir paths). */
 function processesMentioning(text: string): number[] {
@@ -72,6 +74,40 @@ describe("the cluster launcher", () => {
       );
     } finally {
       await rm(runDir, { recursive: true, force: true });
+    }
+  });
+
+  it("stops the cluster by itself when the process that started it is killed", async () => {
+    const fixture = join(import.meta.dirname, "support", "start-and-hang.ts");
+    const runner = spawn(process.execPath, ["--import", "tsx", fixture], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      const started = await new Promise<{ pids: number[]; runDir: string }>((resolve, reject) => {
+        let out = "";
+        runner.stdout.on("data", (chunk: Buffer) => {
+          out += chunk.toString();
+          if (out.includes("\n")) resolve(JSON.parse(out));
+        });
+        runner.once("exit", (code) =>
+          reject(new Error(`fixture exited (${code}) before the cluster was up`)),
+        );
+      });
+      expect(started.pids.filter(isAlive)).toEqual(started.pids);
+
+      runner.kill("SIGKILL");
+
+      await waitUntil(
+        "every cluster process gone after its runner was SIGKILLed",
+        async () => !started.pids.some(isAlive),
+        {
+          timeoutMs: 30_000,
+          intervalMs: 200,
+        },
+      );
+      await rm(started.runDir, { recursive: true, force: true });
+    } finally {
+      runner.kill("SIGKILL");
     }
   });
 });

@@ -95,8 +95,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     cancel = resolve;
   });
   const abortOn = (...exits: Promise<string>[]) => Promise.race([cancelled, ...exits]);
-  const watchdog =
-    options.stopWithParent === false ? undefined : startWatchdog(join(runDir, "watchdog.pids"));
+  const watchdog = options.stopWithParent === false ? undefined : startWatchdog(runDir);
   const pids = () => [...(watchdog ? [watchdog.pid] : []), ...processes.map((p) => p.pid)];
   const track = (proc: StartedProcess) => {
     processes.push(proc);
