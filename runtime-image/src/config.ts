@@ -1,0 +1,92 @@
+import { RUNTIME_ENV } from "../../lib/manifest.js";
+
+/** Everything the serving pod reads from its environment, checked once at start-up. */
+export interface RuntimeConfig {
+  /** `s3://bucket/.../engines/<key>/engine.kiln` or `file:///.../engine.kiln`. */
+  engineUri: string;
+  /** Expected sha256 of engine.kiln (hex); the download is refused when it differs. */
+  engineSha256: string;
+  /** Engine key; when set, the manifest must carry the same key. */
+  engineKey?: string;
+  /** The model id clients send and /v1/models lists. */
+  modelName: string;
+  host: string;
+  port: number;
+  /** Where engines are downloaded to; an emptyDir in the pod keeps the root filesystem read-only. */
+  cacheDir: string;
+  store: { endpoint?: string; region?: string };
+  /** Requests admitted beyond the engine's running batch; the next one gets 429. */
+  maxQueuedRequests: number;
+  /** Seconds clients are told to wait in Retry-After on 429/503. */
+  retryAfterSeconds: number;
+  /** How long SIGTERM waits for in-flight requests before exiting anyway. */
+  drainGraceSeconds: number;
+  engine: { maxBatchSize?: number; kvCachePages?: number; threads?: number };
+  /** Upper bound on `n` per request, so one request cannot take the whole batch. */
+  maxChoicesPerRequest: number;
+}
+
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+type Env = Record<string, string | undefined>;
+
+function required(env: Env, name: string): string {
+  const value = env[name]?.trim();
+  if (!value) throw new ConfigError(`${name} must be set`);
+  return value;
+}
+
+function integer(env: Env, name: string, fallback: number | undefined, min: number): number | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min) {
+    throw new ConfigError(`${name} must be an integer >= ${min} (got "${raw}")`);
+  }
+  return value;
+}
+
+function integerWithDefault(env: Env, name: string, fallback: number, min: number): number {
+  return integer(env, name, fallback, min) ?? fallback;
+}
+
+export function loadConfig(env: Env = process.env): RuntimeConfig {
+  const engineUri = required(env, RUNTIME_ENV.engineUri);
+  if (!/^(s3|file):\/\//.test(engineUri)) {
+    throw new ConfigError(`${RUNTIME_ENV.engineUri} must be an s3:// or file:// URI (got "${engineUri}")`);
+  }
+  const engineSha256 = required(env, RUNTIME_ENV.engineSha256).toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(engineSha256)) {
+    throw new ConfigError(`${RUNTIME_ENV.engineSha256} must be 64 hex digits (got "${engineSha256}")`);
+  }
+  const engineKey = env[RUNTIME_ENV.engineKey]?.trim() || undefined;
+  return {
+    engineUri,
+    engineSha256,
+    ...(engineKey ? { engineKey } : {}),
+    modelName: env[RUNTIME_ENV.modelName]?.trim() || "kiln",
+    host: env.HOST?.trim() || "0.0.0.0",
+    port: integerWithDefault(env, RUNTIME_ENV.port, 8000, 0),
+    cacheDir: env.KILN_CACHE_DIR?.trim() || "/var/cache/kiln",
+    store: {
+      ...(env[RUNTIME_ENV.storeEndpoint] ? { endpoint: env[RUNTIME_ENV.storeEndpoint] } : {}),
+      ...(env[RUNTIME_ENV.storeRegion] ? { region: env[RUNTIME_ENV.storeRegion] } : {}),
+    },
+    maxQueuedRequests: integerWithDefault(env, "KILN_MAX_QUEUED_REQUESTS", 256, 0),
+    retryAfterSeconds: integerWithDefault(env, "KILN_RETRY_AFTER_SECONDS", 1, 1),
+    // Below the pod's terminationGracePeriodSeconds (60), so we exit before the kubelet kills us.
+    drainGraceSeconds: integerWithDefault(env, "KILN_DRAIN_GRACE_SECONDS", 50, 0),
+    engine: {
+      ...optional("maxBatchSize", integer(env, "KILN_MAX_BATCH_SIZE", undefined, 1)),
+      ...optional("kvCachePages", integer(env, "KILN_KV_CACHE_PAGES", undefined, 1)),
+      ...optional("threads", integer(env, "KILN_THREADS", undefined, 1)),
+    },
+    maxChoicesPerRequest: integerWithDefault(env, "KILN_MAX_CHOICES", 8, 1),
+  };
+}
+
+function optional<K extends string>(key: K, value: number | undefined): { [P in K]?: number } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: number };
+}

@@ -1,0 +1,77 @@
+import type { EngineStats } from "../../native/binding/engine-types.js";
+import { ApiError } from "./errors.js";
+
+/**
+ * Admission of generation requests, and the drain SIGTERM starts: once draining, new requests get
+ * 503 (and /readyz fails, so the Service stops routing here) while admitted ones run to the end.
+ */
+export class Admission {
+  private draining = false;
+  private inFlight = 0;
+  private idle: (() => void)[] = [];
+
+  constructor(
+    private readonly maxQueuedRequests: number,
+    private readonly retryAfterSeconds: number,
+    private readonly stats: () => EngineStats | undefined,
+  ) {}
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  get active(): number {
+    return this.inFlight;
+  }
+
+  /** Admits one request or throws the 503/429 the client gets; call the returned function when it ends. */
+  admit(): () => void {
+    if (this.draining) {
+      throw new ApiError(
+        503,
+        "server is shutting down",
+        "service_unavailable",
+        null,
+        "draining",
+        this.retryAfterSeconds,
+      );
+    }
+    const waiting = this.stats()?.waiting ?? 0;
+    if (waiting >= this.maxQueuedRequests) throw this.overloaded();
+    this.inFlight++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.inFlight--;
+      if (this.inFlight === 0) for (const resolve of this.idle.splice(0)) resolve();
+    };
+  }
+
+  overloaded(): ApiError {
+    return new ApiError(
+      429,
+      `server is at capacity (${this.maxQueuedRequests} requests queued); retry later`,
+      "rate_limit_error",
+      null,
+      "overloaded",
+      this.retryAfterSeconds,
+    );
+  }
+
+  /** Stops admitting and resolves once in-flight requests are done or the grace period ends. */
+  async drain(graceMs: number): Promise<"finished" | "grace-expired"> {
+    this.draining = true;
+    if (this.inFlight === 0) return "finished";
+    let timer: NodeJS.Timeout | undefined;
+    const finished = new Promise<"finished">((resolve) => this.idle.push(() => resolve("finished")));
+    const expired = new Promise<"grace-expired">((resolve) => {
+      timer = setTimeout(() => resolve("grace-expired"), graceMs);
+    });
+    try {
+      return await Promise.race([finished, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}

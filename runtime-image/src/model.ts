@@ -1,0 +1,37 @@
+import type { EngineInfo, ServingEngine } from "../../native/binding/engine-types.js";
+import { ChatTemplate } from "./chat-template.js";
+import { loadTokenizer, type TextTokenizer } from "./tokenizer.js";
+
+/** A loaded engine with the text side the HTTP layer needs: its tokenizer and chat template. */
+export interface LoadedModel {
+  /** The id clients address it by. */
+  name: string;
+  engine: ServingEngine;
+  info: EngineInfo;
+  tokenizer: TextTokenizer;
+  /** Absent when the checkpoint shipped none: chat completions are then refused. */
+  chatTemplate?: ChatTemplate;
+  createdAt: number;
+}
+
+export function loadedModelFrom(engine: ServingEngine, name: string): LoadedModel {
+  const info = engine.info;
+  const tokenizer = loadTokenizer(info.tokenizerJson);
+  const tokenText = (id: number | undefined) => (id === undefined ? undefined : tokenizer.tokenText(id));
+  const bosToken = tokenText(info.bosTokenId);
+  const eosToken = tokenText(info.eosTokenIds[0]);
+  const chatTemplate = info.chatTemplate
+    ? new ChatTemplate(info.chatTemplate, {
+        ...(bosToken !== undefined ? { bosToken } : {}),
+        ...(eosToken !== undefined ? { eosToken } : {}),
+      })
+    : undefined;
+  return {
+    name,
+    engine,
+    info,
+    tokenizer,
+    ...(chatTemplate ? { chatTemplate } : {}),
+    createdAt: Math.floor(Date.now() / 1000),
+  };
+}
