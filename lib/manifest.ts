@@ -15,6 +15,8 @@ export interface EngineManifest {
   target: { product: string; arch: string; fingerprint?: string };
   /** The EngineBuild spec the engine was built from (its key inputs). */
   inputs: Record<string, unknown>;
+  /** What the builder fetched: the pinned revision and the sha256 of every file it read. */
+  source?: { uri: string; revision: string; files: { path: string; sizeBytes: number; sha256: string }[] };
   tuning?: Record<string, unknown>;
   builtAt: string;
 }

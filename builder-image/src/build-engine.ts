@@ -1,0 +1,120 @@
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { EngineManifest } from "../../lib/manifest.js";
+import { MANIFEST_VERSION } from "../../lib/manifest.js";
+import { openObjectStore } from "../../lib/object-store.js";
+import { build, inspect, type Precision } from "../../native/binding/index.js";
+import { prepareCalibration } from "./calibration.js";
+import { type FetchEnv, fetchModel } from "./fetch/index.js";
+import type { BuildJob } from "./job-spec.js";
+import { type ProgressSink, stage } from "./progress.js";
+import { publishEngine, publishedEngine, resultOf, writeTerminationMessage } from "./publish.js";
+import { checkEngineTarget } from "./target.js";
+import { tuningSummary } from "./tuning-summary.js";
+
+export interface BuildRun {
+  job: BuildJob;
+  fetchEnv: FetchEnv;
+  workDir: string;
+  terminationPath: string;
+  progress: ProgressSink;
+  signal: AbortSignal;
+}
+
+/**
+ * The build Job's steps in order: done already? fetch, calibrate, compile, verify, publish. Every
+ * step is safe to repeat, so a retried Job (or two racing ones) converge on one published engine.
+ */
+export async function runBuild(run: BuildRun): Promise<{ cached: boolean; manifest: EngineManifest }> {
+  const { job, progress } = run;
+  const store = openObjectStore(job.store);
+
+  const existing = await publishedEngine(store, job.key);
+  if (existing) {
+    progress({
+      phase: "cached",
+      percent: 100,
+      message: `engine ${job.key.slice(0, 10)} is already published`,
+    });
+    await writeTerminationMessage(
+      run.terminationPath,
+      resultOf(store.uri(`engines/${job.key}/engine.kiln`), existing),
+    );
+    return { cached: true, manifest: existing };
+  }
+
+  await mkdir(run.workDir, { recursive: true });
+  const model = await fetchModel(
+    job.model.source,
+    job.model.revision,
+    join(run.workDir, "model"),
+    run.fetchEnv,
+    stage(progress, "fetch", 0, 20),
+  );
+  stage(progress, "fetch", 0, 20)(1, `${model.files.length} model files at revision ${model.revision}`);
+  run.signal.throwIfAborted();
+
+  let calibrationPath: string | undefined;
+  if (job.engine.precision === "fp8") {
+    const cal = await prepareCalibration({
+      modelDir: model.dir,
+      ...job.engine.calibration,
+      maxInputLen: job.engine.maxInputLen,
+      pvcRoot: run.fetchEnv.pvcRoot,
+      out: join(run.workDir, "calibration.jsonl"),
+    });
+    stage(
+      progress,
+      "calibrate",
+      20,
+      22,
+    )(1, `tokenized ${cal.samples} calibration samples (${cal.tokens} tokens)`);
+    calibrationPath = cal.path;
+  }
+
+  const enginePath = join(run.workDir, "engine.kiln");
+  const compile = stage(progress, "compile", 22, 85);
+  const built = await build(
+    {
+      modelDir: model.dir,
+      outPath: enginePath,
+      precision: job.engine.precision as Precision,
+      maxSeqLen: job.engine.maxSeqLen,
+      maxBatch: job.engine.maxBatchSize,
+      toolchainVersion: job.toolchainVersion,
+      ...(calibrationPath ? { calibrationPath } : {}),
+    },
+    { signal: run.signal, onProgress: (p) => compile(p.percent / 100, `${p.phase}: ${p.message}`) },
+  );
+
+  const header = inspect(enginePath);
+  const { fingerprint } = checkEngineTarget(header, job.target);
+  stage(
+    progress,
+    "verify",
+    85,
+    87,
+  )(1, `engine ${built.sha256.slice(0, 12)} (${built.bytes} bytes) for ${fingerprint}`);
+
+  const manifest: EngineManifest = {
+    manifestVersion: MANIFEST_VERSION,
+    key: job.key,
+    sha256: built.sha256,
+    sizeBytes: built.bytes,
+    toolchain: { version: job.toolchainVersion },
+    target: { ...job.target, fingerprint },
+    inputs: job.spec,
+    source: { uri: job.model.source, revision: model.revision, files: model.files },
+    tuning: tuningSummary(header),
+    builtAt: new Date().toISOString(),
+  };
+  const upload = stage(progress, "upload", 87, 99);
+  const uri = await publishEngine(store, enginePath, manifest, (f) => upload(f, "uploading engine.kiln"));
+  await writeTerminationMessage(run.terminationPath, resultOf(uri, manifest));
+  progress({
+    phase: "done",
+    percent: 100,
+    message: `published ${uri} in ${built.seconds.toFixed(1)} s of compile`,
+  });
+  return { cached: false, manifest };
+}

@@ -1,0 +1,46 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+
+/** A fetched checkpoint: the folder the compiler reads and what it read, for the manifest. */
+export interface FetchedModel {
+  dir: string;
+  /** The revision actually fetched (a commit sha for hf://, as pinned for s3:// and pvc://). */
+  revision: string;
+  files: { path: string; sizeBytes: number; sha256: string }[];
+}
+
+export type FetchProgress = (fraction: number, message: string) => void;
+
+const WANTED = [
+  /^config\.json$/,
+  /^generation_config\.json$/,
+  /\.safetensors$/,
+  /^model\.safetensors\.index\.json$/,
+  /^tokenizer\.json$/,
+  /^tokenizer_config\.json$/,
+  /^special_tokens_map\.json$/,
+  /^chat_template\.(jinja|json)$/,
+];
+
+/** Only what the compiler reads: a repository's README, pickles or other formats are left behind. */
+export function isModelFile(name: string): boolean {
+  const base = name.split("/").at(-1) ?? name;
+  return !name.includes("/") && WANTED.some((re) => re.test(base));
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+export async function describeFiles(dir: string, names: string[]): Promise<FetchedModel["files"]> {
+  const out: FetchedModel["files"] = [];
+  for (const name of [...names].sort()) {
+    const path = join(dir, name);
+    out.push({ path: name, sizeBytes: (await stat(path)).size, sha256: await sha256File(path) });
+  }
+  return out;
+}
