@@ -1,0 +1,304 @@
+#include "runtime/engine_loop.h"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+namespace kiln {
+
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+int64_t header_limit(const Engine& e, const char* field) {
+  const Json& h = e.header();
+  if (!h.contains("limits") || !h["limits"].contains(field) || !h["limits"][field].is_number_integer() ||
+      h["limits"][field].get<int64_t>() < 1) {
+    throw Error(e.source() + ": header limits." + field + " is missing or not a positive integer");
+  }
+  return h["limits"][field].get<int64_t>();
+}
+
+// special_tokens.eos_token_id may be one id or a list (Llama 3 instruct lists several).
+std::vector<int32_t> eos_ids(const Engine& e) {
+  std::vector<int32_t> out;
+  const Json& h = e.header();
+  if (!h.contains("special_tokens") || !h["special_tokens"].contains("eos_token_id")) return out;
+  const Json& v = h["special_tokens"]["eos_token_id"];
+  if (v.is_number_integer()) out.push_back(v.get<int32_t>());
+  if (v.is_array()) {
+    for (const Json& id : v) {
+      if (id.is_number_integer()) out.push_back(id.get<int32_t>());
+    }
+  }
+  return out;
+}
+
+int32_t bos_id(const Engine& e) {
+  const Json& h = e.header();
+  if (h.contains("special_tokens") && h["special_tokens"].contains("bos_token_id") &&
+      h["special_tokens"]["bos_token_id"].is_number_integer()) {
+    return h["special_tokens"]["bos_token_id"].get<int32_t>();
+  }
+  return -1;
+}
+
+ServingLimits resolve_limits(const Engine& e, const ServingOptions& o) {
+  ServingLimits l;
+  l.max_seq_len = header_limit(e, "max_seq_len");
+  l.max_input_len = o.max_input_len > 0 ? o.max_input_len : l.max_seq_len - 1;
+  if (l.max_input_len >= l.max_seq_len) {
+    throw Error("serving options: maxInputLen (" + std::to_string(l.max_input_len) + ") must be below the engine's maxSeqLen (" +
+                std::to_string(l.max_seq_len) + ")");
+  }
+  l.max_batch_size = o.max_batch_size > 0 ? o.max_batch_size : header_limit(e, "max_batch");
+  l.max_batched_tokens = o.max_batched_tokens;
+  l.max_queued = o.max_queued;
+  if (l.max_queued < 1) throw Error("serving options: maxQueuedRequests must be at least 1");
+  l.page_size = o.page_size;
+  if (l.page_size < 1) throw Error("serving options: kvPageSize must be at least 1");
+  const int64_t pages_per_sequence = (l.max_seq_len + l.page_size - 1) / l.page_size;
+  l.kv_pages = o.kv_pages > 0 ? o.kv_pages : l.max_batch_size * pages_per_sequence;
+  // One sequence of the longest allowed length must always fit, or preemption could not help it.
+  if (l.kv_pages < pages_per_sequence) {
+    throw Error("serving options: kvCachePages (" + std::to_string(l.kv_pages) + ") cannot hold one sequence of maxSeqLen " +
+                std::to_string(l.max_seq_len) + " (" + std::to_string(pages_per_sequence) + " pages of " +
+                std::to_string(l.page_size) + ")");
+  }
+  l.kv_dtype = o.kv_dtype;
+  l.eos_token_ids = eos_ids(e);
+  l.bos_token_id = bos_id(e);
+  return l;
+}
+
+}  // namespace
+
+EngineLoop::EngineLoop(std::shared_ptr<const Engine> engine, const ServingOptions& options, EventSink sink)
+    : engine_(std::move(engine)),
+      limits_(resolve_limits(*engine_, options)),
+      sink_(std::move(sink)),
+      pool_(options.threads),
+      model_(engine_, pool_),
+      cache_(engine_->config().num_layers, limits_.kv_pages, limits_.page_size, engine_->config().kv_dim(), limits_.kv_dtype),
+      blocks_(limits_.kv_pages, limits_.page_size),
+      scheduler_(blocks_, SchedulerLimits{limits_.max_batch_size, limits_.max_batched_tokens}),
+      seed_base_(std::random_device{}()) {
+  stats_.pages_total = limits_.kv_pages;
+  thread_ = std::thread([this] { run(); });
+}
+
+EngineLoop::~EngineLoop() { close(); }
+
+void EngineLoop::submit(GenerationRequest r) {
+  const auto prompt_len = static_cast<int64_t>(r.prompt.size());
+  if (r.id.empty()) throw Error("request: id must be a non-empty string");
+  if (prompt_len == 0) throw LimitError("request " + r.id + ": promptTokens is empty", "promptTokens");
+  const int64_t vocab = engine_->config().vocab_size;
+  for (int32_t t : r.prompt) {
+    if (t < 0 || t >= vocab) {
+      throw LimitError("request " + r.id + ": prompt token id " + std::to_string(t) + " is outside the vocabulary (" +
+                           std::to_string(vocab) + ")",
+                       "promptTokens");
+    }
+  }
+  if (prompt_len > limits_.max_input_len) {
+    throw LimitError("request " + r.id + ": the prompt has " + std::to_string(prompt_len) +
+                         " tokens, more than the engine's maxInputLen (" + std::to_string(limits_.max_input_len) + ")",
+                     "promptTokens");
+  }
+  if (r.max_tokens < 1) throw LimitError("request " + r.id + ": maxTokens must be at least 1", "maxTokens");
+  if (prompt_len + r.max_tokens > limits_.max_seq_len) {
+    throw LimitError("request " + r.id + ": prompt (" + std::to_string(prompt_len) + ") + maxTokens (" +
+                         std::to_string(r.max_tokens) + ") exceeds the engine's maxSeqLen (" +
+                         std::to_string(limits_.max_seq_len) + ")",
+                     "maxTokens");
+  }
+  Sampler check(r.sampling, 0);  // throws on bad parameters before anything is queued
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (closed_) throw Error("request " + r.id + ": the engine is closed");
+  if (!stats_.healthy) throw Error("request " + r.id + ": the engine loop has failed");
+  if (live_ids_.count(r.id)) throw Error("request " + r.id + ": the id is already in flight");
+  if (queued_ >= limits_.max_queued) {
+    throw OverloadError("request " + r.id + ": " + std::to_string(queued_) + " requests are already waiting (maxQueuedRequests " +
+                        std::to_string(limits_.max_queued) + ")");
+  }
+  live_ids_.insert(r.id);
+  ++queued_;
+  incoming_.push_back(std::move(r));
+  wake_.notify_one();
+}
+
+void EngineLoop::cancel(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!live_ids_.count(id)) return;
+  cancels_.push_back(id);
+  wake_.notify_one();
+}
+
+ServingStats EngineLoop::stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return stats_;
+}
+
+void EngineLoop::close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void EngineLoop::run() {
+  std::vector<GenerationRequest> fresh;
+  std::vector<std::string> cancels;
+  bool failed = false;
+  for (;;) {
+    bool stopping;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] {
+        return stopping_ || !incoming_.empty() || !cancels_.empty() ||
+               (!failed && scheduler_.running() + scheduler_.waiting() > 0);
+      });
+      fresh.swap(incoming_);
+      cancels.swap(cancels_);
+      stopping = stopping_;
+    }
+    std::vector<TokenEvent> events;
+    try {
+      events = iterate(fresh, cancels, stopping || failed);
+    } catch (const std::exception& e) {
+      // A failed step leaves the cache in an unknown state: end every request with the error and
+      // refuse new ones; /healthz reports the loop unhealthy.
+      failed = true;
+      events.clear();
+      std::vector<std::string> ids;
+      for (Sequence* s : scheduler_.running_sequences()) ids.push_back(s->id);
+      for (Sequence* s : scheduler_.waiting_sequences()) ids.push_back(s->id);
+      for (const std::string& id : ids) {
+        TokenEvent ev;
+        ev.id = id;
+        ev.finished = true;
+        ev.error = std::string("engine step failed: ") + e.what();
+        events.push_back(std::move(ev));
+        scheduler_.remove(id);
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.healthy = false;
+      for (const std::string& id : ids) live_ids_.erase(id);
+    }
+    fresh.clear();
+    cancels.clear();
+    publish_stats();
+    if (!events.empty()) sink_(std::move(events));
+    if (stopping) return;
+  }
+}
+
+std::vector<TokenEvent> EngineLoop::iterate(std::vector<GenerationRequest>& fresh, std::vector<std::string>& cancels,
+                                            bool stopping) {
+  std::vector<TokenEvent> events;
+  for (GenerationRequest& r : fresh) {
+    std::vector<int32_t> stops = std::move(r.stop_token_ids);
+    stops.insert(stops.end(), limits_.eos_token_ids.begin(), limits_.eos_token_ids.end());
+    // Requests without a seed still get independent streams; a seed makes the stream the request's own.
+    Sampler sampler(r.sampling, seed_base_ + 0x9e3779b97f4a7c15ULL * (next_arrival_ + 1));
+    auto s = std::make_unique<Sequence>(r.id, std::move(r.prompt), r.max_tokens, std::move(stops), std::move(sampler));
+    s->arrival = next_arrival_++;
+    scheduler_.add(std::move(s));
+  }
+  if (stopping) {
+    for (Sequence* s : scheduler_.running_sequences()) cancels.push_back(s->id);
+    for (Sequence* s : scheduler_.waiting_sequences()) cancels.push_back(s->id);
+  }
+  for (const std::string& id : cancels) {
+    if (Sequence* s = scheduler_.find(id)) finish(s, FinishReason::Cancelled, events, nullptr);
+  }
+  if (!stopping) run_step(events);
+  return events;
+}
+
+void EngineLoop::run_step(std::vector<TokenEvent>& events) {
+  const StepPlan plan = scheduler_.schedule();
+  if (plan.slices.empty()) return;
+  ForwardBatch batch;
+  for (const ScheduledSlice& slice : plan.slices) {
+    batch.add(slice.sequence->tokens.data() + slice.start, slice.n, slice.start, slice.sequence->block_table.data(),
+              slice.wants_logits);
+  }
+  const int64_t vocab = model_.config().vocab_size;
+  logits_.resize(static_cast<size_t>(batch.logit_rows() * vocab));
+  model_.forward(batch, cache_, logits_.data());
+  scheduler_.complete(plan);
+
+  int64_t row = 0;
+  for (const ScheduledSlice& slice : plan.slices) {
+    if (!slice.wants_logits) continue;
+    Sequence* s = slice.sequence;
+    TokenEvent ev;
+    ev.id = s->id;
+    ev.with_logprobs = s->sampler.params().logprobs >= 0;
+    if (s->generated() == 0) ev.cached_prompt_tokens = s->cached_prompt_tokens;
+    const TokenChoice choice = s->sampler.choose(logits_.data() + row * vocab, vocab, s->tokens, s->prompt_len);
+    ++row;
+    s->tokens.push_back(choice.token);
+    ev.tokens.push_back(choice);
+    ++stats_generated_;
+    const bool stop = std::find(s->stop_token_ids.begin(), s->stop_token_ids.end(), choice.token) != s->stop_token_ids.end();
+    if (stop) {
+      finish(s, FinishReason::Stop, events, &ev);
+    } else if (s->generated() >= s->max_tokens || static_cast<int64_t>(s->tokens.size()) >= limits_.max_seq_len) {
+      finish(s, FinishReason::Length, events, &ev);
+    } else {
+      events.push_back(std::move(ev));
+    }
+  }
+  ++steps_;
+  preemptions_ += static_cast<int64_t>(plan.preempted.size());
+}
+
+void EngineLoop::finish(Sequence* s, FinishReason reason, std::vector<TokenEvent>& events, TokenEvent* event) {
+  TokenEvent ev;
+  if (event) ev = std::move(*event);
+  ev.id = s->id;
+  ev.finished = true;
+  ev.reason = reason;
+  const std::string id = s->id;
+  scheduler_.remove(id);  // pages back before the caller hears of the end
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    live_ids_.erase(id);
+  }
+  events.push_back(std::move(ev));
+}
+
+void EngineLoop::publish_stats() {
+  const double t = now_seconds();
+  rate_window_.emplace_back(t, stats_generated_);
+  while (rate_window_.size() > 2 && rate_window_.front().first < t - 5.0) rate_window_.pop_front();
+  const double span = t - rate_window_.front().first;
+  int64_t never_admitted = 0;
+  for (const Sequence* s : scheduler_.waiting_sequences()) never_admitted += s->admitted_before ? 0 : 1;
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.running = scheduler_.running();
+  stats_.running_peak = std::max(stats_.running_peak, stats_.running);
+  stats_.waiting = scheduler_.waiting() + static_cast<int64_t>(incoming_.size());
+  stats_.pages_used = blocks_.used_pages();
+  stats_.pages_cached = blocks_.cached_pages();
+  stats_.pages_used_peak = std::max(stats_.pages_used_peak, blocks_.used_pages());
+  stats_.tokens_per_second = span > 0 ? static_cast<double>(stats_generated_ - rate_window_.front().second) / span : 0.0;
+  stats_.prefix_cache_hit_rate = blocks_.prefix_lookup_tokens() > 0
+                                     ? static_cast<double>(blocks_.prefix_hit_tokens()) / static_cast<double>(blocks_.prefix_lookup_tokens())
+                                     : 0.0;
+  stats_.generated_tokens = stats_generated_;
+  stats_.steps = steps_;
+  stats_.preemptions = preemptions_;
+  queued_ = never_admitted + static_cast<int64_t>(incoming_.size());
+}
+
+}  // namespace kiln
