@@ -10,6 +10,17 @@
 namespace kiln::test {
 namespace {
 
+// A plan copied out before finished sequences are removed (their Sequence objects go with them).
+struct StepView {
+  struct Slice {
+    std::string id;
+    int64_t start, n;
+    bool wants_logits;
+  };
+  std::vector<Slice> slices;
+  std::vector<std::string> preempted;
+};
+
 struct Harness {
   BlockManager blocks;
   Scheduler scheduler;
@@ -26,9 +37,12 @@ struct Harness {
   }
 
   // Runs one step; finished sequences (max_tokens reached) are removed.
-  StepPlan step() {
+  StepView step() {
     StepPlan plan = scheduler.schedule();
     scheduler.complete(plan);
+    StepView view;
+    for (const auto& slice : plan.slices) view.slices.push_back({slice.sequence->id, slice.start, slice.n, slice.wants_logits});
+    for (const Sequence* p : plan.preempted) view.preempted.push_back(p->id);
     std::vector<std::string> done;
     for (const auto& slice : plan.slices) {
       if (!slice.wants_logits) continue;
@@ -37,13 +51,13 @@ struct Harness {
     }
     for (const auto& id : done) scheduler.remove(id);
     blocks.audit();
-    return plan;
+    return view;
   }
 };
 
-std::vector<std::pair<std::string, int64_t>> shape(const StepPlan& p) {
+std::vector<std::pair<std::string, int64_t>> shape(const StepView& p) {
   std::vector<std::pair<std::string, int64_t>> out;
-  for (const auto& s : p.slices) out.emplace_back(s.sequence->id, s.n);
+  for (const auto& s : p.slices) out.emplace_back(s.id, s.n);
   return out;
 }
 
@@ -52,7 +66,7 @@ TEST(Scheduler, AdmitsFirstComeFirstServedUpToTheRunningLimit) {
   h.add("a", 3);
   h.add("b", 3);
   h.add("c", 3);
-  const StepPlan first = h.step();
+  const StepView first = h.step();
   EXPECT_EQ(shape(first), (std::vector<std::pair<std::string, int64_t>>{{"a", 3}, {"b", 3}}));
   EXPECT_EQ(h.scheduler.waiting(), 1);
   EXPECT_EQ(h.scheduler.waiting_sequences().front()->id, "c");
@@ -64,11 +78,11 @@ TEST(Scheduler, SplitsALongPromptUnderTheTokenBudgetAndInterleavesItWithDecode) 
   EXPECT_EQ(shape(h.step()), (std::vector<std::pair<std::string, int64_t>>{{"short", 2}}));
   h.add("long", 20);
   // Decode of the running sequence first, then as much of the long prompt as the budget leaves.
-  const StepPlan s2 = h.step();
+  const StepView s2 = h.step();
   EXPECT_EQ(shape(s2), (std::vector<std::pair<std::string, int64_t>>{{"short", 1}, {"long", 7}}));
   EXPECT_FALSE(s2.slices[1].wants_logits);
   EXPECT_EQ(shape(h.step()), (std::vector<std::pair<std::string, int64_t>>{{"short", 1}, {"long", 7}}));
-  const StepPlan s4 = h.step();
+  const StepView s4 = h.step();
   EXPECT_EQ(shape(s4), (std::vector<std::pair<std::string, int64_t>>{{"short", 1}, {"long", 6}}));
   EXPECT_TRUE(s4.slices[1].wants_logits);  // the last chunk samples the first output token
   EXPECT_EQ(shape(h.step()), (std::vector<std::pair<std::string, int64_t>>{{"short", 1}, {"long", 1}}));
@@ -90,10 +104,10 @@ TEST(Scheduler, PreemptsTheNewestSequenceWhenPagesRunOutAndResumesItByRecompute)
   h.add("new", 4);
   h.step();  // both prefilled, one token sampled each
   EXPECT_EQ(h.blocks.available_pages(), 0);
-  const StepPlan s2 = h.step();
+  const StepView s2 = h.step();
   // "old" decodes position 4, which needs a third page: "new" is preempted.
   ASSERT_EQ(s2.preempted.size(), 1u);
-  EXPECT_EQ(s2.preempted[0]->id, "new");
+  EXPECT_EQ(s2.preempted[0], "new");
   EXPECT_EQ(shape(s2), (std::vector<std::pair<std::string, int64_t>>{{"old", 1}}));
   Sequence* preempted = h.scheduler.find("new");
   EXPECT_EQ(preempted->computed, 0);
@@ -103,7 +117,7 @@ TEST(Scheduler, PreemptsTheNewestSequenceWhenPagesRunOutAndResumesItByRecompute)
   // prompt pages went to the prefix cache when it was preempted, so only its sampled token is
   // recomputed on resume.
   h.scheduler.remove("old");
-  const StepPlan s3 = h.step();
+  const StepView s3 = h.step();
   EXPECT_EQ(shape(s3), (std::vector<std::pair<std::string, int64_t>>{{"new", 1}}));
   EXPECT_EQ(s3.slices[0].start, 4);
   EXPECT_TRUE(s3.slices[0].wants_logits);
@@ -115,9 +129,9 @@ TEST(Scheduler, ASequenceThatIsItselfTheNewestPreemptsItself) {
   h.step();  // 2 pages, 5 tokens
   h.add("b", 1);
   // b cannot be admitted (no page), a's next decode needs a third page: a is the newest running.
-  const StepPlan s = h.step();
+  const StepView s = h.step();
   ASSERT_EQ(s.preempted.size(), 1u);
-  EXPECT_EQ(s.preempted[0]->id, "a");
+  EXPECT_EQ(s.preempted[0], "a");
   EXPECT_TRUE(s.slices.empty());
   EXPECT_EQ(h.blocks.used_pages(), 0);
 }
@@ -127,7 +141,7 @@ TEST(Scheduler, ReusesCachedPrefixPagesButAlwaysComputesTheLastPromptToken) {
   h.add("a", 8, 1);
   EXPECT_EQ(shape(h.step()), (std::vector<std::pair<std::string, int64_t>>{{"a", 8}}));  // finished, pages cached
   h.add("same", 8, 1);
-  const StepPlan s = h.step();
+  const StepView s = h.step();
   // Both pages match, but the second holds the last prompt token, so only the first is reused.
   EXPECT_EQ(shape(s), (std::vector<std::pair<std::string, int64_t>>{{"same", 4}}));
   EXPECT_EQ(s.slices[0].start, 4);
