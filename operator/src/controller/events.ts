@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import type { Clock } from "./clock.js";
-import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
+import { isNamespaceTerminating, type KubeClient, type KubeObject, type ResourceType } from "./kube.js";
 
 const EVENT: ResourceType = { apiVersion: "v1", kind: "Event", plural: "events", namespaced: true };
 
@@ -52,6 +52,11 @@ export class EventRecorder implements EventSink {
         source: { component: this.component },
         reportingComponent: this.component,
       } as KubeObject)
-      .catch((err: unknown) => this.log.warn({ err, reason }, "could not record event"));
+      .catch((err: unknown) =>
+        // Events into a namespace being deleted are expected to fail; anything else is worth a warning.
+        isNamespaceTerminating(err)
+          ? this.log.debug({ reason }, "namespace is being deleted; event dropped")
+          : this.log.warn({ err, reason }, "could not record event"),
+      );
   }
 }

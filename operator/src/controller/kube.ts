@@ -66,6 +66,8 @@ export class ApiError extends Error {
     readonly code: number,
     readonly reason: string,
     message: string,
+    /** `details.causes[].type` of the API server's Status, e.g. NamespaceTerminating. */
+    readonly causes: string[] = [],
   ) {
     super(message);
     this.name = "ApiError";
@@ -74,6 +76,9 @@ export class ApiError extends Error {
 
 export const isNotFound = (err: unknown) => err instanceof ApiError && err.code === 404;
 export const isConflict = (err: unknown) => err instanceof ApiError && err.code === 409;
+/** A write into a namespace that is being deleted: its objects are going away with it. */
+export const isNamespaceTerminating = (err: unknown) =>
+  err instanceof ApiError && err.causes.includes("NamespaceTerminating");
 export const isAlreadyExists = (err: unknown) => err instanceof ApiError && err.reason === "AlreadyExists";
 export const isGone = (err: unknown) =>
   (err instanceof ApiError && err.code === 410) ||
@@ -135,8 +140,17 @@ export class KubeClient {
     });
     const parsed = text ? safeJson(text) : undefined;
     if (status >= 400) {
-      const s = (parsed ?? {}) as { reason?: string; message?: string };
-      throw new ApiError(status, s.reason ?? "", `${method} ${path}: ${status} ${s.message ?? text}`);
+      const s = (parsed ?? {}) as {
+        reason?: string;
+        message?: string;
+        details?: { causes?: { reason?: string; type?: string }[] };
+      };
+      throw new ApiError(
+        status,
+        s.reason ?? "",
+        `${method} ${path}: ${status} ${s.message ?? text}`,
+        (s.details?.causes ?? []).flatMap((c) => [c.type ?? c.reason ?? ""]).filter(Boolean),
+      );
     }
     return parsed as T;
   }

@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import { type Clock, realClock } from "./clock.js";
+import { isConflict, isNamespaceTerminating } from "./kube.js";
 
 export interface WorkQueueOptions {
   clock?: Clock;
@@ -151,8 +152,18 @@ export async function runWorkers(
         if (result?.requeueAfterMs !== undefined) queue.addAfter(key, result.requeueAfterMs);
         observe?.(key, "success", (performance.now() - started) / 1000);
       } catch (err) {
-        const delay = queue.addRateLimited(key);
-        log.error({ err, key, retryInMs: delay }, "reconcile failed");
+        if (isNamespaceTerminating(err)) {
+          // The namespace's deletion removes the object too; retrying would only fail again.
+          queue.forget(key);
+          log.debug({ key }, "namespace is being deleted; dropping the key");
+        } else if (isConflict(err)) {
+          // The cache had not caught up with a write yet: routine, retried from fresher state.
+          const delay = queue.addRateLimited(key);
+          log.debug({ key, retryInMs: delay, err: (err as Error).message }, "conflict; retrying");
+        } else {
+          const delay = queue.addRateLimited(key);
+          log.error({ err, key, retryInMs: delay }, "reconcile failed");
+        }
         observe?.(key, "error", (performance.now() - started) / 1000);
       } finally {
         queue.done(key);

@@ -85,6 +85,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
       cacheHit ? "engine already in object storage" : `engine built in attempt ${attempts}`,
       {
         cacheHit: cacheHit ? "true" : "false",
+        attempts,
         completedAt: status.completedAt ?? now.toISOString(),
         artifact: {
           uri: check.engineUri,

@@ -87,35 +87,38 @@ export function computeStatus(input: StatusInput): InferenceModelStatus {
   const absent = input.absent ?? [];
   const targetStatus: TargetStatus[] = blocked
     ? (previous.targets ?? [])
-    : targets.map((t) => {
-        const artifact = t.build?.status?.artifact;
-        const previousTarget = previous.targets?.find((p) => p.product === t.product);
-        const desiredEngine: EngineRef = {
-          key: t.desired.key,
-          build: t.buildName,
-          toolchain: t.desired.toolchain.version,
-          ...(artifact ? { uri: artifact.uri, sha256: artifact.sha256 } : {}),
-          ...(t.build?.status?.completedAt ? { builtAt: t.build.status.completedAt } : {}),
-        };
-        // While a new engine rolls out, the old one is still what answers requests.
-        const servingEngine = t.serving
-          ? { ...refOf(t.serving), ...(t.serving.key === desiredEngine.key ? pick(desiredEngine) : {}) }
-          : previousTarget?.servingEngine;
-        return {
-          product: t.product,
-          desiredEngine,
-          ...(servingEngine ? { servingEngine } : {}),
-          ...(t.deployment ? { deployment: t.deploymentName } : {}),
-          replicas: t.deployment?.status?.replicas ?? 0,
-          readyReplicas: t.deployment?.status?.readyReplicas ?? 0,
-        };
-      })
-      .concat(
-        absent.map((product) => ({
-          product,
-          message: `no node offers ${product}; its engine is built once one joins`,
-        })),
-      );
+    : targets
+        .map((t): TargetStatus => {
+          const artifact = t.build?.status?.artifact;
+          const previousTarget = previous.targets?.find((p) => p.product === t.product);
+          const desiredEngine: EngineRef = {
+            key: t.desired.key,
+            build: t.buildName,
+            toolchain: t.desired.toolchain.version,
+            ...(artifact ? { uri: artifact.uri, sha256: artifact.sha256 } : {}),
+            ...(t.build?.status?.completedAt ? { builtAt: t.build.status.completedAt } : {}),
+          };
+          // While a new engine rolls out, the old one is still what answers requests.
+          const servingEngine = t.serving
+            ? { ...refOf(t.serving), ...(t.serving.key === desiredEngine.key ? pick(desiredEngine) : {}) }
+            : previousTarget?.servingEngine;
+          return {
+            product: t.product,
+            desiredEngine,
+            ...(servingEngine ? { servingEngine } : {}),
+            ...(t.deployment ? { deployment: t.deploymentName } : {}),
+            replicas: t.deployment?.status?.replicas ?? 0,
+            readyReplicas: t.deployment?.status?.readyReplicas ?? 0,
+          };
+        })
+        .concat(
+          absent.map(
+            (product): TargetStatus => ({
+              product,
+              message: `no node offers ${product}; its engine is built once one joins`,
+            }),
+          ),
+        );
 
   const desiredReplicas = blocked
     ? (previous.replicas ?? 0)
