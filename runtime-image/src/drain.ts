@@ -75,3 +75,41 @@ export class Admission {
     }
   }
 }
+
+export interface ShutdownSteps {
+  admission: Admission;
+  graceMs: number;
+  /** Undefined while the engine is still loading. */
+  engine: () => { close(): Promise<void> } | undefined;
+  closeServer: () => Promise<void>;
+  exit: (code: number) => void;
+  log: { info(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+}
+
+/**
+ * SIGTERM (and SIGINT): stop admitting, let in-flight generations finish within the grace period,
+ * then close the engine (cancelling whatever is left) and the server, and exit 0.
+ */
+export function installShutdown(steps: ShutdownSteps): () => Promise<void> {
+  let started: Promise<void> | undefined;
+  const shutdown = () => {
+    started ??= (async () => {
+      steps.log.info(
+        { inFlight: steps.admission.active, graceMs: steps.graceMs },
+        "draining: no new requests",
+      );
+      const outcome = await steps.admission.drain(steps.graceMs);
+      if (outcome === "grace-expired") {
+        steps.log.warn({ inFlight: steps.admission.active }, "grace period over; cancelling what is left");
+      }
+      await steps.engine()?.close();
+      await steps.closeServer();
+      steps.log.info({ outcome }, "drained; exiting");
+      steps.exit(0);
+    })();
+    return started;
+  };
+  process.once("SIGTERM", shutdown);
+  process.once("SIGINT", shutdown);
+  return shutdown;
+}

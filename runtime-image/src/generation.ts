@@ -142,11 +142,11 @@ export function startGeneration(
       }
     } finally {
       live.delete(s.id);
-      if (cancelledForStop || spec.signal.aborted) {
-        model.engine.cancel(s.id);
-        // Ending the iterator early is the contract's other half of cancel: it frees the pages.
-        await s.iterator.return?.();
-      }
+      // An abort was already passed on to the engine by onAbort; a stop string is ours to pass on.
+      if (cancelledForStop) model.engine.cancel(s.id);
+      // Always end the iterator: after an early stop it is the contract's way to free the pages,
+      // after the final batch it lets the stream's own clean-up run instead of waiting forever.
+      await s.iterator.return?.();
     }
   };
 

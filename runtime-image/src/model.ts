@@ -35,3 +35,18 @@ export function loadedModelFrom(engine: ServingEngine, name: string): LoadedMode
     createdAt: Math.floor(Date.now() / 1000),
   };
 }
+
+/** One short greedy generation through the whole path (tokenizer, engine loop, detokenizer). */
+export async function warmUp(model: LoadedModel): Promise<void> {
+  const prompt = model.tokenizer.encode("Hello", true);
+  let tokens = 0;
+  for await (const batch of model.engine.submit({
+    id: "warm-up",
+    promptTokens: prompt.length > 0 ? prompt : [model.info.bosTokenId ?? 0],
+    maxTokens: 2,
+    sampling: { temperature: 0 },
+  })) {
+    tokens += batch.tokens.length;
+  }
+  if (tokens === 0) throw new Error("warm-up generation produced no tokens");
+}
