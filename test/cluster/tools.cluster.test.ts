@@ -52,10 +52,12 @@ describe("command-line tools against the test cluster", () => {
 
   it("kubectl and the apiserver report the pinned Kubernetes version", async () => {
     const version = JSON.parse(await kubectl("version", "-o", "json")) as {
-      clientVersion: { gitVersion: string };
+      clientVersion: { gitVersion: string; gitCommit: string };
       serverVersion: { gitVersion: string };
     };
     expect(version.clientVersion.gitVersion).toBe(pinnedVersion("kubectl"));
+    // Source from the module proxy carries git-archive placeholders; the build must not leak them.
+    expect(version.clientVersion.gitCommit).not.toContain("$Format");
     expect(version.serverVersion.gitVersion).toBe(pinnedVersion("kube-apiserver"));
   });
 
