@@ -1,0 +1,48 @@
+import { describe, expect, test } from "vitest";
+import { loadConfig } from "../src/config.js";
+
+const base = { KILN_ENGINE_URI: "s3://engines/e/engine.kiln", KILN_ENGINE_SHA256: "A".repeat(64) };
+
+describe("runtime config from the environment", () => {
+  test("defaults fit the pod the operator renders", () => {
+    expect(loadConfig(base)).toMatchObject({
+      engineUri: base.KILN_ENGINE_URI,
+      engineSha256: "a".repeat(64),
+      modelName: "kiln",
+      port: 8000,
+      cacheDir: "/var/cache/kiln",
+      drainGraceSeconds: 50,
+      engine: {},
+    });
+  });
+
+  test("operator env and tuning knobs are read", () => {
+    const config = loadConfig({
+      ...base,
+      KILN_ENGINE_KEY: "k",
+      KILN_MODEL_NAME: "llama",
+      PORT: "9000",
+      KILN_STORE_ENDPOINT: "http://127.0.0.1:7070",
+      KILN_MAX_QUEUED_REQUESTS: "3",
+      KILN_KV_CACHE_PAGES: "512",
+    });
+    expect(config).toMatchObject({
+      engineKey: "k",
+      modelName: "llama",
+      port: 9000,
+      store: { endpoint: "http://127.0.0.1:7070" },
+      maxQueuedRequests: 3,
+      engine: { kvCachePages: 512 },
+    });
+  });
+
+  test.each([
+    [{ KILN_ENGINE_URI: undefined }, /KILN_ENGINE_URI must be set/],
+    [{ KILN_ENGINE_URI: "https://x/engine.kiln" }, /KILN_ENGINE_URI must be an s3:\/\/ or file:\/\/ URI/],
+    [{ KILN_ENGINE_SHA256: "abc" }, /KILN_ENGINE_SHA256 must be 64 hex digits/],
+    [{ PORT: "http" }, /PORT must be an integer >= 0 \(got "http"\)/],
+    [{ KILN_MAX_BATCH_SIZE: "0" }, /KILN_MAX_BATCH_SIZE must be an integer >= 1/],
+  ])("%o is refused naming the variable", (override, message) => {
+    expect(() => loadConfig({ ...base, ...override })).toThrow(message);
+  });
+});

@@ -1,0 +1,125 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { type EngineSource, fetchEngine, StartupError } from "../src/engine-fetch.js";
+import { localTargetFingerprint } from "../src/engine-loader.js";
+import { buildTinyEngine, forTarget, sha256, storeEngine } from "./fixtures/engine-store.js";
+
+const log = pino({ level: "silent" });
+let work: string;
+let engine: Buffer;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "kiln-fetch-"));
+  engine = await buildTinyEngine(work);
+}, 120_000);
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+async function source(
+  stored: { uri: string; sha256: string },
+  extra: Partial<EngineSource> = {},
+): Promise<EngineSource> {
+  return {
+    uri: stored.uri,
+    sha256: stored.sha256,
+    cacheDir: await mkdtemp(join(work, "cache-")),
+    store: {},
+    localFingerprint: localTargetFingerprint(),
+    attempts: 2,
+    ...extra,
+  };
+}
+
+describe("engine fetch (real engine file, file:// store)", () => {
+  test("the local fingerprint is the one the native compiler writes into engines built here", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    const fetched = await fetchEngine(await source(stored), log);
+    expect((fetched.header.target as { fingerprint: string }).fingerprint).toBe(localTargetFingerprint());
+  });
+
+  test("downloads into the cache under its sha256, verified, with the manifest and header", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    const src = await source(stored);
+    const fetched = await fetchEngine(src, log);
+    expect(fetched.path).toBe(join(src.cacheDir, `${stored.sha256}.kiln`));
+    expect(fetched.manifest.key).toBe(stored.key);
+    expect(fetched.header.format).toBe("kiln-engine");
+    expect(await readdir(src.cacheDir)).toEqual([`${stored.sha256}.kiln`]);
+  });
+
+  test("a partial download left by an earlier attempt is resumed, not restarted", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    const src = await source(stored);
+    const part = join(src.cacheDir, `${stored.sha256}.kiln.part`);
+    // Half the file is already here; the other half of the cached bytes would be wrong if the
+    // download started over and appended, so a correct sha256 proves it resumed at the offset.
+    await writeFile(part, engine.subarray(0, Math.floor(engine.length / 2)));
+    const fetched = await fetchEngine(src, log);
+    expect(sha256(await readFile(fetched.path))).toBe(stored.sha256);
+    expect(existsSync(part)).toBe(false);
+  });
+
+  test("a cached engine is reused, and a damaged cached one is fetched again", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    const src = await source(stored);
+    const cached = join(src.cacheDir, `${stored.sha256}.kiln`);
+    await writeFile(cached, Buffer.alloc(16));
+    const fetched = await fetchEngine(src, log);
+    expect(fetched.path).toBe(cached);
+    expect(fetched.header.format).toBe("kiln-engine");
+  });
+
+  test("a wrong expected sha256 is refused before anything is downloaded", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    const src = await source({ uri: stored.uri, sha256: "0".repeat(64) });
+    await expect(fetchEngine(src, log)).rejects.toThrow(
+      /manifest.json describes sha256 [0-9a-f]{64} but this deployment expects 0{64}/,
+    );
+    expect(await readdir(src.cacheDir)).toEqual([]);
+  });
+
+  test("engine bytes that do not match the manifest's sha256 are refused and not kept", async () => {
+    const corrupted = Buffer.from(engine);
+    corrupted[corrupted.length - 1] = (corrupted[corrupted.length - 1] ?? 0) ^ 0xff;
+    const stored = await storeEngine(join(work, "store"), corrupted, { manifestSha256: sha256(engine) });
+    const src = await source({ uri: stored.uri, sha256: sha256(engine) });
+    const err = await fetchEngine(src, log).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StartupError);
+    expect((err as Error).message).toMatch(/sha256 mismatch: expected [0-9a-f]{64}, downloaded [0-9a-f]{64}/);
+    expect(await readdir(src.cacheDir)).toEqual([]);
+  });
+
+  test("a missing manifest is refused: the engine's build never finished", async () => {
+    const stored = await storeEngine(join(work, "store"), engine, { manifest: false });
+    await expect(fetchEngine(await source(stored), log)).rejects.toThrow(/no manifest.json beside it/);
+  });
+
+  test("a manifest stored under another key is refused naming the field", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    await expect(fetchEngine(await source(stored, { key: "f".repeat(64) }), log)).rejects.toThrow(
+      /manifest.json is invalid: manifest.key must be f{64}/,
+    );
+  });
+
+  test("an engine built for another target is refused with both fingerprints in the message", async () => {
+    const forged = forTarget(engine, "cuda:sm_90:cuda12.4");
+    const stored = await storeEngine(join(work, "store"), forged);
+    await expect(fetchEngine(await source(stored), log)).rejects.toThrow(
+      /was built for target "cuda:sm_90:cuda12\.4_*" but this machine is "cpu:/,
+    );
+  });
+
+  test("a missing engine file fails after its retries with the URI in the message", async () => {
+    const stored = await storeEngine(join(work, "store"), engine);
+    await rm(join(stored.dir, "engine.kiln"));
+    await expect(fetchEngine(await source(stored), log)).rejects.toThrow(
+      /download failed after 2 attempts: .*ENOENT/,
+    );
+  });
+});
