@@ -1,6 +1,6 @@
 // The Node-API face of the engine compiler: `build` runs kiln::build on a worker thread and streams
 // its progress back to JS; `inspect` reads a verified engine header. Everything heavier than a
-// header read stays off the JS thread.
+// header read stays off the JS thread. The serving runtime (loadEngine) lives in serving.cpp.
 #include <napi.h>
 
 #include <atomic>
@@ -9,7 +9,9 @@
 
 #include "compiler/build.h"
 #include "core/error.h"
+#include "backend/cpu/target.h"
 #include "engine/reader.h"
+#include "serving.h"
 
 namespace {
 
@@ -160,6 +162,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("build", Napi::Function::New(env, Build, "build"));
   exports.Set("inspect", Napi::Function::New(env, Inspect, "inspect"));
   exports.Set("version", Napi::String::New(env, kiln::library_version()));
+  exports.Set("targetFingerprint", Napi::String::New(env, kiln::cpu_target_fingerprint()));
+  kiln_binding::InitServing(env, exports);
   return exports;
 }
 

@@ -12,6 +12,12 @@ export interface EngineLoadOptions {
   /** Requests allowed to wait for admission; beyond this submit() throws EngineOverloadedError. */
   maxQueuedRequests?: number;
   threads?: number;
+  /** Positions per KV page. Default: 16. */
+  kvPageSize?: number;
+  /** KV cache element type; bf16 halves its memory (compute stays fp32). Default: fp32. */
+  kvCacheDtype?: "fp32" | "bf16";
+  /** Longest prompt accepted. Default: the engine's maxSeqLen - 1. */
+  maxInputLen?: number;
 }
 
 export interface SamplingParams {
@@ -84,6 +90,9 @@ export interface EngineInfo {
   /** Engine key / sha256 for /v1/models and logs. */
   sha256?: string;
 }
+
+/** What native/binding/engine.ts exports as loadEngine: loads, verifies and starts an engine. */
+export type ServingEngineLoader = (path: string, options?: EngineLoadOptions) => Promise<ServingEngine>;
 
 export interface ServingEngine {
   readonly info: EngineInfo;

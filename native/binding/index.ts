@@ -51,7 +51,8 @@ export function addonPath(): string {
 
 let loaded: NativeAddon | undefined;
 
-function addon(): NativeAddon {
+/** The loaded addon (engine.ts reaches its serving half through this). */
+export function addon(): NativeAddon {
   if (loaded) return loaded;
   const path = addonPath();
   if (!existsSync(path)) {

@@ -1,0 +1,220 @@
+import { createHash } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
+import { writeTinyLlama } from "../../test/fixtures/tiny-checkpoint.js";
+import { loadEngine, type NativeEngineStats } from "./engine.js";
+import {
+  EngineLimitError,
+  EngineOverloadedError,
+  type GenerationRequest,
+  type ServingEngine,
+  type TokenBatch,
+} from "./engine-types.js";
+import { build } from "./index.js";
+
+let work: string;
+let enginePath: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "kiln-serving-"));
+  const modelDir = join(work, "tiny-llama");
+  await writeTinyLlama(modelDir);
+  await writeFile(
+    join(modelDir, "tokenizer.json"),
+    JSON.stringify({ version: "1.0", model: { type: "BPE" } }),
+  );
+  enginePath = join(work, "engine.kiln");
+  await build({
+    modelDir,
+    outPath: enginePath,
+    precision: "fp32",
+    maxSeqLen: 128,
+    autotune: false,
+    threads: 1,
+  });
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+function promptOf(i: number, length: number): number[] {
+  return Array.from({ length }, (_, k) => (i * 13 + k * 5 + 3) % 256);
+}
+
+async function collect(
+  stream: AsyncIterable<TokenBatch>,
+): Promise<{ tokens: number[]; batches: TokenBatch[] }> {
+  const batches: TokenBatch[] = [];
+  for await (const b of stream) batches.push(b);
+  return { tokens: batches.flatMap((b) => b.tokens), batches };
+}
+
+const stats = (engine: ServingEngine) => engine.stats() as NativeEngineStats;
+
+/** A prompt whose greedy run does not hit eos within `steps`, so the request streams until stopped. */
+async function longRunningPrompt(engine: ServingEngine, steps: number): Promise<number[]> {
+  for (let i = 0; i < 200; i++) {
+    const prompt = promptOf(i, 12);
+    const { batches } = await collect(
+      engine.submit({ id: `probe${i}`, promptTokens: prompt, maxTokens: steps }),
+    );
+    if (batches.at(-1)?.finishReason === "length") return prompt;
+  }
+  throw new Error("no prompt without eos");
+}
+
+describe("native serving engine", () => {
+  test("info describes the engine: architecture, limits, eos, tokenizer and the file's sha256", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1 });
+    try {
+      const sha = createHash("sha256")
+        .update(await readFile(enginePath))
+        .digest("hex");
+      expect(engine.info).toMatchObject({
+        architecture: "LlamaForCausalLM",
+        precision: "fp32",
+        vocabSize: 256,
+        maxSeqLen: 128,
+        maxInputLen: 127,
+        eosTokenIds: [2],
+        bosTokenId: 1,
+        sha256: sha,
+      });
+      expect(JSON.parse(engine.info.tokenizerJson)).toEqual({ version: "1.0", model: { type: "BPE" } });
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("32 concurrent requests each get exactly the tokens they get alone", async () => {
+    const engine = await loadEngine(enginePath, { threads: 2, maxBatchSize: 32, maxNumBatchedTokens: 64 });
+    try {
+      const requests: GenerationRequest[] = Array.from({ length: 32 }, (_, i) => ({
+        id: `r${i}`,
+        promptTokens: promptOf(i, 1 + ((i * 7) % 60)),
+        maxTokens: 4 + (i % 12),
+      }));
+      const alone: number[][] = [];
+      for (const r of requests)
+        alone.push((await collect(engine.submit({ ...r, id: `alone-${r.id}` }))).tokens);
+      const together = await Promise.all(requests.map((r) => collect(engine.submit(r))));
+      expect(together.map((t) => t.tokens)).toEqual(alone);
+      expect(stats(engine).runningPeak).toBeGreaterThan(8);
+      expect(together[0]?.batches[0]?.cachedPromptTokens).toBe(0);
+      expect(stats(engine).pagesUsed).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("cancel mid-stream ends the request as cancelled with its pages already freed", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1 });
+    try {
+      const prompt = await longRunningPrompt(engine, 100);
+      const stream = engine.submit({ id: "c", promptTokens: prompt, maxTokens: 100 });
+      const batches: TokenBatch[] = [];
+      for await (const b of stream) {
+        batches.push(b);
+        if (batches.length === 1) {
+          expect(stats(engine).pagesUsed).toBeGreaterThan(0);
+          engine.cancel("c");
+        }
+      }
+      expect(batches.at(-1)?.finishReason).toBe("cancelled");
+      expect(batches.flatMap((b) => b.tokens).length).toBeLessThan(100);
+      expect(stats(engine).pagesUsed).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("breaking out of the stream (a client disconnect) cancels the request and frees its pages", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1 });
+    try {
+      const prompt = await longRunningPrompt(engine, 100);
+      for await (const _ of engine.submit({ id: "gone", promptTokens: prompt, maxTokens: 100 })) break;
+      await vi.waitFor(() => expect(stats(engine).running).toBe(0), { timeout: 30_000 });
+      expect(stats(engine).pagesUsed).toBe(0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("a full queue refuses with EngineOverloadedError; an id in flight cannot be reused", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1, maxBatchSize: 1, maxQueuedRequests: 1 });
+    try {
+      const prompt = await longRunningPrompt(engine, 100);
+      const running = engine.submit({ id: "running", promptTokens: prompt, maxTokens: 100 });
+      const iterator = running[Symbol.asyncIterator]();
+      await iterator.next(); // admitted and decoding: the one batch slot is taken for 99 more steps
+      const queued = engine.submit({ id: "queued", promptTokens: [1, 2, 3], maxTokens: 2 });
+      expect(() => engine.submit({ id: "third", promptTokens: [1, 2, 3], maxTokens: 2 })).toThrow(
+        EngineOverloadedError,
+      );
+      expect(() => engine.submit({ id: "queued", promptTokens: [1], maxTokens: 1 })).toThrow(/in flight/);
+      engine.cancel("running");
+      expect((await collect(queued)).batches.at(-1)?.finishReason).toBeDefined();
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("limits are refused with EngineLimitError naming the field", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1 });
+    try {
+      const tooLong = () => engine.submit({ id: "a", promptTokens: promptOf(0, 128), maxTokens: 1 });
+      expect(tooLong).toThrow(EngineLimitError);
+      expect(tooLong).toThrow(expect.objectContaining({ field: "promptTokens" }));
+      const overTotal = () => engine.submit({ id: "b", promptTokens: promptOf(0, 100), maxTokens: 29 });
+      expect(overTotal).toThrow(expect.objectContaining({ name: "EngineLimitError", field: "maxTokens" }));
+      expect(() =>
+        engine.submit({ id: "c", promptTokens: [1], maxTokens: 1, sampling: { topP: 3 } }),
+      ).toThrow(/topP/);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("seeded sampling with logprobs is reproducible and reports the chosen and top tokens", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1 });
+    try {
+      const request = (id: string): GenerationRequest => ({
+        id,
+        promptTokens: promptOf(3, 10),
+        maxTokens: 12,
+        sampling: { temperature: 0.8, topK: 40, seed: 77 },
+        logprobs: 3,
+      });
+      const a = await collect(engine.submit(request("a")));
+      const b = await collect(engine.submit(request("b")));
+      expect(a.tokens).toEqual(b.tokens);
+      const lp = a.batches[0]?.logprobs?.[0];
+      expect(lp?.token).toBe(a.tokens[0]);
+      expect(lp?.top).toHaveLength(3);
+      expect(lp?.logprob).toBeLessThanOrEqual(0);
+      expect(lp?.top[0]?.logprob).toBeGreaterThanOrEqual(lp?.logprob ?? 0);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test("close ends every stream in flight as cancelled and later submits fail", async () => {
+    const engine = await loadEngine(enginePath, { threads: 1, maxBatchSize: 1 });
+    const streams = [0, 1, 2].map((i) =>
+      collect(engine.submit({ id: `x${i}`, promptTokens: promptOf(i, 20), maxTokens: 100 })),
+    );
+    await engine.close();
+    const results = await Promise.all(streams);
+    expect(
+      results.filter((r) => r.batches.at(-1)?.finishReason === "cancelled").length,
+    ).toBeGreaterThanOrEqual(2);
+    expect(() => engine.submit({ id: "late", promptTokens: [1], maxTokens: 1 })).toThrow(/closed/);
+  });
+
+  test("a missing engine file rejects with the path in the message", async () => {
+    await expect(loadEngine(join(work, "nope.kiln"))).rejects.toThrow(/nope\.kiln/);
+  });
+});
