@@ -4,7 +4,7 @@ Checkpoint: a Llama config (hidden 512, 8 layers, 8 heads / 2 KV heads, ffn 1408
 weights, fp32). For each Kiln precision: engine build time (autotune on) and decode tokens/s from
 `kiln-native bench`; transformers: fp32, greedy, KV cache on, same thread count, same prompt, decode
 steps timed alone (prefill excluded) in a plain forward loop (no generate() overhead, so the
-comparison favours transformers). Each side: median of REPEATS runs after one warm-up.
+comparison favours transformers). Each side: median of REPEATS runs, interleaved with the other's.
 Prints one table and rewrites the "CPU decode" section of bench/RESULTS.md.
 """
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "test" / "parity"))
 from make_checkpoints import init_weights  # noqa: E402  (same init as the parity checkpoints)
 
 SECTION = "## CPU decode (polyglot dev machine, 2 cores)"
-REPEATS = 3
+REPEATS = 5
 
 
 def make_checkpoint(path: Path) -> None:
@@ -62,33 +62,29 @@ def kiln_build(kiln: str, ckpt: Path, precision: str, out: Path, calib: Path) ->
     return float(done["seconds"])
 
 
-def kiln_decode(kiln: str, engine: Path, prompt_len: int, steps: int, threads: int) -> float:
-    runs = []
-    for i in range(REPEATS + 1):
-        cmd = [kiln, "bench", "--engine", str(engine), "--prompt-len", str(prompt_len), "--steps", str(steps)]
-        proc = subprocess.run(cmd + ["--threads", str(threads)], capture_output=True, text=True, check=True)
-        if i:  # first run warms the page cache
-            runs.append(float(json.loads(proc.stdout.strip().splitlines()[-1])["decode_tok_per_s"]))
-    return statistics.median(runs)
+def kiln_decode_once(kiln: str, engine: Path, prompt_len: int, steps: int, threads: int) -> float:
+    cmd = [kiln, "bench", "--engine", str(engine), "--prompt-len", str(prompt_len), "--steps", str(steps)]
+    proc = subprocess.run(cmd + ["--threads", str(threads)], capture_output=True, text=True, check=True)
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["decode_tok_per_s"])
 
 
-@torch.inference_mode()
-def hf_decode(ckpt: Path, prompt_len: int, steps: int, threads: int) -> float:
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt_ids(prompt_len, model.config.vocab_size)])
+class HfDecoder:
+    """transformers fp32 greedy decode with the KV cache; times the decode steps only."""
 
-    def once(n: int) -> float:
-        out = model(input_ids=ids, use_cache=True)
+    def __init__(self, ckpt: Path, prompt_len: int, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+        self.ids = torch.tensor([prompt_ids(prompt_len, self.model.config.vocab_size)])
+
+    @torch.inference_mode()
+    def once(self, steps: int) -> float:
+        out = self.model(input_ids=self.ids, use_cache=True)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         t0 = time.perf_counter()
-        for _ in range(n - 1):  # n tokens: the first comes from prefill, n-1 decode steps
-            out = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+        for _ in range(steps - 1):  # the first token comes from prefill: steps-1 decode steps
+            out = self.model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-        return (n - 1) / (time.perf_counter() - t0)
-
-    once(8)
-    return statistics.median(once(steps) for _ in range(REPEATS))
+        return (steps - 1) / (time.perf_counter() - t0)
 
 
 def git_commit() -> str:
@@ -131,18 +127,24 @@ def main() -> int:
     calib = args.work / "calibration.jsonl"
     calib.write_text("\n".join(json.dumps(prompt_ids(64, 8192)[i:] + [i]) for i in range(8)) + "\n")
 
-    hf = hf_decode(ckpt, args.prompt_len, args.steps, args.threads)
+    hf = HfDecoder(ckpt, args.prompt_len, args.threads)
+    hf.once(8)  # warm-up
     rows = []
     for precision in [p for p in args.precisions.split(",") if p]:
         engine = args.work / f"engine.{precision}.kiln"
         build_s = kiln_build(args.kiln, ckpt, precision, engine, calib)
-        tps = kiln_decode(args.kiln, engine, args.prompt_len, args.steps, args.threads)
-        rows.append((precision, build_s, engine.stat().st_size, tps))
+        kiln_decode_once(args.kiln, engine, args.prompt_len, 8, args.threads)  # warm the page cache
+        # Interleaved rounds: the machine is shared, so both sides sample the same load.
+        k_runs, h_runs = [], []
+        for _ in range(REPEATS):
+            k_runs.append(kiln_decode_once(args.kiln, engine, args.prompt_len, args.steps, args.threads))
+            h_runs.append(hf.once(args.steps))
+        rows.append((precision, build_s, engine.stat().st_size, statistics.median(k_runs), statistics.median(h_runs)))
 
     header = "| Kiln precision | engine build (s) | engine size (MB) | Kiln decode tok/s | transformers fp32 tok/s | ratio |"
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    for precision, build_s, size, tps in rows:
-        lines.append(f"| {precision} | {build_s:.2f} | {size / 1e6:.1f} | {tps:.1f} | {hf:.1f} | {tps / hf:.2f}x |")
+    for precision, build_s, size, tps, hf_tps in rows:
+        lines.append(f"| {precision} | {build_s:.2f} | {size / 1e6:.1f} | {tps:.1f} | {hf_tps:.1f} | {tps / hf_tps:.2f}x |")
     table = "\n".join(lines)
     print(table)
 
@@ -153,10 +155,10 @@ Measured {now} at commit `{git_commit()}` by `bench/cpu/run.sh` on {cpu_name()} 
 torch {torch.__version__}, transformers {__import__("transformers").__version__}.
 Checkpoint: Llama, hidden 512, 8 layers, 8 heads / 2 KV heads, ffn 1408, vocab 8192, random weights
 (fp32 safetensors). Prompt {args.prompt_len} tokens, {args.steps} greedy decode steps, median of {REPEATS}
-runs after a warm-up. Kiln: `kiln-native bench` on an engine built with autotune; transformers: fp32,
+runs after a warm-up, Kiln and transformers runs interleaved (the machine is shared: load average
+{os.getloadavg()[0]:.1f} at the end of the run, on {os.cpu_count()} cores). Kiln: `kiln-native bench` on an engine built with autotune; transformers: fp32,
 KV cache, plain forward loop, decode steps only. Ratio = Kiln tok/s / transformers fp32 tok/s (only
 the fp32 row compares like with like; the others show what the lower precisions buy on this CPU).
-The machine is shared, so expect a few percent of noise between runs.
 
 {table}
 """

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -278,6 +279,30 @@ def check_broken(kiln: str, bad: dict[str, Any], work: Path) -> dict[str, Any]:
     }
 
 
+def control_no_rope_scaling(kiln: str, ck: dict[str, Any], ref: torch.nn.Module, work: Path, threads: int) -> dict[str, Any]:
+    """Negative control: an engine built from the same weights but without rope_scaling in config.json
+    must miss the fp32 bar by far. Proves the harness compares against the right reference and that
+    the test prompts are long enough for llama3 rope scaling to matter."""
+    src = Path(ck["path"])
+    dst = work / "control-no-rope-scaling"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.pop("rope_scaling", None)
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    engine = work / "control-no-rope-scaling.kiln"
+    res: dict[str, Any] = {"control": "llama3-tied without rope_scaling", "must_exceed_rel_err": 1e-2}
+    b = build_engine(kiln, str(dst), "fp32", engine, None, autotune=False)
+    if not b["ok"]:
+        return {**res, "passed": False, "error": "build failed", "build": b}
+    worst = 0.0
+    for i, ids in enumerate(prompts_for(ck["name"], ck["vocab_size"])):
+        toks, logits, _ = engine_generate(kiln, engine, ids, ck["vocab_size"], work / f"control-{i}.bin", threads)
+        worst = max(worst, float(rel_err_rows(logits, teacher_forced(ref, ids, toks)).max()))
+    return {**res, "max_rel_err": worst, "passed": worst > res["must_exceed_rel_err"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoints", type=Path, required=True, help="manifest.json of make_checkpoints.py")
@@ -299,7 +324,7 @@ def main() -> int:
     only = {s for s in args.only.split(",") if s}
     precisions = [p for p in args.precisions.split(",") if p]
 
-    summary: dict[str, Any] = {"cases": [], "broken": [], "versions": {"torch": torch.__version__}}
+    summary: dict[str, Any] = {"cases": [], "broken": [], "controls": [], "versions": {"torch": torch.__version__}}
     import transformers
 
     summary["versions"]["transformers"] = transformers.__version__
@@ -325,6 +350,10 @@ def main() -> int:
             line = {k: rep.get(k) for k in ("checkpoint", "precision", "passed", "tokens_identical", "top1_agreement", "max_rel_err", "seconds", "error")}
             print(json.dumps(line), flush=True)
             summary["cases"].append(rep)
+        if ck["name"] == "llama3-tied":
+            ctl = control_no_rope_scaling(kiln, ck, ref, work, args.threads)
+            print(json.dumps({k: ctl.get(k) for k in ("control", "passed", "max_rel_err")}), flush=True)
+            summary["controls"].append(ctl)
     for bad in manifest.get("broken", []):
         if only and bad["name"] not in only and "broken" not in only:
             continue
@@ -333,7 +362,8 @@ def main() -> int:
         summary["broken"].append(res)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return 0 if all(c["passed"] for c in summary["cases"] + summary["broken"]) else 1
+    everything = summary["cases"] + summary["broken"] + summary["controls"]
+    return 0 if all(c["passed"] for c in everything) else 1
 
 
 if __name__ == "__main__":

@@ -77,3 +77,13 @@ describe("kiln-native build refuses bad checkpoints", () => {
     expect(b.output_tail).toContain(b.must_mention);
   });
 });
+
+test("negative control: an engine without llama3 rope_scaling misses the fp32 bar", () => {
+  // Guards the harness itself: were it comparing the wrong reference, or prompts too short for
+  // rope scaling to matter, this engine would pass.
+  const c = report.controls.find((x) => x.control.includes("rope_scaling"));
+  expect(c, "no control in the report").toBeDefined();
+  expect(c?.error).toBeUndefined();
+  expect(c?.max_rel_err).toBeGreaterThan(c?.must_exceed_rel_err ?? Number.POSITIVE_INFINITY);
+  expect(c?.max_rel_err).toBeGreaterThan(100 * thresholds.fp32.max_rel_err);
+});

@@ -56,9 +56,18 @@ export interface BrokenReport {
   output_tail: string;
 }
 
+export interface ControlReport {
+  control: string;
+  passed: boolean;
+  error?: string;
+  max_rel_err?: number;
+  must_exceed_rel_err: number;
+}
+
 export interface ParityReport {
   cases: CaseReport[];
   broken: BrokenReport[];
+  controls: ControlReport[];
   versions: Record<string, string>;
   seconds: number;
 }
