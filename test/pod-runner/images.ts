@@ -1,0 +1,88 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+// The one place that says which image runs what. A container image is a filesystem plus an
+// entrypoint; here the filesystem is this checkout and the entrypoint is the repo's built one.
+
+export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
+
+/** What an image would provide: ENTRYPOINT, CMD, WORKDIR and ENV (pod env overrides image env). */
+export interface ImageEntry {
+  /** Repository path of the image without registry or tag, e.g. `kiln/builder`. */
+  repository: string;
+  /** The image's ENTRYPOINT as a local command line. */
+  entrypoint(): string[];
+  /** Names a pod's `command` may use for that entrypoint (its path inside the image, or its name). */
+  entrypointAliases: string[];
+  /**
+   * ENV the image sets, given the container's private scratch folder (its writable layer) and the
+   * folder the runner mounts pvc:// claims from.
+   */
+  env(paths: { scratch: string; claims: string }): Record<string, string>;
+}
+
+const runtimeMain = join(repoRoot, "runtime-image/src/main.ts");
+const runtimeBin = join(repoRoot, "runtime-image/bin/kiln-serve");
+
+export const IMAGES: readonly ImageEntry[] = [
+  {
+    repository: "kiln/builder",
+    entrypoint: () => [join(repoRoot, "builder-image/bin/kiln-build")],
+    entrypointAliases: ["kiln-build", "/app/builder-image/bin/kiln-build"],
+    env: ({ scratch, claims }) => ({
+      // In a cluster claims are mounted under /mnt/kiln/pvc; here one folder stands for all of them.
+      KILN_PVC_ROOT: claims,
+      KILN_WORK_DIR: join(scratch, "work"),
+    }),
+  },
+  {
+    repository: "kiln/runtime",
+    // A bin/ wrapper, once the runtime image has one, is what its Dockerfile runs; until then the
+    // TypeScript entrypoint through tsx, as the builder's wrapper does from a checkout.
+    entrypoint: () =>
+      existsSync(runtimeBin) ? [runtimeBin] : [process.execPath, "--import", "tsx", runtimeMain],
+    entrypointAliases: ["kiln-serve", "/usr/local/bin/kiln-serve"],
+    env: ({ scratch }) => ({
+      KILN_CACHE_DIR: join(scratch, "cache"),
+      // Loopback only: a pod's port is reachable on 127.0.0.1 (see the README), nowhere else.
+      HOST: "127.0.0.1",
+    }),
+  },
+];
+
+/** `ghcr.io/kiln/builder:0.1.0@sha256:…` → `kiln/builder`. */
+export function repositoryOf(image: string): string {
+  const withoutDigest = image.split("@")[0] ?? image;
+  const lastSlash = withoutDigest.lastIndexOf("/");
+  const colon = withoutDigest.lastIndexOf(":");
+  const name = colon > lastSlash ? withoutDigest.slice(0, colon) : withoutDigest;
+  const parts = name.split("/");
+  // A first component with a dot, a colon or `localhost` is a registry host, not part of the path.
+  const first = parts[0] ?? "";
+  if (parts.length > 1 && (first.includes(".") || first.includes(":") || first === "localhost"))
+    parts.shift();
+  return parts.join("/");
+}
+
+export function imageEntryFor(image: string): ImageEntry | undefined {
+  const repo = repositoryOf(image);
+  return IMAGES.find((e) => repo === e.repository || repo.endsWith(`/${e.repository}`));
+}
+
+/**
+ * The local argv for a container, with Docker's rules: `command` replaces ENTRYPOINT (it must name
+ * the image's entrypoint, since no other program of the image exists here) and `args` replace CMD.
+ */
+export function commandLineFor(
+  entry: ImageEntry,
+  container: { image?: string; command?: string[]; args?: string[] },
+): string[] {
+  const [program, ...rest] = container.command ?? [];
+  if (program !== undefined && !entry.entrypointAliases.includes(program)) {
+    throw new Error(
+      `container command ${JSON.stringify(program)} of image ${container.image} is not its entrypoint (${entry.entrypointAliases.join(", ")}); the pod runner can only run the image's entrypoint`,
+    );
+  }
+  return [...entry.entrypoint(), ...rest, ...(container.args ?? [])];
+}
