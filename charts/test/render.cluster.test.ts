@@ -41,7 +41,7 @@ describe("helm lint and template", () => {
         CHART_DIR,
         "--strict",
         "--kube-version",
-        "v1.34.4",
+        pinnedVersion("kube-apiserver"),
         "--set",
         STORE,
         ...extra,
