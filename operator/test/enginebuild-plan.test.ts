@@ -53,6 +53,24 @@ const jobWith = (name: string, condition?: { type: string; reason?: string; mess
 });
 
 describe("EngineBuild plan", () => {
+  it("adopts a Job that status does not record yet (operator stopped after creating it) instead of starting another", () => {
+    const b = newBuild();
+    const created = planBuild(observe(b)).createJob as V1Job;
+    const done: V1Job = { ...created, status: { conditions: [{ type: "Complete", status: "True" }] } };
+    const plan = planBuild(observe(b, { job: done, manifest: validManifest(b.spec.key) }));
+    expect(plan.createJob).toBeUndefined();
+    expect(plan.status).toMatchObject({
+      phase: "Succeeded",
+      attempts: 1,
+      jobName: created.metadata?.name,
+      cacheHit: "false",
+    });
+
+    const running = planBuild(observe(b, { job: { ...created, status: { active: 1 } } }));
+    expect(running.createJob).toBeUndefined();
+    expect(running.status).toMatchObject({ phase: "Running", attempts: 1, jobName: created.metadata?.name });
+  });
+
   it("succeeds without a Job when a valid manifest already exists (cache hit)", () => {
     const b = newBuild();
     const plan = planBuild(observe(b, { manifest: validManifest(b.spec.key) }));

@@ -4,6 +4,8 @@ export const LABELS = {
   product: "kiln.dev/gpu-product",
   engineBuild: "kiln.dev/engine-build",
   engineKey: "kiln.dev/engine-key",
+  /** On a build Job: which attempt of its EngineBuild it is (1, 2, ...). */
+  buildAttempt: "kiln.dev/build-attempt",
   managedBy: "app.kubernetes.io/managed-by",
   component: "app.kubernetes.io/component",
 } as const;

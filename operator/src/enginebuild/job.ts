@@ -35,7 +35,7 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
     metadata: {
       name,
       namespace: build.metadata.namespace,
-      labels,
+      labels: { ...labels, [LABELS.buildAttempt]: String(attempt) },
       ownerReferences: [ownerReference(build, true)],
     },
     spec: {
@@ -77,6 +77,19 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
       },
     },
   };
+}
+
+/** The attempt a build Job runs, from its label; 0 for a Job that is not one of ours. */
+export function attemptOf(job: V1Job | undefined): number {
+  const n = Number(job?.metadata?.labels?.[LABELS.buildAttempt]);
+  return Number.isInteger(n) && n > 0 ? n : 0;
+}
+
+/** The build's Job of the highest attempt among `jobs`, if any. */
+export function latestJobOf(build: EngineBuild, jobs: readonly V1Job[]): V1Job | undefined {
+  return jobs
+    .filter((j) => (j.metadata?.ownerReferences ?? []).some((r) => r.uid === build.metadata.uid))
+    .reduce<V1Job | undefined>((best, j) => (attemptOf(j) > attemptOf(best) ? j : best), undefined);
 }
 
 export type JobOutcome =

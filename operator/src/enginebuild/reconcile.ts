@@ -12,7 +12,7 @@ import type { Informer } from "../controller/informer.js";
 import { isAlreadyExists, type KubeClient, objectKey, type ResourceType } from "../controller/kube.js";
 import type { ReconcileResult } from "../controller/workqueue.js";
 import { EB_RESOURCE } from "../inferencemodel/reconcile.js";
-import { desiredJob, jobOutcome } from "./job.js";
+import { attemptOf, desiredJob, jobOutcome, latestJobOf } from "./job.js";
 import { checkManifest, type ManifestCheck, terminationMessage, tuningSummary } from "./result.js";
 import { nextStatus } from "./status.js";
 
@@ -58,10 +58,34 @@ export function retryDelayMs(config: OperatorConfig, attempts: number): number {
  * the configured attempts; otherwise a new Job is created once admitted by the build limit.
  */
 export function planBuild(o: BuildObservation): BuildPlan {
-  const { build, job, config, now } = o;
+  const { job, config, now } = o;
+  // A Job of a later attempt than status records: the operator stopped between creating it and
+  // writing status. Adopt it as the current attempt instead of starting another one.
+  const adopt = job && attemptOf(job) > (o.build.status?.attempts ?? 0);
+  // Whatever backoff status recorded belonged to the attempt before the adopted one.
+  const { nextAttemptAt: _n, queuePosition: _q, ...recorded } = o.build.status ?? {};
+  const build: EngineBuild = adopt
+    ? {
+        ...o.build,
+        status: {
+          ...recorded,
+          phase: "Running",
+          attempts: attemptOf(job),
+          jobName: job.metadata?.name ?? "",
+          startedAt: o.build.status?.startedAt ?? now.toISOString(),
+        },
+      }
+    : o.build;
   const status = build.status ?? {};
   const attempts = status.attempts ?? 0;
-  const plan: BuildPlan = { createJob: undefined, status, event: undefined, requeueAfterMs: undefined };
+  const plan: BuildPlan = {
+    createJob: undefined,
+    status: adopt
+      ? nextStatus(build, "Running", "JobAdopted", `adopted build Job ${status.jobName}`, {}, now)
+      : status,
+    event: undefined,
+    requeueAfterMs: undefined,
+  };
   const set = (
     phase: Parameters<typeof nextStatus>[1],
     reason: string,
@@ -272,9 +296,15 @@ export async function reconcileBuild(
   const name = build.status?.jobName;
   // The cache may not have a Job we created moments ago; ask the API server before concluding
   // it is gone (that would count a phantom failed attempt).
-  const job = name
+  const recorded = name
     ? (ctx.jobs.get(`${namespace}/${name}`) ?? (await ctx.client.get<V1Job>(JOB, namespace, name)))
     : undefined;
+  // A Job status does not know of yet (created just before an operator restart) is the current one.
+  const latest = latestJobOf(
+    build,
+    ctx.jobs.list().filter((j) => j.metadata?.namespace === namespace),
+  );
+  const job = attemptOf(latest) > attemptOf(recorded) ? latest : recorded;
 
   let manifest: ManifestCheck | undefined;
   let message: string | undefined;
