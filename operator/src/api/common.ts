@@ -29,6 +29,7 @@ export const modelSourceSchema = string({
     {
       rule: `${SOURCE_SCHEMES.map((s) => `self.startsWith('${s}')`).join(" || ")}`,
       message: `must start with one of ${SOURCE_SCHEMES.join(", ")}`,
+      messageExpression: `'must start with one of ${SOURCE_SCHEMES.join(", ")} (got ' + self + ')'`,
       reason: "FieldValueInvalid",
     },
     {
@@ -110,6 +111,8 @@ export const memoryFractionSchema = number({
 export const MAX_INPUT_BELOW_SEQ = {
   rule: "!has(self.maxInputLen) || !has(self.maxSeqLen) || self.maxInputLen < self.maxSeqLen",
   message: "maxInputLen must be below maxSeqLen (room is needed for at least one generated token)",
+  // No messageExpression quoting the two values: the API server estimates string(int) as unbounded
+  // and rejects the whole CRD for exceeding the CEL cost budget.
   fieldPath: ".maxInputLen",
   reason: "FieldValueInvalid" as const,
 };

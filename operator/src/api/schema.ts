@@ -5,6 +5,8 @@
 export interface CelRule {
   rule: string;
   message: string;
+  /** CEL string expression for the message (e.g. to quote the offending values); `message` is the fallback. */
+  messageExpression?: string;
   /** JSON path of the field the error is reported against (shown in the apiserver message). */
   fieldPath?: string;
   reason?: "FieldValueInvalid" | "FieldValueForbidden" | "FieldValueRequired" | "FieldValueDuplicate";
