@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { applyConfigChange, ConfigError, loadConfig } from "../src/config.js";
 
 const env = {
   KILN_TOOLCHAIN_VERSION: "0.1.0",
@@ -56,5 +56,47 @@ describe("operator config", () => {
         () => "defaults:\n  gpuNodeSelectors:\n    TPU: {a: b}\n",
       ),
     ).toThrow(/gpuNodeSelectors.TPU: unknown GPU product/);
+  });
+
+  it("reads a ConfigMap document in place of the file, environment still winning", () => {
+    const c = loadConfig({ ...env, KILN_TOOLCHAIN_VERSION: undefined }, () => "", {
+      source: "ConfigMap kiln-system/kiln key config.yaml",
+      text: "toolchain:\n  version: 2.0.0\nlimits:\n  maxConcurrentBuilds: 1\n",
+    });
+    expect(c.toolchain.version).toBe("2.0.0");
+    expect(c.limits.maxConcurrentBuilds).toBe(1);
+    expect(() =>
+      loadConfig(env, () => "", { source: "ConfigMap a/b key config.yaml", text: "- a list" }),
+    ).toThrow(/ConfigMap a\/b key config.yaml: must be a YAML mapping/);
+  });
+
+  it("applies toolchain, limits and defaults in place and names sections that need a restart", () => {
+    const current = loadConfig(env, () => "");
+    const holder = current.toolchain;
+    const next = loadConfig(
+      {
+        ...env,
+        KILN_TOOLCHAIN_VERSION: "0.2.0",
+        KILN_STORE_URI: "s3://other",
+        KILN_MAX_CONCURRENT_BUILDS: "4",
+      },
+      () => "",
+    );
+    expect(applyConfigChange(current, next)).toEqual({
+      changed: ["toolchain", "limits"],
+      needsRestart: ["objectStore"],
+    });
+    expect(holder.version).toBe("0.2.0");
+    expect(current.limits.maxConcurrentBuilds).toBe(4);
+    expect(current.objectStore.uri).toBe("file:///var/kiln");
+  });
+
+  it("requires the renew deadline below the lease duration", () => {
+    expect(() =>
+      loadConfig(
+        { ...env, KILN_LEASE_DURATION_SECONDS: "5", KILN_LEASE_RENEW_DEADLINE_SECONDS: "5" },
+        () => "",
+      ),
+    ).toThrow(/renewDeadlineSeconds \(5\) must be below leaseDurationSeconds \(5\)/);
   });
 });

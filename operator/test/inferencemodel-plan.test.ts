@@ -21,6 +21,24 @@ const condition = (m: { conditions?: { type: string; status: string; reason: str
   m.conditions?.find((c) => c.type === type);
 
 describe("InferenceModel plan", () => {
+  it("builds only for GPU products some node offers and says why the others wait", () => {
+    const m = model("wide", { gpu: { products: ["H100", "H200"] } });
+    const plan = planModel(observe(m, { gpusPerNode: { H100: 8 } }));
+    expect(plan.createBuilds.map((b) => b.spec.target.product)).toEqual(["H100"]);
+    expect(plan.status.targets).toContainEqual({
+      product: "H200",
+      message: "no node offers H200; its engine is built once one joins",
+    });
+
+    const none = planModel(observe(m, { gpusPerNode: {} }));
+    expect(none.createBuilds).toEqual([]);
+    expect(none.status.phase).toBe("Pending");
+    expect(condition(none.status, "EngineReady")).toMatchObject({
+      status: "False",
+      reason: "NoMatchingNodes",
+    });
+  });
+
   it("creates the EngineBuild for the desired key, owned (not controlled) by the model, and waits", () => {
     const plan = planModel(observe(model("llama")));
     expect(plan.createBuilds).toHaveLength(1);

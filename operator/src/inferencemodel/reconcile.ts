@@ -266,7 +266,12 @@ export const INDEX = { key: "engineKey", owner: "ownerUid" } as const;
 /** Read, plan, act, write status. Never waits on a Job or rollout: watches bring it back. */
 export async function reconcileModel(ctx: ModelContext, key: string): Promise<ReconcileResult | undefined> {
   const model = ctx.models.get(key);
-  // Deleted or being deleted: owner references let the garbage collector remove what it owned.
+  // Deleted or being deleted: no finalizer, by decision. Everything a model owns is a Kubernetes
+  // object with an owner reference (Deployments, Service; EngineBuilds shared by key, whose Jobs
+  // they own), so the garbage collector removes it, and keeps a shared EngineBuild while another
+  // model still references it. The engines in object storage are content-addressed and shared by
+  // every namespace with the same key: they are a cache kept on purpose, not the model's to delete.
+  // A finalizer would only add a way for deletion to hang while the operator is down.
   if (!model || model.metadata.deletionTimestamp) return undefined;
   const log = ctx.log.child({ inferenceModel: key });
   const namespace = model.metadata.namespace ?? "";
