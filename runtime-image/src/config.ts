@@ -1,4 +1,5 @@
 import { RUNTIME_ENV } from "../../lib/manifest.js";
+import type { EngineLoadOptions } from "../../native/binding/engine-types.js";
 
 /** Everything the serving pod reads from its environment, checked once at start-up. */
 export interface RuntimeConfig {
@@ -21,7 +22,8 @@ export interface RuntimeConfig {
   retryAfterSeconds: number;
   /** How long SIGTERM waits for in-flight requests before exiting anyway. */
   drainGraceSeconds: number;
-  engine: { maxBatchSize?: number; kvCachePages?: number; threads?: number };
+  /** Passed to the native loader; unset fields take the engine's defaults. */
+  engine: Omit<EngineLoadOptions, "maxQueuedRequests">;
   /** Upper bound on `n` per request, so one request cannot take the whole batch. */
   maxChoicesPerRequest: number;
 }
@@ -80,8 +82,12 @@ export function loadConfig(env: Env = process.env): RuntimeConfig {
     drainGraceSeconds: integerWithDefault(env, "KILN_DRAIN_GRACE_SECONDS", 50, 0),
     engine: {
       ...optional("maxBatchSize", integer(env, "KILN_MAX_BATCH_SIZE", undefined, 1)),
+      ...optional("maxNumBatchedTokens", integer(env, "KILN_MAX_NUM_BATCHED_TOKENS", undefined, 1)),
       ...optional("kvCachePages", integer(env, "KILN_KV_CACHE_PAGES", undefined, 1)),
+      ...optional("kvPageSize", integer(env, "KILN_KV_PAGE_SIZE", undefined, 1)),
+      ...optional("maxInputLen", integer(env, "KILN_MAX_INPUT_LEN", undefined, 1)),
       ...optional("threads", integer(env, "KILN_THREADS", undefined, 1)),
+      ...kvCacheDtype(env),
     },
     maxChoicesPerRequest: integerWithDefault(env, "KILN_MAX_CHOICES", 8, 1),
   };
@@ -89,4 +95,12 @@ export function loadConfig(env: Env = process.env): RuntimeConfig {
 
 function optional<K extends string>(key: K, value: number | undefined): { [P in K]?: number } {
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: number };
+}
+
+function kvCacheDtype(env: Env): Pick<EngineLoadOptions, "kvCacheDtype"> {
+  const raw = env.KILN_KV_CACHE_DTYPE?.trim();
+  if (!raw) return {};
+  if (raw !== "fp32" && raw !== "bf16")
+    throw new ConfigError(`KILN_KV_CACHE_DTYPE must be fp32 or bf16 (got "${raw}")`);
+  return { kvCacheDtype: raw };
 }

@@ -74,6 +74,11 @@ export class ServingMetrics {
       "Share of prompt tokens served from the prefix cache",
       (s) => s.prefixCacheHitRate,
     );
+    engineGauge(
+      "kiln_generation_tokens_per_second",
+      "Tokens the engine generated per second over the last few seconds",
+      (s) => s.tokensPerSecond,
+    );
     engineGauge("kiln_engine_healthy", "1 while the engine loop is alive", (s) => (s.healthy ? 1 : 0));
   }
 }

@@ -25,6 +25,8 @@ describe("runtime config from the environment", () => {
       KILN_STORE_ENDPOINT: "http://127.0.0.1:7070",
       KILN_MAX_QUEUED_REQUESTS: "3",
       KILN_KV_CACHE_PAGES: "512",
+      KILN_KV_CACHE_DTYPE: "bf16",
+      KILN_MAX_NUM_BATCHED_TOKENS: "1024",
     });
     expect(config).toMatchObject({
       engineKey: "k",
@@ -32,7 +34,7 @@ describe("runtime config from the environment", () => {
       port: 9000,
       store: { endpoint: "http://127.0.0.1:7070" },
       maxQueuedRequests: 3,
-      engine: { kvCachePages: 512 },
+      engine: { kvCachePages: 512, kvCacheDtype: "bf16", maxNumBatchedTokens: 1024 },
     });
   });
 
@@ -42,6 +44,7 @@ describe("runtime config from the environment", () => {
     [{ KILN_ENGINE_SHA256: "abc" }, /KILN_ENGINE_SHA256 must be 64 hex digits/],
     [{ PORT: "http" }, /PORT must be an integer >= 0 \(got "http"\)/],
     [{ KILN_MAX_BATCH_SIZE: "0" }, /KILN_MAX_BATCH_SIZE must be an integer >= 1/],
+    [{ KILN_KV_CACHE_DTYPE: "fp8" }, /KILN_KV_CACHE_DTYPE must be fp32 or bf16/],
   ])("%o is refused naming the variable", (override, message) => {
     expect(() => loadConfig({ ...base, ...override })).toThrow(message);
   });

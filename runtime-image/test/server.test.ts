@@ -87,6 +87,7 @@ describe("metrics", () => {
       "kiln_kv_pages_used 0",
       "kiln_kv_pages_total 64",
       "kiln_prefix_cache_hit_rate 0.25",
+      "kiln_generation_tokens_per_second 0",
       "kiln_engine_healthy 1",
     ]) {
       expect(text).toContain(gauge);

@@ -252,6 +252,16 @@ export async function respond(
       }
       throw err;
     }
+    // Sizes only: prompt text stays out of the logs.
+    request.log.info(
+      {
+        choices: plan.choices.length,
+        promptTokens: generation.usage.promptTokens,
+        maxTokens: plan.maxTokens,
+        stream: plan.stream,
+      },
+      "generation started",
+    );
     if (plan.stream)
       return await streamEvents(request, reply, generation, plan.includeUsage, shape, abort.signal);
     const finished = new Map<number, FinishedChoice>();
