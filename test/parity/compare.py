@@ -318,6 +318,7 @@ def main() -> int:
     manifest = json.loads(args.checkpoints.read_text())
     out: Path = args.out.resolve()
     (out / "reports").mkdir(parents=True, exist_ok=True)
+    (out / "report.json").unlink(missing_ok=True)  # never let a stale report pass for this run
     work = out / "work"
     work.mkdir(exist_ok=True)
     kiln = str(Path(args.kiln).resolve())
@@ -367,4 +368,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Exit 1 means "a case failed, see the report"; a crash must not look like that.
+    try:
+        sys.exit(main())
+    except Exception:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(2)

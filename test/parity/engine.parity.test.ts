@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, test } from "vitest";
 import {
@@ -41,7 +41,10 @@ beforeAll(async () => {
   if (compared.code !== 0 && compared.code !== 1) {
     throw new Error(`compare.py crashed (${compared.code}):\n${compared.stderr.slice(-3000)}`);
   }
-  report = JSON.parse(readFileSync(join(outDir, "report.json"), "utf8")) as ParityReport;
+  const reportFile = join(outDir, "report.json");
+  if (!existsSync(reportFile))
+    throw new Error(`compare.py wrote no report:\n${compared.stderr.slice(-3000)}`);
+  report = JSON.parse(readFileSync(reportFile, "utf8")) as ParityReport;
 });
 
 function findCase(checkpoint: string, precision: string): CaseReport {

@@ -12,12 +12,16 @@ of LOGIT_GAIN (logit std ~LOGIT_GAIN), RMSNorm gammas uniform(0.5, 1.5) (a gamma
 hide a wrong gamma fold) and biases normal(0, 0.5) (zero biases would hide a dropped Qwen2 bias).
 
 Usage: make_checkpoints.py OUT_DIR [--only name,name] ; prints a JSON manifest and writes it to
-OUT_DIR/manifest.json.
+OUT_DIR/manifest.json. Several test files call it on the same OUT_DIR at once: a lock serializes
+them, and a manifest stamped with this script's hash and the library versions is reused as is
+(the output is deterministic), so no caller ever sees a checkpoint being rewritten under it.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import hashlib
 import json
 import math
 import shutil
@@ -288,16 +292,32 @@ def main() -> None:
     only = {s for s in args.only.split(",") if s}
     root: Path = args.out.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)  # determinism of init does not depend on it, but keep runs comparable
-    manifest: dict[str, Any] = {"checkpoints": [], "broken": []}
-    for spec in specs():
-        if only and spec.name not in only:
-            continue
-        manifest["checkpoints"].append(build(spec, root / spec.name))
-    if not only or "broken" in only:
-        manifest["broken"] = write_broken(root, root / "llama")
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(json.dumps(manifest))
+    import transformers
+
+    stamp = hashlib.sha256(
+        Path(__file__).read_bytes() + f"{torch.__version__} {transformers.__version__} {sorted(only)}".encode()
+    ).hexdigest()
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = root / "manifest.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("stamp") == stamp:
+                print(json.dumps(old))
+                return
+            path.unlink()  # stale: no reader may trust the checkpoints while they are rewritten
+        torch.set_num_threads(1)  # determinism of init does not depend on it, but keep runs comparable
+        manifest: dict[str, Any] = {"stamp": stamp, "checkpoints": [], "broken": []}
+        for spec in specs():
+            if only and spec.name not in only:
+                continue
+            manifest["checkpoints"].append(build(spec, root / spec.name))
+        if not only or "broken" in only:
+            manifest["broken"] = write_broken(root, root / "llama")
+        tmp = root / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.replace(path)  # atomic: readers see the old manifest or the complete new one
+        print(json.dumps(manifest))
 
 
 if __name__ == "__main__":
