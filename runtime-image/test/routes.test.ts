@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, test } from "vitest";
+import { EngineLimitError } from "../../native/binding/engine-types.js";
 import { loadTokenizer } from "../src/tokenizer.js";
 import { EOS_ID, tinyTokenizerJson } from "./fixtures/tokenizer.js";
 import { MODEL, sseEvents, type TestRuntime, testRuntime } from "./harness.js";
@@ -331,6 +332,19 @@ describe("model limits are enforced before the engine is touched", () => {
     expect(res.statusCode).toBe(400);
     expect(res.json().error).toMatchObject({ param: "max_tokens", code: "context_length_exceeded" });
     expect(runtime.engine.submitted).toEqual([]);
+  });
+
+  test("a limit the engine itself reports is a 400 on the field it names", async () => {
+    runtime = await testRuntime();
+    runtime.engine.submit = () => {
+      throw new EngineLimitError("prompt needs more KV pages than the cache has", "promptTokens");
+    };
+    const res = await post(runtime, "/v1/chat/completions", {
+      model: MODEL,
+      messages: [{ role: "user", content: "x" }],
+    });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error).toMatchObject({ param: "messages", code: "context_length_exceeded" });
   });
 
   test("without max_tokens the request may use what is left of maxSeqLen", async () => {

@@ -114,6 +114,8 @@ function sampling(body: SamplingBody, choice: number): SamplingParams {
 }
 
 export interface PlannedGeneration {
+  /** The request field the prompt came from ("prompt" or "messages"), for errors. */
+  promptParam: string;
   choices: ChoiceSpec[];
   maxTokens: number;
   sampling: (choice: number) => SamplingParams;
@@ -175,7 +177,13 @@ export function planGeneration(
     for (let i = 0; i < n; i++) choices.push({ index: p * n + i, promptTokens });
   });
   const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
-  return { choices, maxTokens: body.max_tokens ?? room, sampling: (c) => sampling(body, c), stop };
+  return {
+    promptParam,
+    choices,
+    maxTokens: body.max_tokens ?? room,
+    sampling: (c) => sampling(body, c),
+    stop,
+  };
 }
 
 /** How one API shapes the generation's events into its JSON bodies. */
@@ -246,7 +254,7 @@ export async function respond(
       if (err instanceof EngineLimitError) {
         throw ApiError.invalid(
           err.message,
-          err.field === "maxTokens" ? "max_tokens" : "prompt",
+          err.field === "maxTokens" ? "max_tokens" : plan.promptParam,
           "context_length_exceeded",
         );
       }
