@@ -10,6 +10,11 @@ export type DataSource = (
   name: string,
 ) => Promise<Record<string, string> | undefined>;
 
+export interface PodIps {
+  podIP: string;
+  hostIP: string;
+}
+
 /** A missing Secret/ConfigMap or key: the kubelet reports CreateContainerConfigError and retries. */
 export class ContainerConfigError extends Error {
   override readonly name = "ContainerConfigError";
@@ -23,7 +28,7 @@ export function expandReferences(value: string, vars: Record<string, string>): s
   });
 }
 
-function fieldValue(pod: V1Pod, path: string, podIP: string): string {
+function fieldValue(pod: V1Pod, path: string, ips: PodIps): string {
   const m = /^metadata\.(labels|annotations)\['(.+)'\]$/.exec(path);
   if (m) return (m[1] === "labels" ? pod.metadata?.labels : pod.metadata?.annotations)?.[m[2] ?? ""] ?? "";
   const fields: Record<string, string | undefined> = {
@@ -32,8 +37,8 @@ function fieldValue(pod: V1Pod, path: string, podIP: string): string {
     "metadata.uid": pod.metadata?.uid,
     "spec.nodeName": pod.spec?.nodeName,
     "spec.serviceAccountName": pod.spec?.serviceAccountName,
-    "status.podIP": podIP,
-    "status.hostIP": podIP,
+    "status.podIP": ips.podIP,
+    "status.hostIP": ips.hostIP,
   };
   if (!(path in fields)) throw new ContainerConfigError(`unsupported fieldRef ${path}`);
   return fields[path] ?? "";
@@ -44,7 +49,7 @@ async function envValue(
   pod: V1Pod,
   read: DataSource,
   vars: Record<string, string>,
-  podIP: string,
+  ips: PodIps,
 ): Promise<string | undefined> {
   const ns = pod.metadata?.namespace ?? "default";
   const from = v.valueFrom;
@@ -64,7 +69,7 @@ async function envValue(
     }
     return value;
   }
-  if (from.fieldRef) return fieldValue(pod, from.fieldRef.fieldPath, podIP);
+  if (from.fieldRef) return fieldValue(pod, from.fieldRef.fieldPath, ips);
   throw new ContainerConfigError(`env ${v.name}: resourceFieldRef is not supported by the pod runner`);
 }
 
@@ -73,7 +78,7 @@ export async function resolveContainerEnv(
   pod: V1Pod,
   container: V1Container,
   read: DataSource,
-  podIP: string,
+  ips: PodIps,
 ): Promise<Record<string, string>> {
   const ns = pod.metadata?.namespace ?? "default";
   const vars: Record<string, string> = {};
@@ -88,7 +93,7 @@ export async function resolveContainerEnv(
     for (const [key, value] of Object.entries(data)) vars[`${source.prefix ?? ""}${key}`] = value;
   }
   for (const v of container.env ?? []) {
-    const value = await envValue(v, pod, read, vars, podIP);
+    const value = await envValue(v, pod, read, vars, ips);
     if (value !== undefined) vars[v.name] = value;
   }
   return vars;

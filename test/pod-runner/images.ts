@@ -1,4 +1,3 @@
-import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -23,7 +22,6 @@ export interface ImageEntry {
 }
 
 const runtimeMain = join(repoRoot, "runtime-image/src/main.ts");
-const runtimeBin = join(repoRoot, "runtime-image/bin/kiln-serve");
 
 export const IMAGES: readonly ImageEntry[] = [
   {
@@ -38,12 +36,11 @@ export const IMAGES: readonly ImageEntry[] = [
   },
   {
     repository: "kiln/runtime",
-    // A bin/ wrapper, once the runtime image has one, is what its Dockerfile runs; until then the
-    // TypeScript entrypoint through tsx, as the builder's wrapper does from a checkout.
-    entrypoint: () =>
-      existsSync(runtimeBin) ? [runtimeBin] : [process.execPath, "--import", "tsx", runtimeMain],
-    entrypointAliases: ["kiln-serve", "/usr/local/bin/kiln-serve"],
+    // The image runs the compiled main.js; from a checkout the same file runs through tsx.
+    entrypoint: () => [process.execPath, "--enable-source-maps", "--import", "tsx", runtimeMain],
+    entrypointAliases: [],
     env: ({ scratch }) => ({
+      // The Dockerfile's ENV points the cache at an emptyDir; here the container's scratch folder.
       KILN_CACHE_DIR: join(scratch, "cache"),
       // Loopback only: a pod's port is reachable on 127.0.0.1 (see the README), nowhere else.
       HOST: "127.0.0.1",

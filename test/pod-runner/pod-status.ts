@@ -6,8 +6,17 @@ import type {
 } from "@kubernetes/client-node";
 import type { Terminated } from "./container.js";
 
-/** The address every pod of the runner has: its processes listen on loopback ports. */
-export const POD_IP = "127.0.0.1";
+/** The node's address: its processes listen on 127.0.0.1 ports. */
+export const HOST_IP = "127.0.0.1";
+
+/**
+ * The API server refuses loopback addresses in EndpointSlices, so each pod gets a distinct address
+ * from a range nothing routes (kwok uses 10.244.0.0/16); clients reach the pod through the runner's
+ * port mapping on 127.0.0.1 instead (see PORTS_ANNOTATION).
+ */
+export function fakePodIp(n: number): string {
+  return `10.250.${(n >> 8) & 255}.${n & 255}`;
+}
 
 /** What the runner knows about a pod's one container, from which its status is derived. */
 export interface ContainerView {
@@ -45,7 +54,7 @@ function stateOf(c: ContainerView): V1ContainerState {
  * The pod status the kubelet would write: phase from the container (Succeeded/Failed only once no
  * restart will follow), conditions, and the container status with exit code and termination message.
  */
-export function podStatusFor(c: ContainerView, startTime: string, now: string): V1PodStatus {
+export function podStatusFor(c: ContainerView, podIP: string, startTime: string, now: string): V1PodStatus {
   const phase = c.final
     ? c.terminated?.exitCode === 0
       ? "Succeeded"
@@ -73,10 +82,10 @@ export function podStatusFor(c: ContainerView, startTime: string, now: string): 
   };
   return {
     phase,
-    hostIP: POD_IP,
-    hostIPs: [{ ip: POD_IP }],
-    podIP: POD_IP,
-    podIPs: [{ ip: POD_IP }],
+    hostIP: HOST_IP,
+    hostIPs: [{ ip: HOST_IP }],
+    podIP,
+    podIPs: [{ ip: podIP }],
     startTime: startTime as unknown as Date,
     conditions: [
       cond("PodReadyToStartContainers", true),

@@ -12,7 +12,7 @@ import { freeLoopbackPorts } from "../cluster/ports.js";
 import { type ContainerProcess, startContainer, type Terminated } from "./container.js";
 import { ContainerConfigError, type DataSource, resolveContainerEnv } from "./env.js";
 import { commandLineFor, imageEntryFor, repoRoot } from "./images.js";
-import { type ContainerView, POD_IP, podStatusFor } from "./pod-status.js";
+import { type ContainerView, fakePodIp, HOST_IP, podStatusFor } from "./pod-status.js";
 import { startReadinessProbe } from "./probe.js";
 import { CONFIG_MAP, POD, SECRET } from "./resources.js";
 
@@ -30,6 +30,7 @@ interface PodRun {
   key: string;
   uid: string;
   pod: V1Pod;
+  podIP: string;
   dir: string;
   startTime: string;
   view: ContainerView;
@@ -63,6 +64,7 @@ export class PodRunner {
   private readonly runs = new Map<string, PodRun>();
   private readonly informer: Informer<V1Pod & { metadata: { name: string } }>;
   private stopped = false;
+  private podsStarted = 0;
 
   constructor(private readonly opts: PodRunnerOptions) {
     this.informer = new Informer(
@@ -144,6 +146,7 @@ export class PodRunner {
       key,
       uid,
       pod,
+      podIP: fakePodIp(++this.podsStarted),
       dir: join(this.opts.runDir, "pods", `${pod.metadata?.namespace}_${pod.metadata?.name}_${uid}`),
       startTime: new Date().toISOString(),
       view: {
@@ -201,7 +204,10 @@ export class PodRunner {
     let podEnv: Record<string, string>;
     try {
       argv = commandLineFor(entry, container);
-      podEnv = await resolveContainerEnv(run.pod, container, this.readData, POD_IP);
+      podEnv = await resolveContainerEnv(run.pod, container, this.readData, {
+        podIP: run.podIP,
+        hostIP: HOST_IP,
+      });
     } catch (err) {
       run.view.waiting = { reason: "CreateContainerConfigError", message: (err as Error).message };
       this.pushStatus(run);
@@ -319,7 +325,7 @@ export class PodRunner {
   }
 
   private pushStatus(run: PodRun): void {
-    const status = podStatusFor(run.view, run.startTime, new Date().toISOString());
+    const status = podStatusFor(run.view, run.podIP, run.startTime, new Date().toISOString());
     run.writes = run.writes.then(() => this.writeStatus(run.pod, status));
   }
 

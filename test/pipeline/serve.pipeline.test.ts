@@ -1,0 +1,161 @@
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { GetObjectCommand } from "@aws-sdk/client-s3";
+import { afterAll, beforeAll, describe, expect, test } from "vitest";
+import { enginePaths, RUNTIME_ENV, validateManifest } from "../../lib/manifest.js";
+import { KubeClient } from "../../operator/src/controller/kube.js";
+import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
+import { testCluster, testKubeConfig, testS3Client } from "../cluster/env.js";
+import { waitUntil } from "../cluster/wait.js";
+import { serviceUrl } from "./endpoint.js";
+import { describePods, envOf, getModel, listBuilds, listDeployments } from "./kube.js";
+import { tinyInferenceModel, writeTinyModel } from "./model.js";
+import { type Stack, startStack } from "./stack.js";
+
+// The product's main job, end to end: an InferenceModel applied to a real control plane; the
+// operator (its own process) creates the EngineBuild and the build Job; the pod runner runs the
+// real builder entrypoint against the real S3 server; the operator rolls out the runtime, which the
+// pod runner runs too; a completion comes back through the Service's ready endpoint.
+
+// Unique per run, so a rerun against a cluster kept up (KILN_USE_RUNNING_CLUSTER=1) starts clean.
+const NS = `pipeline-${Date.now().toString(36)}`;
+const MODEL = "tiny";
+const STORE_PREFIX = `pipeline-${Date.now()}`;
+
+let stack: Stack;
+let runDir: string;
+let client: KubeClient;
+
+async function diagnostics(): Promise<string> {
+  const model = await getModel(client, NS, MODEL).catch(() => undefined);
+  const builds = await listBuilds(client, NS).catch(() => []);
+  const tail = async (file: string) =>
+    (await readFile(file, "utf8").catch(() => "")).split("\n").slice(-15).join("\n");
+  return [
+    `InferenceModel status: ${JSON.stringify(model?.status)}`,
+    `EngineBuilds: ${JSON.stringify(builds.map((b) => ({ name: b.metadata.name, status: b.status })))}`,
+    `pods:\n${await describePods(client, NS).catch((e: Error) => e.message)}`,
+    ...(await Promise.all(stack.processes.map(async (p) => `${p.name} log tail:\n${await tail(p.logFile)}`))),
+  ].join("\n");
+}
+
+/** waitUntil, and on timeout the state of everything involved, so a red run says where it stopped. */
+async function waitFor(what: string, probe: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  try {
+    await waitUntil(what, probe, { timeoutMs, intervalMs: 250 });
+  } catch (err) {
+    throw new Error(`${(err as Error).message}\n${await diagnostics()}`);
+  }
+}
+
+beforeAll(async () => {
+  const cluster = testCluster();
+  runDir = await mkdtemp(join(tmpdir(), "kiln-pipeline-"));
+  client = new KubeClient(testKubeConfig());
+  stack = await startStack({
+    kubeConfig: testKubeConfig(),
+    kubeconfigPath: cluster.kubeconfigPath,
+    s3: cluster.s3,
+    runDir,
+    modelNamespaces: [NS],
+    toolchainVersion: "tc-1",
+    storePrefix: STORE_PREFIX,
+  });
+  await writeTinyModel(stack.claimsDir);
+});
+
+afterAll(async () => {
+  await stack?.stop();
+  if (runDir) await rm(runDir, { recursive: true, force: true });
+});
+
+describe("apply an InferenceModel, build it, serve it", () => {
+  test("the engine is built by the builder Job into S3, rolled out, and answers a completion through the Service", async () => {
+    await client.create(IM_RESOURCE, await tinyInferenceModel(MODEL, NS));
+
+    // The EngineBuild succeeds with an artifact the builder process published (manifest last).
+    await waitFor(
+      "EngineBuild Succeeded",
+      async () => (await listBuilds(client, NS)).some((b) => b.status?.phase === "Succeeded"),
+      180_000,
+    );
+    const [build] = await listBuilds(client, NS);
+    const artifact = build?.status?.artifact;
+    expect(build?.spec.target.product).toBe("cpu");
+    expect(artifact?.uri).toMatch(
+      new RegExp(
+        `^s3://${testCluster().s3.bucket}/${STORE_PREFIX}/engines/${build?.spec.key}/engine\\.kiln$`,
+      ),
+    );
+
+    const key = build?.spec.key ?? "";
+    const s3 = testS3Client();
+    let manifestText: string | undefined;
+    try {
+      const stored = await s3.send(
+        new GetObjectCommand({
+          Bucket: testCluster().s3.bucket,
+          Key: `${STORE_PREFIX}/${enginePaths(key).manifest}`,
+        }),
+      );
+      manifestText = await stored.Body?.transformToString();
+    } finally {
+      s3.destroy();
+    }
+    const manifest = validateManifest(JSON.parse(manifestText ?? "null"), key);
+    expect(manifest.ok).toBe(true);
+    if (!manifest.ok) return;
+    expect(manifest.value.sha256).toBe(artifact?.sha256);
+    expect(manifest.value.target).toMatchObject({ product: "cpu", arch: "cpu" });
+    expect(manifest.value.source?.files.map((f) => f.path).sort()).toEqual([
+      "config.json",
+      "model.safetensors",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
+
+    // The runtime Deployment pins exactly that engine.
+    await waitFor(
+      "runtime Deployment created",
+      async () => (await listDeployments(client, NS)).length > 0,
+      60_000,
+    );
+    const [deployment] = await listDeployments(client, NS);
+    if (!deployment) throw new Error("no Deployment");
+    expect(envOf(deployment, RUNTIME_ENV.engineUri)).toBe(artifact?.uri);
+    expect(envOf(deployment, RUNTIME_ENV.engineSha256)).toBe(artifact?.sha256);
+    expect(deployment.spec.template.spec.containers[0]?.image).toBe("kiln/runtime:tc-1");
+
+    // The runtime process loads it, passes its readiness probe, and the model reports Ready.
+    await waitFor(
+      "InferenceModel Ready",
+      async () => (await getModel(client, NS, MODEL))?.status?.phase === "Ready",
+      180_000,
+    );
+    let url: string | undefined;
+    await waitFor(
+      "a ready endpoint behind the Service",
+      async () => {
+        url = await serviceUrl(client, NS, MODEL);
+        return url !== undefined;
+      },
+      30_000,
+    );
+
+    const res = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, prompt: "hello world", max_tokens: 8, temperature: 0 }),
+    });
+    const body = (await res.json()) as {
+      model: string;
+      choices: { text: string }[];
+      usage: { completion_tokens: number };
+    };
+    expect(res.status, JSON.stringify(body)).toBe(200);
+    expect(body.model).toBe(MODEL);
+    expect(body.choices[0]?.text).toEqual(expect.any(String));
+    expect(body.usage.completion_tokens).toBeGreaterThan(0);
+  });
+});
