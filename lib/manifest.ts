@@ -29,6 +29,20 @@ export interface BuildResult {
   tuning?: Record<string, unknown>;
 }
 
+/**
+ * Exit codes of the builder. PERMANENT means retrying cannot help (a bad spec, an unsupported or
+ * broken checkpoint, a wrong target): the build Job's podFailurePolicy fails the Job at once and the
+ * operator does not start another attempt. Anything else non-zero is retried with backoff.
+ */
+export const BUILD_EXIT = {
+  ok: 0,
+  permanent: 2,
+  retryable: 75,
+} as const;
+
+/** The Job condition reason Kubernetes sets when a podFailurePolicy rule failed the Job. */
+export const PERMANENT_FAILURE_REASON = "PodFailurePolicy";
+
 /** Environment the build Job's container receives; the builder reads exactly these. */
 export const BUILD_ENV = {
   key: "KILN_ENGINE_KEY",

@@ -1,12 +1,7 @@
-/**
- * Exit codes of `kiln-build`. The build Job's podFailurePolicy fails the Job at once on
- * PERMANENT (retrying cannot fix a bad checkpoint or spec); anything else is retried with backoff.
- */
-export const EXIT = {
-  ok: 0,
-  retryable: 75,
-  permanent: 2,
-} as const;
+import { BUILD_EXIT } from "../../lib/manifest.js";
+
+/** Exit codes of `kiln-build`: the contract with the build Job's podFailurePolicy (lib/manifest.ts). */
+export const EXIT = BUILD_EXIT;
 
 /** A failure that no retry can fix: a bad spec, an unsupported model, a missing tensor. */
 export class PermanentError extends Error {

@@ -182,6 +182,22 @@ describe("EngineBuild plan", () => {
     expect(plan.event?.type).toBe("Warning");
   });
 
+  it("fails at once, without another attempt, when the builder reports a permanent error", () => {
+    const b = newBuild();
+    const status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
+    const job = jobWith("j1", {
+      type: "Failed",
+      reason: "PodFailurePolicy",
+      message: "Container builder for pod ns/j1-x failed with exit code 2 matching FailJob rule at index 0",
+    });
+    const plan = planBuild(observe({ ...b, status }, { job }));
+    expect(plan.status.phase).toBe("Failed");
+    expect(plan.createJob).toBeUndefined();
+    expect(plan.requeueAfterMs).toBeUndefined();
+    expect(plan.status.message).toMatch(/no retry can fix: Container builder .* exit code 2/);
+    expect(plan.status.conditions?.find((c) => c.type === "Ready")?.reason).toBe("PermanentBuildError");
+  });
+
   it("leaves terminal builds alone", () => {
     const b = newBuild();
     const done = { ...b, status: { phase: "Failed" as const, attempts: 3 } };

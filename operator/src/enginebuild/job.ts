@@ -1,5 +1,5 @@
 import type { V1Job } from "@kubernetes/client-node";
-import { BUILD_ENV } from "../../../lib/manifest.js";
+import { BUILD_ENV, BUILD_EXIT, PERMANENT_FAILURE_REASON } from "../../../lib/manifest.js";
 import type { GpuProductName } from "../api/gpu.js";
 import { LABELS, MANAGED_BY } from "../api/labels.js";
 import type { EngineBuild } from "../api/types.js";
@@ -40,6 +40,16 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
     },
     spec: {
       backoffLimit: config.limits.jobBackoffLimit,
+      // The builder exits PERMANENT when no retry can help; fail the Job at once instead of
+      // burning the backoff limit on the same bad checkpoint.
+      podFailurePolicy: {
+        rules: [
+          {
+            action: "FailJob",
+            onExitCodes: { containerName: "builder", operator: "In", values: [BUILD_EXIT.permanent] },
+          },
+        ],
+      },
       activeDeadlineSeconds: config.limits.buildDeadlineSeconds,
       ttlSecondsAfterFinished: config.limits.jobTtlSeconds,
       template: {
@@ -95,7 +105,7 @@ export function latestJobOf(build: EngineBuild, jobs: readonly V1Job[]): V1Job |
 export type JobOutcome =
   | { state: "running" }
   | { state: "complete" }
-  | { state: "failed"; reason: string; message: string };
+  | { state: "failed"; reason: string; message: string; permanent: boolean };
 
 export function jobOutcome(job: V1Job): JobOutcome {
   const conditions = job.status?.conditions ?? [];
@@ -107,6 +117,7 @@ export function jobOutcome(job: V1Job): JobOutcome {
       state: "failed",
       reason: failed.reason ?? "JobFailed",
       message: failed.message ?? "the build Job failed",
+      permanent: failed.reason === PERMANENT_FAILURE_REASON,
     };
   return { state: "running" };
 }

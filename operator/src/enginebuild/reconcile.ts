@@ -122,12 +122,14 @@ export function planBuild(o: BuildObservation): BuildPlan {
     );
   };
 
-  const attemptFailed = (reason: string, message: string) => {
-    if (attempts >= config.limits.buildAttempts) {
+  const attemptFailed = (reason: string, message: string, permanent = false) => {
+    if (permanent || attempts >= config.limits.buildAttempts) {
       set(
         "Failed",
-        reason,
-        `attempt ${attempts}/${config.limits.buildAttempts}: ${message}`,
+        permanent ? "PermanentBuildError" : reason,
+        permanent
+          ? `attempt ${attempts}: the builder reported an error no retry can fix: ${message}`
+          : `attempt ${attempts}/${config.limits.buildAttempts}: ${message}`,
         { completedAt: now.toISOString() },
         "Warning",
       );
@@ -162,7 +164,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
         return plan;
       }
     } else if (outcome.state === "failed") {
-      attemptFailed(outcome.reason, outcome.message);
+      attemptFailed(outcome.reason, outcome.message, outcome.permanent);
       return plan;
     } else {
       const check = o.manifest;
