@@ -122,29 +122,50 @@ export class Watched<T extends KubeObject> {
   private readonly waiters = new Set<() => void>();
   private abort: (() => void) | undefined;
   private ended: string | undefined;
+  private retry: NodeJS.Timeout | undefined;
 
   static async start<T extends KubeObject>(
     path: string,
     onAdded?: (obj: T) => Promise<void> | void,
   ): Promise<Watched<T>> {
     const w = new Watched<T>();
+    await w.open(path, onAdded, 0);
+    return w;
+  }
+
+  private async open(
+    path: string,
+    onAdded: ((obj: T) => Promise<void> | void) | undefined,
+    retries: number,
+  ): Promise<void> {
+    // A fresh watch starts with an ADDED per object: the state is rebuilt from scratch.
+    this.objects.clear();
     const controller = await new Watch(adminKubeConfig).watch(
       path,
       {},
       (type, obj: T) => {
         const key = `${obj.metadata?.namespace ?? ""}/${obj.metadata?.name}`;
-        if (type === "DELETED") w.objects.delete(key);
-        else if (type === "ADDED" || type === "MODIFIED") w.objects.set(key, obj);
+        if (type === "DELETED") this.objects.delete(key);
+        else if (type === "ADDED" || type === "MODIFIED") this.objects.set(key, obj);
         else return;
-        void Promise.resolve(type === "ADDED" ? onAdded?.(obj) : undefined).finally(() => w.notify());
+        void Promise.resolve(type === "ADDED" ? onAdded?.(obj) : undefined).finally(() => this.notify());
       },
       (err) => {
-        w.ended = `watch on ${path} ended: ${err ?? "closed by the server"}`;
-        w.notify();
+        if (this.ended) return;
+        // The API server answers 429 while the watch cache of a just-created CRD initializes;
+        // clients are to come back, which this does with a growing backoff.
+        if (String(err).includes("Too Many Requests") && retries < 20) {
+          this.retry = setTimeout(
+            () => void this.open(path, onAdded, retries + 1),
+            100 * 2 ** Math.min(retries, 4),
+          );
+          return;
+        }
+        this.ended = `watch on ${path} ended: ${err ?? "closed by the server"}`;
+        this.notify();
       },
     );
-    w.abort = () => controller.abort();
-    return w;
+    this.abort = () => controller.abort();
   }
 
   get(name: string): T | undefined {
@@ -189,8 +210,9 @@ export class Watched<T extends KubeObject> {
   }
 
   stop(): void {
-    this.abort?.();
     this.ended ??= "stopped";
+    clearTimeout(this.retry);
+    this.abort?.();
   }
 
   private notify(): void {
