@@ -43,6 +43,9 @@ export const BUILD_EXIT = {
 /** The Job condition reason Kubernetes sets when a podFailurePolicy rule failed the Job. */
 export const PERMANENT_FAILURE_REASON = "PodFailurePolicy";
 
+/** The calibration set shipped in the builder image (builder-image/calibration/<name>.txt). */
+export const DEFAULT_CALIBRATION_DATASET = "builtin:kiln-default";
+
 /** Environment the build Job's container receives; the builder reads exactly these. */
 export const BUILD_ENV = {
   key: "KILN_ENGINE_KEY",

@@ -3,10 +3,10 @@ import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Tokenizer } from "@huggingface/tokenizers";
+import { DEFAULT_CALIBRATION_DATASET } from "../../lib/manifest.js";
 import { PermanentError } from "./errors.js";
 
 const BUILTIN_DIR = join(dirname(fileURLToPath(import.meta.url)), "..", "calibration");
-export const DEFAULT_CALIBRATION_DATASET = "builtin:kiln-default";
 const DEFAULT_SAMPLES = 512;
 // Activation ranges settle within a few hundred tokens; longer samples only slow calibration.
 const MAX_SAMPLE_TOKENS = 512;

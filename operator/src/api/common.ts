@@ -1,3 +1,4 @@
+import { DEFAULT_CALIBRATION_DATASET } from "../../../lib/manifest.js";
 import { FP8_PRODUCTS, GPU_PRODUCT_NAMES } from "./gpu.js";
 import { enumOf, integer, number, object, optional, string } from "./schema.js";
 
@@ -52,7 +53,7 @@ export const precisionSchema = enumOf(PRECISIONS, {
 
 export const calibrationSchema = object({
   dataset: optional(
-    string({ maxLength: 512, default: "builtin:wikitext-sample", description: "Calibration text set." }),
+    string({ maxLength: 512, default: DEFAULT_CALIBRATION_DATASET, description: "Calibration text set." }),
   ),
   samples: optional(integer({ minimum: 1, maximum: 100000, default: 512 })),
 });

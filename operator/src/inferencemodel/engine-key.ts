@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { canonicalJson } from "../../../lib/canonical-json.js";
+import { DEFAULT_CALIBRATION_DATASET } from "../../../lib/manifest.js";
 import { ENGINE_FORMAT_VERSION } from "../api/common.js";
 import type { EngineBuildSpec } from "../api/enginebuild.js";
 import { GPU_PRODUCTS, type GpuProductName } from "../api/gpu.js";
@@ -46,7 +47,7 @@ export function buildSpecFor(
       ...(calibrated
         ? {
             calibration: {
-              dataset: engine.calibration?.dataset ?? "builtin:wikitext-sample",
+              dataset: engine.calibration?.dataset ?? DEFAULT_CALIBRATION_DATASET,
               samples: engine.calibration?.samples ?? 512,
             },
           }
