@@ -36,7 +36,13 @@ beforeAll(async () => {
     .slice(0, 16);
   const out = join(outDir, `batched-reference-${key}.json`);
   if (!existsSync(out)) {
-    const ref = await run(python, [helper, "--checkpoints", join(ckDir, "manifest.json"), "--out", `${out}.tmp`]);
+    const ref = await run(python, [
+      helper,
+      "--checkpoints",
+      join(ckDir, "manifest.json"),
+      "--out",
+      `${out}.tmp`,
+    ]);
     if (ref.code !== 0) throw new Error(`batched_reference.py failed:\n${ref.stderr.slice(-3000)}`);
     renameSync(`${out}.tmp`, out);
   }
@@ -85,6 +91,8 @@ describe.each(checkpoints)("$name ($arch)", ({ name }) => {
     const mismatches = got
       .map((tokens, i) => ({ i, tokens, want: want[i], margin: ref.min_margin[i] }))
       .filter((m) => JSON.stringify(m.tokens) !== JSON.stringify(m.want));
-    expect(mismatches, `requests differing from transformers (margin = smallest top-1/top-2 gap)`).toEqual([]);
+    expect(mismatches, `requests differing from transformers (margin = smallest top-1/top-2 gap)`).toEqual(
+      [],
+    );
   });
 });
