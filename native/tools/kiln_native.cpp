@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <string>
@@ -17,6 +18,9 @@
 #include "engine/engine.h"
 #include "engine/reader.h"
 #include "runtime/generate.h"
+#if KILN_CUDA
+#include "backend/cuda/generate.h"
+#endif
 
 namespace {
 
@@ -29,10 +33,10 @@ constexpr const char* kUsage =
     "usage:\n"
     "  kiln-native build --model <hf_dir> --precision fp32|bf16|fp16|int8-weight|fp8 --out <engine.kiln>\n"
     "                    [--calibration <file.jsonl>] [--max-seq-len N] [--max-batch N]\n"
-    "                    [--toolchain-version V] [--no-autotune] [--threads N]\n"
+    "                    [--toolchain-version V] [--no-autotune] [--threads N] [--target cpu|cuda]\n"
     "  kiln-native inspect <engine.kiln>\n"
     "  kiln-native generate --engine <engine.kiln> --tokens 1,2,3 --steps N [--logits-out <file.bin>] [--threads N]\n"
-    "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N]\n";
+    "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N] [--batch B (CUDA engines)]\n";
 
 // --name value options plus bare --switches; anything else is an error naming it.
 class Args {
@@ -91,13 +95,20 @@ class Args {
   std::vector<std::string> positional_;
 };
 
+// Engines record the backend they were built for; Engine::load has already refused one this build
+// or this machine cannot run.
+bool is_cuda_engine(const kiln::Engine& engine) {
+  const Json& h = engine.header();
+  return h.contains("target") && h["target"].is_object() && h["target"].value("backend", "") == "cuda";
+}
+
 void print_line(const Json& j) {
   std::cout << j.dump() << std::endl;
 }
 
 int run_build(const Args& args) {
   args.only({"--model", "--precision", "--out", "--calibration", "--max-seq-len", "--max-batch",
-             "--toolchain-version", "--no-autotune", "--threads"});
+             "--toolchain-version", "--no-autotune", "--threads", "--target"});
   kiln::BuildOptions o;
   o.model_dir = args.get("--model");
   o.precision = kiln::precision_from_name(args.get("--precision"));
@@ -108,6 +119,7 @@ int run_build(const Args& args) {
   o.toolchain_version = args.get_or("--toolchain-version", "");
   o.autotune = !args.has("--no-autotune");
   o.threads = static_cast<int>(args.integer("--threads", 0));
+  o.target = args.get_or("--target", "cpu");
   const kiln::BuildResult r = kiln::build(
       o,
       [](const kiln::BuildProgress& p) {
@@ -148,7 +160,7 @@ std::vector<int32_t> parse_tokens(const std::string& text) {
 int run_generate(const Args& args) {
   args.only({"--engine", "--tokens", "--steps", "--logits-out", "--threads"});
   kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
-  kiln::Model model(kiln::Engine::load(args.get("--engine"), &pool), pool);
+  auto engine = kiln::Engine::load(args.get("--engine"), &pool);
   const std::vector<int32_t> prompt = parse_tokens(args.get("--tokens"));
   const int64_t steps = args.integer("--steps", 32);
   std::ofstream logits_out;
@@ -157,11 +169,22 @@ int run_generate(const Args& args) {
     if (!logits_out) throw Error(args.get("--logits-out") + ": cannot create");
   }
   // The file holds raw little-endian float32 rows; every supported target is little-endian.
-  const auto r = kiln::generate_greedy(model, prompt, steps, [&](const float* logits, int64_t vocab) {
-    if (logits_out.is_open()) {
+  std::function<void(const float*, int64_t)> on_logits;
+  if (logits_out.is_open()) {
+    on_logits = [&](const float* logits, int64_t vocab) {
       logits_out.write(reinterpret_cast<const char*>(logits), static_cast<std::streamsize>(vocab * sizeof(float)));
-    }
-  });
+    };
+  }
+  kiln::GreedyResult r;
+  if (is_cuda_engine(*engine)) {
+#if KILN_CUDA
+    kiln::cuda::CudaModel model(engine);
+    r = kiln::cuda::generate_greedy(model, prompt, steps, on_logits);
+#endif
+  } else {
+    kiln::Model model(engine, pool);
+    r = kiln::generate_greedy(model, prompt, steps, on_logits);
+  }
   if (logits_out.is_open()) {
     logits_out.close();
     if (!logits_out) throw Error(args.get("--logits-out") + ": write failed");
@@ -171,12 +194,30 @@ int run_generate(const Args& args) {
 }
 
 int run_bench(const Args& args) {
-  args.only({"--engine", "--prompt-len", "--steps", "--threads"});
+  args.only({"--engine", "--prompt-len", "--steps", "--threads", "--batch"});
   kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
-  kiln::Model model(kiln::Engine::load(args.get("--engine"), &pool), pool);
+  auto engine = kiln::Engine::load(args.get("--engine"), &pool);
   const int64_t prompt_len = args.integer("--prompt-len", 128);
   const int64_t steps = args.integer("--steps", 64);
+  const int64_t batch = args.integer("--batch", 1);
   if (prompt_len < 1) throw Error("--prompt-len must be at least 1");
+  if (is_cuda_engine(*engine)) {
+#if KILN_CUDA
+    kiln::cuda::CudaModel model(engine);
+    const auto r = kiln::cuda::bench(model, prompt_len, steps, batch);
+    print_line(Json{{"backend", "cuda"},
+                    {"prompt_len", prompt_len},
+                    {"steps", steps},
+                    {"batch", batch},
+                    {"prefill_ms", r.prefill_ms},
+                    {"prefill_tok_per_s", r.prefill_ms > 0 ? 1000.0 * static_cast<double>(prompt_len) / r.prefill_ms : 0.0},
+                    {"decode_step_ms", r.decode_step_ms},
+                    {"decode_tok_per_s", r.decode_tok_per_s}});
+#endif
+    return 0;
+  }
+  if (batch != 1) throw Error("--batch is only supported for CUDA engines");
+  kiln::Model model(engine, pool);
   std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
   for (int64_t i = 0; i < prompt_len; ++i) {
     prompt[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 13) % model.config().vocab_size);

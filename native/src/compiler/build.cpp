@@ -15,6 +15,10 @@
 #include "engine/format.h"
 #include "engine/writer.h"
 #include "model/architecture.h"
+#if KILN_CUDA
+#include "backend/cuda/autotune.h"
+#include "backend/cuda/device.h"
+#endif
 
 #ifndef KILN_VERSION
 #define KILN_VERSION "0.0.0"
@@ -112,6 +116,14 @@ std::vector<int64_t> batch_buckets(int64_t max_batch) {
   return b;
 }
 
+Json target_info(bool cuda_target) {
+#if KILN_CUDA
+  if (cuda_target) return cuda::target_info();
+#endif
+  (void)cuda_target;
+  return cpu_target_info();
+}
+
 Json passes_json(const std::vector<PassReport>& reports) {
   Json out = Json::array();
   for (const auto& r : reports) out.push_back(Json{{"name", r.name}, {"applied", r.applied}, {"detail", r.detail}});
@@ -130,6 +142,14 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
                 "activation scales");
   }
   if (o.max_batch < 1) throw Error("build: --max-batch must be at least 1");
+  const bool cuda_target = o.target == "cuda";
+  if (!cuda_target && o.target != "cpu") throw Error("build: --target \"" + o.target + "\" is not supported (cpu, cuda)");
+#if !KILN_CUDA
+  if (cuda_target) throw Error("build: --target cuda needs a build of kiln with the CUDA backend (-DKILN_CUDA=ON)");
+#endif
+  if (cuda_target && o.precision != Precision::BF16) {
+    throw Error(std::string("build: the CUDA target runs bf16 engines so far, not ") + precision_name(o.precision));
+  }
   const fs::path dir(o.model_dir);
   ThreadPool pool(o.threads);
 
@@ -157,7 +177,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   Json header{{"format", "kiln-engine"},
               {"format_version", kEngineFormatVersion},
               {"toolchain_version", o.toolchain_version.empty() ? std::string("kiln-native ") + KILN_VERSION : o.toolchain_version},
-              {"target", cpu_target_info()},
+              {"target", target_info(cuda_target)},
               {"model", model_config_to_json(config)},
               {"precision", precision_name(o.precision)},
               {"limits", Json{{"max_seq_len", max_seq_len}, {"max_batch", o.max_batch}}},
@@ -196,10 +216,23 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   const Node* head = graph.find_node("lm_head");
   gemm_weights.push_back(head->weights[0]);
   if (head->weights[0] == "embed.weight") row_only.insert("embed.weight");
-  const std::vector<int64_t> buckets = batch_buckets(o.max_batch);
-  AutotuneResult tuned = o.autotune ? autotune_gemms(q.tensors, gemm_weights, row_only, buckets, pool,
-                                                     report.steps(kAutotune, "timed tactic"))
-                                    : untuned_gemms(buckets);
+  AutotuneResult tuned;
+  if (cuda_target) {
+#if KILN_CUDA
+    const std::vector<int64_t> buckets = cuda::gemm_buckets(o.max_batch, max_seq_len);
+    if (o.autotune) {
+      tuned = cuda::autotune_gemms(q.tensors, gemm_weights, head->weights[0], buckets, o.max_batch,
+                                   report.steps(kAutotune, "tuned GEMM shape/bucket"));
+    } else {
+      tuned.table = Json{{"enabled", false}, {"backend", "cuda"}, {"buckets", buckets}, {"entries", Json::array()}};
+    }
+#endif
+  } else {
+    const std::vector<int64_t> buckets = batch_buckets(o.max_batch);
+    tuned = o.autotune ? autotune_gemms(q.tensors, gemm_weights, row_only, buckets, pool,
+                                        report.steps(kAutotune, "timed tactic"))
+                       : untuned_gemms(buckets);
+  }
   reports.push_back(apply_weight_layouts(q.tensors, tuned.layouts));
   report.say(kAutotune, 1, reports.back().name + ": " + reports.back().detail);
 

@@ -19,6 +19,9 @@ struct BuildOptions {
   std::string toolchain_version;  // empty: this library's version
   bool autotune = true;
   int threads = 0;  // 0: every hardware thread
+  // "cpu", or "cuda" (the GPU of this machine; needs a build with KILN_CUDA): the backend the engine
+  // is tuned for and the fingerprint it is locked to.
+  std::string target = "cpu";
 };
 
 struct BuildProgress {

@@ -3,6 +3,9 @@
 #include "backend/cpu/target.h"
 #include "core/error.h"
 #include "engine/reader.h"
+#if KILN_CUDA
+#include "backend/cuda/device.h"
+#endif
 
 namespace kiln {
 
@@ -20,9 +23,19 @@ ModelConfig header_model(const Json& header, const std::string& source) {
 }  // namespace
 
 std::shared_ptr<const Engine> Engine::load(const std::string& path, ThreadPool* pool) {
-  require_cpu_features();
   EngineFile file = read_engine_file(path, pool);
-  check_engine_target(file.header, path, cpu_target_fingerprint());
+  const Json& target = file.header.contains("target") ? file.header["target"] : Json();
+  if (target.is_object() && target.value("backend", "") == "cuda") {
+#if KILN_CUDA
+    check_engine_target(file.header, path, cuda::target_fingerprint());
+#else
+    throw Error(path + ": engine was built for the CUDA target \"" + target.value("fingerprint", "?") +
+                "\" and this build of kiln has no CUDA backend (configure native/ with -DKILN_CUDA=ON)");
+#endif
+  } else {
+    require_cpu_features();
+    check_engine_target(file.header, path, cpu_target_fingerprint());
+  }
   std::shared_ptr<Engine> e(new Engine());
   e->source_ = path;
   e->config_ = header_model(file.header, path);

@@ -1,0 +1,102 @@
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "backend/cuda/device.h"
+#include "core/json.h"
+
+namespace kiln::cuda {
+
+// The cuBLASLt handle, the one matmul description every GEMM of the backend shares (bf16 inputs,
+// fp32 output, fp32 accumulation and scale, y = x · wᵀ), and the workspace algorithms may use.
+class LtContext {
+ public:
+  static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
+  LtContext();
+  ~LtContext();
+  LtContext(const LtContext&) = delete;
+  LtContext& operator=(const LtContext&) = delete;
+
+  cublasLtHandle_t handle() const { return handle_; }
+  cublasLtMatmulDesc_t desc() const { return desc_; }
+  void* workspace() const { return workspace_.get(); }
+
+ private:
+  cublasLtHandle_t handle_ = nullptr;
+  cublasLtMatmulDesc_t desc_ = nullptr;
+  DeviceBuffer workspace_;
+};
+
+// A stored algorithm: cuBLASLt documents cublasLtMatmulAlgo_t as plain data that can be saved and
+// restored for the same library version (the engine's target fingerprint pins that version).
+std::string algo_to_hex(const cublasLtMatmulAlgo_t& algo);
+cublasLtMatmulAlgo_t algo_from_hex(const std::string& hex);  // throws kiln::Error on a malformed string
+// The algorithm's configuration for people reading the autotune table (id, tile, stages, split-k...).
+Json algo_config(const cublasLtMatmulAlgo_t& algo);
+
+// y[m, n] (fp32, row-major) = x[m, k] (bf16, row-major) · w[n, k]ᵀ (bf16, the HF layout) + beta · y.
+// In cuBLASLt's column-major terms this is yᵀ[n, m] = op_T(w as [k, n]) · xᵀ[k, m]. The layouts
+// for `m` rows are adjusted per call (two attribute writes, no allocation, no heuristic).
+class LtGemm {
+ public:
+  LtGemm(const LtContext& context, int64_t n, int64_t k);
+  ~LtGemm();
+  LtGemm(const LtGemm&) = delete;
+  LtGemm& operator=(const LtGemm&) = delete;
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+
+  // Up to `max` algorithms cuBLASLt's heuristic proposes for m rows (build time and untuned engines
+  // only), each with the workspace it needs within LtContext::kWorkspaceBytes.
+  std::vector<cublasLtMatmulHeuristicResult_t> heuristic(int64_t m, int max);
+  // Throws naming the shape when `algo` cannot run m rows on this device and library.
+  void check(const cublasLtMatmulAlgo_t& algo, int64_t m);
+
+  void run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y, float beta,
+           cudaStream_t stream);
+  // Returns the status instead of throwing: the autotuner skips algorithms that refuse a problem.
+  cublasStatus_t try_run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y,
+                         float beta, cudaStream_t stream);
+
+ private:
+  void set_rows(int64_t m);
+
+  const LtContext& context_;
+  int64_t n_ = 0;
+  int64_t k_ = 0;
+  int64_t m_ = -1;
+  cublasLtMatrixLayout_t w_layout_ = nullptr;
+  cublasLtMatrixLayout_t x_layout_ = nullptr;
+  cublasLtMatrixLayout_t y_layout_ = nullptr;
+};
+
+// The tuned algorithms of one GEMM shape: the algorithm of the smallest tuned bucket that holds m
+// rows, the largest bucket's beyond that (the CPU GemmPlan's rule).
+class TunedGemm {
+ public:
+  TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>> by_bucket);
+
+  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream) {
+    gemm_.run(choose(m), w, x, m, y, beta, stream);
+  }
+  const cublasLtMatmulAlgo_t& choose(int64_t m) const {
+    for (const auto& [bucket, algo] : by_bucket_) {
+      if (m <= bucket) return algo;
+    }
+    return by_bucket_.back().second;
+  }
+
+ private:
+  LtGemm gemm_;
+  std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>> by_bucket_;  // ascending buckets
+};
+
+}  // namespace kiln::cuda

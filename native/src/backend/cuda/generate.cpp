@@ -1,0 +1,118 @@
+#include "backend/cuda/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int64_t kPageSize = 16;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& prompt, int64_t steps,
+                             const std::function<void(const float*, int64_t)>& on_logits) {
+  if (prompt.empty()) throw Error("generate: the prompt has no tokens");
+  if (steps < 1) throw Error("generate: steps must be at least 1");
+  const int64_t total = static_cast<int64_t>(prompt.size()) + steps - 1;
+  if (total > model.max_seq_len()) {
+    throw Error("generate: prompt (" + std::to_string(prompt.size()) + ") + steps (" + std::to_string(steps) +
+                ") exceeds the engine's max_seq_len (" + std::to_string(model.max_seq_len()) + ")");
+  }
+  using clock = std::chrono::steady_clock;
+  const int64_t vocab = model.config().vocab_size;
+  const int64_t pages = (total + kPageSize - 1) / kPageSize;
+  CudaKvCache cache = model.new_cache(pages, kPageSize);
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  for (int64_t p = 0; p < pages; ++p) table[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+  std::vector<float> logits(on_logits ? static_cast<size_t>(vocab) : 0);
+  float* logits_out = on_logits ? logits.data() : nullptr;
+  GreedyResult r;
+  int32_t next = 0;
+
+  const auto t0 = clock::now();
+  ForwardBatch first;
+  first.add(prompt.data(), static_cast<int64_t>(prompt.size()), 0, table.data(), true);
+  model.forward(first, cache, &next, logits_out);
+  r.prefill_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  if (on_logits) on_logits(logits.data(), vocab);
+  r.tokens.push_back(next);
+
+  const auto t1 = clock::now();
+  for (int64_t s = 1; s < steps; ++s) {
+    const int32_t token = r.tokens.back();
+    ForwardBatch step;
+    step.add(&token, 1, static_cast<int64_t>(prompt.size()) + s - 1, table.data(), true);
+    model.forward(step, cache, &next, logits_out);
+    if (on_logits) on_logits(logits.data(), vocab);
+    r.tokens.push_back(next);
+  }
+  const double decode_s = std::chrono::duration<double>(clock::now() - t1).count();
+  r.decode_tok_per_s = steps > 1 && decode_s > 0 ? static_cast<double>(steps - 1) / decode_s : 0.0;
+  return r;
+}
+
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch) {
+  constexpr int64_t kWarmupSteps = 2;
+  if (prompt_len < 1 || steps < 1 || batch < 1) throw Error("bench: prompt length, steps and batch must be positive");
+  const int64_t total = prompt_len + steps + kWarmupSteps;
+  if (total > model.max_seq_len()) {
+    throw Error("bench: prompt (" + std::to_string(prompt_len) + ") + steps (" + std::to_string(steps + kWarmupSteps) +
+                ") exceeds the engine's max_seq_len (" + std::to_string(model.max_seq_len()) + ")");
+  }
+  using clock = std::chrono::steady_clock;
+  const int64_t vocab = model.config().vocab_size;
+  const int64_t pages_per_sequence = (total + kPageSize - 1) / kPageSize;
+  CudaKvCache cache = model.new_cache(pages_per_sequence * batch, kPageSize);
+  std::vector<std::vector<int32_t>> tables(static_cast<size_t>(batch));
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t p = 0; p < pages_per_sequence; ++p) {
+      tables[static_cast<size_t>(b)].push_back(static_cast<int32_t>(b * pages_per_sequence + p));
+    }
+    for (int64_t i = 0; i < prompt_len; ++i) {
+      prompts[static_cast<size_t>(b)].push_back(static_cast<int32_t>((i * 7919 + 13 + b * 31) % vocab));
+    }
+  }
+  std::vector<int32_t> next(static_cast<size_t>(batch));
+  // Warm-up prefill (first-call allocations and module loading stay out of the numbers).
+  {
+    ForwardBatch warm;
+    warm.add(prompts[0].data(), prompt_len, 0, tables[0].data(), true);
+    model.forward(warm, cache, next.data());
+  }
+  std::vector<double> prefill_ms;
+  for (int64_t b = 0; b < batch; ++b) {
+    ForwardBatch one;
+    one.add(prompts[static_cast<size_t>(b)].data(), prompt_len, 0, tables[static_cast<size_t>(b)].data(), true);
+    const auto t0 = clock::now();
+    model.forward(one, cache, &next[static_cast<size_t>(b)]);
+    prefill_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  std::vector<double> step_ms;
+  for (int64_t s = 0; s < steps + kWarmupSteps; ++s) {
+    ForwardBatch step;
+    const std::vector<int32_t> tokens = next;
+    for (int64_t b = 0; b < batch; ++b) {
+      step.add(&tokens[static_cast<size_t>(b)], 1, prompt_len + s, tables[static_cast<size_t>(b)].data(), true);
+    }
+    const auto t0 = clock::now();
+    model.forward(step, cache, next.data());
+    if (s >= kWarmupSteps) step_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  BenchResult r;
+  r.prefill_ms = median(prefill_ms);
+  r.decode_step_ms = median(step_ms);
+  r.decode_tok_per_s = r.decode_step_ms > 0 ? 1000.0 * static_cast<double>(batch) / r.decode_step_ms : 0.0;
+  return r;
+}
+
+}  // namespace kiln::cuda

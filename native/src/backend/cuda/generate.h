@@ -1,0 +1,27 @@
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "backend/cuda/model.h"
+#include "runtime/generate.h"
+
+namespace kiln::cuda {
+
+// Greedy generation on the GPU with the same contract as kiln::generate_greedy (argmax on the
+// device, first index on ties); `on_logits`, when given, sees every step's logits (copied to host
+// only then).
+GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& prompt, int64_t steps,
+                             const std::function<void(const float*, int64_t)>& on_logits = {});
+
+struct BenchResult {
+  double prefill_ms = 0.0;         // one prompt alone, median over the batch's sequences
+  double decode_step_ms = 0.0;     // median step of `batch` sequences decoding together
+  double decode_tok_per_s = 0.0;   // batch / decode_step_ms
+};
+
+// `batch` sequences of `prompt_len` tokens: each prefilled alone (timed), then `steps` decode steps
+// of all of them in one batched forward per step (timed after two warm-up steps).
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch);
+
+}  // namespace kiln::cuda

@@ -1,0 +1,354 @@
+#include <cfloat>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/kernels.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+unsigned blocks_for(int64_t count, int threads) {
+  const int64_t blocks = (count + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
+}
+
+__global__ void embed_rows_kernel(const bf16* table, const int32_t* tokens, int64_t hidden, float* h) {
+  const int64_t t = blockIdx.x;
+  const bf16* row = table + static_cast<int64_t>(tokens[t]) * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) h[t * hidden + i] = __bfloat162float(row[i]);
+}
+
+// One block per row; the row is read twice (sum of squares, then scale), the second time from cache.
+__global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma, float eps,
+                                bf16* y) {
+  __shared__ float partial[32];
+  const int64_t r = blockIdx.x;
+  const float* x = h + (row_index ? static_cast<int64_t>(row_index[r]) : r) * hidden;
+  float squares = 0.0f;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) squares += x[i] * x[i];
+  squares = warp_sum(squares);
+  const int warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (lane == 0) partial[warp] = squares;
+  __syncthreads();
+  if (warp == 0) {
+    float total = lane < static_cast<int>(blockDim.x / kWarp) ? partial[lane] : 0.0f;
+    total = warp_sum(total);
+    if (lane == 0) partial[0] = total;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(partial[0] / static_cast<float>(hidden) + eps);
+  bf16* out = y + r * hidden;
+  for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float normed = x[i] * inv;
+    out[i] = __float2bfloat16(gamma ? gamma[i] * normed : normed);
+  }
+}
+
+__global__ void rope_kv_kernel(RopeKvArgs a) {
+  const int64_t t = blockIdx.x;
+  const int64_t D = a.head_dim;
+  const int64_t half = D / 2;
+  const int64_t q_dim = a.heads * D;
+  const int64_t kv_dim = a.kv_heads * D;
+  float* row = a.qkv + t * (q_dim + 2 * kv_dim);
+  const int64_t pos = a.token_position[t];
+  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
+  const int64_t slot = (static_cast<int64_t>(table[pos / a.page_size]) * a.page_size + pos % a.page_size) * kv_dim;
+  const float* cos = a.cos + pos * half;
+  const float* sin = a.sin + pos * half;
+  const int64_t pairs = (a.heads + a.kv_heads) * half;
+  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
+    const int64_t head = p / half;
+    const int64_t i = p % half;
+    const int64_t at = head * D + i;  // q heads first, then k heads, as the fused qkv rows are laid out
+    float x0 = row[at];
+    float x1 = row[at + half];
+    if (a.bias) {
+      x0 += a.bias[at];
+      x1 += a.bias[at + half];
+    }
+    const float r0 = x0 * cos[i] - x1 * sin[i];
+    const float r1 = x1 * cos[i] + x0 * sin[i];
+    if (head < a.heads) {
+      row[at] = r0;
+      row[at + half] = r1;
+    } else {
+      const int64_t k_at = at - q_dim;
+      a.keys[slot + k_at] = __float2bfloat16(r0);
+      a.keys[slot + k_at + half] = __float2bfloat16(r1);
+    }
+  }
+  for (int64_t j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+    float v = row[q_dim + kv_dim + j];
+    if (a.bias) v += a.bias[q_dim + kv_dim + j];
+    a.values[slot + j] = __float2bfloat16(v);
+  }
+}
+
+// Attention tile geometry: 4 warps, each owning up to 4 query rows (row r belongs to warp r % 4), a
+// row being one (token, query head) pair; 32 keys per step, one key per lane for the scores and one
+// output dimension stripe per lane for P·V.
+constexpr int kAttnWarps = 4;
+constexpr int kAttnRowsPerWarp = 4;
+constexpr int kAttnRows = kAttnWarps * kAttnRowsPerWarp;
+constexpr int kAttnKeys = kWarp;
+
+template <int D>
+__global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionArgs a, int heads_per_block) {
+  constexpr int kLaneDims = D / kWarp;
+  __shared__ float q_s[kAttnRows][D];
+  __shared__ float k_s[kAttnKeys][D + 1];  // +1: lanes read different rows of one column, no bank conflicts
+  __shared__ float v_s[kAttnKeys][D];
+
+  const int lane = threadIdx.x % kWarp;
+  const int warp = threadIdx.x / kWarp;
+  const int64_t first = a.tiles[2 * blockIdx.x];
+  const int64_t count = a.tiles[2 * blockIdx.x + 1];
+  const int64_t group = a.heads / a.kv_heads;
+  const int64_t kv_head = blockIdx.y;
+  const int64_t head0 = kv_head * group + static_cast<int64_t>(blockIdx.z) * heads_per_block;
+  const int64_t nh = min(static_cast<int64_t>(heads_per_block), group - static_cast<int64_t>(blockIdx.z) * heads_per_block);
+  const int64_t rows = count * nh;
+  const int64_t kv_dim = a.kv_heads * D;
+  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[first]) * a.table_stride;
+  const int64_t p0 = a.token_position[first];
+  const int64_t hi = p0 + count - 1;
+  const int64_t lo = a.window > 0 ? max(int64_t{0}, p0 - a.window + 1) : 0;
+
+  for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+    const int64_t r = idx / D;
+    const int64_t d = idx % D;
+    const int64_t t = first + r / nh;
+    const int64_t h = head0 + r % nh;
+    q_s[r][d] = a.q[t * a.q_stride + h * D + d] * a.scale;
+  }
+
+  float m[kAttnRowsPerWarp];
+  float l[kAttnRowsPerWarp];
+  float acc[kAttnRowsPerWarp][kLaneDims];
+#pragma unroll
+  for (int rr = 0; rr < kAttnRowsPerWarp; ++rr) {
+    m[rr] = -FLT_MAX;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kLaneDims; ++i) acc[rr][i] = 0.0f;
+  }
+
+  constexpr int kVec = 8;  // bf16 per 16-byte load
+  for (int64_t kb = lo; kb <= hi; kb += kAttnKeys) {
+    __syncthreads();  // q_s written (first pass) / previous tile consumed
+    for (int idx = threadIdx.x; idx < kAttnKeys * (D / kVec); idx += blockDim.x) {
+      const int j = idx / (D / kVec);
+      const int c = (idx % (D / kVec)) * kVec;
+      const int64_t kp = kb + j;
+      float kf[kVec];
+      float vf[kVec];
+      if (kp <= hi) {
+        const int64_t at = (static_cast<int64_t>(table[kp / a.page_size]) * a.page_size + kp % a.page_size) * kv_dim +
+                           kv_head * D + c;
+        const uint4 kraw = *reinterpret_cast<const uint4*>(a.keys + at);
+        const uint4 vraw = *reinterpret_cast<const uint4*>(a.values + at);
+        const auto* k2 = reinterpret_cast<const __nv_bfloat162*>(&kraw);
+        const auto* v2 = reinterpret_cast<const __nv_bfloat162*>(&vraw);
+#pragma unroll
+        for (int e = 0; e < kVec / 2; ++e) {
+          const float2 kk = __bfloat1622float2(k2[e]);
+          const float2 vv = __bfloat1622float2(v2[e]);
+          kf[2 * e] = kk.x;
+          kf[2 * e + 1] = kk.y;
+          vf[2 * e] = vv.x;
+          vf[2 * e + 1] = vv.y;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) kf[e] = vf[e] = 0.0f;  // zeros: masked keys must not bring NaN into P·V
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        k_s[j][c + e] = kf[e];
+        v_s[j][c + e] = vf[e];
+      }
+    }
+    __syncthreads();
+
+#pragma unroll
+    for (int rr = 0; rr < kAttnRowsPerWarp; ++rr) {
+      const int64_t r = static_cast<int64_t>(rr) * kAttnWarps + warp;
+      if (r >= rows) continue;  // warp-uniform
+      const int64_t pos = p0 + r / nh;
+      const int64_t kp = kb + lane;
+      const bool valid = kp <= pos && (a.window == 0 || kp > pos - a.window);
+      float s = 0.0f;
+#pragma unroll 16
+      for (int d = 0; d < D; ++d) s += q_s[r][d] * k_s[lane][d];
+      s = valid ? s : -FLT_MAX;
+      const float tile_max = warp_max(s);
+      if (tile_max == -FLT_MAX) continue;  // every key of this step is masked for this row
+      const float m_new = fmaxf(m[rr], tile_max);
+      const float correction = __expf(m[rr] - m_new);
+      const float p = valid ? __expf(s - m_new) : 0.0f;
+      l[rr] = l[rr] * correction + warp_sum(p);
+#pragma unroll
+      for (int i = 0; i < kLaneDims; ++i) acc[rr][i] *= correction;
+#pragma unroll 8
+      for (int j = 0; j < kAttnKeys; ++j) {
+        const float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+        for (int i = 0; i < kLaneDims; ++i) acc[rr][i] += pj * v_s[j][lane + i * kWarp];
+      }
+      m[rr] = m_new;
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kAttnRowsPerWarp; ++rr) {
+    const int64_t r = static_cast<int64_t>(rr) * kAttnWarps + warp;
+    if (r >= rows) continue;
+    const int64_t t = first + r / nh;
+    const int64_t h = head0 + r % nh;
+    const float inv = 1.0f / l[rr];  // l > 0: every query sees at least its own position
+    bf16* out = a.out + t * a.heads * D + h * D;
+#pragma unroll
+    for (int i = 0; i < kLaneDims; ++i) out[lane + i * kWarp] = __float2bfloat16(acc[rr][i] * inv);
+  }
+}
+
+__global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, bf16* out) {
+  const int64_t total = rows * inter;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = idx / inter;
+    const int64_t i = idx % inter;
+    const float g = gate_up[r * 2 * inter + i];
+    const float u = gate_up[r * 2 * inter + inter + i];
+    out[idx] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+__global__ void argmax_kernel(const float* logits, int64_t vocab, int32_t* out) {
+  __shared__ float best_value[32];
+  __shared__ int32_t best_index[32];
+  const float* row = logits + blockIdx.x * vocab;
+  float value = -INFINITY;
+  int32_t index = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+    const float v = row[i];
+    if (v > value) {  // ascending i per thread: the first maximum is kept
+      value = v;
+      index = static_cast<int32_t>(i);
+    }
+  }
+  const auto better = [](float v, int32_t i, float bv, int32_t bi) { return v > bv || (v == bv && i < bi); };
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int32_t i = __shfl_xor_sync(0xffffffffu, index, offset);
+    if (better(v, i, value, index)) {
+      value = v;
+      index = i;
+    }
+  }
+  const int warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (lane == 0) {
+    best_value[warp] = value;
+    best_index[warp] = index;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x / kWarp); ++w) {
+      if (better(best_value[w], best_index[w], value, index)) {
+        value = best_value[w];
+        index = best_index[w];
+      }
+    }
+    out[blockIdx.x] = index == INT32_MAX ? 0 : index;  // an all-NaN row still names a token
+  }
+}
+
+__global__ void f32_to_bf16_kernel(const float* src, int64_t count, bf16* dst) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dst[i] = __float2bfloat16(src[i]);
+  }
+}
+
+}  // namespace
+
+void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream) {
+  if (n == 0) return;
+  embed_rows_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(table, tokens, hidden, h);
+  KILN_CUDA_CHECK_LAUNCH("embed_rows_kernel");
+}
+
+void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
+                      float eps, bf16* y, cudaStream_t stream) {
+  if (rows == 0) return;
+  const int threads = hidden >= 4096 ? 1024 : 256;
+  rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(h, row_index, hidden, gamma, eps, y);
+  KILN_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
+  if (args.tokens == 0) return;
+  rope_kv_kernel<<<static_cast<unsigned>(args.tokens), 256, 0, stream>>>(args);
+  KILN_CUDA_CHECK_LAUNCH("rope_kv_kernel");
+}
+
+int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads) {
+  const int64_t per_block = std::min<int64_t>(heads / kv_heads, kAttnRows);
+  return std::max<int64_t>(1, kAttnRows / per_block);
+}
+
+bool attention_supports_head_dim(int64_t head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
+
+void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
+  if (a.num_tiles == 0) return;
+  const int64_t group = a.heads / a.kv_heads;
+  const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
+  const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads),
+                  static_cast<unsigned>((group + heads_per_block - 1) / heads_per_block));
+  const int threads = kAttnWarps * kWarp;
+  switch (a.head_dim) {
+    case 32: attention_kernel<32><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
+    case 64: attention_kernel<64><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
+    case 128: attention_kernel<128><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
+    default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
+  }
+  KILN_CUDA_CHECK_LAUNCH("attention_kernel");
+}
+
+void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {
+  if (rows * inter == 0) return;
+  silu_mul_kernel<<<blocks_for(rows * inter, 256), 256, 0, stream>>>(gate_up, rows, inter, out);
+  KILN_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+}
+
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t stream) {
+  if (rows == 0) return;
+  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab, out);
+  KILN_CUDA_CHECK_LAUNCH("argmax_kernel");
+}
+
+void f32_to_bf16(const float* src, int64_t count, bf16* dst, cudaStream_t stream) {
+  if (count == 0) return;
+  f32_to_bf16_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(src, count, dst);
+  KILN_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,83 @@
+#pragma once
+
+// The CUDA backend's own kernels (everything of a decoder step except the GEMMs, which are cuBLASLt).
+// Activations: the residual stream is fp32, GEMM inputs bf16, GEMM outputs fp32; weights bf16; the
+// KV cache bf16 in the page layout of runtime/kv_cache.h. Each launcher checks its launch.
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kiln::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// h[t] = float(table[tokens[t]]) for t < n.
+void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
+
+// y[r] = bf16(x · rsqrt(mean(x²) + eps) · gamma) with x = h[row_index ? row_index[r] : r]; gamma may
+// be null (folded into the next projection).
+void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
+                      float eps, bf16* y, cudaStream_t stream);
+
+// Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
+// convention) in place in the fp32 qkv rows, and writes k and v as bf16 into the token's cache slot
+// (page block_tables[seq][pos / page_size], slot pos % page_size).
+struct RopeKvArgs {
+  float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim]
+  const float* bias = nullptr;
+  int64_t tokens = 0;
+  const int32_t* token_sequence = nullptr;
+  const int32_t* token_position = nullptr;
+  const int32_t* block_tables = nullptr;  // [sequences, table_stride]
+  int64_t table_stride = 0;
+  const float* cos = nullptr;  // [positions, head_dim / 2]
+  const float* sin = nullptr;
+  bf16* keys = nullptr;  // this layer's pages
+  bf16* values = nullptr;
+  int64_t page_size = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+};
+void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream);
+
+// Causal attention of a mixed batch through the block tables, fp32 softmax (online, flash-style).
+// Work is split into tiles of consecutive query tokens of one sequence (`tiles` holds first token and
+// count per tile, at most tokens_per_tile(group) tokens); each block handles one tile for one KV head
+// and the query heads that share it, so every key and value row is loaded once per tile.
+struct AttentionArgs {
+  const float* q = nullptr;  // token t, head h at q + t * q_stride + h * head_dim
+  int64_t q_stride = 0;
+  const bf16* keys = nullptr;
+  const bf16* values = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t table_stride = 0;
+  const int32_t* token_sequence = nullptr;
+  const int32_t* token_position = nullptr;
+  const int32_t* tiles = nullptr;  // [num_tiles][2]
+  int64_t num_tiles = 0;
+  int64_t page_size = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t window = 0;  // 0 = the whole prefix
+  float scale = 1.0f;
+  bf16* out = nullptr;  // [tokens, heads * head_dim]
+};
+void paged_attention(const AttentionArgs& args, cudaStream_t stream);
+// How many query tokens one attention tile may hold for a GQA group size.
+int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads);
+bool attention_supports_head_dim(int64_t head_dim);
+
+// out[r, i] = bf16(silu(gate_up[r, i]) · gate_up[r, inter + i])
+void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream);
+
+// out[r] = the index of the largest logits[r, :] (the first on ties, as torch.argmax).
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t stream);
+
+// dst[i] = bf16(src[i]) (test inputs, weight uploads of fp32 tensors).
+void f32_to_bf16(const float* src, int64_t count, bf16* dst, cudaStream_t stream);
+
+}  // namespace kiln::cuda

@@ -1,0 +1,364 @@
+#include "backend/cuda/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend/cuda/autotune.h"
+#include "backend/cuda/check.h"
+#include "core/error.h"
+#include "runtime/rope.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+int64_t header_limit(const Engine& e, const char* key) {
+  const Json& h = e.header();
+  if (h.contains("limits") && h["limits"].contains(key) && h["limits"][key].is_number_integer()) {
+    const int64_t v = h["limits"][key].get<int64_t>();
+    if (v > 0 && v <= (int64_t{1} << 22)) return v;
+  }
+  throw Error(e.source() + ": header limits." + key + " is missing or out of range");
+}
+
+int64_t round_up_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+CudaKvCache::CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim)
+    : layers_(layers), pages_(pages), page_size_(page_size), kv_dim_(kv_dim) {
+  if (layers < 1 || pages < 1 || page_size < 1 || kv_dim < 1) {
+    throw Error("CUDA KV cache: layers (" + std::to_string(layers) + "), pages (" + std::to_string(pages) +
+                "), page size (" + std::to_string(page_size) + ") and kv_dim (" + std::to_string(kv_dim) +
+                ") must all be positive");
+  }
+  const size_t bytes = static_cast<size_t>(layers * pages * page_size * kv_dim) * sizeof(bf16);
+  keys_ = DeviceBuffer(bytes, "KV cache keys (" + std::to_string(pages) + " pages)");
+  values_ = DeviceBuffer(bytes, "KV cache values (" + std::to_string(pages) + " pages)");
+}
+
+const void* CudaModel::upload(const std::string& name, DType as) {
+  const TensorView& t = engine_->tensor(name);
+  const size_t count = t.bytes / dtype_size(t.dtype);
+  std::vector<uint8_t> converted;
+  const uint8_t* src = t.data;
+  if (t.layout != WeightLayout::Row) {
+    throw Error(engine_->source() + ": tensor " + name + " has layout " + layout_name(t.layout) +
+                "; CUDA engines keep the row layout");
+  }
+  if (t.dtype != as) {
+    // Only float dtypes widen or narrow here: an embedding / lm_head kept in the checkpoint's fp32 or
+    // fp16 runs as bf16 on the GPU (what transformers computes in bf16 too).
+    if (!(as == DType::BF16 && (t.dtype == DType::F32 || t.dtype == DType::F16))) {
+      throw Error(engine_->source() + ": tensor " + name + " is " + dtype_name(t.dtype) + "; the CUDA backend needs " +
+                  dtype_name(as));
+    }
+    std::vector<float> f(count);
+    decode_to_f32(t.dtype, t.data, f.data(), count);
+    converted.resize(count * 2);
+    encode_from_f32(DType::BF16, f.data(), converted.data(), count);
+    src = converted.data();
+  }
+  DeviceBuffer buffer(count * dtype_size(as), "weight " + name);
+  KILN_CUDA_CHECK(cudaMemcpy(buffer.get(), src, buffer.bytes(), cudaMemcpyHostToDevice));
+  weights_.push_back(std::move(buffer));
+  return weights_.back().get();
+}
+
+const float* CudaModel::upload_optional_vector(const std::string& name, int64_t length) {
+  const TensorView* t = engine_->find(name);
+  if (!t) return nullptr;
+  if (t->dtype != DType::F32 || t->shape != std::vector<int64_t>{length}) {
+    throw Error(engine_->source() + ": tensor " + name + " must be f32 [" + std::to_string(length) + "]");
+  }
+  return static_cast<const float*>(upload(name, DType::F32));
+}
+
+TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k) {
+  const auto key = std::make_pair(n, k);
+  auto& slot = gemms_[key];
+  if (slot) return slot.get();
+  auto algos = tuned_[key];
+  if (algos.empty()) {
+    // An engine built without autotuning: cuBLASLt's first proposal per bucket, chosen here once.
+    LtGemm probe(lt_, n, k);
+    for (int64_t m : gemm_buckets(header_limit(*engine_, "max_batch"), max_seq_len_)) {
+      algos.emplace_back(m, probe.heuristic(m, 1).front().algo);
+    }
+  }
+  slot = std::make_unique<TunedGemm>(lt_, n, k, std::move(algos));
+  return slot.get();
+}
+
+CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
+  const Engine& e = *engine_;
+  const ModelConfig& c = e.config();
+  max_seq_len_ = header_limit(e, "max_seq_len");
+  if (c.qk_norm || c.o_bias || c.mlp_bias) {
+    throw Error(e.source() + ": the CUDA backend does not run QK norm or o/MLP biases yet (" + c.hf_architecture + ")");
+  }
+  if (!attention_supports_head_dim(c.head_dim)) {
+    throw Error(e.source() + ": the CUDA attention kernel supports head_dim 32, 64 or 128, the model has " +
+                std::to_string(c.head_dim));
+  }
+  KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+
+  const Json& autotune = e.header().contains("autotune") ? e.header()["autotune"] : Json();
+  if (autotune.is_object() && autotune.contains("entries")) {
+    try {
+      for (const auto& entry : autotune.at("entries")) {
+        if (entry.value("backend", "") != "cuda") {
+          throw Error(e.source() + ": autotune entry for backend \"" + entry.value("backend", "cpu") +
+                      "\" in an engine for the CUDA backend");
+        }
+        tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>()}].emplace_back(
+            entry.at("bucket").get<int64_t>(), algo_from_hex(entry.at("algo").get<std::string>()));
+      }
+    } catch (const Json::exception& ex) {
+      throw Error(e.source() + ": autotune table is malformed: " + ex.what());
+    }
+  }
+
+  const RopeTable rope(c, max_seq_len_);
+  const size_t rope_bytes = static_cast<size_t>(max_seq_len_ * (c.head_dim / 2)) * sizeof(float);
+  rope_cos_ = DeviceBuffer(rope_bytes, "RoPE cos table");
+  rope_sin_ = DeviceBuffer(rope_bytes, "RoPE sin table");
+  KILN_CUDA_CHECK(cudaMemcpy(rope_cos_.get(), rope.cos(0), rope_bytes, cudaMemcpyHostToDevice));
+  KILN_CUDA_CHECK(cudaMemcpy(rope_sin_.get(), rope.sin(0), rope_bytes, cudaMemcpyHostToDevice));
+
+  const TensorView& embed = e.tensor("embed.weight");
+  if (embed.shape != std::vector<int64_t>{c.vocab_size, c.hidden_size}) {
+    throw Error(e.source() + ": tensor embed.weight must be [vocab_size, hidden_size]");
+  }
+  embed_ = static_cast<const bf16*>(upload("embed.weight", DType::BF16));
+  lm_head_ = e.find("lm_head.weight") ? static_cast<const bf16*>(upload("lm_head.weight", DType::BF16)) : embed_;
+  final_norm_ = upload_optional_vector("final_norm.weight", c.hidden_size);
+  lm_head_gemm_ = gemm_for(c.vocab_size, c.hidden_size);
+
+  const int64_t qkv_out = c.q_dim() + 2 * c.kv_dim();
+  const auto weight = [&](const std::string& name, int64_t n, int64_t k) {
+    const TensorView& t = e.tensor(name);
+    if (t.shape != std::vector<int64_t>{n, k}) {
+      throw Error(e.source() + ": tensor " + name + " must be [" + std::to_string(n) + ", " + std::to_string(k) + "]");
+    }
+    return static_cast<const bf16*>(upload(name, DType::BF16));
+  };
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string L = "layers." + std::to_string(i) + ".";
+    Layer layer;
+    layer.attn_norm = upload_optional_vector(L + "attn_norm.weight", c.hidden_size);
+    layer.mlp_norm = upload_optional_vector(L + "mlp_norm.weight", c.hidden_size);
+    layer.qkv_bias = upload_optional_vector(L + "qkv.bias", qkv_out);
+    layer.qkv = weight(L + "qkv.weight", qkv_out, c.hidden_size);
+    layer.o = weight(L + "o.weight", c.hidden_size, c.q_dim());
+    layer.gate_up = weight(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size);
+    layer.down = weight(L + "down.weight", c.hidden_size, c.intermediate_size);
+    layer.qkv_gemm = gemm_for(qkv_out, c.hidden_size);
+    layer.o_gemm = gemm_for(c.hidden_size, c.q_dim());
+    layer.gate_up_gemm = gemm_for(2 * c.intermediate_size, c.hidden_size);
+    layer.down_gemm = gemm_for(c.hidden_size, c.intermediate_size);
+    layers_.push_back(layer);
+  }
+}
+
+CudaModel::~CudaModel() {
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size) const {
+  return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim());
+}
+
+void CudaModel::reserve_activations(int64_t tokens, int64_t logit_rows) {
+  const ModelConfig& c = config();
+  if (tokens > token_capacity_) {
+    const int64_t n = round_up_pow2(tokens);
+    const int64_t qkv_width = c.q_dim() + 2 * c.kv_dim();
+    h_ = DeviceBuffer(static_cast<size_t>(n * c.hidden_size) * 4, "activations (residual)");
+    x_ = DeviceBuffer(static_cast<size_t>(n * c.hidden_size) * 2, "activations (normed)");
+    qkv_ = DeviceBuffer(static_cast<size_t>(n * qkv_width) * 4, "activations (qkv)");
+    attn_ = DeviceBuffer(static_cast<size_t>(n * c.q_dim()) * 2, "activations (attention)");
+    gate_up_ = DeviceBuffer(static_cast<size_t>(n * 2 * c.intermediate_size) * 4, "activations (gate/up)");
+    act_ = DeviceBuffer(static_cast<size_t>(n * c.intermediate_size) * 2, "activations (silu)");
+    token_capacity_ = n;
+  }
+  if (logit_rows > row_capacity_) {
+    const int64_t r = round_up_pow2(logit_rows);
+    logits_ = DeviceBuffer(static_cast<size_t>(r * c.vocab_size) * 4, "logits");
+    next_ = DeviceBuffer(static_cast<size_t>(r) * 4, "next tokens");
+    row_capacity_ = r;
+  }
+}
+
+void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits) {
+  const ModelConfig& c = config();
+  const auto n = static_cast<int64_t>(batch.tokens.size());
+  if (n == 0 || batch.slices.empty()) throw Error("forward: the batch has no tokens");
+  if (cache.layers() != c.num_layers || cache.kv_dim() != c.kv_dim()) {
+    throw Error("forward: the CUDA KV cache has " + std::to_string(cache.layers()) + " layers of kv_dim " +
+                std::to_string(cache.kv_dim()) + ", the model needs " + std::to_string(c.num_layers) + " of " +
+                std::to_string(c.kv_dim()));
+  }
+  const int64_t P = cache.page_size();
+  const auto S = static_cast<int64_t>(batch.slices.size());
+
+  // Host side of the step: check the slices like the CPU model, then pack tokens, positions,
+  // attention tiles, logit rows and block tables into one pinned buffer, uploaded in one copy.
+  int64_t table_stride = 1;
+  int64_t total = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const SequenceSlice& slice = batch.slices[static_cast<size_t>(s)];
+    if (slice.n <= 0 || slice.start < 0 || slice.start + slice.n > max_seq_len_) {
+      throw Error("forward: slice " + std::to_string(s) + " covers positions " + std::to_string(slice.start) + ".." +
+                  std::to_string(slice.start + slice.n - 1) + ", outside the engine's max_seq_len (" +
+                  std::to_string(max_seq_len_) + ")");
+    }
+    if (!slice.block_table) throw Error("forward: slice " + std::to_string(s) + " has no block table");
+    const int64_t pages = (slice.start + slice.n - 1) / P + 1;
+    for (int64_t page = 0; page < pages; ++page) {
+      const int32_t id = slice.block_table[page];
+      if (id < 0 || id >= cache.pages()) {
+        throw Error("forward: slice " + std::to_string(s) + " uses page " + std::to_string(id) + " of a cache with " +
+                    std::to_string(cache.pages()) + " pages");
+      }
+    }
+    table_stride = std::max(table_stride, pages);
+    total += slice.n;
+  }
+  if (total != n) throw Error("forward: the slices cover " + std::to_string(total) + " tokens, the batch has " + std::to_string(n));
+
+  const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
+  int64_t tiles = 0;
+  int64_t rows = 0;
+  for (const SequenceSlice& slice : batch.slices) {
+    tiles += (slice.n + tile_tokens - 1) / tile_tokens;
+    rows += slice.wants_logits ? 1 : 0;
+  }
+  const int64_t meta_count = 3 * n + 2 * tiles + rows + S * table_stride;
+  host_meta_.reserve(static_cast<size_t>(meta_count) * 4);
+  if (meta_.bytes() < static_cast<size_t>(meta_count) * 4) {
+    meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(meta_count)) * 4, "step metadata");
+  }
+  int32_t* host = host_meta_.get<int32_t>();
+  int32_t* tokens_h = host;
+  int32_t* position_h = tokens_h + n;
+  int32_t* sequence_h = position_h + n;
+  int32_t* tiles_h = sequence_h + n;
+  int32_t* rows_h = tiles_h + 2 * tiles;
+  int32_t* tables_h = rows_h + rows;
+  int64_t t = 0;
+  int64_t tile = 0;
+  int64_t row = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const SequenceSlice& slice = batch.slices[static_cast<size_t>(s)];
+    for (int64_t i = 0; i < slice.n; ++i) {
+      const int32_t token = batch.tokens[static_cast<size_t>(t + i)];
+      if (token < 0 || token >= c.vocab_size) {
+        throw Error("forward: token id " + std::to_string(token) + " is outside the vocabulary (" +
+                    std::to_string(c.vocab_size) + ")");
+      }
+      tokens_h[t + i] = token;
+      position_h[t + i] = static_cast<int32_t>(slice.start + i);
+      sequence_h[t + i] = static_cast<int32_t>(s);
+    }
+    for (int64_t first = 0; first < slice.n; first += tile_tokens) {
+      tiles_h[2 * tile] = static_cast<int32_t>(t + first);
+      tiles_h[2 * tile + 1] = static_cast<int32_t>(std::min(tile_tokens, slice.n - first));
+      ++tile;
+    }
+    t += slice.n;
+    if (slice.wants_logits) rows_h[row++] = static_cast<int32_t>(t - 1);
+    const int64_t pages = (slice.start + slice.n - 1) / P + 1;
+    std::memcpy(tables_h + s * table_stride, slice.block_table, static_cast<size_t>(pages) * 4);
+    std::fill(tables_h + s * table_stride + pages, tables_h + (s + 1) * table_stride, 0);
+  }
+  reserve_activations(n, std::max<int64_t>(rows, 1));
+  int32_t* meta = meta_.get<int32_t>();
+  KILN_CUDA_CHECK(cudaMemcpyAsync(meta, host, static_cast<size_t>(meta_count) * 4, cudaMemcpyHostToDevice, stream_));
+  const int32_t* tokens_d = meta;
+  const int32_t* position_d = tokens_d + n;
+  const int32_t* sequence_d = position_d + n;
+  const int32_t* tiles_d = sequence_d + n;
+  const int32_t* rows_d = tiles_d + 2 * tiles;
+  const int32_t* tables_d = rows_d + rows;
+
+  const int64_t H = c.hidden_size;
+  const int64_t qkv_width = c.q_dim() + 2 * c.kv_dim();
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  float* h = h_.get<float>();
+  bf16* x = x_.get<bf16>();
+  float* qkv = qkv_.get<float>();
+  bf16* attn = attn_.get<bf16>();
+  float* gate_up = gate_up_.get<float>();
+  bf16* act = act_.get<bf16>();
+
+  RopeKvArgs rope;
+  rope.qkv = qkv;
+  rope.tokens = n;
+  rope.token_sequence = sequence_d;
+  rope.token_position = position_d;
+  rope.block_tables = tables_d;
+  rope.table_stride = table_stride;
+  rope.cos = rope_cos_.get<float>();
+  rope.sin = rope_sin_.get<float>();
+  rope.page_size = P;
+  rope.heads = c.num_heads;
+  rope.kv_heads = c.num_kv_heads;
+  rope.head_dim = c.head_dim;
+
+  AttentionArgs attention;
+  attention.q = qkv;
+  attention.q_stride = qkv_width;
+  attention.block_tables = tables_d;
+  attention.table_stride = table_stride;
+  attention.token_sequence = sequence_d;
+  attention.token_position = position_d;
+  attention.tiles = tiles_d;
+  attention.num_tiles = tiles;
+  attention.page_size = P;
+  attention.heads = c.num_heads;
+  attention.kv_heads = c.num_kv_heads;
+  attention.head_dim = c.head_dim;
+  attention.window = c.sliding_window;
+  attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  attention.out = attn;
+
+  embed_rows(embed_, tokens_d, n, H, h, stream_);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
+    const auto li = static_cast<int64_t>(l);
+    rms_norm_to_bf16(h, nullptr, n, H, layer.attn_norm, eps, x, stream_);
+    layer.qkv_gemm->run(layer.qkv, x, n, qkv, 0.0f, stream_);
+    rope.bias = layer.qkv_bias;
+    rope.keys = cache.keys(li);
+    rope.values = cache.values(li);
+    rope_and_write_kv(rope, stream_);
+    attention.keys = cache.keys(li);
+    attention.values = cache.values(li);
+    paged_attention(attention, stream_);
+    // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
+    layer.o_gemm->run(layer.o, attn, n, h, 1.0f, stream_);
+    rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
+    layer.gate_up_gemm->run(layer.gate_up, x, n, gate_up, 0.0f, stream_);
+    silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+    layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
+  }
+  if (rows > 0) {
+    rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
+    lm_head_gemm_->run(lm_head_, x, rows, logits_.get<float>(), 0.0f, stream_);
+    argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_.get<int32_t>(), stream_);
+    KILN_CUDA_CHECK(cudaMemcpyAsync(next_tokens, next_.get(), static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, stream_));
+    if (logits) {
+      KILN_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(rows * c.vocab_size) * 4,
+                                      cudaMemcpyDeviceToHost, stream_));
+    }
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,103 @@
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/device.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/kernels.h"
+#include "engine/engine.h"
+#include "runtime/forward_batch.h"
+
+namespace kiln::cuda {
+
+// Keys and values of every sequence in device memory, bf16, with the page layout of
+// runtime/kv_cache.h: per layer [page][slot][kv_heads * head_dim].
+class CudaKvCache {
+ public:
+  CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim);
+
+  int64_t layers() const { return layers_; }
+  int64_t pages() const { return pages_; }
+  int64_t page_size() const { return page_size_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  bf16* keys(int64_t layer) const { return keys_.get<bf16>() + layer * layer_elements(); }
+  bf16* values(int64_t layer) const { return values_.get<bf16>() + layer * layer_elements(); }
+
+ private:
+  int64_t layer_elements() const { return pages_ * page_size_ * kv_dim_; }
+
+  int64_t layers_, pages_, page_size_, kv_dim_;
+  DeviceBuffer keys_;
+  DeviceBuffer values_;
+};
+
+// The decoder forward pass on the GPU: weights uploaded once at construction, GEMMs through the
+// cuBLASLt algorithms stored in the engine (checked once here, never looked up per call), the rest
+// in the backend's kernels. One CudaModel serves one caller at a time (it owns its stream and
+// scratch buffers). Supported now: the Llama family (no QK norm, no o/MLP biases), head_dim 32/64/128.
+class CudaModel {
+ public:
+  explicit CudaModel(std::shared_ptr<const Engine> engine);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return engine_->config(); }
+  int64_t max_seq_len() const { return max_seq_len_; }
+  cudaStream_t stream() const { return stream_; }
+
+  CudaKvCache new_cache(int64_t pages, int64_t page_size = 16) const;
+
+  // Runs a mixed batch (prefill chunks and decode tokens of several sequences), the GPU twin of
+  // Model::forward: writes every slice's keys and values into `cache`; for each slice that wants
+  // logits, in slice order, the greedy next token goes to `next_tokens` and, when `logits` is not
+  // null, the row of vocab_size fp32 logits to `logits`. Returns after the results are on the host.
+  void forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits = nullptr);
+
+ private:
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* mlp_norm = nullptr;
+    const float* qkv_bias = nullptr;
+    const bf16* qkv = nullptr;
+    const bf16* o = nullptr;
+    const bf16* gate_up = nullptr;
+    const bf16* down = nullptr;
+    TunedGemm* qkv_gemm = nullptr;
+    TunedGemm* o_gemm = nullptr;
+    TunedGemm* gate_up_gemm = nullptr;
+    TunedGemm* down_gemm = nullptr;
+  };
+
+  const void* upload(const std::string& name, DType as);
+  const float* upload_optional_vector(const std::string& name, int64_t length);
+  TunedGemm* gemm_for(int64_t n, int64_t k);
+  void reserve_activations(int64_t tokens, int64_t logit_rows);
+
+  std::shared_ptr<const Engine> engine_;
+  int64_t max_seq_len_ = 0;
+  cudaStream_t stream_ = nullptr;
+  LtContext lt_;
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>>> tuned_;
+  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TunedGemm>> gemms_;
+  std::vector<DeviceBuffer> weights_;
+  DeviceBuffer rope_cos_, rope_sin_;
+  const bf16* embed_ = nullptr;
+  const bf16* lm_head_ = nullptr;
+  const float* final_norm_ = nullptr;
+  TunedGemm* lm_head_gemm_ = nullptr;
+  std::vector<Layer> layers_;
+
+  int64_t token_capacity_ = 0;
+  int64_t row_capacity_ = 0;
+  DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, next_;
+  DeviceBuffer meta_;
+  PinnedBuffer host_meta_;
+};
+
+}  // namespace kiln::cuda

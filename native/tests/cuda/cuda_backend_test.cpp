@@ -1,0 +1,369 @@
+// The CUDA backend on the device: kernels against the CPU backend on random inputs (every output
+// element written), cuBLASLt GEMMs against a double reference, and the whole model against the
+// double-precision reference forward of tiny checkpoints of every architecture the backend runs.
+// Every test skips itself where no GPU is visible (the CPU CI machine).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "architectures.h"
+#include "backend/cpu/paged_attention.h"
+#include "backend/cuda/check.h"
+#include "backend/cuda/device.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/generate.h"
+#include "backend/cuda/kernels.h"
+#include "backend/cuda/model.h"
+#include "compiler/build.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "tiny_checkpoint.h"
+
+namespace kiln::test {
+namespace {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device visible"
+
+template <typename T>
+DeviceBuffer to_device(const std::vector<T>& host) {
+  DeviceBuffer d(host.size() * sizeof(T), "test input");
+  KILN_CUDA_CHECK(cudaMemcpy(d.get(), host.data(), d.bytes(), cudaMemcpyHostToDevice));
+  return d;
+}
+
+template <typename T>
+std::vector<T> to_host(const DeviceBuffer& d, size_t count) {
+  std::vector<T> host(count);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
+  KILN_CUDA_CHECK(cudaMemcpy(host.data(), d.get(), count * sizeof(T), cudaMemcpyDeviceToHost));
+  return host;
+}
+
+// ‖got − want‖ / ‖want‖; NaN fails every comparison it reaches.
+double relative_norm_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double diff = 0;
+  double norm = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    diff += (static_cast<double>(got[i]) - want[i]) * (static_cast<double>(got[i]) - want[i]);
+    norm += static_cast<double>(want[i]) * want[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+std::vector<float> bf16_to_floats(const std::vector<uint16_t>& bits) {
+  std::vector<float> out(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) out[i] = bf16_to_f32(bits[i]);
+  return out;
+}
+
+struct AttentionCase {
+  int64_t heads, kv_heads, head_dim;
+};
+
+TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
+  SKIP_WITHOUT_GPU();
+  for (const AttentionCase& ac : {AttentionCase{8, 2, 64}, AttentionCase{32, 8, 128}, AttentionCase{4, 4, 32}}) {
+    SCOPED_TRACE("heads " + std::to_string(ac.heads) + "/" + std::to_string(ac.kv_heads) + " dim " + std::to_string(ac.head_dim));
+    std::mt19937 rng(static_cast<uint32_t>(ac.heads * 131 + ac.head_dim));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const int64_t P = 16;
+    const int64_t pages = 64;
+    const int64_t kv_dim = ac.kv_heads * ac.head_dim;
+    const int64_t q_dim = ac.heads * ac.head_dim;
+    // A prefill chunk after a cached prefix, two decode tokens and a fresh prompt; page ids shuffled
+    // so block tables really redirect.
+    struct Slice { int64_t start, n; };
+    const std::vector<Slice> slices{{20, 37}, {100, 1}, {5, 1}, {0, 70}};
+    std::vector<int32_t> ids(pages);
+    for (int64_t i = 0; i < pages; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    const int64_t stride = 8;
+    std::vector<int32_t> tables(slices.size() * stride);
+    std::vector<const int32_t*> table_ptrs;
+    for (size_t s = 0; s < slices.size(); ++s) {
+      for (int64_t p = 0; p < stride; ++p) tables[s * stride + static_cast<size_t>(p)] = ids[s * stride + static_cast<size_t>(p)];
+    }
+    for (size_t s = 0; s < slices.size(); ++s) table_ptrs.push_back(tables.data() + s * stride);
+    std::vector<int32_t> sequence, position32;
+    std::vector<int64_t> position;
+    std::vector<int32_t> tiles;
+    const int64_t tile_tokens = cuda::attention_tile_tokens(ac.heads, ac.kv_heads);
+    for (size_t s = 0; s < slices.size(); ++s) {
+      for (int64_t first = 0; first < slices[s].n; first += tile_tokens) {
+        tiles.push_back(static_cast<int32_t>(sequence.size() + static_cast<size_t>(first)));
+        tiles.push_back(static_cast<int32_t>(std::min(tile_tokens, slices[s].n - first)));
+      }
+      for (int64_t i = 0; i < slices[s].n; ++i) {
+        sequence.push_back(static_cast<int32_t>(s));
+        position.push_back(slices[s].start + i);
+        position32.push_back(static_cast<int32_t>(slices[s].start + i));
+      }
+    }
+    const auto n = static_cast<int64_t>(sequence.size());
+    std::vector<float> q(static_cast<size_t>(n * q_dim));
+    for (float& v : q) v = normal(rng);
+    std::vector<uint16_t> keys(static_cast<size_t>(pages * P * kv_dim));
+    std::vector<uint16_t> values(keys.size());
+    for (auto& v : keys) v = f32_to_bf16(normal(rng));
+    for (auto& v : values) v = f32_to_bf16(normal(rng));
+
+    std::vector<float> want(static_cast<size_t>(n * q_dim));
+    PagedAttentionArgs cpu;
+    cpu.q = q.data();
+    cpu.q_stride = q_dim;
+    cpu.tokens = n;
+    cpu.token_sequence = sequence.data();
+    cpu.token_position = position.data();
+    cpu.block_tables = table_ptrs.data();
+    cpu.keys = reinterpret_cast<const uint8_t*>(keys.data());
+    cpu.values = reinterpret_cast<const uint8_t*>(values.data());
+    cpu.kv_dtype = DType::BF16;
+    cpu.page_size = P;
+    cpu.heads = ac.heads;
+    cpu.kv_heads = ac.kv_heads;
+    cpu.head_dim = ac.head_dim;
+    cpu.scale = 1.0f / std::sqrt(static_cast<float>(ac.head_dim));
+    cpu.out = want.data();
+    ThreadPool pool(2);
+    paged_attention(cpu, pool);
+
+    const DeviceBuffer q_d = to_device(q), k_d = to_device(keys), v_d = to_device(values), t_d = to_device(tables),
+                       s_d = to_device(sequence), p_d = to_device(position32), tiles_d = to_device(tiles);
+    DeviceBuffer out_d(static_cast<size_t>(n * q_dim) * 2, "attention output");
+    KILN_CUDA_CHECK(cudaMemset(out_d.get(), 0xff, out_d.bytes()));  // NaN: an unwritten element fails
+    cuda::AttentionArgs a;
+    a.q = q_d.get<float>();
+    a.q_stride = q_dim;
+    a.keys = k_d.get<bf16>();
+    a.values = v_d.get<bf16>();
+    a.block_tables = t_d.get<int32_t>();
+    a.table_stride = stride;
+    a.token_sequence = s_d.get<int32_t>();
+    a.token_position = p_d.get<int32_t>();
+    a.tiles = tiles_d.get<int32_t>();
+    a.num_tiles = static_cast<int64_t>(tiles.size() / 2);
+    a.page_size = P;
+    a.heads = ac.heads;
+    a.kv_heads = ac.kv_heads;
+    a.head_dim = ac.head_dim;
+    a.scale = cpu.scale;
+    a.out = out_d.get<bf16>();
+    cuda::paged_attention(a, nullptr);
+    const auto got = bf16_to_floats(to_host<uint16_t>(out_d, want.size()));
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " not written";
+    EXPECT_LT(relative_norm_error(got, want), 5e-3);
+  }
+}
+
+TEST(CudaKernels, RmsNormSiluMulAndArgmaxMatchTheCpuDefinitions) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const int64_t rows = 5, hidden = 4096, inter = 1000, vocab = 50000;
+  std::vector<float> h(static_cast<size_t>(rows * hidden)), gamma(static_cast<size_t>(hidden));
+  for (float& v : h) v = normal(rng);
+  for (float& v : gamma) v = 1.0f + 0.1f * normal(rng);
+  std::vector<float> want(h.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sq = 0;
+    for (int64_t i = 0; i < hidden; ++i) sq += static_cast<double>(h[static_cast<size_t>(r * hidden + i)]) * h[static_cast<size_t>(r * hidden + i)];
+    const double inv = 1.0 / std::sqrt(sq / hidden + 1e-5);
+    for (int64_t i = 0; i < hidden; ++i) {
+      want[static_cast<size_t>(r * hidden + i)] = static_cast<float>(h[static_cast<size_t>(r * hidden + i)] * inv * gamma[static_cast<size_t>(i)]);
+    }
+  }
+  const DeviceBuffer h_d = to_device(h), g_d = to_device(gamma);
+  DeviceBuffer y_d(h.size() * 2, "norm output");
+  KILN_CUDA_CHECK(cudaMemset(y_d.get(), 0xff, y_d.bytes()));
+  cuda::rms_norm_to_bf16(h_d.get<float>(), nullptr, rows, hidden, g_d.get<float>(), 1e-5f, y_d.get<bf16>(), nullptr);
+  EXPECT_LT(relative_norm_error(bf16_to_floats(to_host<uint16_t>(y_d, h.size())), want), 5e-3);
+
+  std::vector<float> gate_up(static_cast<size_t>(rows * 2 * inter));
+  for (float& v : gate_up) v = normal(rng);
+  std::vector<float> act_want(static_cast<size_t>(rows * inter));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < inter; ++i) {
+      const double g = gate_up[static_cast<size_t>(r * 2 * inter + i)];
+      act_want[static_cast<size_t>(r * inter + i)] = static_cast<float>(g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(r * 2 * inter + inter + i)]);
+    }
+  }
+  const DeviceBuffer gu_d = to_device(gate_up);
+  DeviceBuffer act_d(act_want.size() * 2, "silu output");
+  KILN_CUDA_CHECK(cudaMemset(act_d.get(), 0xff, act_d.bytes()));
+  cuda::silu_mul_to_bf16(gu_d.get<float>(), rows, inter, act_d.get<bf16>(), nullptr);
+  EXPECT_LT(relative_norm_error(bf16_to_floats(to_host<uint16_t>(act_d, act_want.size())), act_want), 5e-3);
+
+  std::vector<float> logits(static_cast<size_t>(rows * vocab));
+  for (float& v : logits) v = normal(rng);
+  logits[static_cast<size_t>(2 * vocab + 777)] = 100.0f;
+  logits[static_cast<size_t>(2 * vocab + 40000)] = 100.0f;  // a tie: the first index wins
+  const DeviceBuffer l_d = to_device(logits);
+  DeviceBuffer idx_d(rows * 4, "argmax output");
+  cuda::argmax_rows(l_d.get<float>(), rows, vocab, idx_d.get<int32_t>(), nullptr);
+  const auto idx = to_host<int32_t>(idx_d, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const auto row = logits.begin() + r * vocab;
+    EXPECT_EQ(idx[static_cast<size_t>(r)], std::max_element(row, row + vocab) - row) << "row " << r;
+  }
+  EXPECT_EQ(idx[2], 777);
+}
+
+TEST(CudaGemm, EveryHeuristicAlgorithmComputesXTimesWTransposedPlusBetaY) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t m = 5, n = 300, k = 256;
+  std::vector<uint16_t> w(static_cast<size_t>(n * k)), x(static_cast<size_t>(m * k));
+  for (auto& v : w) v = f32_to_bf16(normal(rng));
+  for (auto& v : x) v = f32_to_bf16(normal(rng));
+  std::vector<float> y0(static_cast<size_t>(m * n));
+  for (float& v : y0) v = normal(rng);
+  std::vector<float> want(y0.size());
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double s = y0[static_cast<size_t>(i * n + j)];
+      for (int64_t c = 0; c < k; ++c) {
+        s += static_cast<double>(bf16_to_f32(x[static_cast<size_t>(i * k + c)])) * bf16_to_f32(w[static_cast<size_t>(j * k + c)]);
+      }
+      want[static_cast<size_t>(i * n + j)] = static_cast<float>(s);
+    }
+  }
+  cuda::LtContext context;
+  cuda::LtGemm gemm(context, n, k);
+  const DeviceBuffer w_d = to_device(w), x_d = to_device(x);
+  const auto proposals = gemm.heuristic(m, 8);
+  ASSERT_FALSE(proposals.empty());
+  for (const auto& p : proposals) {
+    SCOPED_TRACE(cuda::algo_config(p.algo).dump());
+    const cublasLtMatmulAlgo_t restored = cuda::algo_from_hex(cuda::algo_to_hex(p.algo));
+    DeviceBuffer y_d = to_device(y0);
+    gemm.run(restored, w_d.get(), x_d.get(), m, y_d.get<float>(), 1.0f, nullptr);
+    EXPECT_LT(relative_norm_error(to_host<float>(y_d, y0.size()), want), 1e-5);
+  }
+  EXPECT_THROW(cuda::algo_from_hex("zz"), Error);
+}
+
+// The whole model against the double reference, prefill of 4 tokens then token-by-token decode.
+double model_error(const std::string& engine_path, const TinySpec& spec, const TensorMap& tensors, double* top1) {
+  cuda::CudaModel model(Engine::load(engine_path));
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 48; ++i) prompt.push_back((i * 37 + 11) % static_cast<int>(spec.vocab));
+  const auto want = reference_logits(tiny_config(spec), tensors, prompt);
+  auto cache = model.new_cache(8, 16);
+  std::vector<int32_t> table{3, 0, 7, 1, 5, 2, 6, 4};
+  std::vector<float> logits(static_cast<size_t>(spec.vocab));
+  double worst = 0;
+  int agree = 0, rows = 0;
+  for (int64_t pos = 3; pos < static_cast<int64_t>(prompt.size()); ++pos) {
+    ForwardBatch batch;
+    if (pos == 3) batch.add(prompt.data(), 4, 0, table.data(), true);
+    else batch.add(&prompt[static_cast<size_t>(pos)], 1, pos, table.data(), true);
+    int32_t next = -1;
+    model.forward(batch, cache, &next, logits.data());
+    const auto& ref = want[static_cast<size_t>(pos)];
+    double err = 0, scale = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      err = std::max(err, std::fabs(logits[i] - ref[i]));
+      scale = std::max(scale, std::fabs(ref[i]));
+    }
+    worst = std::max(worst, err / scale);
+    agree += next == static_cast<int32_t>(std::max_element(ref.begin(), ref.end()) - ref.begin());
+    ++rows;
+  }
+  *top1 = static_cast<double>(agree) / rows;
+  return worst;
+}
+
+std::string build_cuda_engine(const std::string& dir, bool autotune) {
+  BuildOptions o;
+  o.model_dir = dir;
+  o.out_path = dir + "/engine.cuda.kiln";
+  o.precision = Precision::BF16;
+  o.max_seq_len = 128;
+  o.autotune = autotune;
+  o.threads = 2;
+  o.target = "cuda";
+  std::atomic<bool> cancel{false};
+  build(o, {}, cancel);
+  return o.out_path;
+}
+
+TEST(CudaModel, Bf16EngineMatchesTheReferenceForEveryArchitectureItRuns) {
+  SKIP_WITHOUT_GPU();
+  for (auto c : tiny_architectures()) {
+    SCOPED_TRACE(c.name);
+    c.spec.hidden = 128;  // head_dim 32: the smallest the attention kernel takes
+    c.spec.intermediate = 256;
+    if (c.spec.head_dim == 0) c.spec.heads = 4;
+    const TensorMap tensors = tiny_tensors(c.spec);
+    const std::string dir = temp_dir(std::string("cuda_") + c.name);
+    write_checkpoint(dir, c.spec, tensors);
+    if (std::string(c.name) == "qwen3_qk_norm") {
+      EXPECT_THROW(cuda::CudaModel(Engine::load(build_cuda_engine(dir, false))), Error);
+      continue;
+    }
+    double top1 = 0;
+    EXPECT_LT(model_error(build_cuda_engine(dir, std::string(c.name) == "llama"), c.spec, tensors, &top1), 2e-2);
+    EXPECT_GE(top1, 0.95);
+  }
+}
+
+TEST(CudaModel, BatchedSequencesGetTheirAloneTokens) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_batched");
+  write_checkpoint(dir, spec, tensors);
+  cuda::CudaModel model(Engine::load(build_cuda_engine(dir, true)));
+  const int64_t steps = 24;
+  std::vector<std::vector<int32_t>> prompts{{5, 9, 13}, {1}, {40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57}};
+  std::vector<std::vector<int32_t>> alone;
+  for (const auto& p : prompts) alone.push_back(cuda::generate_greedy(model, p, steps).tokens);
+
+  // All three together: prefills in one mixed batch, then one decode batch per step.
+  auto cache = model.new_cache(12, 16);
+  std::vector<std::vector<int32_t>> tables{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}};
+  std::vector<std::vector<int32_t>> got(prompts.size());
+  ForwardBatch prefill;
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    prefill.add(prompts[s].data(), static_cast<int64_t>(prompts[s].size()), 0, tables[s].data(), true);
+  }
+  std::vector<int32_t> next(prompts.size());
+  model.forward(prefill, cache, next.data());
+  for (int64_t step = 1; step <= steps; ++step) {
+    for (size_t s = 0; s < prompts.size(); ++s) got[s].push_back(next[s]);
+    if (step == steps) break;
+    ForwardBatch batch;
+    const std::vector<int32_t> tokens = next;
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      batch.add(&tokens[s], 1, static_cast<int64_t>(prompts[s].size()) + step - 1, tables[s].data(), true);
+    }
+    model.forward(batch, cache, next.data());
+  }
+  for (size_t s = 0; s < prompts.size(); ++s) EXPECT_EQ(got[s], alone[s]) << "sequence " << s;
+}
+
+TEST(CudaModel, RefusesAStoredAlgorithmThatIsNotACublasLtAlgorithm) {
+  SKIP_WITHOUT_GPU();
+  EXPECT_THROW(cuda::algo_from_hex(std::string(128, 'g')), Error);
+  cuda::LtContext context;
+  cuda::LtGemm gemm(context, 64, 64);
+  cublasLtMatmulAlgo_t garbage{};
+  std::memset(&garbage, 0x7f, sizeof garbage);
+  EXPECT_THROW(gemm.check(garbage, 1), Error);
+}
+
+}  // namespace
+}  // namespace kiln::test
