@@ -2,8 +2,10 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
+import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { enginePaths, RUNTIME_ENV, validateManifest } from "../../lib/manifest.js";
+import { ANNOTATIONS } from "../../operator/src/api/labels.js";
 import { KubeClient } from "../../operator/src/controller/kube.js";
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
 import { testCluster, testKubeConfig, testS3Client } from "../cluster/env.js";
@@ -157,5 +159,87 @@ describe("apply an InferenceModel, build it, serve it", () => {
     expect(body.model).toBe(MODEL);
     expect(body.choices[0]?.text).toEqual(expect.any(String));
     expect(body.usage.completion_tokens).toBeGreaterThan(0);
+  });
+
+  test("a toolchain bump rebuilds the engine and the new runtime takes over while clients see no failed request", async () => {
+    const [before] = await listDeployments(client, NS);
+    const oldKey = before?.spec.template.metadata.annotations?.[ANNOTATIONS.engineKey];
+    expect(oldKey).toMatch(/^[0-9a-f]{64}$/);
+
+    // The client a user would have: the OpenAI SDK with its default retry policy (connection errors,
+    // 429/503 honouring Retry-After), and a fetch that picks a ready endpoint of the Service per
+    // request, as kube-proxy picks one per connection.
+    const openai = new OpenAI({
+      baseURL: "http://service.invalid/v1",
+      apiKey: "unused",
+      fetch: async (input, init) => {
+        const url = await serviceUrl(client, NS, MODEL);
+        if (!url) throw new TypeError(`Service ${NS}/${MODEL} has no ready endpoint`);
+        return fetch(String(input).replace("http://service.invalid", url), init);
+      },
+    });
+    const failures: string[] = [];
+    let answered = 0;
+    let stop = false;
+    const loop = (async () => {
+      while (!stop) {
+        try {
+          const res = await openai.completions.create({
+            model: MODEL,
+            prompt: "hello",
+            max_tokens: 4,
+            temperature: 0,
+          });
+          if (res.choices.length === 1) answered++;
+        } catch (err) {
+          failures.push((err as Error).message);
+        }
+      }
+    })();
+
+    try {
+      await waitFor("the client loop answered before the bump", async () => answered >= 3, 30_000);
+      await stack.setToolchain("tc-2");
+
+      await waitFor(
+        "the model serving a new engine built by toolchain tc-2 on every replica",
+        async () => {
+          const model = await getModel(client, NS, MODEL);
+          const serving = model?.status?.targets?.[0]?.servingEngine;
+          const [d] = await listDeployments(client, NS);
+          return (
+            model?.status?.phase === "Ready" &&
+            serving?.toolchain === "tc-2" &&
+            serving.key !== oldKey &&
+            d?.status?.replicas === 1 &&
+            d.status.updatedReplicas === 1 &&
+            d.status.readyReplicas === 1
+          );
+        },
+        240_000,
+      );
+      // The old pod is gone (drained and stopped by the pod runner), and the loop kept going after it.
+      await waitFor(
+        "only the new runtime pod left",
+        async () =>
+          (await describePods(client, NS)).split("\n").filter((l) => / Running /.test(l)).length === 1,
+        90_000,
+      );
+      const afterSwitch = answered;
+      await waitFor(
+        "the client loop answered after the switch",
+        async () => answered >= afterSwitch + 3,
+        30_000,
+      );
+    } finally {
+      stop = true;
+      await loop;
+    }
+
+    expect(failures).toEqual([]);
+    const builds = await listBuilds(client, NS);
+    expect(builds.find((b) => b.spec.toolchain.version === "tc-2")?.status?.phase).toBe("Succeeded");
+    const [after] = await listDeployments(client, NS);
+    expect(after?.spec.template.spec.containers[0]?.image).toBe("kiln/runtime:tc-2");
   });
 });
