@@ -239,6 +239,16 @@ describe("the chart in the test cluster", () => {
     ["create deployments (server-side apply of a new one)", ["create", "deployments.apps", "-n", "x"]],
     ["patch services (server-side apply)", ["patch", "services", "-n", "x"]],
     ["create services (server-side apply of a new one)", ["create", "services", "-n", "x"]],
+    [
+      "update enginebuilds (owner references of sharing models)",
+      ["update", "enginebuilds.kiln.dev", "-n", "x"],
+    ],
+    [
+      "update inferencemodels/finalizers (blockOwnerDeletion)",
+      ["update", "inferencemodels.kiln.dev", "--subresource=finalizers", "-n", "x"],
+    ],
+    ["delete deployments", ["delete", "deployments.apps", "-n", "x"]],
+    ["get jobs", ["get", "jobs.batch", "-n", "x"]],
     ["create jobs", ["create", "jobs.batch", "-n", "x"]],
     ["list pods", ["list", "pods", "-n", "x"]],
     ["watch nodes", ["watch", "nodes"]],
