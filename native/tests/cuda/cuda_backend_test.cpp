@@ -355,6 +355,26 @@ TEST(CudaModel, BatchedSequencesGetTheirAloneTokens) {
   for (size_t s = 0; s < prompts.size(); ++s) EXPECT_EQ(got[s], alone[s]) << "sequence " << s;
 }
 
+TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  spec.heads = 8;
+  spec.kv_heads = 2;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_graphs");
+  write_checkpoint(dir, spec, tensors);
+  cuda::CudaModel model(Engine::load(build_cuda_engine(dir, false)));
+  const std::vector<int32_t> prompt{7, 3, 90, 12, 5};
+  // Asking for the logits keeps every step on direct launches; without, decode steps replay a graph.
+  const auto direct = cuda::generate_greedy(model, prompt, 40, [](const float*, int64_t) {});
+  const auto graphed = cuda::generate_greedy(model, prompt, 40);
+  const auto again = cuda::generate_greedy(model, {1, 2}, 40);  // a second cache: the graph is recaptured
+  EXPECT_EQ(graphed.tokens, direct.tokens);
+  EXPECT_EQ(cuda::generate_greedy(model, {1, 2}, 40, [](const float*, int64_t) {}).tokens, again.tokens);
+}
+
 TEST(CudaModel, RefusesAStoredAlgorithmThatIsNotACublasLtAlgorithm) {
   SKIP_WITHOUT_GPU();
   EXPECT_THROW(cuda::algo_from_hex(std::string(128, 'g')), Error);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/autotune.h"
@@ -107,6 +108,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
                 std::to_string(c.head_dim));
   }
   KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
+  use_graphs_ = !(graphs && std::string(graphs) == "0");
 
   const Json& autotune = e.header().contains("autotune") ? e.header()["autotune"] : Json();
   if (autotune.is_object() && autotune.contains("entries")) {
@@ -167,6 +170,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
 }
 
 CudaModel::~CudaModel() {
+  drop_graphs();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -174,10 +178,11 @@ CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size) const {
   return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim());
 }
 
-void CudaModel::reserve_activations(int64_t tokens, int64_t logit_rows) {
+void CudaModel::reserve(const StepShape& shape) {
   const ModelConfig& c = config();
-  if (tokens > token_capacity_) {
-    const int64_t n = round_up_pow2(tokens);
+  bool moved = false;
+  if (shape.tokens > token_capacity_) {
+    const int64_t n = round_up_pow2(shape.tokens);
     const int64_t qkv_width = c.q_dim() + 2 * c.kv_dim();
     h_ = DeviceBuffer(static_cast<size_t>(n * c.hidden_size) * 4, "activations (residual)");
     x_ = DeviceBuffer(static_cast<size_t>(n * c.hidden_size) * 2, "activations (normed)");
@@ -186,33 +191,48 @@ void CudaModel::reserve_activations(int64_t tokens, int64_t logit_rows) {
     gate_up_ = DeviceBuffer(static_cast<size_t>(n * 2 * c.intermediate_size) * 4, "activations (gate/up)");
     act_ = DeviceBuffer(static_cast<size_t>(n * c.intermediate_size) * 2, "activations (silu)");
     token_capacity_ = n;
+    moved = true;
   }
-  if (logit_rows > row_capacity_) {
-    const int64_t r = round_up_pow2(logit_rows);
+  const int64_t rows = std::max<int64_t>(shape.rows, 1);
+  if (rows > row_capacity_) {
+    const int64_t r = round_up_pow2(rows);
     logits_ = DeviceBuffer(static_cast<size_t>(r * c.vocab_size) * 4, "logits");
     next_ = DeviceBuffer(static_cast<size_t>(r) * 4, "next tokens");
+    host_next_ = PinnedBuffer(static_cast<size_t>(r) * 4);
     row_capacity_ = r;
+    moved = true;
   }
+  const size_t meta_bytes = static_cast<size_t>(shape.meta_count) * 4;
+  if (meta_.bytes() < meta_bytes) {
+    meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(shape.meta_count)) * 4, "step metadata");
+    host_meta_ = PinnedBuffer(meta_.bytes());
+    moved = true;
+  }
+  // Captured graphs hold the old addresses.
+  if (moved) drop_graphs();
 }
 
-void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits) {
+void CudaModel::drop_graphs() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const {
   const ModelConfig& c = config();
-  const auto n = static_cast<int64_t>(batch.tokens.size());
-  if (n == 0 || batch.slices.empty()) throw Error("forward: the batch has no tokens");
+  StepShape shape;
+  shape.tokens = static_cast<int64_t>(batch.tokens.size());
+  if (shape.tokens == 0 || batch.slices.empty()) throw Error("forward: the batch has no tokens");
   if (cache.layers() != c.num_layers || cache.kv_dim() != c.kv_dim()) {
     throw Error("forward: the CUDA KV cache has " + std::to_string(cache.layers()) + " layers of kv_dim " +
                 std::to_string(cache.kv_dim()) + ", the model needs " + std::to_string(c.num_layers) + " of " +
                 std::to_string(c.kv_dim()));
   }
   const int64_t P = cache.page_size();
-  const auto S = static_cast<int64_t>(batch.slices.size());
-
-  // Host side of the step: check the slices like the CPU model, then pack tokens, positions,
-  // attention tiles, logit rows and block tables into one pinned buffer, uploaded in one copy.
-  int64_t table_stride = 1;
+  const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
+  shape.table_stride = fixed_tables ? (max_seq_len_ + P - 1) / P : 1;
   int64_t total = 0;
-  for (int64_t s = 0; s < S; ++s) {
-    const SequenceSlice& slice = batch.slices[static_cast<size_t>(s)];
+  for (size_t s = 0; s < batch.slices.size(); ++s) {
+    const SequenceSlice& slice = batch.slices[s];
     if (slice.n <= 0 || slice.start < 0 || slice.start + slice.n > max_seq_len_) {
       throw Error("forward: slice " + std::to_string(s) + " covers positions " + std::to_string(slice.start) + ".." +
                   std::to_string(slice.start + slice.n - 1) + ", outside the engine's max_seq_len (" +
@@ -227,34 +247,32 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
                     std::to_string(cache.pages()) + " pages");
       }
     }
-    table_stride = std::max(table_stride, pages);
+    shape.table_stride = std::max(shape.table_stride, pages);
+    shape.tiles += (slice.n + tile_tokens - 1) / tile_tokens;
+    shape.rows += slice.wants_logits ? 1 : 0;
     total += slice.n;
   }
-  if (total != n) throw Error("forward: the slices cover " + std::to_string(total) + " tokens, the batch has " + std::to_string(n));
+  if (total != shape.tokens) {
+    throw Error("forward: the slices cover " + std::to_string(total) + " tokens, the batch has " +
+                std::to_string(shape.tokens));
+  }
+  shape.sequences = static_cast<int64_t>(batch.slices.size());
+  shape.meta_count = 3 * shape.tokens + 2 * shape.tiles + shape.rows + shape.sequences * shape.table_stride;
+  return shape;
+}
 
+void CudaModel::pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size) {
+  const ModelConfig& c = config();
+  const int64_t n = shape.tokens;
   const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
-  int64_t tiles = 0;
-  int64_t rows = 0;
-  for (const SequenceSlice& slice : batch.slices) {
-    tiles += (slice.n + tile_tokens - 1) / tile_tokens;
-    rows += slice.wants_logits ? 1 : 0;
-  }
-  const int64_t meta_count = 3 * n + 2 * tiles + rows + S * table_stride;
-  host_meta_.reserve(static_cast<size_t>(meta_count) * 4);
-  if (meta_.bytes() < static_cast<size_t>(meta_count) * 4) {
-    meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(meta_count)) * 4, "step metadata");
-  }
-  int32_t* host = host_meta_.get<int32_t>();
-  int32_t* tokens_h = host;
+  int32_t* tokens_h = host_meta_.get<int32_t>();
   int32_t* position_h = tokens_h + n;
   int32_t* sequence_h = position_h + n;
   int32_t* tiles_h = sequence_h + n;
-  int32_t* rows_h = tiles_h + 2 * tiles;
-  int32_t* tables_h = rows_h + rows;
-  int64_t t = 0;
-  int64_t tile = 0;
-  int64_t row = 0;
-  for (int64_t s = 0; s < S; ++s) {
+  int32_t* rows_h = tiles_h + 2 * shape.tiles;
+  int32_t* tables_h = rows_h + shape.rows;
+  int64_t t = 0, tile = 0, row = 0;
+  for (int64_t s = 0; s < shape.sequences; ++s) {
     const SequenceSlice& slice = batch.slices[static_cast<size_t>(s)];
     for (int64_t i = 0; i < slice.n; ++i) {
       const int32_t token = batch.tokens[static_cast<size_t>(t + i)];
@@ -273,22 +291,29 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
     }
     t += slice.n;
     if (slice.wants_logits) rows_h[row++] = static_cast<int32_t>(t - 1);
-    const int64_t pages = (slice.start + slice.n - 1) / P + 1;
-    std::memcpy(tables_h + s * table_stride, slice.block_table, static_cast<size_t>(pages) * 4);
-    std::fill(tables_h + s * table_stride + pages, tables_h + (s + 1) * table_stride, 0);
+    const int64_t pages = (slice.start + slice.n - 1) / page_size + 1;
+    std::memcpy(tables_h + s * shape.table_stride, slice.block_table, static_cast<size_t>(pages) * 4);
+    std::fill(tables_h + s * shape.table_stride + pages, tables_h + (s + 1) * shape.table_stride, 0);
   }
-  reserve_activations(n, std::max<int64_t>(rows, 1));
+}
+
+void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
+  const ModelConfig& c = config();
+  const int64_t n = shape.tokens;
+  const int64_t rows = shape.rows;
   int32_t* meta = meta_.get<int32_t>();
-  KILN_CUDA_CHECK(cudaMemcpyAsync(meta, host, static_cast<size_t>(meta_count) * 4, cudaMemcpyHostToDevice, stream_));
+  KILN_CUDA_CHECK(cudaMemcpyAsync(meta, host_meta_.get(), static_cast<size_t>(shape.meta_count) * 4,
+                                  cudaMemcpyHostToDevice, stream_));
   const int32_t* tokens_d = meta;
   const int32_t* position_d = tokens_d + n;
   const int32_t* sequence_d = position_d + n;
   const int32_t* tiles_d = sequence_d + n;
-  const int32_t* rows_d = tiles_d + 2 * tiles;
+  const int32_t* rows_d = tiles_d + 2 * shape.tiles;
   const int32_t* tables_d = rows_d + rows;
 
   const int64_t H = c.hidden_size;
   const int64_t qkv_width = c.q_dim() + 2 * c.kv_dim();
+  const int64_t P = cache.page_size();
   const float eps = static_cast<float>(c.rms_norm_eps);
   float* h = h_.get<float>();
   bf16* x = x_.get<bf16>();
@@ -303,7 +328,7 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
   rope.token_sequence = sequence_d;
   rope.token_position = position_d;
   rope.block_tables = tables_d;
-  rope.table_stride = table_stride;
+  rope.table_stride = shape.table_stride;
   rope.cos = rope_cos_.get<float>();
   rope.sin = rope_sin_.get<float>();
   rope.page_size = P;
@@ -315,11 +340,11 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
   attention.q = qkv;
   attention.q_stride = qkv_width;
   attention.block_tables = tables_d;
-  attention.table_stride = table_stride;
+  attention.table_stride = shape.table_stride;
   attention.token_sequence = sequence_d;
   attention.token_position = position_d;
   attention.tiles = tiles_d;
-  attention.num_tiles = tiles;
+  attention.num_tiles = shape.tiles;
   attention.page_size = P;
   attention.heads = c.num_heads;
   attention.kv_heads = c.num_kv_heads;
@@ -352,13 +377,51 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
     lm_head_gemm_->run(lm_head_, x, rows, logits_.get<float>(), 0.0f, stream_);
     argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_.get<int32_t>(), stream_);
-    KILN_CUDA_CHECK(cudaMemcpyAsync(next_tokens, next_.get(), static_cast<size_t>(rows) * 4, cudaMemcpyDeviceToHost, stream_));
-    if (logits) {
-      KILN_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(rows * c.vocab_size) * 4,
+    KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_.get(), static_cast<size_t>(rows) * 4,
+                                    cudaMemcpyDeviceToHost, stream_));
+  }
+}
+
+void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits) {
+  // A step of decode tokens only, with no logits wanted on the host, replays a CUDA graph captured
+  // per batch size: one launch instead of ~10 per layer. Block tables then use a fixed stride (the
+  // engine's max_seq_len in pages) so every step of that batch size has the same metadata layout;
+  // the kernels read positions, pages and tokens from the metadata the graph copies in first.
+  bool decode = use_graphs_ && logits == nullptr;
+  for (const SequenceSlice& slice : batch.slices) decode = decode && slice.n == 1 && slice.wants_logits;
+  const StepShape shape = check_batch(batch, cache, decode);
+  reserve(shape);
+  pack(batch, shape, cache.page_size());
+  if (decode) {
+    const GraphKey key{shape.sequences, cache.keys(0), cache.values(0), cache.pages(), cache.page_size()};
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      cudaGraph_t graph = nullptr;
+      try {
+        enqueue(shape, cache);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      KILN_CUDA_CHECK(status);
+      it = graphs_.emplace(key, exec).first;
+    }
+    KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+  } else {
+    enqueue(shape, cache);
+    if (logits && shape.rows > 0) {
+      KILN_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(shape.rows * config().vocab_size) * 4,
                                       cudaMemcpyDeviceToHost, stream_));
     }
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(next_tokens, host_next_.get(), static_cast<size_t>(shape.rows) * 4);
 }
 
 }  // namespace kiln::cuda

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cuda/device.h"
@@ -74,10 +75,28 @@ class CudaModel {
     TunedGemm* down_gemm = nullptr;
   };
 
+  // Counts of one step; the metadata block holds tokens, positions, sequence ids (n each), attention
+  // tiles (2 per tile), logit rows, then one block table per sequence of table_stride pages.
+  struct StepShape {
+    int64_t tokens = 0;
+    int64_t sequences = 0;
+    int64_t tiles = 0;
+    int64_t rows = 0;
+    int64_t table_stride = 0;
+    int64_t meta_count = 0;
+  };
+  using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
+
   const void* upload(const std::string& name, DType as);
   const float* upload_optional_vector(const std::string& name, int64_t length);
   TunedGemm* gemm_for(int64_t n, int64_t k);
-  void reserve_activations(int64_t tokens, int64_t logit_rows);
+  StepShape check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const;
+  void reserve(const StepShape& shape);
+  void pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size);
+  // Everything of one step on the stream, ending with the next tokens in host_next_ (graph-capturable:
+  // no allocation, no synchronization).
+  void enqueue(const StepShape& shape, CudaKvCache& cache);
+  void drop_graphs();
 
   std::shared_ptr<const Engine> engine_;
   int64_t max_seq_len_ = 0;
@@ -98,6 +117,9 @@ class CudaModel {
   DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, next_;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
+  PinnedBuffer host_next_;
+  bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
+  std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
 }  // namespace kiln::cuda
