@@ -77,6 +77,18 @@ describe("examples/", () => {
     expect(models[0]?.spec.runtime).not.toEqual(models[1]?.spec.runtime);
   });
 
+  it("names only calibration sets the builder ships", () => {
+    const builtin = fileURLToPath(new URL("../../builder-image/calibration/", import.meta.url));
+    for (const file of files) {
+      for (const doc of docsOf(file)) {
+        const dataset = doc.spec?.engine?.calibration?.dataset;
+        if (dataset?.startsWith("builtin:")) {
+          expect(readdirSync(builtin), `${file}: ${dataset}`).toContain(`${dataset.slice(8)}.txt`);
+        }
+      }
+    }
+  });
+
   it("private-s3-model.yaml references the Secret it ships, by name", () => {
     const docs = docsOf("private-s3-model.yaml");
     const secret = docs.find((d) => d.kind === "Secret");
