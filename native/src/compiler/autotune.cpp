@@ -4,6 +4,7 @@
 #include <chrono>
 #include <limits>
 #include <random>
+#include <set>
 #include <tuple>
 
 #include "backend/cpu/target.h"
@@ -109,7 +110,22 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       return best;
     };
-    const WeightLayout layout = fastest(0, nullptr)->layout;
+    // A weight has one layout for every batch size, and a serving engine runs them all (decode of
+    // one sequence up to full in-flight batches). The layout whose best tactics cost least per token,
+    // summed over the buckets, wins: choosing it at batch 1 alone picked layouts whose kernels reuse
+    // a weight load across at most two rows, which capped batched throughput.
+    std::set<WeightLayout> layouts;
+    for (const GemmTactic* t : candidates) layouts.insert(t->layout);
+    WeightLayout layout = fastest(0, nullptr)->layout;
+    double best_cost = -1;
+    for (const WeightLayout l : layouts) {
+      double cost = 0;
+      for (size_t b = 0; b < buckets.size(); ++b) cost += times[b][fastest(b, &l)] / static_cast<double>(buckets[b]);
+      if (best_cost < 0 || cost < best_cost) {
+        best_cost = cost;
+        layout = l;
+      }
+    }
     for (size_t b = 0; b < buckets.size(); ++b) {
       const GemmTactic* best = fastest(b, &layout);
       Json all = Json::object();
@@ -131,8 +147,9 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"device", cpu_target_fingerprint()},
                       {"pool_threads", pool.size()},
                       {"buckets", buckets},
-                      {"selection", "layout from the fastest tactic at the smallest bucket; per bucket the fastest "
-                                    "tactic for that layout; time = best of repeated calls"},
+                      {"selection", "layout with the least per-token time summed over the buckets (each bucket's fastest "
+                                    "tactic of that layout); per bucket the fastest tactic for that layout; time = best of "
+                                    "repeated calls"},
                       {"entries", entries}};
   return result;
 }
