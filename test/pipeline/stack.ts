@@ -3,7 +3,7 @@ import { closeSync, openSync } from "node:fs";
 import { mkdir, readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { KubeConfig } from "@kubernetes/client-node";
-import { parseAllDocuments, stringify } from "yaml";
+import { parseAllDocuments } from "yaml";
 import {
   isConflict,
   KubeClient,
@@ -17,18 +17,21 @@ import { isAlive, stopProcesses } from "../cluster/processes.js";
 import { answers200, waitUntil } from "../cluster/wait.js";
 import { startWatchdog } from "../cluster/watchdog.js";
 import { repoRoot } from "../pod-runner/images.js";
-import { podRunnerLabel } from "../pod-runner/node.js";
-import { CONFIG_MAP, SECRET } from "../pod-runner/resources.js";
+import { SECRET } from "../pod-runner/resources.js";
 import { READY_LINE } from "../pod-runner/runner.js";
+import {
+  applyChart,
+  CHART_NAMES,
+  RELEASE_NAMESPACE,
+  RUNNER_NODE,
+  renderChart,
+  STORE_SECRET,
+  serviceAccountKubeconfig,
+} from "./chart.js";
 
 // The parts that sit on top of the local control plane for the pipeline tier and the demo: the pod
-// runner (this machine as a node) and the operator, configured through its live ConfigMap.
-
-export const OPERATOR_NAMESPACE = "kiln-system";
-export const CONFIG_MAP_NAME = "kiln-config";
-/** Secret (in each model namespace) with the S3 credentials builds and runtimes get by envFrom. */
-export const STORE_SECRET = "kiln-store";
-export const RUNNER_NODE = "kiln-local-gpu-0";
+// runner (this machine as a node) and the operator, a local process with what the chart installs
+// (its ServiceAccount's token, its RBAC, its live configuration ConfigMap; see chart.ts).
 
 export interface StackOptions {
   kubeConfig: KubeConfig;
@@ -51,40 +54,17 @@ export interface Stack {
   logDir: string;
   operatorUrl: string;
   processes: { name: string; pid: number; logFile: string }[];
-  /** Rewrites the operator's ConfigMap with another toolchain version (a live toolchain bump). */
+  /** Re-applies the chart with another toolchain version (a live toolchain bump, as `helm upgrade`). */
   setToolchain(version: string): Promise<void>;
   stop(): Promise<void>;
 }
 
-/** The operator configuration document; the images are the names the pod runner's table maps. */
-export function operatorConfig(
-  o: Pick<StackOptions, "s3" | "toolchainVersion" | "storePrefix">,
-  version = o.toolchainVersion,
-) {
-  return stringify({
-    toolchain: { version, builderImage: `kiln/builder:${version}`, runtimeImage: `kiln/runtime:${version}` },
-    objectStore: {
-      uri: `s3://${o.s3.bucket}/${o.storePrefix}`,
-      endpoint: o.s3.endpoint,
-      region: o.s3.region,
-      credentialsSecret: STORE_SECRET,
-    },
-    // CPU engines have no GPU label to select; they go to the runner's node, the only one that runs them.
-    defaults: { gpuNodeSelectors: { cpu: { [podRunnerLabel]: RUNNER_NODE } } },
-    limits: { buildRetryBaseSeconds: 2 },
-  });
-}
-
-async function createOrReplace(
-  client: KubeClient,
-  rt: typeof SECRET,
-  obj: { metadata: { name: string; namespace?: string } },
-) {
+async function createOrReplace(client: KubeClient, rt: ResourceType, obj: KubeObject) {
   try {
-    await client.request("POST", resourcePath(rt, obj.metadata.namespace), obj);
+    await client.request("POST", resourcePath(rt, obj.metadata?.namespace), obj);
   } catch (err) {
     if (!isConflict(err)) throw err;
-    await client.request("PUT", resourcePath(rt, obj.metadata.namespace, obj.metadata.name), obj);
+    await client.request("PUT", resourcePath(rt, obj.metadata?.namespace, obj.metadata?.name), obj);
   }
 }
 
@@ -160,19 +140,18 @@ export async function startStack(o: StackOptions): Promise<Stack> {
   await mkdir(claimsDir, { recursive: true });
 
   await installCrds(client, timeoutMs);
-  await ensureNamespace(client, OPERATOR_NAMESPACE);
-  const writeConfig = (version: string) =>
-    createOrReplace(client, CONFIG_MAP, {
-      metadata: { name: CONFIG_MAP_NAME, namespace: OPERATOR_NAMESPACE },
-      data: { "config.yaml": operatorConfig(o, version) },
-    } as never);
-  await writeConfig(o.toolchainVersion);
+  await ensureNamespace(client, RELEASE_NAMESPACE);
+  const installChart = async (toolchainVersion: string) =>
+    applyChart(client, await renderChart({ ...o, toolchainVersion }, o.runDir));
+  await installChart(o.toolchainVersion);
+  const operatorKubeconfig = join(o.runDir, "operator.kubeconfig");
+  await serviceAccountKubeconfig(client, o.kubeConfig, operatorKubeconfig);
   for (const ns of o.modelNamespaces) {
     await ensureNamespace(client, ns);
     await createOrReplace(client, SECRET, {
       metadata: { name: STORE_SECRET, namespace: ns },
       stringData: { AWS_ACCESS_KEY_ID: o.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: o.s3.secretAccessKey },
-    } as never);
+    } as KubeObject);
   }
 
   const watchdog = o.stopWithParent === false ? undefined : startWatchdog(o.runDir);
@@ -222,8 +201,10 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       ["operator/src/main.ts"],
       {
         ...baseEnv,
-        KUBECONFIG: o.kubeconfigPath,
-        KILN_CONFIG_MAP: `${OPERATOR_NAMESPACE}/${CONFIG_MAP_NAME}`,
+        // As in the chart's Deployment: the chart's ServiceAccount, its ConfigMap, a pod name.
+        KUBECONFIG: operatorKubeconfig,
+        KILN_CONFIG_MAP: `${RELEASE_NAMESPACE}/${CHART_NAMES.configMap}`,
+        POD_NAME: "kiln-operator-local",
         KILN_HTTP_PORT: String(httpPort),
         // The operator reads manifests from the store with its own credentials.
         AWS_ACCESS_KEY_ID: o.s3.accessKeyId,
@@ -248,7 +229,7 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       logDir,
       operatorUrl,
       processes: started.map(({ name, pid, logFile }) => ({ name, pid, logFile })),
-      setToolchain: writeConfig,
+      setToolchain: installChart,
       stop,
     };
   } catch (err) {

@@ -8,8 +8,11 @@ export const repoRoot = fileURLToPath(new URL("../..", import.meta.url));
 
 /** What an image would provide: ENTRYPOINT, CMD, WORKDIR and ENV (pod env overrides image env). */
 export interface ImageEntry {
-  /** Repository path of the image without registry or tag, e.g. `kiln/builder`. */
-  repository: string;
+  /**
+   * Repository paths (no registry or tag) that name the image: a path matches when it is one of
+   * them or ends in `/<one of them>` (the chart's default is `ghcr.io/kiln-dev/kiln-builder`).
+   */
+  repositories: string[];
   /** The image's ENTRYPOINT as a local command line. */
   entrypoint(): string[];
   /** Names a pod's `command` may use for that entrypoint (its path inside the image, or its name). */
@@ -25,7 +28,7 @@ const runtimeMain = join(repoRoot, "runtime-image/src/main.ts");
 
 export const IMAGES: readonly ImageEntry[] = [
   {
-    repository: "kiln/builder",
+    repositories: ["kiln/builder", "kiln-builder"],
     entrypoint: () => [join(repoRoot, "builder-image/bin/kiln-build")],
     entrypointAliases: ["kiln-build", "/app/builder-image/bin/kiln-build"],
     env: ({ scratch, claims }) => ({
@@ -35,7 +38,7 @@ export const IMAGES: readonly ImageEntry[] = [
     }),
   },
   {
-    repository: "kiln/runtime",
+    repositories: ["kiln/runtime", "kiln-runtime"],
     // The image runs the compiled main.js; from a checkout the same file runs through tsx.
     entrypoint: () => [process.execPath, "--enable-source-maps", "--import", "tsx", runtimeMain],
     entrypointAliases: [],
@@ -64,7 +67,7 @@ export function repositoryOf(image: string): string {
 
 export function imageEntryFor(image: string): ImageEntry | undefined {
   const repo = repositoryOf(image);
-  return IMAGES.find((e) => repo === e.repository || repo.endsWith(`/${e.repository}`));
+  return IMAGES.find((e) => e.repositories.some((r) => repo === r || repo.endsWith(`/${r}`)));
 }
 
 /**

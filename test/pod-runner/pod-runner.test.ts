@@ -9,7 +9,9 @@ describe("image table", () => {
     expect(repositoryOf("ghcr.io/kiln/builder:0.1.0")).toBe("kiln/builder");
     expect(repositoryOf("localhost:5000/kiln/runtime@sha256:abc")).toBe("kiln/runtime");
     expect(repositoryOf("kiln/builder")).toBe("kiln/builder");
-    expect(imageEntryFor("mirror.local/team/kiln/runtime:tc-2")?.repository).toBe("kiln/runtime");
+    expect(imageEntryFor("mirror.local/team/kiln/runtime:tc-2")).toBe(imageEntryFor("kiln/runtime"));
+    expect(imageEntryFor("ghcr.io/kiln-dev/kiln-builder:0.1.0")).toBe(imageEntryFor("kiln/builder"));
+    expect(imageEntryFor("kiln/builder")).not.toBe(imageEntryFor("kiln/runtime"));
     expect(imageEntryFor("nginx:1.27")).toBeUndefined();
   });
 
