@@ -198,6 +198,18 @@ describe("EngineBuild plan", () => {
     expect(plan.status.conditions?.find((c) => c.type === "Ready")?.reason).toBe("PermanentBuildError");
   });
 
+  it("a failed build's status carries the builder's error from its termination message", () => {
+    const b = newBuild();
+    const status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
+    const job = jobWith("j1", { type: "Failed", reason: "PodFailurePolicy", message: "exit code 2" });
+    const terminationMessage = JSON.stringify({
+      error: "model.source pvc://m/x: no such folder",
+      permanent: true,
+    });
+    const plan = planBuild(observe({ ...b, status }, { job, terminationMessage }));
+    expect(plan.status.message).toMatch(/no retry can fix: model\.source pvc:\/\/m\/x: no such folder/);
+  });
+
   it("leaves terminal builds alone", () => {
     const b = newBuild();
     const done = { ...b, status: { phase: "Failed" as const, attempts: 3 } };

@@ -13,7 +13,13 @@ import { isAlreadyExists, type KubeClient, objectKey, type ResourceType } from "
 import type { ReconcileResult } from "../controller/workqueue.js";
 import { EB_RESOURCE } from "../inferencemodel/reconcile.js";
 import { attemptOf, desiredJob, jobOutcome, latestJobOf } from "./job.js";
-import { checkManifest, type ManifestCheck, terminationMessage, tuningSummary } from "./result.js";
+import {
+  builderError,
+  checkManifest,
+  type ManifestCheck,
+  terminationMessage,
+  tuningSummary,
+} from "./result.js";
 import { nextStatus } from "./status.js";
 
 export const JOB: ResourceType = { apiVersion: "batch/v1", kind: "Job", plural: "jobs", namespaced: true };
@@ -164,7 +170,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
         return plan;
       }
     } else if (outcome.state === "failed") {
-      attemptFailed(outcome.reason, outcome.message, outcome.permanent);
+      attemptFailed(outcome.reason, builderError(o.terminationMessage) ?? outcome.message, outcome.permanent);
       return plan;
     } else {
       const check = o.manifest;
@@ -318,7 +324,8 @@ export async function reconcileBuild(
       ctx.store.uri(paths.engine),
     );
   }
-  if (job && jobOutcome(job).state === "complete") {
+  // A finished pod's termination message: the tuning summary on success, the builder's error on failure.
+  if (job && jobOutcome(job).state !== "running") {
     const pods = await ctx.client.list<V1Pod>(POD, namespace, `job-name=${job.metadata?.name}`);
     message = terminationMessage(pods.items);
   }

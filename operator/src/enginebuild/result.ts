@@ -33,6 +33,20 @@ export function terminationMessage(pods: readonly V1Pod[]): string | undefined {
   return undefined;
 }
 
+/**
+ * The builder's own account of a failure, from its termination message (`{"error": ...}`): what
+ * went wrong in words a user can act on, where the Job's condition only names the exit code.
+ */
+export function builderError(message: string | undefined): string | undefined {
+  if (!message) return undefined;
+  try {
+    const parsed = JSON.parse(message) as { error?: unknown };
+    return typeof parsed.error === "string" && parsed.error ? parsed.error : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The tuning summary: the manifest is authoritative, the termination message a fallback. */
 export function tuningSummary(
   check: ManifestCheck,
