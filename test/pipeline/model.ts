@@ -34,7 +34,7 @@ export async function writeTinyModel(claimsDir: string): Promise<string> {
 export async function tinyInferenceModel(name: string, namespace: string) {
   const doc = parse(await readFile(join(repoRoot, "examples/tiny-llama.yaml"), "utf8")) as {
     metadata: Record<string, unknown>;
-    spec: { model: { source: string } };
+    spec: { model: { source: string }; gpu: { products: string[] } };
   };
   if (doc.spec.model.source !== TINY_MODEL_SOURCE) {
     throw new Error(`examples/tiny-llama.yaml must read ${TINY_MODEL_SOURCE}, which the fixture writes`);
