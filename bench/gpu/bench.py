@@ -145,6 +145,39 @@ def kiln(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def profile_decode(engine: Path, out: Path, name: str) -> None:
+    """Per-kernel GPU time of about one batch-1 decode step (Nsight Compute, direct launches, clocks
+    left alone), summed by kernel name: where the step's time goes."""
+    import csv
+    import shutil
+
+    ncu = shutil.which("ncu") or "/usr/local/cuda/bin/ncu"
+    if not Path(ncu).exists():
+        log("profile: ncu not found")
+        return
+    cmd = [ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--launch-skip", "1200",
+           "--launch-count", "400", str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
+           "--steps", "24", "--batch", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
+    (out / f"ncu-{name}.csv").write_text(run.stdout)
+    rows = [r for r in csv.reader(line for line in run.stdout.splitlines() if line.startswith('"'))]
+    if len(rows) < 2:
+        log(f"profile: ncu gave no rows (rc {run.returncode}): {run.stderr.strip()[-300:]}")
+        return
+    head = rows[0]
+    k_name, k_unit, k_value = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
+    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+    totals: dict[str, list[float]] = {}
+    for r in rows[1:]:
+        us = float(r[k_value].replace(",", "")) * scale.get(r[k_unit], 1.0)
+        key = r[k_name][:60]
+        totals.setdefault(key, []).append(us)
+    steps = max(1, sum(len(v) for k, v in totals.items() if "argmax" in k))
+    log(f"profile {name}: GPU time per decode step by kernel ({steps} steps seen)")
+    for key, v in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
+        log(f"  {sum(v) / steps:9.1f} us  {len(v) / steps:5.1f} launches  {key}")
+
+
 def hf_measure(cfg: dict) -> dict:
     """transformers bf16 eager: decode step time per batch, prefill time per length."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -197,6 +230,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--models", default="llama3.2-1b,llama3-8b")
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -236,6 +270,8 @@ def main() -> None:
                                         text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
                 ours["no_graphs_ms"] = json.loads(direct.stdout.strip().splitlines()[-1])["decode_step_ms"]
                 log(f"{name}: kiln decode batch 1 without CUDA graphs: {ours['no_graphs_ms']:.3f} ms/step")
+        if args.profile:
+            profile_decode(engine, out, name)
         for length in PREFILL_LENGTHS:
             r = kiln("bench", "--engine", str(engine), "--prompt-len", str(length), "--steps", "2", "--batch", "1")
             ours["prefill"][length] = r["prefill_ms"]

@@ -15,6 +15,7 @@
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/gemv.h"
 #include "backend/cuda/generate.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/model.h"
@@ -137,29 +138,37 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
 
     const DeviceBuffer q_d = to_device(q), k_d = to_device(keys), v_d = to_device(values), t_d = to_device(tables),
                        s_d = to_device(sequence), p_d = to_device(position32), tiles_d = to_device(tiles);
-    DeviceBuffer out_d(static_cast<size_t>(n * q_dim) * 2, "attention output");
-    KILN_CUDA_CHECK(cudaMemset(out_d.get(), 0xff, out_d.bytes()));  // NaN: an unwritten element fails
-    cuda::AttentionArgs a;
-    a.q = q_d.get<float>();
-    a.q_stride = q_dim;
-    a.keys = k_d.get<bf16>();
-    a.values = v_d.get<bf16>();
-    a.block_tables = t_d.get<int32_t>();
-    a.table_stride = stride;
-    a.token_sequence = s_d.get<int32_t>();
-    a.token_position = p_d.get<int32_t>();
-    a.tiles = tiles_d.get<int32_t>();
-    a.num_tiles = static_cast<int64_t>(tiles.size() / 2);
-    a.page_size = P;
-    a.heads = ac.heads;
-    a.kv_heads = ac.kv_heads;
-    a.head_dim = ac.head_dim;
-    a.scale = cpu.scale;
-    a.out = out_d.get<bf16>();
-    cuda::paged_attention(a, nullptr);
-    const auto got = bf16_to_floats(to_host<uint16_t>(out_d, want.size()));
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " not written";
-    EXPECT_LT(relative_norm_error(got, want), 5e-3);
+    // Unsplit, and split-KV with more splits than some tiles have key steps (empty shares).
+    for (int64_t splits : {int64_t{1}, int64_t{3}, cuda::kMaxAttentionSplits}) {
+      SCOPED_TRACE("splits " + std::to_string(splits));
+      DeviceBuffer partials(static_cast<size_t>(n * ac.heads * splits * (ac.head_dim + 2)) * 4, "partials");
+      DeviceBuffer out_d(static_cast<size_t>(n * q_dim) * 2, "attention output");
+      KILN_CUDA_CHECK(cudaMemset(out_d.get(), 0xff, out_d.bytes()));  // NaN: an unwritten element fails
+      cuda::AttentionArgs a;
+      a.q = q_d.get<float>();
+      a.q_stride = q_dim;
+      a.keys = k_d.get<bf16>();
+      a.values = v_d.get<bf16>();
+      a.block_tables = t_d.get<int32_t>();
+      a.table_stride = stride;
+      a.token_sequence = s_d.get<int32_t>();
+      a.token_position = p_d.get<int32_t>();
+      a.tiles = tiles_d.get<int32_t>();
+      a.num_tiles = static_cast<int64_t>(tiles.size() / 2);
+      a.page_size = P;
+      a.heads = ac.heads;
+      a.kv_heads = ac.kv_heads;
+      a.head_dim = ac.head_dim;
+      a.scale = cpu.scale;
+      a.out = out_d.get<bf16>();
+      a.splits = splits;
+      a.tokens = n;
+      a.partials = partials.get<float>();
+      cuda::paged_attention(a, nullptr);
+      const auto got = bf16_to_floats(to_host<uint16_t>(out_d, want.size()));
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " not written";
+      EXPECT_LT(relative_norm_error(got, want), 5e-3);
+    }
   }
 }
 
@@ -249,6 +258,40 @@ TEST(CudaGemm, EveryHeuristicAlgorithmComputesXTimesWTransposedPlusBetaY) {
     EXPECT_LT(relative_norm_error(to_host<float>(y_d, y0.size()), want), 1e-5);
   }
   EXPECT_THROW(cuda::algo_from_hex("zz"), Error);
+}
+
+TEST(CudaGemm, KilnGemvComputesXTimesWTransposedPlusBetaYForUpToEightRows) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t n = 301, k = 1032;  // odd n: a warp's second row is missing at the end
+  std::vector<uint16_t> w(static_cast<size_t>(n * k)), x(static_cast<size_t>(cuda::kGemvMaxRows * k));
+  for (auto& v : w) v = f32_to_bf16(normal(rng));
+  for (auto& v : x) v = f32_to_bf16(normal(rng));
+  std::vector<float> y0(static_cast<size_t>(cuda::kGemvMaxRows * n));
+  for (float& v : y0) v = normal(rng);
+  const DeviceBuffer w_d = to_device(w), x_d = to_device(x);
+  for (int64_t m = 1; m <= cuda::kGemvMaxRows; ++m) {
+    for (float beta : {0.0f, 1.0f}) {
+      SCOPED_TRACE("m " + std::to_string(m) + " beta " + std::to_string(beta));
+      std::vector<float> want(static_cast<size_t>(m * n));
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < n; ++j) {
+          double s = beta * y0[static_cast<size_t>(i * n + j)];
+          for (int64_t c = 0; c < k; ++c) {
+            s += static_cast<double>(bf16_to_f32(x[static_cast<size_t>(i * k + c)])) * bf16_to_f32(w[static_cast<size_t>(j * k + c)]);
+          }
+          want[static_cast<size_t>(i * n + j)] = static_cast<float>(s);
+        }
+      }
+      std::vector<float> start(y0.begin(), y0.begin() + m * n);
+      if (beta == 0.0f) std::fill(start.begin(), start.end(), std::nanf(""));  // beta 0 must not read y
+      DeviceBuffer y_d = to_device(start);
+      cuda::gemv_bf16(w_d.get<bf16>(), x_d.get<bf16>(), m, n, k, y_d.get<float>(), beta, nullptr);
+      EXPECT_LT(relative_norm_error(to_host<float>(y_d, want.size()), want), 1e-5);
+    }
+  }
+  EXPECT_THROW(cuda::gemv_bf16(w_d.get<bf16>(), x_d.get<bf16>(), 9, n, k, nullptr, 0.0f, nullptr), Error);
 }
 
 // The whole model against the double reference, prefill of 4 tokens then token-by-token decode.

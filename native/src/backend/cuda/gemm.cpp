@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/gemv.h"
 
 namespace kiln::cuda {
 
@@ -148,11 +149,20 @@ void LtGemm::run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x,
 }
 
 TunedGemm::TunedGemm(const LtContext& context, int64_t n, int64_t k,
-                     std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>> by_bucket)
+                     std::vector<std::pair<int64_t, GemmChoice>> by_bucket)
     : gemm_(context, n, k), by_bucket_(std::move(by_bucket)) {
   if (by_bucket_.empty()) throw Error("GEMM [" + std::to_string(n) + " x " + std::to_string(k) + "]: no algorithm");
   std::sort(by_bucket_.begin(), by_bucket_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (const auto& [bucket, algo] : by_bucket_) gemm_.check(algo, bucket);
+  for (const auto& [bucket, choice] : by_bucket_) gemm_.check(choice.algo, bucket);
+}
+
+void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream) {
+  const GemmChoice& choice = choose(m);
+  if (choice.gemv && gemv_supports(m, gemm_.k())) {
+    gemv_bf16(static_cast<const bf16*>(w), static_cast<const bf16*>(x), m, gemm_.n(), gemm_.k(), y, beta, stream);
+  } else {
+    gemm_.run(choice.algo, w, x, m, y, beta, stream);
+  }
 }
 
 }  // namespace kiln::cuda

@@ -78,25 +78,31 @@ class LtGemm {
   cublasLtMatrixLayout_t y_layout_ = nullptr;
 };
 
-// The tuned algorithms of one GEMM shape: the algorithm of the smallest tuned bucket that holds m
-// rows, the largest bucket's beyond that (the CPU GemmPlan's rule).
+// What the autotuner chose for one bucket: cuBLASLt's algorithm, or Kiln's GEMV kernel (gemv.h)
+// where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm, used for row
+// counts beyond the GEMV's limit.
+struct GemmChoice {
+  bool gemv = false;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+// The tuned tactics of one GEMM shape: the choice of the smallest tuned bucket that holds m rows,
+// the largest bucket's beyond that (the CPU GemmPlan's rule).
 class TunedGemm {
  public:
-  TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>> by_bucket);
+  TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket);
 
-  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream) {
-    gemm_.run(choose(m), w, x, m, y, beta, stream);
-  }
-  const cublasLtMatmulAlgo_t& choose(int64_t m) const {
-    for (const auto& [bucket, algo] : by_bucket_) {
-      if (m <= bucket) return algo;
+  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream);
+  const GemmChoice& choose(int64_t m) const {
+    for (const auto& [bucket, choice] : by_bucket_) {
+      if (m <= bucket) return choice;
     }
     return by_bucket_.back().second;
   }
 
  private:
   LtGemm gemm_;
-  std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>> by_bucket_;  // ascending buckets
+  std::vector<std::pair<int64_t, GemmChoice>> by_bucket_;  // ascending buckets
 };
 
 }  // namespace kiln::cuda

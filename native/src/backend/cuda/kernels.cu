@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cfloat>
 
 #include "backend/cuda/check.h"
@@ -120,15 +121,22 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   const int64_t first = a.tiles[2 * blockIdx.x];
   const int64_t count = a.tiles[2 * blockIdx.x + 1];
   const int64_t group = a.heads / a.kv_heads;
-  const int64_t kv_head = blockIdx.y;
-  const int64_t head0 = kv_head * group + static_cast<int64_t>(blockIdx.z) * heads_per_block;
-  const int64_t nh = min(static_cast<int64_t>(heads_per_block), group - static_cast<int64_t>(blockIdx.z) * heads_per_block);
+  const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
+  const int64_t kv_head = blockIdx.y / head_chunks;
+  const int64_t chunk = blockIdx.y % head_chunks;
+  const int64_t head0 = kv_head * group + chunk * heads_per_block;
+  const int64_t nh = min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block);
   const int64_t rows = count * nh;
   const int64_t kv_dim = a.kv_heads * D;
   const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[first]) * a.table_stride;
   const int64_t p0 = a.token_position[first];
-  const int64_t hi = p0 + count - 1;
-  const int64_t lo = a.window > 0 ? max(int64_t{0}, p0 - a.window + 1) : 0;
+  const int64_t last = p0 + count - 1;
+  const int64_t first_key = a.window > 0 ? max(int64_t{0}, p0 - a.window + 1) : 0;
+  // This block's share of the keys: whole 32-key steps, split `splits` ways.
+  const int64_t steps = (last - first_key + kAttnKeys) / kAttnKeys;
+  const int64_t steps_per_split = (steps + gridDim.z - 1) / gridDim.z;
+  const int64_t lo = first_key + static_cast<int64_t>(blockIdx.z) * steps_per_split * kAttnKeys;
+  const int64_t hi = min(last, lo + steps_per_split * kAttnKeys - 1);
 
   for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
     const int64_t r = idx / D;
@@ -192,7 +200,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       if (r >= rows) continue;  // warp-uniform
       const int64_t pos = p0 + r / nh;
       const int64_t kp = kb + lane;
-      const bool valid = kp <= pos && (a.window == 0 || kp > pos - a.window);
+      const bool valid = kp <= pos && kp <= hi && (a.window == 0 || kp > pos - a.window);
       float s = 0.0f;
 #pragma unroll 16
       for (int d = 0; d < D; ++d) s += q_s[r][d] * k_s[lane][d];
@@ -221,11 +229,43 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
     if (r >= rows) continue;
     const int64_t t = first + r / nh;
     const int64_t h = head0 + r % nh;
-    const float inv = 1.0f / l[rr];  // l > 0: every query sees at least its own position
-    bf16* out = a.out + t * a.heads * D + h * D;
+    if (gridDim.z == 1) {
+      const float inv = 1.0f / l[rr];  // l > 0: every query sees at least its own position
+      bf16* out = a.out + t * a.heads * D + h * D;
 #pragma unroll
-    for (int i = 0; i < kLaneDims; ++i) out[lane + i * kWarp] = __float2bfloat16(acc[rr][i] * inv);
+      for (int i = 0; i < kLaneDims; ++i) out[lane + i * kWarp] = __float2bfloat16(acc[rr][i] * inv);
+    } else {
+      // Written even for an empty share (l = 0): the merge reads every split.
+      float* part = a.partials + ((t * a.heads + h) * gridDim.z + blockIdx.z) * (D + 2);
+#pragma unroll
+      for (int i = 0; i < kLaneDims; ++i) part[lane + i * kWarp] = acc[rr][i];
+      if (lane == 0) {
+        part[D] = m[rr];
+        part[D + 1] = l[rr];
+      }
+    }
   }
+}
+
+// One block per (token, head), one thread per output dimension: rescales each split's partial
+// output to the common maximum and normalises by the summed softmax denominators.
+__global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_t head_dim, int64_t splits, bf16* out) {
+  const int64_t row = blockIdx.x;  // token * heads + head
+  const float* part = partials + row * splits * (head_dim + 2);
+  float m = -FLT_MAX;
+  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, part[s * (head_dim + 2) + head_dim]);
+  float num = 0.0f;
+  float den = 0.0f;
+  const int64_t d = threadIdx.x;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* p = part + s * (head_dim + 2);
+    const float l = p[head_dim + 1];
+    if (l == 0.0f) continue;  // an empty share
+    const float w = __expf(p[head_dim] - m);
+    num += w * p[d];
+    den += w * l;
+  }
+  out[row * head_dim + d] = __float2bfloat16(num / den);
 }
 
 __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, bf16* out) {
@@ -315,14 +355,23 @@ int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads) {
   return std::max<int64_t>(1, kAttnRows / per_block);
 }
 
+int64_t attention_splits(int64_t tiles, int64_t heads, int64_t kv_heads, int multiprocessors) {
+  const int64_t group = heads / kv_heads;
+  const int64_t blocks = tiles * kv_heads * ((group + kAttnRows - 1) / kAttnRows);
+  const int64_t wanted = (2 * static_cast<int64_t>(multiprocessors) + blocks - 1) / blocks;
+  return std::clamp<int64_t>(wanted, 1, kMaxAttentionSplits);
+}
+
 bool attention_supports_head_dim(int64_t head_dim) { return head_dim == 32 || head_dim == 64 || head_dim == 128; }
 
 void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tiles == 0) return;
   const int64_t group = a.heads / a.kv_heads;
   const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
-  const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads),
-                  static_cast<unsigned>((group + heads_per_block - 1) / heads_per_block));
+  if (a.splits < 1 || (a.splits > 1 && !a.partials)) throw Error("CUDA attention: split-KV needs a partials buffer");
+  const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
+  const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
+                  static_cast<unsigned>(a.splits));
   const int threads = kAttnWarps * kWarp;
   switch (a.head_dim) {
     case 32: attention_kernel<32><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
@@ -331,6 +380,11 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
     default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
   }
   KILN_CUDA_CHECK_LAUNCH("attention_kernel");
+  if (a.splits > 1) {
+    merge_splits_kernel<<<static_cast<unsigned>(a.tokens * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(
+        a.partials, a.heads, a.head_dim, a.splits, a.out);
+    KILN_CUDA_CHECK_LAUNCH("merge_splits_kernel");
+  }
 }
 
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {

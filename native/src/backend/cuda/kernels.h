@@ -65,10 +65,21 @@ struct AttentionArgs {
   int64_t window = 0;  // 0 = the whole prefix
   float scale = 1.0f;
   bf16* out = nullptr;  // [tokens, heads * head_dim]
+  // Split-KV (flash-decoding): with splits > 1 each tile's key range is cut into `splits` parts run
+  // by separate blocks, whose partial softmax states (max, sum, unnormalised output: head_dim + 2
+  // floats per token, head and split) go to `partials` and are merged by a second kernel. Decode
+  // tiles hold one token, so without splitting a batch-1 step would run on kv_heads blocks only.
+  int64_t splits = 1;
+  int64_t tokens = 0;         // of the whole batch (the merge runs over all of them)
+  float* partials = nullptr;  // [tokens, heads, splits, head_dim + 2]
 };
 void paged_attention(const AttentionArgs& args, cudaStream_t stream);
 // How many query tokens one attention tile may hold for a GQA group size.
 int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads);
+// Key splits for a step of `tiles` tiles: enough blocks to fill `multiprocessors` about twice, at most
+// kMaxAttentionSplits; 1 when the tiles alone fill the GPU (prefill, large decode batches).
+constexpr int64_t kMaxAttentionSplits = 16;
+int64_t attention_splits(int64_t tiles, int64_t heads, int64_t kv_heads, int multiprocessors);
 bool attention_supports_head_dim(int64_t head_dim);
 
 // out[r, i] = bf16(silu(gate_up[r, i]) · gate_up[r, inter + i])

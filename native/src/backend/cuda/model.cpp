@@ -89,7 +89,7 @@ TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k) {
     // An engine built without autotuning: cuBLASLt's first proposal per bucket, chosen here once.
     LtGemm probe(lt_, n, k);
     for (int64_t m : gemm_buckets(header_limit(*engine_, "max_batch"), max_seq_len_)) {
-      algos.emplace_back(m, probe.heuristic(m, 1).front().algo);
+      algos.emplace_back(m, GemmChoice{false, probe.heuristic(m, 1).front().algo});
     }
   }
   slot = std::make_unique<TunedGemm>(lt_, n, k, std::move(algos));
@@ -108,6 +108,9 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
                 std::to_string(c.head_dim));
   }
   KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  int device = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device));
   const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
   use_graphs_ = !(graphs && std::string(graphs) == "0");
 
@@ -119,8 +122,13 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
           throw Error(e.source() + ": autotune entry for backend \"" + entry.value("backend", "cpu") +
                       "\" in an engine for the CUDA backend");
         }
+        const std::string tactic = entry.at("tactic").get<std::string>();
+        if (tactic != "cublaslt" && tactic != "kiln-gemv") {
+          throw Error(e.source() + ": autotune table names GEMM tactic " + tactic + ", which this build does not have");
+        }
         tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>()}].emplace_back(
-            entry.at("bucket").get<int64_t>(), algo_from_hex(entry.at("algo").get<std::string>()));
+            entry.at("bucket").get<int64_t>(),
+            GemmChoice{tactic == "kiln-gemv", algo_from_hex(entry.at("algo").get<std::string>())});
       }
     } catch (const Json::exception& ex) {
       throw Error(e.source() + ": autotune table is malformed: " + ex.what());
@@ -202,6 +210,12 @@ void CudaModel::reserve(const StepShape& shape) {
     row_capacity_ = r;
     moved = true;
   }
+  const size_t partial_bytes = shape.splits > 1 ? static_cast<size_t>(shape.tokens * c.num_heads * shape.splits *
+                                                                     (c.head_dim + 2)) * 4 : 0;
+  if (partials_.bytes() < partial_bytes) {
+    partials_ = DeviceBuffer(2 * partial_bytes, "attention split-KV partials");
+    moved = true;
+  }
   const size_t meta_bytes = static_cast<size_t>(shape.meta_count) * 4;
   if (meta_.bytes() < meta_bytes) {
     meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(shape.meta_count)) * 4, "step metadata");
@@ -257,6 +271,7 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
                 std::to_string(shape.tokens));
   }
   shape.sequences = static_cast<int64_t>(batch.slices.size());
+  shape.splits = attention_splits(shape.tiles, c.num_heads, c.num_kv_heads, multiprocessors_);
   shape.meta_count = 3 * shape.tokens + 2 * shape.tiles + shape.rows + shape.sequences * shape.table_stride;
   return shape;
 }
@@ -352,6 +367,9 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.window = c.sliding_window;
   attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   attention.out = attn;
+  attention.splits = shape.splits;
+  attention.tokens = n;
+  attention.partials = partials_.get<float>();
 
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {

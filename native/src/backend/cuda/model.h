@@ -84,6 +84,7 @@ class CudaModel {
     int64_t rows = 0;
     int64_t table_stride = 0;
     int64_t meta_count = 0;
+    int64_t splits = 1;  // attention split-KV
   };
   using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
 
@@ -102,7 +103,7 @@ class CudaModel {
   int64_t max_seq_len_ = 0;
   cudaStream_t stream_ = nullptr;
   LtContext lt_;
-  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<int64_t, cublasLtMatmulAlgo_t>>> tuned_;
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<int64_t, GemmChoice>>> tuned_;
   std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TunedGemm>> gemms_;
   std::vector<DeviceBuffer> weights_;
   DeviceBuffer rope_cos_, rope_sin_;
@@ -114,7 +115,8 @@ class CudaModel {
 
   int64_t token_capacity_ = 0;
   int64_t row_capacity_ = 0;
-  DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, next_;
+  DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, next_, partials_;
+  int multiprocessors_ = 0;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
   PinnedBuffer host_next_;
