@@ -224,6 +224,24 @@ def hf_measure(cfg: dict) -> dict:
     return res
 
 
+def write_results(out: Path, card: str, commit: str, bw: float, flops: float, builds: dict, rows: list) -> str:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    result = {"card": card, "commit": commit, "date": date, "copy_TBps": round(bw / 1e12, 3),
+              "matmul_TFLOPs": round(flops / 1e12, 1), "build_s": builds, "rows": rows}
+    (out / "gpu-latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    header = "| model | phase | batch | Kiln tok/s | Kiln ms | roofline frac | transformers tok/s | vs transformers |"
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['phase']} | {r['batch']} | {r['tok_s']} | {r['ms']} | {r['roofline_frac']} | "
+                     f"{r['transformers_tok_s']} | {r['vs_transformers']}x |")
+    table = "\n".join(lines)
+    (out / "gpu-section.md").write_text(
+        f"Measured {date} at commit `{commit}` by `bench/gpu/run.sh` on {card}: copy bandwidth "
+        f"{bw / 1e12:.2f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s; engine builds {builds} s.\n\n"
+        + table + "\n")
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
@@ -298,22 +316,10 @@ def main() -> None:
                              vs_transformers=round(theirs["prefill"][length] / ms, 2) if theirs else None,
                              transformers_tok_s=round(length * 1e3 / theirs["prefill"][length], 1) if theirs else None))
         engine.unlink()
-
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    result = {"card": card, "commit": commit, "date": date, "copy_TBps": round(bw / 1e12, 3),
-              "matmul_TFLOPs": round(flops / 1e12, 1), "build_s": builds, "rows": rows}
-    (out / "gpu-latest.json").write_text(json.dumps(result, indent=1) + "\n")
-    header = "| model | phase | batch | Kiln tok/s | Kiln ms | roofline frac | transformers tok/s | vs transformers |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['phase']} | {r['batch']} | {r['tok_s']} | {r['ms']} | {r['roofline_frac']} | "
-                     f"{r['transformers_tok_s']} | {r['vs_transformers']}x |")
-    table = "\n".join(lines)
-    (out / "gpu-section.md").write_text(
-        f"Measured {date} at commit `{commit}` by `bench/gpu/run.sh` on {card}: copy bandwidth "
-        f"{bw / 1e12:.2f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s; engine builds {builds} s.\n\n"
-        + table + "\n")
+        # Written after every model, so a run cut short still leaves what it measured.
+        table = write_results(out, card, commit, bw, flops, builds, rows)
     print(table)
+
 
 
 if __name__ == "__main__":
