@@ -7,7 +7,7 @@ export interface EngineLoadOptions {
   maxBatchSize?: number;
   /** Token budget of one step (decode tokens + prefill chunk tokens). Default: 2048. */
   maxNumBatchedTokens?: number;
-  /** KV pages to allocate; default from kvMemoryBytes or a fraction of memory. */
+  /** KV pages to allocate. Default: room for maxBatchSize sequences of maxSeqLen. */
   kvCachePages?: number;
   /** Requests allowed to wait for admission; beyond this submit() throws EngineOverloadedError. */
   maxQueuedRequests?: number;

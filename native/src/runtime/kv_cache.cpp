@@ -26,10 +26,6 @@ void KvCache::write(int64_t layer, int32_t page, int64_t slot, const float* key,
   encode_from_f32(dtype_, value, values_.data() + at, static_cast<size_t>(kv_dim_));
 }
 
-size_t KvCache::page_bytes(int64_t layers, int64_t page_size, int64_t kv_dim, DType dtype) {
-  return 2 * static_cast<size_t>(layers * page_size * kv_dim) * dtype_size(dtype);
-}
-
 DType kv_cache_dtype_from_name(const std::string& name) {
   if (name == "fp32") return DType::F32;
   if (name == "bf16") return DType::BF16;

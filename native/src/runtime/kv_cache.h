@@ -23,7 +23,6 @@ class KvCache {
   int64_t page_size() const { return page_size_; }
   int64_t kv_dim() const { return kv_dim_; }
   DType dtype() const { return dtype_; }
-  size_t bytes() const { return keys_.size() + values_.size(); }
 
   // Stores one position's key and value rows (kv_dim fp32 each), converting to the cache dtype.
   void write(int64_t layer, int32_t page, int64_t slot, const float* key, const float* value);
@@ -31,9 +30,6 @@ class KvCache {
   // The first byte of a layer's keys / values; row (page, slot) starts at row_index * kv_dim elements.
   const uint8_t* layer_keys(int64_t layer) const { return keys_.data() + layer_offset(layer); }
   const uint8_t* layer_values(int64_t layer) const { return values_.data() + layer_offset(layer); }
-
-  // Bytes one page costs across all layers (keys and values): the unit of the memory budget.
-  static size_t page_bytes(int64_t layers, int64_t page_size, int64_t kv_dim, DType dtype);
 
  private:
   size_t layer_offset(int64_t layer) const {

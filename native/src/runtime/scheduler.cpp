@@ -6,12 +6,6 @@
 
 namespace kiln {
 
-int64_t StepPlan::tokens() const {
-  int64_t n = 0;
-  for (const auto& s : slices) n += s.n;
-  return n;
-}
-
 Scheduler::Scheduler(BlockManager& blocks, SchedulerLimits limits) : blocks_(blocks), limits_(limits) {
   if (limits.max_running < 1) throw Error("scheduler: maxBatchSize must be at least 1");
   // Every running sequence must be able to decode in every step.
@@ -43,7 +37,6 @@ void Scheduler::preempt(Sequence* victim, StepPlan& plan, int64_t& budget) {
   blocks_.release(victim->block_table);
   victim->computed = 0;
   victim->published_pages = 0;
-  ++victim->preemptions;
   running_.erase(std::find(running_.begin(), running_.end(), victim));
   // Every waiting sequence arrived after every running one (FCFS admission), and victims go
   // newest-first, so pushing to the front keeps the queue in arrival order.

@@ -27,7 +27,6 @@ struct ScheduledSlice {
 struct StepPlan {
   std::vector<ScheduledSlice> slices;  // running order: oldest first
   std::vector<Sequence*> preempted;
-  int64_t tokens() const;
 };
 
 // In-flight batching. Each step, in this order, under one token budget:

@@ -27,7 +27,6 @@ struct Sequence {
   int64_t published_pages = 0;  // of block_table, offered to the prefix cache
   bool admitted_before = false;
   int64_t cached_prompt_tokens = 0;  // served from the prefix cache at first admission
-  int64_t preemptions = 0;
 
   Sequence(std::string id_, std::vector<int32_t> prompt, int64_t max_tokens_, std::vector<int32_t> stops,
            Sampler sampler_)
