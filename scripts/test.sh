@@ -9,4 +9,8 @@ bash test/cluster/build
 bash native/build.sh
 bash test/parity/setup
 
+echo "[kiln] typecheck and lint"
+npx tsc --noEmit -p tsconfig.json
+npx biome check .
+
 exec npx vitest run "$@"
