@@ -196,7 +196,8 @@ CPU ms/tok = CPU time (all threads) per decode token: Kiln's is the CPU-time dif
 It is far less sensitive to other tenants than tok/s, so read the CPU ratio (transformers CPU ms /
 Kiln CPU ms) when the load average is above the core count. Under contention torch's OpenMP
 threads spin-wait at every barrier, which inflates both its wall and CPU time; Kiln's pool does not
-suffer as much. Uncontended numbers need a quiet machine: compare the load averages above.
+suffer as much. Uncontended numbers need a quiet machine: compare the load averages above. The
+transformers columns repeat one fp32 measurement beside each Kiln precision: their spread is the noise.
 
 {table}
 """
