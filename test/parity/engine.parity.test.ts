@@ -21,6 +21,7 @@ let report: ParityReport;
 let manifestNames: string[];
 
 beforeAll(async () => {
+  if (!existsSync(kilnBinary)) throw new Error(`${kilnBinary} missing: run bash native/build.sh first`);
   const python = venvPython();
   const ckDir = join(outDir, "checkpoints");
   const made = await run(python, [join(parityDir, "make_checkpoints.py"), ckDir]);
