@@ -155,7 +155,8 @@ def profile_decode(engine: Path, out: Path, name: str) -> None:
     if not Path(ncu).exists():
         log("profile: ncu not found")
         return
-    cmd = [ncu, "--clock-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--launch-skip", "1200",
+    # --cache-control none: caches stay as the step left them (the next kernel's input is often in L2).
+    cmd = [ncu, "--clock-control", "none", "--cache-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--launch-skip", "1200",
            "--launch-count", "400", str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
            "--steps", "24", "--batch", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
@@ -166,7 +167,7 @@ def profile_decode(engine: Path, out: Path, name: str) -> None:
         return
     head = rows[0]
     k_name, k_unit, k_value = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
-    scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
     totals: dict[str, list[float]] = {}
     for r in rows[1:]:
         us = float(r[k_value].replace(",", "")) * scale.get(r[k_unit], 1.0)

@@ -214,10 +214,14 @@ TEST(CudaKernels, RmsNormSiluMulAndArgmaxMatchTheCpuDefinitions) {
   for (float& v : logits) v = normal(rng);
   logits[static_cast<size_t>(2 * vocab + 777)] = 100.0f;
   logits[static_cast<size_t>(2 * vocab + 40000)] = 100.0f;  // a tie: the first index wins
-  const DeviceBuffer l_d = to_device(logits);
-  DeviceBuffer idx_d(rows * 4, "argmax output");
-  cuda::argmax_rows(l_d.get<float>(), rows, vocab, idx_d.get<int32_t>(), nullptr);
-  const auto idx = to_host<int32_t>(idx_d, rows);
+  logits[static_cast<size_t>(4 * vocab + 3)] = -1e30f;  // a row of negatives around one value
+  for (int64_t i = 0; i < vocab; ++i) logits[static_cast<size_t>(3 * vocab + i)] = -1.0f - static_cast<float>(i % 7);
+  const DeviceBuffer l2_d = to_device(logits);
+  DeviceBuffer key_d(rows * 8, "argmax output");
+  KILN_CUDA_CHECK(cudaMemset(key_d.get(), 0xff, key_d.bytes()));  // the launcher must reset the keys
+  cuda::argmax_rows(l2_d.get<float>(), rows, vocab, key_d.get<unsigned long long>(), nullptr);
+  std::vector<int32_t> idx;
+  for (auto key : to_host<unsigned long long>(key_d, rows)) idx.push_back(cuda::argmax_index(key));
   for (int64_t r = 0; r < rows; ++r) {
     const auto row = logits.begin() + r * vocab;
     EXPECT_EQ(idx[static_cast<size_t>(r)], std::max_element(row, row + vocab) - row) << "row " << r;
@@ -292,6 +296,28 @@ TEST(CudaGemm, KilnGemvComputesXTimesWTransposedPlusBetaYForUpToEightRows) {
     }
   }
   EXPECT_THROW(cuda::gemv_bf16(w_d.get<bf16>(), x_d.get<bf16>(), 9, n, k, nullptr, 0.0f, nullptr), Error);
+
+  // SiLU·mul fused into the input: fp32 gate/up rows of width 2k.
+  std::vector<float> gate_up(static_cast<size_t>(cuda::kGemvMaxRows * 2 * k));
+  for (float& v : gate_up) v = normal(rng);
+  const DeviceBuffer gu_d = to_device(gate_up);
+  for (int64_t m : {int64_t{1}, int64_t{5}}) {
+    SCOPED_TRACE("silu m " + std::to_string(m));
+    std::vector<float> want(static_cast<size_t>(m * n));
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        double s = y0[static_cast<size_t>(i * n + j)];
+        for (int64_t c = 0; c < k; ++c) {
+          const double g = gate_up[static_cast<size_t>(i * 2 * k + c)];
+          s += g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(i * 2 * k + k + c)] * bf16_to_f32(w[static_cast<size_t>(j * k + c)]);
+        }
+        want[static_cast<size_t>(i * n + j)] = static_cast<float>(s);
+      }
+    }
+    DeviceBuffer y_d = to_device(std::vector<float>(y0.begin(), y0.begin() + m * n));
+    cuda::gemv_silu_bf16(w_d.get<bf16>(), gu_d.get<float>(), m, n, k, y_d.get<float>(), 1.0f, nullptr);
+    EXPECT_LT(relative_norm_error(to_host<float>(y_d, want.size()), want), 1e-5);
+  }
 }
 
 // The whole model against the double reference, prefill of 4 tokens then token-by-token decode.

@@ -60,41 +60,40 @@ __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_
   }
 }
 
+// One block per (token, head) of q and k: each thread rotates one (i, i + head_dim/2) pair; the
+// blocks of k heads also store that head's k and v rows in the token's cache slot.
 __global__ void rope_kv_kernel(RopeKvArgs a) {
   const int64_t t = blockIdx.x;
+  const int64_t head = blockIdx.y;
   const int64_t D = a.head_dim;
   const int64_t half = D / 2;
   const int64_t q_dim = a.heads * D;
   const int64_t kv_dim = a.kv_heads * D;
   float* row = a.qkv + t * (q_dim + 2 * kv_dim);
   const int64_t pos = a.token_position[t];
+  const int64_t i = threadIdx.x;
+  const int64_t at = head * D + i;  // q heads first, then k heads, as the fused qkv rows are laid out
+  float x0 = row[at];
+  float x1 = row[at + half];
+  if (a.bias) {
+    x0 += a.bias[at];
+    x1 += a.bias[at + half];
+  }
+  const float c = a.cos[pos * half + i];
+  const float s = a.sin[pos * half + i];
+  const float r0 = x0 * c - x1 * s;
+  const float r1 = x1 * c + x0 * s;
+  if (head < a.heads) {
+    row[at] = r0;
+    row[at + half] = r1;
+    return;
+  }
   const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
   const int64_t slot = (static_cast<int64_t>(table[pos / a.page_size]) * a.page_size + pos % a.page_size) * kv_dim;
-  const float* cos = a.cos + pos * half;
-  const float* sin = a.sin + pos * half;
-  const int64_t pairs = (a.heads + a.kv_heads) * half;
-  for (int64_t p = threadIdx.x; p < pairs; p += blockDim.x) {
-    const int64_t head = p / half;
-    const int64_t i = p % half;
-    const int64_t at = head * D + i;  // q heads first, then k heads, as the fused qkv rows are laid out
-    float x0 = row[at];
-    float x1 = row[at + half];
-    if (a.bias) {
-      x0 += a.bias[at];
-      x1 += a.bias[at + half];
-    }
-    const float r0 = x0 * cos[i] - x1 * sin[i];
-    const float r1 = x1 * cos[i] + x0 * sin[i];
-    if (head < a.heads) {
-      row[at] = r0;
-      row[at + half] = r1;
-    } else {
-      const int64_t k_at = at - q_dim;
-      a.keys[slot + k_at] = __float2bfloat16(r0);
-      a.keys[slot + k_at + half] = __float2bfloat16(r1);
-    }
-  }
-  for (int64_t j = threadIdx.x; j < kv_dim; j += blockDim.x) {
+  const int64_t k_head = (head - a.heads) * D;
+  a.keys[slot + k_head + i] = __float2bfloat16(r0);
+  a.keys[slot + k_head + i + half] = __float2bfloat16(r1);
+  for (int64_t j = k_head + i; j < k_head + D; j += half) {
     float v = row[q_dim + kv_dim + j];
     if (a.bias) v += a.bias[q_dim + kv_dim + j];
     a.values[slot + j] = __float2bfloat16(v);
@@ -280,52 +279,26 @@ __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inte
   }
 }
 
-__global__ void argmax_kernel(const float* logits, int64_t vocab, int32_t* out) {
-  __shared__ float best_value[32];
-  __shared__ int32_t best_index[32];
-  const float* row = logits + blockIdx.x * vocab;
-  float value = -INFINITY;
-  int32_t index = INT32_MAX;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    if (v > value) {  // ascending i per thread: the first maximum is kept
-      value = v;
-      index = static_cast<int32_t>(i);
-    }
-  }
-  const auto better = [](float v, int32_t i, float bv, int32_t bi) { return v > bv || (v == bv && i < bi); };
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const float v = __shfl_xor_sync(0xffffffffu, value, offset);
-    const int32_t i = __shfl_xor_sync(0xffffffffu, index, offset);
-    if (better(v, i, value, index)) {
-      value = v;
-      index = i;
-    }
-  }
-  const int warp = threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (lane == 0) {
-    best_value[warp] = value;
-    best_index[warp] = index;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < static_cast<int>(blockDim.x / kWarp); ++w) {
-      if (better(best_value[w], best_index[w], value, index)) {
-        value = best_value[w];
-        index = best_index[w];
-      }
-    }
-    out[blockIdx.x] = index == INT32_MAX ? 0 : index;  // an all-NaN row still names a token
-  }
+__device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
+  const uint32_t bits = __float_as_uint(v);
+  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // unsigned order = float order
+  return (static_cast<unsigned long long>(ordered) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
 }
 
-__global__ void f32_to_bf16_kernel(const float* src, int64_t count, bf16* dst) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < count;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dst[i] = __float2bfloat16(src[i]);
+constexpr int kArgmaxPerThread = 8;
+
+__global__ void argmax_kernel(const float* logits, int64_t vocab, unsigned long long* keys) {
+  const float* row = logits + blockIdx.y * vocab;
+  unsigned long long best = 0;
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kArgmaxPerThread;
+#pragma unroll
+  for (int e = 0; e < kArgmaxPerThread; ++e) {
+    const int64_t i = begin + e;
+    if (i < vocab) best = max(best, argmax_key(row[i], i));
   }
+#pragma unroll
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) best = max(best, __shfl_xor_sync(0xffffffffu, best, offset));
+  if (threadIdx.x % kWarp == 0 && best) atomicMax(keys + blockIdx.y, best);
 }
 
 }  // namespace
@@ -346,7 +319,8 @@ void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, in
 
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
-  rope_kv_kernel<<<static_cast<unsigned>(args.tokens), 256, 0, stream>>>(args);
+  const dim3 grid(static_cast<unsigned>(args.tokens), static_cast<unsigned>(args.heads + args.kv_heads));
+  rope_kv_kernel<<<grid, static_cast<unsigned>(args.head_dim / 2), 0, stream>>>(args);
   KILN_CUDA_CHECK_LAUNCH("rope_kv_kernel");
 }
 
@@ -393,16 +367,14 @@ void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* o
   KILN_CUDA_CHECK_LAUNCH("silu_mul_kernel");
 }
 
-void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t stream) {
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys, cudaStream_t stream) {
   if (rows == 0) return;
-  argmax_kernel<<<static_cast<unsigned>(rows), 1024, 0, stream>>>(logits, vocab, out);
+  KILN_CUDA_CHECK(cudaMemsetAsync(keys, 0, static_cast<size_t>(rows) * sizeof(unsigned long long), stream));
+  const int threads = 256;
+  const dim3 grid(static_cast<unsigned>((vocab + threads * kArgmaxPerThread - 1) / (threads * kArgmaxPerThread)),
+                  static_cast<unsigned>(rows));
+  argmax_kernel<<<grid, threads, 0, stream>>>(logits, vocab, keys);
   KILN_CUDA_CHECK_LAUNCH("argmax_kernel");
-}
-
-void f32_to_bf16(const float* src, int64_t count, bf16* dst, cudaStream_t stream) {
-  if (count == 0) return;
-  f32_to_bf16_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(src, count, dst);
-  KILN_CUDA_CHECK_LAUNCH("f32_to_bf16_kernel");
 }
 
 }  // namespace kiln::cuda

@@ -85,10 +85,11 @@ bool attention_supports_head_dim(int64_t head_dim);
 // out[r, i] = bf16(silu(gate_up[r, i]) · gate_up[r, inter + i])
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream);
 
-// out[r] = the index of the largest logits[r, :] (the first on ties, as torch.argmax).
-void argmax_rows(const float* logits, int64_t rows, int64_t vocab, int32_t* out, cudaStream_t stream);
-
-// dst[i] = bf16(src[i]) (test inputs, weight uploads of fp32 tensors).
-void f32_to_bf16(const float* src, int64_t count, bf16* dst, cudaStream_t stream);
+// Greedy sampling on the device: keys[r] = the largest logits[r, :] and its index packed into one
+// 64-bit key (order-preserving value bits above, ~index below), so an atomicMax over many blocks per
+// row keeps the largest value and, on ties, the first index (as torch.argmax). `keys` is zeroed by
+// the launcher; argmax_index(key) unpacks on the host.
+void argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys, cudaStream_t stream);
+inline int32_t argmax_index(unsigned long long key) { return static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(key)); }
 
 }  // namespace kiln::cuda

@@ -7,6 +7,7 @@
 
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
+#include "backend/cuda/gemv.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -205,8 +206,8 @@ void CudaModel::reserve(const StepShape& shape) {
   if (rows > row_capacity_) {
     const int64_t r = round_up_pow2(rows);
     logits_ = DeviceBuffer(static_cast<size_t>(r * c.vocab_size) * 4, "logits");
-    next_ = DeviceBuffer(static_cast<size_t>(r) * 4, "next tokens");
-    host_next_ = PinnedBuffer(static_cast<size_t>(r) * 4);
+    next_keys_ = DeviceBuffer(static_cast<size_t>(r) * 8, "next tokens");
+    host_next_ = PinnedBuffer(static_cast<size_t>(r) * 8);
     row_capacity_ = r;
     moved = true;
   }
@@ -388,14 +389,18 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     layer.o_gemm->run(layer.o, attn, n, h, 1.0f, stream_);
     rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
     layer.gate_up_gemm->run(layer.gate_up, x, n, gate_up, 0.0f, stream_);
-    silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
-    layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
+    if (layer.down_gemm->gemv_for(n)) {
+      gemv_silu_bf16(layer.down, gate_up, n, H, c.intermediate_size, h, 1.0f, stream_);
+    } else {
+      silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+      layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
+    }
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
     lm_head_gemm_->run(lm_head_, x, rows, logits_.get<float>(), 0.0f, stream_);
-    argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_.get<int32_t>(), stream_);
-    KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_.get(), static_cast<size_t>(rows) * 4,
+    argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_keys_.get<unsigned long long>(), stream_);
+    KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_keys_.get(), static_cast<size_t>(rows) * 8,
                                     cudaMemcpyDeviceToHost, stream_));
   }
 }
@@ -439,7 +444,8 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
     }
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::memcpy(next_tokens, host_next_.get(), static_cast<size_t>(shape.rows) * 4);
+  const auto* keys = host_next_.get<unsigned long long>();
+  for (int64_t r = 0; r < shape.rows; ++r) next_tokens[r] = argmax_index(keys[r]);
 }
 
 }  // namespace kiln::cuda

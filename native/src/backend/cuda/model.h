@@ -115,7 +115,8 @@ class CudaModel {
 
   int64_t token_capacity_ = 0;
   int64_t row_capacity_ = 0;
-  DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, next_, partials_;
+  DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, partials_;
+  DeviceBuffer next_keys_;  // argmax keys (kernels.h), unpacked on the host
   int multiprocessors_ = 0;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
