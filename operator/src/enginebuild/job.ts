@@ -48,6 +48,9 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
             action: "FailJob",
             onExitCodes: { containerName: "builder", operator: "In", values: [BUILD_EXIT.permanent] },
           },
+          // A pod lost with its node (or evicted, preempted) says nothing about the build: the Job
+          // replaces it without spending the backoff limit, instead of failing the whole attempt.
+          { action: "Ignore", onPodConditions: [{ type: "DisruptionTarget", status: "True" }] },
         ],
       },
       activeDeadlineSeconds: config.limits.buildDeadlineSeconds,

@@ -318,11 +318,15 @@ export async function reconcileBuild(
   let message: string | undefined;
   if (needsManifest(build, job)) {
     const paths = enginePaths(build.spec.key);
-    manifest = checkManifest(
-      await ctx.store.get(paths.manifest),
-      build.spec.key,
-      ctx.store.uri(paths.engine),
-    );
+    let body: Buffer | undefined;
+    try {
+      body = await ctx.store.get(paths.manifest);
+    } catch (err) {
+      await reportStoreUnavailable(ctx, build, ctx.store.uri(paths.manifest), err as Error);
+      // Thrown on: the work queue retries this key with exponential backoff until the store answers.
+      throw err;
+    }
+    manifest = checkManifest(body, build.spec.key, ctx.store.uri(paths.engine));
   }
   // A finished pod's termination message: the tuning summary on success, the builder's error on failure.
   if (job && jobOutcome(job).state !== "running") {
@@ -373,4 +377,30 @@ export async function reconcileBuild(
   }
   log.debug({ phase, attempts: plan.status.attempts }, "reconciled");
   return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
+}
+
+/**
+ * Says on the EngineBuild (condition reason ObjectStoreUnavailable, a Warning Event) that the
+ * object store could not be read, keeping its phase: nothing about the build itself is known. The
+ * next successful reconcile replaces the condition.
+ */
+async function reportStoreUnavailable(
+  ctx: BuildContext,
+  build: EngineBuild,
+  uri: string,
+  err: Error,
+): Promise<void> {
+  const reason = "ObjectStoreUnavailable";
+  const message = `cannot read ${uri} (endpoint ${ctx.config.objectStore.endpoint ?? "default"}): ${err.message}; retrying with backoff`;
+  if (build.status?.conditions?.some((c) => c.reason === reason)) return;
+  const status = nextStatus(
+    build,
+    build.status?.phase ?? "Pending",
+    reason,
+    message,
+    {},
+    new Date(ctx.clock.now()),
+  );
+  await ctx.client.replaceStatus(EB_RESOURCE, { ...build, status });
+  ctx.events.emit(build, "Warning", reason, message);
 }
