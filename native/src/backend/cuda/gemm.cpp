@@ -156,11 +156,9 @@ TunedGemm::TunedGemm(const LtContext& context, int64_t n, int64_t k,
   for (const auto& [bucket, choice] : by_bucket_) gemm_.check(choice.algo, bucket);
 }
 
-bool TunedGemm::gemv_for(int64_t m) const { return choose(m).gemv && gemv_supports(m, gemm_.k()); }
-
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream) {
   const GemmChoice& choice = choose(m);
-  if (gemv_for(m)) {
+  if (choice.gemv && gemv_supports(m, gemm_.k())) {
     gemv_bf16(static_cast<const bf16*>(w), static_cast<const bf16*>(x), m, gemm_.n(), gemm_.k(), y, beta, stream);
   } else {
     gemm_.run(choice.algo, w, x, m, y, beta, stream);

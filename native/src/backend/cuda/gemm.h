@@ -93,8 +93,6 @@ class TunedGemm {
   TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket);
 
   void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream);
-  // True when m rows run on kiln-gemv (callers may then use its fused-input variants).
-  bool gemv_for(int64_t m) const;
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

@@ -18,10 +18,8 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* out) {
   }
 }
 
-// x is bf16 [m, k], or with kSiluInput the fp32 gate/up rows [m, 2k] of the MLP, turned into
-// silu(gate) · up on the fly (the SiLU·mul kernel and its output never exist).
-template <int M, bool kSiluInput>
-__global__ __launch_bounds__(kGemvWarps * 32) void gemv_kernel(const bf16* __restrict__ w, const void* __restrict__ x,
+template <int M>
+__global__ __launch_bounds__(kGemvWarps * 32) void gemv_kernel(const bf16* __restrict__ w, const bf16* __restrict__ x,
                                                               int64_t n, int64_t k, float* __restrict__ y, float beta) {
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -46,17 +44,7 @@ __global__ __launch_bounds__(kGemvWarps * 32) void gemv_kernel(const bf16* __res
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       float xf[8];
-      if constexpr (kSiluInput) {
-        const float4* gate = reinterpret_cast<const float4*>(static_cast<const float*>(x) + i * 2 * k) + 2 * c;
-        const float4* up = gate + k / 4;
-        const float4 g0 = __ldg(gate), g1 = __ldg(gate + 1), u0 = __ldg(up), u1 = __ldg(up + 1);
-        const float g[8] = {g0.x, g0.y, g0.z, g0.w, g1.x, g1.y, g1.z, g1.w};
-        const float u[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
-#pragma unroll
-        for (int e = 0; e < 8; ++e) xf[e] = g[e] / (1.0f + __expf(-g[e])) * u[e];
-      } else {
-        unpack8(__ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(x) + i * k) + c), xf);
-      }
+      unpack8(__ldg(reinterpret_cast<const uint4*>(x + i * k) + c), xf);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
@@ -87,20 +75,19 @@ __global__ __launch_bounds__(kGemvWarps * 32) void gemv_kernel(const bf16* __res
   }
 }
 
-template <bool kSiluInput>
-void launch(const bf16* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream) {
+void launch(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream) {
   const int64_t rows_per_block = kGemvWarps * kGemvRowsPerWarp;
   const auto blocks = static_cast<unsigned>((n + rows_per_block - 1) / rows_per_block);
   const int threads = kGemvWarps * 32;
   switch (m) {
-    case 1: gemv_kernel<1, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 2: gemv_kernel<2, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 3: gemv_kernel<3, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 4: gemv_kernel<4, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 5: gemv_kernel<5, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 6: gemv_kernel<6, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    case 7: gemv_kernel<7, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
-    default: gemv_kernel<8, kSiluInput><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 1: gemv_kernel<1><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 2: gemv_kernel<2><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 3: gemv_kernel<3><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 4: gemv_kernel<4><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 5: gemv_kernel<5><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 6: gemv_kernel<6><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    case 7: gemv_kernel<7><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
+    default: gemv_kernel<8><<<blocks, threads, 0, stream>>>(w, x, n, k, y, beta); break;
   }
   KILN_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
@@ -117,13 +104,7 @@ bool gemv_supports(int64_t m, int64_t k) { return m >= 1 && m <= kGemvMaxRows &&
 
 void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream) {
   check_shape(m, k);
-  launch<false>(w, x, m, n, k, y, beta, stream);
-}
-
-void gemv_silu_bf16(const bf16* w, const float* gate_up, int64_t m, int64_t n, int64_t k, float* y, float beta,
-                    cudaStream_t stream) {
-  check_shape(m, k);
-  launch<true>(w, gate_up, m, n, k, y, beta, stream);
+  launch(w, x, m, n, k, y, beta, stream);
 }
 
 }  // namespace kiln::cuda

@@ -15,9 +15,5 @@ namespace kiln::cuda {
 constexpr int64_t kGemvMaxRows = 8;
 bool gemv_supports(int64_t m, int64_t k);
 void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream);
-// The same with the MLP's SiLU·mul fused into the input: x[i, c] = silu(gate_up[i, c]) · gate_up[i, k + c]
-// (fp32 gate/up rows of width 2k), for the down projection.
-void gemv_silu_bf16(const bf16* w, const float* gate_up, int64_t m, int64_t n, int64_t k, float* y, float beta,
-                    cudaStream_t stream);
 
 }  // namespace kiln::cuda

@@ -244,27 +244,42 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       }
     }
   }
-}
+  if (gridDim.z == 1) return;
 
-// One block per (token, head), one thread per output dimension: rescales each split's partial
-// output to the common maximum and normalises by the summed softmax denominators.
-__global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_t head_dim, int64_t splits, bf16* out) {
-  const int64_t row = blockIdx.x;  // token * heads + head
-  const float* part = partials + row * splits * (head_dim + 2);
-  float m = -FLT_MAX;
-  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, part[s * (head_dim + 2) + head_dim]);
-  float num = 0.0f;
-  float den = 0.0f;
-  const int64_t d = threadIdx.x;
-  for (int64_t s = 0; s < splits; ++s) {
-    const float* p = part + s * (head_dim + 2);
-    const float l = p[head_dim + 1];
-    if (l == 0.0f) continue;  // an empty share
-    const float w = __expf(p[head_dim] - m);
-    num += w * p[d];
-    den += w * l;
+  // The last split block of this tile and block row merges: rescale each split's partial output to
+  // the common maximum, normalise by the summed denominators.
+  __shared__ bool merge;
+  __threadfence();  // this block's partials are visible before its arrival is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t* counter = a.counters + blockIdx.x * gridDim.y + blockIdx.y;
+    merge = atomicAdd(counter, 1) == static_cast<int32_t>(gridDim.z) - 1;
+    if (merge) *counter = 0;  // ready for the next launch (graph replays reuse the counters)
   }
-  out[row * head_dim + d] = __float2bfloat16(num / den);
+  __syncthreads();
+  if (!merge) return;
+  __threadfence();
+  const int64_t splits = gridDim.z;
+  for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+    const int64_t r = idx / D;
+    const int64_t d = idx % D;
+    const int64_t t = first + r / nh;
+    const int64_t h = head0 + r % nh;
+    const float* part = a.partials + (t * a.heads + h) * splits * (D + 2);
+    float mx = -FLT_MAX;
+    for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, __ldcg(part + s * (D + 2) + D));
+    float num = 0.0f;
+    float den = 0.0f;
+    for (int64_t s = 0; s < splits; ++s) {
+      const float* p = part + s * (D + 2);
+      const float l = __ldcg(p + D + 1);
+      if (l == 0.0f) continue;  // an empty share
+      const float w = __expf(__ldcg(p + D) - mx);
+      num += w * __ldcg(p + d);
+      den += w * l;
+    }
+    a.out[t * a.heads * D + h * D + d] = __float2bfloat16(num / den);
+  }
 }
 
 __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, bf16* out) {
@@ -342,7 +357,9 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tiles == 0) return;
   const int64_t group = a.heads / a.kv_heads;
   const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
-  if (a.splits < 1 || (a.splits > 1 && !a.partials)) throw Error("CUDA attention: split-KV needs a partials buffer");
+  if (a.splits < 1 || (a.splits > 1 && (!a.partials || !a.counters))) {
+    throw Error("CUDA attention: split-KV needs partials and counters buffers");
+  }
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
                   static_cast<unsigned>(a.splits));
@@ -354,11 +371,11 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
     default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
   }
   KILN_CUDA_CHECK_LAUNCH("attention_kernel");
-  if (a.splits > 1) {
-    merge_splits_kernel<<<static_cast<unsigned>(a.tokens * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(
-        a.partials, a.heads, a.head_dim, a.splits, a.out);
-    KILN_CUDA_CHECK_LAUNCH("merge_splits_kernel");
-  }
+}
+
+int64_t attention_counters(int64_t tiles, int64_t heads, int64_t kv_heads) {
+  const int64_t group = heads / kv_heads;
+  return tiles * kv_heads * ((group + kAttnRows - 1) / kAttnRows);
 }
 
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {

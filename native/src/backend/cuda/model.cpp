@@ -7,7 +7,6 @@
 
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
-#include "backend/cuda/gemv.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -217,6 +216,12 @@ void CudaModel::reserve(const StepShape& shape) {
     partials_ = DeviceBuffer(2 * partial_bytes, "attention split-KV partials");
     moved = true;
   }
+  const size_t counter_bytes = static_cast<size_t>(attention_counters(shape.tiles, c.num_heads, c.num_kv_heads)) * 4;
+  if (shape.splits > 1 && counters_.bytes() < counter_bytes) {
+    counters_ = DeviceBuffer(2 * counter_bytes, "attention split-KV counters");
+    KILN_CUDA_CHECK(cudaMemset(counters_.get(), 0, counters_.bytes()));
+    moved = true;
+  }
   const size_t meta_bytes = static_cast<size_t>(shape.meta_count) * 4;
   if (meta_.bytes() < meta_bytes) {
     meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(shape.meta_count)) * 4, "step metadata");
@@ -369,8 +374,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   attention.out = attn;
   attention.splits = shape.splits;
-  attention.tokens = n;
   attention.partials = partials_.get<float>();
+  attention.counters = counters_.get<int32_t>();
 
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -389,12 +394,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     layer.o_gemm->run(layer.o, attn, n, h, 1.0f, stream_);
     rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
     layer.gate_up_gemm->run(layer.gate_up, x, n, gate_up, 0.0f, stream_);
-    if (layer.down_gemm->gemv_for(n)) {
-      gemv_silu_bf16(layer.down, gate_up, n, H, c.intermediate_size, h, 1.0f, stream_);
-    } else {
-      silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
-      layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
-    }
+    silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+    layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
