@@ -259,26 +259,41 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   __syncthreads();
   if (!merge) return;
   __threadfence();
+  // Every split's max and sum first, in parallel, then per row the weight of each split
+  // (exp(m_s - max) / total), then one pass over the partial outputs with independent loads.
+  __shared__ float split_max[kAttnRows][kMaxAttentionSplits];
+  __shared__ float split_sum[kAttnRows][kMaxAttentionSplits];
   const int64_t splits = gridDim.z;
+  const auto partial_row = [&](int64_t r) {
+    return a.partials + ((first + r / nh) * a.heads + head0 + r % nh) * splits * (D + 2);
+  };
+  for (int64_t idx = threadIdx.x; idx < rows * splits; idx += blockDim.x) {
+    const float* p = partial_row(idx / splits) + (idx % splits) * (D + 2);
+    split_max[idx / splits][idx % splits] = __ldcg(p + D);
+    split_sum[idx / splits][idx % splits] = __ldcg(p + D + 1);
+  }
+  __syncthreads();
+  if (threadIdx.x < rows) {
+    const int64_t r = threadIdx.x;
+    float mx = -FLT_MAX;
+    for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, split_max[r][s]);
+    float total = 0.0f;
+    for (int64_t s = 0; s < splits; ++s) {
+      const float l = split_sum[r][s];
+      split_max[r][s] = l == 0.0f ? 0.0f : __expf(split_max[r][s] - mx);  // an empty share weighs nothing
+      total += split_max[r][s] * l;
+    }
+    for (int64_t s = 0; s < splits; ++s) split_max[r][s] /= total;
+  }
+  __syncthreads();
   for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
     const int64_t r = idx / D;
     const int64_t d = idx % D;
-    const int64_t t = first + r / nh;
-    const int64_t h = head0 + r % nh;
-    const float* part = a.partials + (t * a.heads + h) * splits * (D + 2);
-    float mx = -FLT_MAX;
-    for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, __ldcg(part + s * (D + 2) + D));
-    float num = 0.0f;
-    float den = 0.0f;
-    for (int64_t s = 0; s < splits; ++s) {
-      const float* p = part + s * (D + 2);
-      const float l = __ldcg(p + D + 1);
-      if (l == 0.0f) continue;  // an empty share
-      const float w = __expf(__ldcg(p + D) - mx);
-      num += w * __ldcg(p + d);
-      den += w * l;
-    }
-    a.out[t * a.heads * D + h * D + d] = __float2bfloat16(num / den);
+    const float* part = partial_row(r);
+    float out = 0.0f;
+#pragma unroll 4
+    for (int64_t s = 0; s < splits; ++s) out += split_max[r][s] * __ldcg(part + s * (D + 2) + d);
+    a.out[(first + r / nh) * a.heads * D + (head0 + r % nh) * D + d] = __float2bfloat16(out);
   }
 }
 
@@ -357,8 +372,9 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tiles == 0) return;
   const int64_t group = a.heads / a.kv_heads;
   const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
-  if (a.splits < 1 || (a.splits > 1 && (!a.partials || !a.counters))) {
-    throw Error("CUDA attention: split-KV needs partials and counters buffers");
+  if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && (!a.partials || !a.counters))) {
+    throw Error("CUDA attention: " + std::to_string(a.splits) + " splits (1.." + std::to_string(kMaxAttentionSplits) +
+                ", more than 1 with partials and counters buffers)");
   }
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
