@@ -22,6 +22,19 @@ describe("engine manifest", () => {
     expect(validateManifest(manifest, key).ok).toBe(true);
   });
 
+  it("checks a benchmark's figures when there is one", () => {
+    const point = { batchSize: 1, ttftMs: 5, tpotMs: 2, tokensPerSecond: 100 };
+    const benchmark = { device: "cpu:x", promptTokens: 32, outputTokens: 16, batch1: point, maxBatch: point };
+    expect(validateManifest({ ...manifest, benchmark }, key).ok).toBe(true);
+    const broken = validateManifest(
+      { ...manifest, benchmark: { ...benchmark, maxBatch: { ...point, tokensPerSecond: Number.NaN } } },
+      key,
+    );
+    expect(!broken.ok && broken.errors).toEqual([
+      "manifest.benchmark.maxBatch.tokensPerSecond must be positive",
+    ]);
+  });
+
   it("lists every problem, including a manifest stored under another key", () => {
     const v = validateManifest({ ...manifest, key: "e".repeat(64), sizeBytes: 0, sha256: "xyz" }, key);
     expect(v.ok).toBe(false);

@@ -18,7 +18,49 @@ export interface EngineManifest {
   /** What the builder fetched: the pinned revision and the sha256 of every file it read. */
   source?: { uri: string; revision: string; files: { path: string; sizeBytes: number; sha256: string }[] };
   tuning?: Record<string, unknown>;
+  /** What the engine did on the build's device right after it was built. */
+  benchmark?: EngineBenchmark;
   builtAt: string;
+}
+
+/** Latency and throughput at one batch size; means over the requests of the run. */
+export interface BenchmarkPoint {
+  batchSize: number;
+  /** Submit to first generated token. */
+  ttftMs: number;
+  /** Between generated tokens after the first. */
+  tpotMs: number;
+  /** Generated tokens of all requests over the run's wall time. */
+  tokensPerSecond: number;
+}
+
+/** A short benchmark the builder runs on the target device after compiling (a few seconds). */
+export interface EngineBenchmark {
+  /** The device's fingerprint, as engines record it. */
+  device: string;
+  promptTokens: number;
+  outputTokens: number;
+  batch1: BenchmarkPoint;
+  maxBatch: BenchmarkPoint;
+}
+
+function benchmarkErrors(value: unknown): string[] {
+  if (typeof value !== "object" || value === null) return ["manifest.benchmark must be an object"];
+  const b = value as Record<string, unknown>;
+  const errors: string[] = [];
+  const positive = (v: unknown) => typeof v === "number" && Number.isFinite(v) && v > 0;
+  if (typeof b.device !== "string" || b.device === "")
+    errors.push("manifest.benchmark.device must be a string");
+  for (const f of ["promptTokens", "outputTokens"] as const) {
+    if (!positive(b[f])) errors.push(`manifest.benchmark.${f} must be positive`);
+  }
+  for (const point of ["batch1", "maxBatch"] as const) {
+    const p = b[point] as Record<string, unknown> | undefined;
+    for (const f of ["batchSize", "ttftMs", "tpotMs", "tokensPerSecond"] as const) {
+      if (!positive(p?.[f])) errors.push(`manifest.benchmark.${point}.${f} must be positive`);
+    }
+  }
+  return errors;
 }
 
 /** What the builder writes to its termination message (/dev/termination-log) on success. */
@@ -55,6 +97,13 @@ export const BUILD_ENV = {
   storeRegion: "KILN_STORE_REGION",
 } as const;
 
+/**
+ * The model's credentials Secret reaches the build Job by envFrom with this prefix, so its keys
+ * (HF_TOKEN, AWS_ACCESS_KEY_ID, ...) cannot shadow the object store's AWS_* credentials: an
+ * s3:// checkpoint in another account and the engine store each keep their own.
+ */
+export const MODEL_CREDENTIALS_PREFIX = "KILN_MODEL_";
+
 /** Environment of the runtime container. */
 export const RUNTIME_ENV = {
   engineUri: "KILN_ENGINE_URI",
@@ -70,7 +119,49 @@ export const RUNTIME_ENV = {
 export const enginePaths = (key: string) => ({
   engine: `engines/${key}/engine.kiln`,
   manifest: `engines/${key}/manifest.json`,
+  // Outside engines/<key>/ on purpose: a failed build leaves its last progress behind, and
+  // engines/ holds only what a build published.
+  progress: `builds/${key}/progress.json`,
 });
+
+/**
+ * The build's latest progress, which the builder writes to `builds/<key>/progress.json` (on a phase
+ * change and at most every few seconds) and the operator copies into EngineBuild status while the
+ * Job runs. Through the object store both already use, the operator needs no pod-log RBAC and no
+ * route to the pod.
+ */
+export interface BuildProgressReport {
+  phase: string;
+  /** Of the whole build, 0..100. */
+  percent: number;
+  message: string;
+  updatedAt: string;
+}
+
+export function parseProgressReport(body: string | undefined): BuildProgressReport | undefined {
+  if (!body) return undefined;
+  try {
+    const r = JSON.parse(body) as Record<string, unknown>;
+    const ok =
+      typeof r.phase === "string" &&
+      typeof r.percent === "number" &&
+      r.percent >= 0 &&
+      r.percent <= 100 &&
+      typeof r.message === "string" &&
+      typeof r.updatedAt === "string" &&
+      !Number.isNaN(Date.parse(r.updatedAt));
+    return ok
+      ? {
+          phase: r.phase as string,
+          percent: Math.round(r.percent as number),
+          message: (r.message as string).slice(0, 1024),
+          updatedAt: r.updatedAt as string,
+        }
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
@@ -111,6 +202,7 @@ export function validateManifest(value: unknown, expectedKey: string): Validated
   );
   if (m.tuning !== undefined)
     need("tuning", typeof m.tuning === "object" && m.tuning !== null, "must be an object");
+  if (m.benchmark !== undefined) errors.push(...benchmarkErrors(m.benchmark));
   return errors.length ? { ok: false, errors } : { ok: true, value: m as unknown as EngineManifest };
 }
 

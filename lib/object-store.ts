@@ -45,6 +45,8 @@ export interface ObjectStoreOptions {
   /** S3 endpoint for non-AWS servers (path-style addressing is then used). */
   endpoint?: string;
   region?: string;
+  /** Explicit S3 credentials; when absent the SDK's default chain (AWS_* env, profile, IMDS) applies. */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
 }
 
 export function openObjectStore(opts: ObjectStoreOptions): ObjectStore {
@@ -158,6 +160,7 @@ class S3Store implements ObjectStore {
     this.client = new S3Client({
       region: opts.region ?? "us-east-1",
       ...(opts.endpoint ? { endpoint: opts.endpoint, forcePathStyle: true } : {}),
+      ...(opts.credentials ? { credentials: opts.credentials } : {}),
     });
   }
 

@@ -2,13 +2,15 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { EngineManifest } from "../../lib/manifest.js";
 import { MANIFEST_VERSION } from "../../lib/manifest.js";
-import { openObjectStore } from "../../lib/object-store.js";
+import { type ObjectStore, openObjectStore } from "../../lib/object-store.js";
 import { build, inspect, type Precision } from "../../native/binding/index.js";
+import { benchmarkEngine } from "./benchmark.js";
 import { prepareCalibration } from "./calibration.js";
 import { type FetchEnv, fetchModel } from "./fetch/index.js";
 import type { BuildJob } from "./job-spec.js";
 import { type ProgressSink, stage } from "./progress.js";
 import { publishEngine, publishedEngine, resultOf, writeTerminationMessage } from "./publish.js";
+import { storeProgress } from "./store-progress.js";
 import { checkEngineTarget } from "./target.js";
 import { tuningSummary } from "./tuning-summary.js";
 
@@ -19,6 +21,8 @@ export interface BuildRun {
   terminationPath: string;
   progress: ProgressSink;
   signal: AbortSignal;
+  /** A progress.json write failed (progress is advisory; the build goes on). */
+  onProgressWriteError?: (err: Error) => void;
 }
 
 /**
@@ -26,8 +30,26 @@ export interface BuildRun {
  * step is safe to repeat, so a retried Job (or two racing ones) converge on one published engine.
  */
 export async function runBuild(run: BuildRun): Promise<{ cached: boolean; manifest: EngineManifest }> {
-  const { job, progress } = run;
+  const { job } = run;
   const store = openObjectStore(job.store);
+  const report = storeProgress(store, job.key, { onError: run.onProgressWriteError });
+  const progress: ProgressSink = (event) => {
+    run.progress(event);
+    report.sink(event);
+  };
+  try {
+    return await buildSteps(run, store, progress);
+  } finally {
+    await report.flush();
+  }
+}
+
+async function buildSteps(
+  run: BuildRun,
+  store: ObjectStore,
+  progress: ProgressSink,
+): Promise<{ cached: boolean; manifest: EngineManifest }> {
+  const { job } = run;
 
   const existing = await publishedEngine(store, job.key);
   if (existing) {
@@ -96,6 +118,16 @@ export async function runBuild(run: BuildRun): Promise<{ cached: boolean; manife
     87,
   )(1, `engine ${built.sha256.slice(0, 12)} (${built.bytes} bytes) for ${fingerprint}`);
 
+  const bench = stage(progress, "benchmark", 87, 90);
+  bench(0, `benchmarking on ${fingerprint}`);
+  const benchmark = await benchmarkEngine(enginePath, job.engine);
+  bench(
+    1,
+    `batch 1: ${benchmark.batch1.tokensPerSecond.toFixed(1)} tok/s, TTFT ${benchmark.batch1.ttftMs.toFixed(1)} ms; ` +
+      `batch ${benchmark.maxBatch.batchSize}: ${benchmark.maxBatch.tokensPerSecond.toFixed(1)} tok/s`,
+  );
+  run.signal.throwIfAborted();
+
   const manifest: EngineManifest = {
     manifestVersion: MANIFEST_VERSION,
     key: job.key,
@@ -106,9 +138,10 @@ export async function runBuild(run: BuildRun): Promise<{ cached: boolean; manife
     inputs: job.spec,
     source: { uri: job.model.source, revision: model.revision, files: model.files },
     tuning: tuningSummary(header),
+    benchmark,
     builtAt: new Date().toISOString(),
   };
-  const upload = stage(progress, "upload", 87, 99);
+  const upload = stage(progress, "upload", 90, 99);
   const uri = await publishEngine(store, enginePath, manifest, (f) => upload(f, "uploading engine.kiln"));
   await writeTerminationMessage(run.terminationPath, resultOf(uri, manifest));
   progress({

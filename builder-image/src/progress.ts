@@ -3,7 +3,7 @@
  * status, and a person reading `kubectl logs` sees the same words. `percent` is of the whole job.
  */
 export interface ProgressEvent {
-  phase: "cached" | "fetch" | "calibrate" | "compile" | "verify" | "upload" | "done";
+  phase: "cached" | "fetch" | "calibrate" | "compile" | "verify" | "benchmark" | "upload" | "done";
   percent: number;
   message: string;
 }

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -57,6 +57,13 @@ beforeAll(async () => {
   await writeTinyLlama(join(pvcRoot, "models", "tiny-with-tokenizer"));
   await writeTinyTokenizer(join(pvcRoot, "models", "tiny-with-tokenizer"), 256);
   await mkdir(join(pvcRoot, "models", "empty"), { recursive: true });
+  const gpt2 = join(pvcRoot, "models", "gpt2");
+  await writeTinyLlama(gpt2);
+  const config = JSON.parse(await readFile(join(gpt2, "config.json"), "utf8"));
+  await writeFile(
+    join(gpt2, "config.json"),
+    JSON.stringify({ ...config, architectures: ["GPT2LMHeadModel"] }),
+  );
 });
 afterAll(async () => rm(work, { recursive: true, force: true }));
 
@@ -82,6 +89,23 @@ describe("kiln-build build", { timeout: 120_000 }, () => {
     expect(manifest.value.target).toMatchObject({ product: "cpu", arch: "cpu" });
     expect(manifest.value.source?.files.map((f) => f.path)).toEqual(["config.json", "model.safetensors"]);
     expect(manifest.value.tuning).toMatchObject({ autotuned: true });
+    // The post-build benchmark ran on this machine (validateManifest checked every figure is
+    // positive); timing relations between batch sizes are not asserted on a shared CPU.
+    expect(manifest.value.benchmark).toMatchObject({
+      device: expect.stringMatching(/^cpu:/),
+      promptTokens: 32,
+      outputTokens: 16,
+      batch1: { batchSize: 1 },
+      maxBatch: { batchSize: 4 },
+    });
+    expect(run.progress.find((p) => p.phase === "benchmark" && p.percent === 90)?.message).toMatch(
+      /batch 1: [\d.]+ tok\/s/,
+    );
+    // The operator's copy of the build's progress: the last event, written before the builder exited.
+    expect(JSON.parse(await readFile(join(storeDir, enginePaths(key).progress), "utf8"))).toMatchObject({
+      phase: "done",
+      percent: 100,
+    });
 
     const result = parseBuildResult(run.termination);
     if (!result.ok) throw new Error(result.errors.join("; "));
@@ -155,6 +179,19 @@ describe("kiln-build build", { timeout: 120_000 }, () => {
     );
     expect(run.code).toBe(EXIT.permanent);
     expect(JSON.parse(run.termination).error).toMatch(/no config\.json/);
+  });
+
+  test("an unsupported architecture fails permanently, naming it, and publishes nothing", async () => {
+    const key = keyOf("gpt2");
+    const storeDir = join(work, "store-gpt2");
+    const spec = specFor(key, { source: "pvc://models/gpt2" });
+    const run = await runBuilder(jobEnv(key, pathToFileURL(storeDir).href, spec), join(work, "run-gpt2"));
+    expect(run.code).toBe(EXIT.permanent);
+    expect(JSON.parse(run.termination)).toMatchObject({
+      permanent: true,
+      error: expect.stringMatching(/GPT2LMHeadModel/),
+    });
+    expect(existsSync(join(storeDir, enginePaths(key).engine))).toBe(false);
   });
 
   test("an engine built for the wrong target is never published", async () => {

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "compiler/build.h"
-#include "core/error.h"
+#include "core/io_error.h"
 #include "backend/cpu/target.h"
 #include "engine/reader.h"
 #include "serving.h"
@@ -81,9 +81,18 @@ class BuildWorker : public Napi::AsyncProgressQueueWorker<kiln::BuildProgress> {
       result_ = kiln::build(
           options_, [&progress](const kiln::BuildProgress& p) { progress.Send(&p, 1); }, *cancel_);
     } catch (const kiln::Cancelled&) {
-      cancelled_ = true;
+      failure_ = "KILN_BUILD_CANCELLED";
       SetError("build cancelled");
+    } catch (const kiln::IoError& e) {
+      failure_ = "KILN_BUILD_FAILED";
+      SetError(e.what());
+    } catch (const kiln::Error& e) {
+      // The checkpoint or the options are at fault (unsupported architecture, missing tensor, bad
+      // shape): the same inputs fail the same way, so callers must not retry.
+      failure_ = "KILN_BUILD_INVALID_INPUT";
+      SetError(e.what());
     } catch (const std::exception& e) {
+      failure_ = "KILN_BUILD_FAILED";
       SetError(e.what());
     }
   }
@@ -112,7 +121,7 @@ class BuildWorker : public Napi::AsyncProgressQueueWorker<kiln::BuildProgress> {
 
   void OnError(const Napi::Error& error) override {
     Napi::Error out = Napi::Error::New(Env(), error.Message());
-    out.Set("code", cancelled_ ? "KILN_BUILD_CANCELLED" : "KILN_BUILD_FAILED");
+    out.Set("code", failure_);
     deferred_.Reject(out.Value());
   }
 
@@ -122,7 +131,8 @@ class BuildWorker : public Napi::AsyncProgressQueueWorker<kiln::BuildProgress> {
   std::shared_ptr<std::atomic<bool>> cancel_;
   Napi::FunctionReference on_progress_;
   kiln::BuildResult result_;
-  bool cancelled_ = false;
+  // The error's code for JS: cancelled, invalid input (permanent) or failed (the machine; retryable).
+  std::string failure_ = "KILN_BUILD_FAILED";
 };
 
 // build(options, onProgress?) -> { promise, cancel() }

@@ -5,7 +5,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { writeTinyLlama } from "../../test/fixtures/tiny-checkpoint.js";
-import { BuildCancelledError, type BuildProgress, build, inspect, nativeVersion } from "./index.js";
+import {
+  BuildCancelledError,
+  BuildInputError,
+  type BuildProgress,
+  build,
+  inspect,
+  nativeVersion,
+} from "./index.js";
 
 let work: string;
 let modelDir: string;
@@ -83,6 +90,25 @@ describe("native binding: build", () => {
     );
     expect(() => build({ modelDir, outPath, precision: "int3" as "fp32" })).toThrow(/'precision'/);
     expect(() => build({ modelDir, outPath, precision: "fp32", maxSeqLen: -4 })).toThrow(/'maxSeqLen'/);
+  });
+
+  test("an unsupported architecture is a BuildInputError (no retry can help) naming it", async () => {
+    const gpt2 = join(work, "gpt2");
+    await writeTinyLlama(gpt2);
+    const config = JSON.parse(await readFile(join(gpt2, "config.json"), "utf8"));
+    await writeFile(
+      join(gpt2, "config.json"),
+      JSON.stringify({ ...config, architectures: ["GPT2LMHeadModel"] }),
+    );
+    const failed = build({ modelDir: gpt2, outPath: join(work, "gpt2.kiln"), precision: "fp32" });
+    await expect(failed).rejects.toBeInstanceOf(BuildInputError);
+    await expect(failed).rejects.toThrow(/GPT2LMHeadModel/);
+  });
+
+  test("an output the OS refuses to create is a plain Error (the machine's, maybe retryable), not BuildInputError", async () => {
+    const failed = build({ modelDir, outPath: join(work, "no-such-dir", "x.kiln"), precision: "fp32" });
+    await expect(failed).rejects.toThrow(/cannot create/);
+    await expect(failed).rejects.not.toBeInstanceOf(BuildInputError);
   });
 
   test("a missing checkpoint folder fails the build with the path in the message", async () => {

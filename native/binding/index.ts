@@ -69,6 +69,15 @@ export class BuildCancelledError extends Error {
 }
 
 /**
+ * The compiler refused the inputs: an unsupported architecture, a missing or misshapen tensor, an
+ * invalid option. The same checkpoint fails the same way again, so a build Job must not retry.
+ * Other build errors (I/O, memory) are the machine's and may pass on another attempt.
+ */
+export class BuildInputError extends Error {
+  override readonly name = "BuildInputError";
+}
+
+/**
  * Compiles a checkpoint into an engine on a worker thread. Progress events arrive in order on the
  * JS thread; aborting the signal stops the build at its next check and rejects with
  * BuildCancelledError (no partial engine is left at outPath).
@@ -85,7 +94,9 @@ export function build(
   return handle.promise
     .catch((err: Error & { code?: string }) => {
       if (err.code === "KILN_BUILD_CANCELLED") throw new BuildCancelledError(err.message);
-      throw new Error(`engine build of ${options.modelDir} failed: ${err.message}`, { cause: err });
+      const message = `engine build of ${options.modelDir} failed: ${err.message}`;
+      if (err.code === "KILN_BUILD_INVALID_INPUT") throw new BuildInputError(message, { cause: err });
+      throw new Error(message, { cause: err });
     })
     .finally(() => signal?.removeEventListener("abort", onAbort));
 }

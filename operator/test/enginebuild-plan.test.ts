@@ -1,7 +1,12 @@
 import type { V1Job } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import type { EngineBuild } from "../src/api/types.js";
-import { BuildAdmission, type BuildObservation, planBuild } from "../src/enginebuild/reconcile.js";
+import {
+  BuildAdmission,
+  type BuildObservation,
+  PROGRESS_REFRESH_MS,
+  planBuild,
+} from "../src/enginebuild/reconcile.js";
 import type { ManifestCheck } from "../src/enginebuild/result.js";
 import { planModel } from "../src/inferencemodel/reconcile.js";
 import { config, model, NOW } from "./fixtures.js";
@@ -108,14 +113,14 @@ describe("EngineBuild plan", () => {
     expect(plan.status).toMatchObject({ phase: "Running", attempts: 1, jobName: `${b.metadata.name}-1` });
   });
 
-  it("passes the model's credentials Secret by reference", () => {
+  it("passes the model's credentials Secret by reference, prefixed so it cannot shadow the store's", () => {
     const b = newBuild();
     const withSecret = {
       ...b,
       spec: { ...b.spec, model: { ...b.spec.model, credentialsSecret: "hf-token" } },
     };
     expect(planBuild(observe(withSecret)).createJob?.spec?.template.spec?.containers[0]?.envFrom).toEqual([
-      { secretRef: { name: "hf-token" } },
+      { secretRef: { name: "hf-token" }, prefix: "KILN_MODEL_" },
     ]);
   });
 
@@ -137,6 +142,72 @@ describe("EngineBuild plan", () => {
       tuning: { gemm: "cublasLt algo 7" },
     });
     expect(plan.event?.reason).toBe("Built");
+  });
+
+  it("shows the builder's progress while the Job runs, re-read every 10 s, and drops it once Succeeded", () => {
+    const b = newBuild();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
+    const progress = {
+      phase: "compile",
+      percent: 40,
+      message: "autotune: gemm 3/8",
+      updatedAt: NOW.toISOString(),
+    };
+    const plan = planBuild(observe(running, { job: jobWith("j"), progress }));
+    expect(plan.status).toMatchObject({ phase: "Running", progress });
+    expect(plan.requeueAfterMs).toBe(PROGRESS_REFRESH_MS);
+
+    const later = { ...running, status: plan.status };
+    const done = planBuild(
+      observe(later, { job: jobWith("j", { type: "Complete" }), manifest: validManifest(b.spec.key) }),
+    );
+    expect(done.status.phase).toBe("Succeeded");
+    expect(done.status.progress).toBeUndefined();
+  });
+
+  it("keeps a failed build's last progress: where it stopped", () => {
+    const b = newBuild();
+    const progress = {
+      phase: "fetch",
+      percent: 12,
+      message: "downloading model.safetensors",
+      updatedAt: NOW.toISOString(),
+    };
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j", progress } };
+    const plan = planBuild(
+      observe(running, {
+        job: jobWith("j", { type: "Failed", reason: "PodFailurePolicy", message: "exit 2" }),
+      }),
+    );
+    expect(plan.status).toMatchObject({ phase: "Failed", progress });
+  });
+
+  it("shows the manifest's post-build benchmark in status, to three significant figures", () => {
+    const b = newBuild();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
+    const check = validManifest(b.spec.key);
+    if (check.state !== "valid") throw new Error("fixture");
+    const point = (batchSize: number) => ({
+      batchSize,
+      ttftMs: 12.3456,
+      tpotMs: 4.56789,
+      tokensPerSecond: 218.765,
+    });
+    check.manifest.benchmark = {
+      device: "cpu:x86_64:avx2",
+      promptTokens: 32,
+      outputTokens: 16,
+      batch1: point(1),
+      maxBatch: point(8),
+    };
+    const plan = planBuild(observe(running, { job: jobWith("j", { type: "Complete" }), manifest: check }));
+    expect(plan.status.benchmark).toEqual({
+      device: "cpu:x86_64:avx2",
+      promptTokens: 32,
+      outputTokens: 16,
+      batch1: { batchSize: 1, ttftMs: 12.3, tpotMs: 4.57, tokensPerSecond: 219 },
+      maxBatch: { batchSize: 8, ttftMs: 12.3, tpotMs: 4.57, tokensPerSecond: 219 },
+    });
   });
 
   it("counts a completed Job without a manifest as a failed attempt", () => {

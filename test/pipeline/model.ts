@@ -1,5 +1,7 @@
-import { readFile, writeFile } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { PutObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import { parse } from "yaml";
 import {
   TINY_CHAT_TEMPLATE,
@@ -34,10 +36,48 @@ export async function writeTinyModel(claimsDir: string): Promise<string> {
 export async function tinyInferenceModel(name: string, namespace: string) {
   const doc = parse(await readFile(join(repoRoot, "examples/tiny-llama.yaml"), "utf8")) as {
     metadata: Record<string, unknown>;
-    spec: { model: { source: string }; gpu: { products: string[] } };
+    spec: { model: { source: string; credentialsSecret?: string }; gpu: { products: string[] } };
   };
   if (doc.spec.model.source !== TINY_MODEL_SOURCE) {
     throw new Error(`examples/tiny-llama.yaml must read ${TINY_MODEL_SOURCE}, which the fixture writes`);
   }
   return { ...doc, metadata: { ...doc.metadata, name, namespace } };
+}
+
+export interface UploadedFile {
+  path: string;
+  sha256: string;
+}
+
+/**
+ * Uploads a checkpoint folder to `s3://<bucket>/<prefix>/` of the test S3 server, as a user would
+ * stage a model, and returns what was uploaded with each file's sha256.
+ */
+export async function uploadModel(
+  s3: S3Client,
+  bucket: string,
+  prefix: string,
+  dir: string,
+): Promise<UploadedFile[]> {
+  const uploaded: UploadedFile[] = [];
+  for (const name of (await readdir(dir)).sort()) {
+    const body = await readFile(join(dir, name));
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/${name}`, Body: body }));
+    uploaded.push({ path: name, sha256: createHash("sha256").update(body).digest("hex") });
+  }
+  return uploaded;
+}
+
+/** The model's credentials Secret for an s3:// source: the AWS_* keys the build Job gets. */
+export function s3CredentialsSecret(
+  name: string,
+  namespace: string,
+  keys: { accessKeyId: string; secretAccessKey: string },
+) {
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    metadata: { name, namespace },
+    stringData: { AWS_ACCESS_KEY_ID: keys.accessKeyId, AWS_SECRET_ACCESS_KEY: keys.secretAccessKey },
+  };
 }

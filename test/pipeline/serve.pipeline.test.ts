@@ -10,12 +10,20 @@ import { KubeClient } from "../../operator/src/controller/kube.js";
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
 import { testCluster, testKubeConfig, testS3Client } from "../cluster/env.js";
 import { waitUntil } from "../cluster/wait.js";
+import { SECRET } from "../pod-runner/resources.js";
 import { serviceUrl } from "./endpoint.js";
 import { describePods, envOf, getModel, listBuilds, listDeployments } from "./kube.js";
-import { tinyInferenceModel, writeTinyModel } from "./model.js";
+import {
+  s3CredentialsSecret,
+  tinyInferenceModel,
+  type UploadedFile,
+  uploadModel,
+  writeTinyModel,
+} from "./model.js";
 import { type Stack, startStack } from "./stack.js";
 
-// The product's main job, end to end: an InferenceModel applied to a real control plane; the
+// The product's main job, end to end: an InferenceModel whose checkpoint the real S3 server serves
+// (s3://, read with the model's own credentials Secret) applied to a real control plane; the
 // operator (its own process) creates the EngineBuild and the build Job; the pod runner runs the
 // real builder entrypoint against the real S3 server; the operator rolls out the runtime, which the
 // pod runner runs too; a completion comes back through the Service's ready endpoint.
@@ -24,10 +32,13 @@ import { type Stack, startStack } from "./stack.js";
 const NS = `pipeline-${Date.now().toString(36)}`;
 const MODEL = "tiny";
 const STORE_PREFIX = `pipeline-${Date.now()}`;
+const MODEL_PREFIX = `models/${STORE_PREFIX}/tiny-llama`;
+const MODEL_SECRET = "tiny-model-s3";
 
 let stack: Stack;
 let runDir: string;
 let client: KubeClient;
+let uploaded: UploadedFile[];
 
 async function diagnostics(): Promise<string> {
   const model = await getModel(client, NS, MODEL).catch(() => undefined);
@@ -64,7 +75,13 @@ beforeAll(async () => {
     toolchainVersion: "tc-1",
     storePrefix: STORE_PREFIX,
   });
-  await writeTinyModel(stack.claimsDir);
+  const s3 = testS3Client();
+  try {
+    uploaded = await uploadModel(s3, cluster.s3.bucket, MODEL_PREFIX, await writeTinyModel(stack.claimsDir));
+  } finally {
+    s3.destroy();
+  }
+  await client.create(SECRET, s3CredentialsSecret(MODEL_SECRET, NS, cluster.s3));
 });
 
 afterAll(async () => {
@@ -74,7 +91,12 @@ afterAll(async () => {
 
 describe("apply an InferenceModel, build it, serve it", () => {
   test("the engine is built by the builder Job into S3, rolled out, and answers a completion through the Service", async () => {
-    await client.create(IM_RESOURCE, await tinyInferenceModel(MODEL, NS));
+    const model = await tinyInferenceModel(MODEL, NS);
+    model.spec.model = {
+      source: `s3://${testCluster().s3.bucket}/${MODEL_PREFIX}`,
+      credentialsSecret: MODEL_SECRET,
+    };
+    await client.create(IM_RESOURCE, model);
 
     // The EngineBuild succeeds with an artifact the builder process published (manifest last).
     await waitFor(
@@ -85,6 +107,12 @@ describe("apply an InferenceModel, build it, serve it", () => {
     const [build] = await listBuilds(client, NS);
     const artifact = build?.status?.artifact;
     expect(build?.spec.target.product).toBe("cpu");
+    // What the engine does on this device, measured by the builder before it serves anything.
+    expect(build?.status?.benchmark).toMatchObject({
+      device: expect.stringMatching(/^cpu:/),
+      batch1: { batchSize: 1, tokensPerSecond: expect.any(Number) },
+      maxBatch: { batchSize: build?.spec.engine.maxBatchSize },
+    });
     expect(artifact?.uri).toMatch(
       new RegExp(
         `^s3://${testCluster().s3.bucket}/${STORE_PREFIX}/engines/${build?.spec.key}/engine\\.kiln$`,
@@ -110,7 +138,10 @@ describe("apply an InferenceModel, build it, serve it", () => {
     if (!manifest.ok) return;
     expect(manifest.value.sha256).toBe(artifact?.sha256);
     expect(manifest.value.target).toMatchObject({ product: "cpu", arch: "cpu" });
-    expect(manifest.value.source?.files.map((f) => f.path).sort()).toEqual([
+    // The builder read exactly the bytes that were uploaded to the S3 server.
+    expect(manifest.value.source?.uri).toBe(`s3://${testCluster().s3.bucket}/${MODEL_PREFIX}`);
+    expect(manifest.value.source?.files.map(({ path, sha256 }) => ({ path, sha256 }))).toEqual(uploaded);
+    expect(uploaded.map((f) => f.path)).toEqual([
       "config.json",
       "model.safetensors",
       "tokenizer.json",

@@ -1,3 +1,5 @@
+import { MODEL_CREDENTIALS_PREFIX } from "../../../lib/manifest.js";
+import type { ObjectStoreOptions } from "../../../lib/object-store.js";
 import { PermanentError } from "../errors.js";
 import { fetchFromHf } from "./hf.js";
 import type { FetchedModel, FetchProgress } from "./model-files.js";
@@ -12,12 +14,22 @@ export interface FetchEnv {
   pvcRoot: string;
   s3Endpoint?: string;
   s3Region?: string;
+  /** The model Secret's AWS_* keys; without them the store's credentials read the checkpoint. */
+  s3Credentials?: ObjectStoreOptions["credentials"];
 }
 
 export function fetchEnvFrom(env: Record<string, string | undefined>): FetchEnv {
+  const model = (name: string) => env[`${MODEL_CREDENTIALS_PREFIX}${name}`];
+  const accessKeyId = model("AWS_ACCESS_KEY_ID");
+  const secretAccessKey = model("AWS_SECRET_ACCESS_KEY");
+  const sessionToken = model("AWS_SESSION_TOKEN");
+  const hfToken = model("HF_TOKEN") ?? env.HF_TOKEN;
   return {
     hfEndpoint: (env.HF_ENDPOINT ?? "https://huggingface.co").replace(/\/+$/, ""),
-    ...(env.HF_TOKEN ? { hfToken: env.HF_TOKEN } : {}),
+    ...(hfToken ? { hfToken } : {}),
+    ...(accessKeyId && secretAccessKey
+      ? { s3Credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) } }
+      : {}),
     pvcRoot: env.KILN_PVC_ROOT ?? "/mnt/kiln/pvc",
     ...((env.KILN_MODEL_S3_ENDPOINT ?? env.KILN_STORE_ENDPOINT)
       ? { s3Endpoint: env.KILN_MODEL_S3_ENDPOINT ?? env.KILN_STORE_ENDPOINT }
@@ -54,6 +66,7 @@ export async function fetchModel(
         {
           ...(env.s3Endpoint ? { endpoint: env.s3Endpoint } : {}),
           ...(env.s3Region ? { region: env.s3Region } : {}),
+          ...(env.s3Credentials ? { credentials: env.s3Credentials } : {}),
           ...(revision ? { revision } : {}),
         },
         progress,

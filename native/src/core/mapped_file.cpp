@@ -10,18 +10,18 @@
 #include <fstream>
 #include <sstream>
 
-#include "core/error.h"
+#include "core/io_error.h"
 
 namespace kiln {
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+  if (fd < 0) throw IoError(path + ": cannot open: " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
-    throw Error(path + ": cannot stat: " + std::strerror(err));
+    throw IoError(path + ": cannot stat: " + std::strerror(err));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -33,7 +33,7 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     if (p == MAP_FAILED) {
       const int err = errno;
       ::close(fd);
-      throw Error(path + ": cannot mmap: " + std::strerror(err));
+      throw IoError(path + ": cannot mmap: " + std::strerror(err));
     }
     data_ = static_cast<const uint8_t*>(p);
   }
@@ -46,7 +46,7 @@ MappedFile::~MappedFile() {
 
 std::string read_text_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path + ": cannot open: " + std::strerror(errno));
+  if (!in) throw IoError(path + ": cannot open: " + std::strerror(errno));
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return buffer.str();

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "core/error.h"
+#include "core/io_error.h"
 #include "core/sha256.h"
 #include "engine/format.h"
 
@@ -33,7 +33,7 @@ class HashingWriter {
   HashingWriter(std::ofstream& out, const std::string& path) : out_(out), path_(path) {}
   void write(const void* data, size_t size) {
     out_.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-    if (!out_) throw Error(path_ + ": write failed: " + std::strerror(errno));
+    if (!out_) throw IoError(path_ + ": write failed: " + std::strerror(errno));
     hash_.update(data, size);
     written_ += size;
   }
@@ -82,7 +82,7 @@ WrittenEngine write_engine(const std::string& path, Json header, const std::vect
   const std::string tmp = path + ".tmp";
   try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(tmp + ": cannot create: " + std::strerror(errno));
+    if (!out) throw IoError(tmp + ": cannot create: " + std::strerror(errno));
     HashingWriter w(out, tmp);
     w.write(preamble, sizeof preamble);
     w.write(header_text.data(), header_text.size());
@@ -93,7 +93,7 @@ WrittenEngine write_engine(const std::string& path, Json header, const std::vect
       if (on_section) on_section(i + 1, tensors.size());
     }
     out.close();
-    if (!out) throw Error(tmp + ": close failed: " + std::strerror(errno));
+    if (!out) throw IoError(tmp + ": close failed: " + std::strerror(errno));
     WrittenEngine result{w.digest(), w.written()};
     std::filesystem::rename(tmp, path);
     return result;

@@ -11,7 +11,7 @@ import {
   shapeFields,
 } from "./common.js";
 import { conditionsSchema } from "./conditions.js";
-import { dateTime, enumOf, type Infer, integer, object, opaque, optional, string } from "./schema.js";
+import { dateTime, enumOf, type Infer, integer, number, object, opaque, optional, string } from "./schema.js";
 
 export const ENGINE_BUILD = {
   kind: "EngineBuild",
@@ -70,6 +70,13 @@ export const engineBuildSpecSchema = object(
 
 export const EB_PHASES = ["Pending", "Queued", "Running", "Succeeded", "Failed"] as const;
 
+const benchmarkPointSchema = object({
+  batchSize: integer({ minimum: 1 }),
+  ttftMs: number({ description: "Mean time to first token, ms." }),
+  tpotMs: number({ description: "Mean time per output token after the first, ms." }),
+  tokensPerSecond: number({ description: "Generated tokens per second over the run." }),
+});
+
 export const engineBuildStatusSchema = object({
   phase: optional(enumOf(EB_PHASES)),
   observedGeneration: optional(integer({ format: "int64" })),
@@ -92,6 +99,32 @@ export const engineBuildStatusSchema = object({
   ),
   tuning: optional(
     opaque<Record<string, unknown>>({ description: "Summary of the kernels/tactics the autotuner chose." }),
+  ),
+  benchmark: optional(
+    object(
+      {
+        device: string({ maxLength: 256 }),
+        promptTokens: integer({ minimum: 1 }),
+        outputTokens: integer({ minimum: 1 }),
+        batch1: benchmarkPointSchema,
+        maxBatch: benchmarkPointSchema,
+      },
+      {
+        description:
+          "The builder's post-build benchmark on the target device: TTFT, TPOT and tok/s at batch 1 and at max batch.",
+      },
+    ),
+  ),
+  progress: optional(
+    object(
+      {
+        phase: string({ maxLength: 64 }),
+        percent: integer({ minimum: 0, maximum: 100 }),
+        message: string({ maxLength: 1024 }),
+        updatedAt: dateTime(),
+      },
+      { description: "The builder's latest progress report, refreshed about every 10 s while the Job runs." },
+    ),
   ),
   conditions: optional(conditionsSchema),
 });

@@ -44,7 +44,7 @@ export const inferenceModelSpecSchema = object(
         string({
           maxLength: 253,
           description:
-            "Secret in this namespace whose keys become the build Job's environment (HF_TOKEN, AWS_*).",
+            "Secret in this namespace with the model's credentials (HF_TOKEN, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://), passed to the build Job by reference.",
         }),
       ),
       size: optional(

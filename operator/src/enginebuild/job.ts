@@ -1,5 +1,10 @@
 import type { V1Job } from "@kubernetes/client-node";
-import { BUILD_ENV, BUILD_EXIT, PERMANENT_FAILURE_REASON } from "../../../lib/manifest.js";
+import {
+  BUILD_ENV,
+  BUILD_EXIT,
+  MODEL_CREDENTIALS_PREFIX,
+  PERMANENT_FAILURE_REASON,
+} from "../../../lib/manifest.js";
 import type { GpuProductName } from "../api/gpu.js";
 import { LABELS, MANAGED_BY } from "../api/labels.js";
 import type { EngineBuild } from "../api/types.js";
@@ -25,9 +30,12 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
     [LABELS.managedBy]: MANAGED_BY,
     [LABELS.component]: "builder",
   };
-  const secrets = [build.spec.model.credentialsSecret, config.objectStore.credentialsSecret].filter(
-    (s): s is string => Boolean(s),
-  );
+  const modelSecret = build.spec.model.credentialsSecret;
+  const storeSecret = config.objectStore.credentialsSecret;
+  const envFrom = [
+    ...(modelSecret ? [{ secretRef: { name: modelSecret }, prefix: MODEL_CREDENTIALS_PREFIX }] : []),
+    ...(storeSecret ? [{ secretRef: { name: storeSecret } }] : []),
+  ];
   const gpus = String(build.spec.engine.tensorParallel);
   return {
     apiVersion: "batch/v1",
@@ -80,7 +88,7 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
                 { name: BUILD_ENV.storeRegion, value: config.objectStore.region },
               ],
               // Credentials by reference: the operator never reads the Secret's data.
-              ...(secrets.length ? { envFrom: secrets.map((s) => ({ secretRef: { name: s } })) } : {}),
+              ...(envFrom.length ? { envFrom } : {}),
               resources: isGpu ? { limits: { [config.defaults.gpuResource]: gpus } } : {},
               terminationMessagePath: TERMINATION_MESSAGE_PATH,
               terminationMessagePolicy: "FallbackToLogsOnError",

@@ -1,6 +1,12 @@
 import type { V1Job, V1Pod } from "@kubernetes/client-node";
 import type { Logger } from "pino";
-import { enginePaths } from "../../../lib/manifest.js";
+import {
+  type BenchmarkPoint,
+  type BuildProgressReport,
+  type EngineBenchmark,
+  enginePaths,
+  parseProgressReport,
+} from "../../../lib/manifest.js";
 import type { ObjectStore } from "../../../lib/object-store.js";
 import type { EngineBuildStatus } from "../api/enginebuild.js";
 import type { EngineBuild } from "../api/types.js";
@@ -34,6 +40,8 @@ export interface BuildObservation {
   /** Object storage's answer, read when it matters (no Job running). */
   manifest: ManifestCheck | undefined;
   terminationMessage: string | undefined;
+  /** The builder's progress.json, read while the Job runs. */
+  progress?: BuildProgressReport | undefined;
   admission: Admission;
   config: OperatorConfig;
   now: Date;
@@ -51,6 +59,24 @@ export function needsManifest(build: EngineBuild, job: V1Job | undefined): boole
   const phase = build.status?.phase;
   if (phase === "Succeeded" || phase === "Failed") return false;
   return !job || jobOutcome(job).state === "complete";
+}
+
+/**
+ * How often a running build's progress is re-read. A requeue, not a watch: object storage has no
+ * watch, and a build's percent a few seconds late costs nothing.
+ */
+export const PROGRESS_REFRESH_MS = 10_000;
+
+/** Three significant figures are what a reader of `kubectl get eb -o yaml` can use. */
+function roundedBenchmark(b: EngineBenchmark): EngineBenchmark {
+  const r = (x: number) => Number(x.toPrecision(3));
+  const point = (p: BenchmarkPoint): BenchmarkPoint => ({
+    batchSize: p.batchSize,
+    ttftMs: r(p.ttftMs),
+    tpotMs: r(p.tpotMs),
+    tokensPerSecond: r(p.tokensPerSecond),
+  });
+  return { ...b, batch1: point(b.batch1), maxBatch: point(b.maxBatch) };
 }
 
 export function retryDelayMs(config: OperatorConfig, attempts: number): number {
@@ -123,6 +149,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
           sizeBytes: check.manifest.sizeBytes,
         },
         ...(tuning ? { tuning } : {}),
+        ...(check.manifest.benchmark ? { benchmark: roundedBenchmark(check.manifest.benchmark) } : {}),
       },
       "Normal",
     );
@@ -159,7 +186,9 @@ export function planBuild(o: BuildObservation): BuildPlan {
     if (outcome.state === "running") {
       set("Running", "JobRunning", `build Job ${job.metadata?.name} running (attempt ${attempts})`, {
         ...(job.status?.startTime ? { startedAt: new Date(job.status.startTime).toISOString() } : {}),
+        ...(o.progress ? { progress: o.progress } : {}),
       });
+      plan.requeueAfterMs = PROGRESS_REFRESH_MS;
       return plan;
     }
     if (status.nextAttemptAt) {
@@ -328,6 +357,16 @@ export async function reconcileBuild(
     }
     manifest = checkManifest(body, build.spec.key, ctx.store.uri(paths.engine));
   }
+  let progress: BuildProgressReport | undefined;
+  if (job && jobOutcome(job).state === "running") {
+    const path = enginePaths(build.spec.key).progress;
+    // Advisory: a store that does not answer leaves the last progress in status, nothing else.
+    const body = await ctx.store.get(path).catch((err: Error) => {
+      log.debug({ err, path }, "progress not readable");
+      return undefined;
+    });
+    progress = parseProgressReport(body?.toString("utf8"));
+  }
   // A finished pod's termination message: the tuning summary on success, the builder's error on failure.
   if (job && jobOutcome(job).state !== "running") {
     const pods = await ctx.client.list<V1Pod>(POD, namespace, `job-name=${job.metadata?.name}`);
@@ -346,6 +385,7 @@ export async function reconcileBuild(
       job,
       manifest,
       terminationMessage: message,
+      progress,
       admission: decision,
       config: ctx.config,
       now: new Date(ctx.clock.now()),

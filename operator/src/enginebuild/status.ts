@@ -32,8 +32,11 @@ export function nextStatus(
   };
   let conditions = setCondition(current.conditions, ready, generation, now);
   conditions = setCondition(conditions, building, generation, now);
-  const { queuePosition: _q, nextAttemptAt: _n, ...rest } = current;
+  // A finished build's last progress says where a failed one stopped; a succeeded one has the
+  // artifact instead, and a percent frozen mid-compile would only mislead.
+  const { queuePosition: _q, nextAttemptAt: _n, progress, ...rest } = current;
   return {
+    ...(progress && phase !== "Succeeded" ? { progress } : {}),
     ...rest,
     ...patch,
     phase,
