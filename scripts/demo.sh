@@ -2,19 +2,19 @@
 # The README's first command. On a fresh machine it installs what it needs (node modules, the
 # control-plane binaries, the native addon; all cached, so later runs start in seconds), then
 # scripts/demo.ts brings up the local control plane, S3 server, pod runner and operator, applies
-# examples/tiny-llama.yaml, shows progress until it is Ready, prints a chat completion and stops
-# everything again.
-#   bash scripts/demo.sh          run it and stop everything at the end
-#   bash scripts/demo.sh --keep   leave it all running and print how to reach it
-#   bash scripts/demo.sh --down   stop what --keep left running
+# examples/tiny-llama.yaml, shows progress until it is Ready, prints a chat completion and leaves
+# everything running, printing how to reach it and how to stop it.
+#   bash scripts/demo.sh          run it and leave it all up
+#   bash scripts/demo.sh --down   stop what it left running
+#   bash scripts/demo.sh --stop   run it and stop everything at the end (CI, a quick look)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 case "${1:-}" in
-  "" | --keep) ;;
+  "" | --stop) ;;
   --down) exec npx --no-install tsx scripts/demo.ts --down ;;
   *)
-    echo "usage: bash scripts/demo.sh [--keep | --down]" >&2
+    echo "usage: bash scripts/demo.sh [--stop | --down]" >&2
     exit 2
     ;;
 esac

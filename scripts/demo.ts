@@ -1,6 +1,7 @@
 // `bash scripts/demo.sh` — the README's first command, after the installs demo.sh does: a local
 // control plane + S3 server, the pod runner and the operator; examples/tiny-llama.yaml applied,
-// built, served, and asked for a chat completion. `--keep` leaves it all up; `--down` stops that.
+// built, served, and asked for a chat completion; then it all stays up (the issue's "leaves
+// everything up with instructions to stop it"). `--down` stops it; `--stop` stops at the end instead.
 import { execFile } from "node:child_process";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -121,7 +122,7 @@ async function down(): Promise<void> {
 async function up(keep: boolean): Promise<void> {
   const previous = await readState();
   if (previous && stillOurs(previous.cluster.processes).length > 0) {
-    throw new Error("a demo is already up (started with --keep); stop it with: bash scripts/demo.sh --down");
+    throw new Error("a demo is already up; stop it with: bash scripts/demo.sh --down");
   }
   await rm(runDir, { recursive: true, force: true });
   await mkdir(runDir, { recursive: true });
@@ -208,7 +209,7 @@ async function up(keep: boolean): Promise<void> {
     await cluster.stop();
     cluster = undefined;
     await rm(runDir, { recursive: true, force: true });
-    say(`\ndemo done in ${elapsed().trim()} (rerun with --keep to leave it running)`);
+    say(`\ndemo done in ${elapsed().trim()} (run it without --stop to leave it running)`);
   } catch (err) {
     process.stderr.write(`\ndemo failed while ${step}:\n  ${(err as Error).message}\n`);
     if (stack) process.stderr.write(`  pod runner and operator logs: ${stack.logDir}\n`);
@@ -222,8 +223,8 @@ async function up(keep: boolean): Promise<void> {
 
 const arg = process.argv[2];
 if (arg === "--down") await down();
-else if (arg === undefined || arg === "--keep") await up(arg === "--keep");
+else if (arg === undefined || arg === "--stop") await up(arg === undefined);
 else {
-  process.stderr.write("usage: bash scripts/demo.sh [--keep | --down]\n");
+  process.stderr.write("usage: bash scripts/demo.sh [--stop | --down]\n");
   process.exitCode = 2;
 }
