@@ -63,6 +63,12 @@ export interface ClusterHandle extends ClusterInfo {
    * run dir, unless keepLogs is set: then data is removed and the logs stay, and their path is logged.
    */
   stop(options?: { keepLogs?: boolean }): Promise<void>;
+  /**
+   * Stops kube-apiserver (SIGTERM, as a rolling control-plane upgrade would) and starts it again on
+   * the same port with the same flags and etcd; resolves once it is ready again. For fault tests:
+   * every client sees its watches end and its requests refused while it is down.
+   */
+  restartApiserver(): Promise<void>;
 }
 
 /** The plain-data part of a handle, for provide/inject and state files. */
@@ -163,7 +169,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     track(s3Server.process);
     const etcd = track(await startEtcd(common));
     await healthy(etcd, `http://127.0.0.1:${ports.etcdClient}/health`, false);
-    const api = track(startApiserver(common));
+    let api = track(startApiserver(common));
     await healthy(api, `${apiServerUrl}/readyz`);
     log(`kube-apiserver ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
@@ -195,6 +201,15 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       s3Server.ready({ timeoutMs, abort: cancelled }),
     ]);
     const s3Endpoint = s3Server.s3;
+    const restartApiserver = async () => {
+      await stopProcesses([api.pid]);
+      const next = startApiserver(common);
+      // Replaced in place: stop() and the watchdog must stop the new process, not the old pid.
+      processes[processes.indexOf(api)] = next;
+      watchdog?.track(processes.map((p) => p.pid));
+      api = next;
+      await healthy(next, `${apiServerUrl}/readyz`);
+    };
 
     const startupMs = Date.now() - started;
     log(
@@ -211,6 +226,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       gpuNodes,
       startupMs,
       stop,
+      restartApiserver,
     };
   } catch (err) {
     cancel("startup failed elsewhere");
