@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { enginePaths, RUNTIME_ENV, validateManifest } from "../../lib/manifest.js";
+import { enginePaths, parseProgressReport, RUNTIME_ENV, validateManifest } from "../../lib/manifest.js";
 import { ANNOTATIONS } from "../../operator/src/api/labels.js";
 import { KubeClient } from "../../operator/src/controller/kube.js";
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
@@ -121,18 +121,22 @@ describe("apply an InferenceModel, build it, serve it", () => {
 
     const key = build?.spec.key ?? "";
     const s3 = testS3Client();
+    const read = async (path: string) =>
+      (
+        await s3.send(
+          new GetObjectCommand({ Bucket: testCluster().s3.bucket, Key: `${STORE_PREFIX}/${path}` }),
+        )
+      ).Body?.transformToString();
     let manifestText: string | undefined;
+    let progressText: string | undefined;
     try {
-      const stored = await s3.send(
-        new GetObjectCommand({
-          Bucket: testCluster().s3.bucket,
-          Key: `${STORE_PREFIX}/${enginePaths(key).manifest}`,
-        }),
-      );
-      manifestText = await stored.Body?.transformToString();
+      manifestText = await read(enginePaths(key).manifest);
+      progressText = await read(enginePaths(key).progress);
     } finally {
       s3.destroy();
     }
+    // The progress the operator shows while a build runs: the builder's last report, in the store.
+    expect(parseProgressReport(progressText)).toMatchObject({ phase: "done", percent: 100 });
     const manifest = validateManifest(JSON.parse(manifestText ?? "null"), key);
     expect(manifest.ok).toBe(true);
     if (!manifest.ok) return;
