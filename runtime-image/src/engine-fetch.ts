@@ -41,7 +41,7 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
   const slash = source.uri.lastIndexOf("/");
   const dirUri = source.uri.slice(0, slash);
   const fileName = source.uri.slice(slash + 1);
-  const manifest = await readManifest(source, dirUri);
+  const manifest = await readManifest(source, dirUri, log);
   if (manifest.sha256 !== source.sha256) {
     throw new StartupError(
       `engine ${source.uri}: manifest.json describes sha256 ${manifest.sha256} but this deployment expects ${source.sha256}`,
@@ -68,13 +68,29 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
   return { path, manifest, header };
 }
 
-async function readManifest(source: EngineSource, dirUri: string): Promise<EngineManifest> {
+/** Wait before download attempt `attempt + 1`: exponential, capped so a pod keeps trying often. */
+const retryDelayMs = (attempt: number) => Math.min(8000, 250 * 2 ** attempt);
+
+async function readManifest(source: EngineSource, dirUri: string, log: Logger): Promise<EngineManifest> {
   const manifestUri = `${dirUri}/manifest.json`;
+  const attempts = source.attempts ?? 5;
+  const store = openObjectStore({ uri: dirUri, ...source.store });
   let body: Buffer | undefined;
-  try {
-    body = await openObjectStore({ uri: dirUri, ...source.store }).get("manifest.json");
-  } catch (err) {
-    throw new StartupError(`engine ${source.uri}: cannot read ${manifestUri}: ${(err as Error).message}`);
+  // An unreachable store (restarting, a network blip) is retried like an interrupted download; a
+  // missing manifest is an answer, not an outage, and is not.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      body = await store.get("manifest.json");
+      break;
+    } catch (err) {
+      if (attempt >= attempts) {
+        throw new StartupError(
+          `engine ${source.uri}: cannot read ${manifestUri} after ${attempts} attempts: ${(err as Error).message}`,
+        );
+      }
+      log.warn({ attempt, err: (err as Error).message }, "object store unreachable; retrying");
+      await new Promise((resolve) => setTimeout(resolve, retryDelayMs(attempt)));
+    }
   }
   if (body === undefined) {
     throw new StartupError(
@@ -194,7 +210,7 @@ async function downloadVerified(
         );
       }
       log.warn({ attempt, err: (err as Error).message }, "engine download interrupted; resuming");
-      await new Promise((resolve) => setTimeout(resolve, Math.min(8000, 250 * 2 ** attempt)));
+      await new Promise((resolve) => setTimeout(resolve, retryDelayMs(attempt)));
     }
   }
   const actual = await sha256Of(part);
