@@ -244,57 +244,27 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       }
     }
   }
-  if (gridDim.z == 1) return;
+}
 
-  // The last split block of this tile and block row merges: rescale each split's partial output to
-  // the common maximum, normalise by the summed denominators.
-  __shared__ bool merge;
-  __threadfence();  // this block's partials are visible before its arrival is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t* counter = a.counters + blockIdx.x * gridDim.y + blockIdx.y;
-    merge = atomicAdd(counter, 1) == static_cast<int32_t>(gridDim.z) - 1;
-    if (merge) *counter = 0;  // ready for the next launch (graph replays reuse the counters)
+// One block per (token, head), one thread per output dimension: rescales each split's partial
+// output to the common maximum and normalises by the summed softmax denominators.
+__global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_t head_dim, int64_t splits, bf16* out) {
+  const int64_t row = blockIdx.x;  // token * heads + head
+  const float* part = partials + row * splits * (head_dim + 2);
+  float m = -FLT_MAX;
+  for (int64_t s = 0; s < splits; ++s) m = fmaxf(m, part[s * (head_dim + 2) + head_dim]);
+  float num = 0.0f;
+  float den = 0.0f;
+  const int64_t d = threadIdx.x;
+  for (int64_t s = 0; s < splits; ++s) {
+    const float* p = part + s * (head_dim + 2);
+    const float l = p[head_dim + 1];
+    if (l == 0.0f) continue;  // an empty share
+    const float w = __expf(p[head_dim] - m);
+    num += w * p[d];
+    den += w * l;
   }
-  __syncthreads();
-  if (!merge) return;
-  __threadfence();
-  // Every split's max and sum first, in parallel, then per row the weight of each split
-  // (exp(m_s - max) / total), then one pass over the partial outputs with independent loads.
-  __shared__ float split_max[kAttnRows][kMaxAttentionSplits];
-  __shared__ float split_sum[kAttnRows][kMaxAttentionSplits];
-  const int64_t splits = gridDim.z;
-  const auto partial_row = [&](int64_t r) {
-    return a.partials + ((first + r / nh) * a.heads + head0 + r % nh) * splits * (D + 2);
-  };
-  for (int64_t idx = threadIdx.x; idx < rows * splits; idx += blockDim.x) {
-    const float* p = partial_row(idx / splits) + (idx % splits) * (D + 2);
-    split_max[idx / splits][idx % splits] = __ldcg(p + D);
-    split_sum[idx / splits][idx % splits] = __ldcg(p + D + 1);
-  }
-  __syncthreads();
-  if (threadIdx.x < rows) {
-    const int64_t r = threadIdx.x;
-    float mx = -FLT_MAX;
-    for (int64_t s = 0; s < splits; ++s) mx = fmaxf(mx, split_max[r][s]);
-    float total = 0.0f;
-    for (int64_t s = 0; s < splits; ++s) {
-      const float l = split_sum[r][s];
-      split_max[r][s] = l == 0.0f ? 0.0f : __expf(split_max[r][s] - mx);  // an empty share weighs nothing
-      total += split_max[r][s] * l;
-    }
-    for (int64_t s = 0; s < splits; ++s) split_max[r][s] /= total;
-  }
-  __syncthreads();
-  for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-    const int64_t r = idx / D;
-    const int64_t d = idx % D;
-    const float* part = partial_row(r);
-    float out = 0.0f;
-#pragma unroll 4
-    for (int64_t s = 0; s < splits; ++s) out += split_max[r][s] * __ldcg(part + s * (D + 2) + d);
-    a.out[(first + r / nh) * a.heads * D + (head0 + r % nh) * D + d] = __float2bfloat16(out);
-  }
+  out[row * head_dim + d] = __float2bfloat16(num / den);
 }
 
 __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, bf16* out) {
@@ -372,9 +342,9 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tiles == 0) return;
   const int64_t group = a.heads / a.kv_heads;
   const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
-  if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && (!a.partials || !a.counters))) {
+  if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && !a.partials)) {
     throw Error("CUDA attention: " + std::to_string(a.splits) + " splits (1.." + std::to_string(kMaxAttentionSplits) +
-                ", more than 1 with partials and counters buffers)");
+                ", more than 1 with a partials buffer)");
   }
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
@@ -387,11 +357,11 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
     default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
   }
   KILN_CUDA_CHECK_LAUNCH("attention_kernel");
-}
-
-int64_t attention_counters(int64_t tiles, int64_t heads, int64_t kv_heads) {
-  const int64_t group = heads / kv_heads;
-  return tiles * kv_heads * ((group + kAttnRows - 1) / kAttnRows);
+  if (a.splits > 1) {
+    merge_splits_kernel<<<static_cast<unsigned>(a.tokens * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(
+        a.partials, a.heads, a.head_dim, a.splits, a.out);
+    KILN_CUDA_CHECK_LAUNCH("merge_splits_kernel");
+  }
 }
 
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {

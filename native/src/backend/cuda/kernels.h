@@ -67,15 +67,12 @@ struct AttentionArgs {
   bf16* out = nullptr;  // [tokens, heads * head_dim]
   // Split-KV (flash-decoding): with splits > 1 each tile's key range is cut into `splits` parts run
   // by separate blocks, whose partial softmax states (max, sum, unnormalised output: head_dim + 2
-  // floats per token, head and split) go to `partials`; the last block of a tile to finish (an
-  // atomic counter per tile and block row, reset by that block) merges them. Decode tiles hold one
-  // token, so without splitting a batch-1 step would run on kv_heads blocks only.
+  // floats per token, head and split) go to `partials` and are merged by a second kernel. Decode
+  // tiles hold one token, so without splitting a batch-1 step would run on kv_heads blocks only.
   int64_t splits = 1;
+  int64_t tokens = 0;         // of the whole batch (the merge runs over all of them)
   float* partials = nullptr;  // [tokens, heads, splits, head_dim + 2]
-  int32_t* counters = nullptr;  // [num_tiles * kv_heads * head chunks], zero between launches
 };
-// Counters a split launch of `tiles` tiles needs (attention_counters(...) ints, zeroed once).
-int64_t attention_counters(int64_t tiles, int64_t heads, int64_t kv_heads);
 void paged_attention(const AttentionArgs& args, cudaStream_t stream);
 // How many query tokens one attention tile may hold for a GQA group size.
 int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads);

@@ -216,12 +216,6 @@ void CudaModel::reserve(const StepShape& shape) {
     partials_ = DeviceBuffer(2 * partial_bytes, "attention split-KV partials");
     moved = true;
   }
-  const size_t counter_bytes = static_cast<size_t>(attention_counters(shape.tiles, c.num_heads, c.num_kv_heads)) * 4;
-  if (shape.splits > 1 && counters_.bytes() < counter_bytes) {
-    counters_ = DeviceBuffer(2 * counter_bytes, "attention split-KV counters");
-    KILN_CUDA_CHECK(cudaMemset(counters_.get(), 0, counters_.bytes()));
-    moved = true;
-  }
   const size_t meta_bytes = static_cast<size_t>(shape.meta_count) * 4;
   if (meta_.bytes() < meta_bytes) {
     meta_ = DeviceBuffer(static_cast<size_t>(round_up_pow2(shape.meta_count)) * 4, "step metadata");
@@ -374,8 +368,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   attention.out = attn;
   attention.splits = shape.splits;
+  attention.tokens = n;
   attention.partials = partials_.get<float>();
-  attention.counters = counters_.get<int32_t>();
 
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {

@@ -117,7 +117,6 @@ class CudaModel {
   int64_t row_capacity_ = 0;
   DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, partials_;
   DeviceBuffer next_keys_;  // argmax keys (kernels.h), unpacked on the host
-  DeviceBuffer counters_;   // split-KV merge counters, zero between steps
   int multiprocessors_ = 0;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
