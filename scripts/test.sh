@@ -13,4 +13,10 @@ echo "[kiln] typecheck and lint"
 npx tsc --noEmit -p tsconfig.json
 npx biome check .
 
+# A full run (no arguments) also proves the unit tier, the addon included, on Node 24.
+if [ "$#" -eq 0 ]; then
+  echo "[kiln] unit tier on Node 24 (the images' runtime); then every tier on Node $(node --version)"
+  bash scripts/with-node24.sh npx vitest run --project unit --reporter=dot
+fi
+
 exec npx vitest run "$@"
