@@ -126,6 +126,11 @@ export class Informer<T extends KubeObject> {
 
   private upsert(key: string, obj: T): void {
     const old = this.cache.get(key);
+    // managedFields is often the largest part of an object (nodes, Deployments) and nothing here
+    // reads it; a write that omits it keeps the server's copy. Found by bench/operator: 200 nodes
+    // and 200 models held ~340 MB of RSS.
+    const meta = obj.metadata as { managedFields?: unknown } | undefined;
+    if (meta?.managedFields) delete meta.managedFields;
     this.cache.set(key, obj);
     for (const h of this.handlers) {
       if (old) h.update?.(old, obj);
