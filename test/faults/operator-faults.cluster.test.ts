@@ -29,7 +29,29 @@ import { TcpGate } from "./tcp-gate.js";
 const NODE: ResourceType = { apiVersion: "v1", kind: "Node", plural: "nodes", namespaced: false };
 const namespaces: string[] = [];
 
-beforeAll(installCrds);
+/**
+ * Waits until a watch on `path` stays open: right after the CRDs are (re)applied the apiserver's
+ * watch cache re-initialises and ends new watches with 429 for a moment, which the recording
+ * watches of these tests would take for a failure.
+ */
+async function untilWatchable(path: string): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const w = await Watched.start(path);
+    const outcome = await w
+      .until(() => false, { timeoutMs: 1500, describe: path })
+      .catch((err: Error) => err.message);
+    w.stop();
+    if (typeof outcome === "string" && outcome.includes("not reached")) return;
+    if (Date.now() > deadline) throw new Error(`${path}: watches keep ending: ${outcome}`);
+  }
+}
+
+beforeAll(async () => {
+  await installCrds();
+  await untilWatchable("/apis/kiln.dev/v1alpha1/enginebuilds");
+  await untilWatchable("/apis/kiln.dev/v1alpha1/inferencemodels");
+});
 afterAll(async () => {
   await Promise.all(namespaces.map(deleteNamespace));
 });
@@ -40,12 +62,18 @@ async function namespace(prefix: string) {
   return ns;
 }
 
-const untilModel = (ns: string, name: string, done: (m: InferenceModel) => boolean, describe: string) =>
+const untilModel = (
+  ns: string,
+  name: string,
+  done: (m: InferenceModel) => boolean,
+  describe: string,
+  timeoutMs = 60_000,
+) =>
   Watched.until<InferenceModel>(
     paths(ns).models,
     { fieldSelector: `metadata.name=${name}` },
     (o) => [...o.values()].some(done),
-    { timeoutMs: 60_000, describe: `InferenceModel ${ns}/${name} ${describe}` },
+    { timeoutMs, describe: `InferenceModel ${ns}/${name} ${describe}` },
   );
 
 /** A sample of this operator's own Prometheus counter, 0 when it has not been incremented yet. */
@@ -105,7 +133,9 @@ describe("faults: object store, node loss, conflicting edits", () => {
     }
   });
 
-  it("replaces the build pod of a removed GPU node and still finishes the EngineBuild", async () => {
+  it("replaces the build pod of a removed GPU node and still finishes the EngineBuild", {
+    timeout: 180_000,
+  }, async () => {
     const env = operatorEnv();
     const ns = await namespace("nodeloss");
     // kwok completes every Job pod at once, so the first pod must land on a node kwok leaves alone:
@@ -157,7 +187,15 @@ describe("faults: object store, node loss, conflicting edits", () => {
       // deletes pods bound to a node that no longer exists, and the Job controller replaces them.
       await client.create(NODE, survivor as V1Node & KubeObject);
       await client.delete(NODE, undefined, doomed.metadata?.name ?? "");
-      await untilModel(ns, "orphan", (m) => m.status?.phase === "Ready", "Ready after its node was removed");
+      // The pod garbage collector waits 40 s before deleting a pod of a vanished node, and runs
+      // every 20 s: up to a minute before the Job controller sees the pod gone.
+      await untilModel(
+        ns,
+        "orphan",
+        (m) => m.status?.phase === "Ready",
+        "Ready after its node was removed",
+        120_000,
+      );
       const builds = await client.list<EngineBuild>(
         { apiVersion: "kiln.dev/v1alpha1", kind: "EngineBuild", plural: "enginebuilds", namespaced: true },
         ns,
