@@ -10,7 +10,6 @@
 //   npx tsx bench/operator/run.ts [--nodes 200] [--models 500] [--namespaces 20] [--build-limit 20]
 //                                 [--timeout-minutes 30] [--no-write]
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import https from "node:https";
@@ -18,7 +17,6 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { KubeConfig, Watch } from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
-import { enginePaths, MANIFEST_VERSION } from "../../lib/manifest.js";
 import { openObjectStore } from "../../lib/object-store.js";
 import type { EngineBuildSpec } from "../../operator/src/api/enginebuild.js";
 import type { InferenceModel } from "../../operator/src/api/types.js";
@@ -26,6 +24,7 @@ import { KubeClient, type KubeObject, type ResourceType } from "../../operator/s
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
 import { startCluster } from "../../test/cluster/launcher.js";
 import { freeLoopbackPorts } from "../../test/cluster/ports.js";
+import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import { gpuFleet, workload } from "./fleet.js";
 import { histogramQuantile, sumSeries } from "./prom.js";
 
@@ -155,7 +154,7 @@ async function main() {
         job.spec?.template?.spec?.containers?.[0]?.env?.find((v) => v.name === "KILN_BUILD_SPEC")?.value ??
           "{}",
       ) as EngineBuildSpec;
-      void writeEngine(store, spec).catch((err: Error) => log(`stand-in builder: ${err.message}`));
+      void publishStandInEngine(store, spec).catch((err: Error) => log(`stand-in builder: ${err.message}`));
     });
     await watch<InferenceModel>("/apis/kiln.dev/v1alpha1/inferencemodels", (type, m) => {
       const key = `${m.metadata.namespace}/${m.metadata.name}`;
@@ -416,27 +415,6 @@ async function apiserverMetrics(kc: KubeConfig): Promise<string> {
     req.on("error", reject);
     req.end();
   });
-}
-
-/** What the builder leaves for a finished build: the engine, then its manifest (written last). */
-async function writeEngine(store: ReturnType<typeof openObjectStore>, spec: EngineBuildSpec) {
-  const paths = enginePaths(spec.key);
-  const engine = Buffer.from(`kiln bench engine ${spec.key}`);
-  await store.put(paths.engine, engine);
-  await store.put(
-    paths.manifest,
-    JSON.stringify({
-      manifestVersion: MANIFEST_VERSION,
-      key: spec.key,
-      sha256: createHash("sha256").update(engine).digest("hex"),
-      sizeBytes: engine.length,
-      toolchain: { version: spec.toolchain.version },
-      target: { product: spec.target.product, arch: spec.target.arch },
-      inputs: spec,
-      tuning: { gemm: "bench" },
-      builtAt: new Date().toISOString(),
-    }),
-  );
 }
 
 type Result = Record<string, unknown> & {

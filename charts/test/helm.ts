@@ -2,7 +2,6 @@
 // a watch that resolves when a condition holds, a kubeconfig of a ServiceAccount token, and the
 // build Job's stand-in.
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -10,9 +9,6 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { KubeConfig, Watch } from "@kubernetes/client-node";
 import { parseAllDocuments } from "yaml";
-import { enginePaths, MANIFEST_VERSION } from "../../lib/manifest.js";
-import type { ObjectStore } from "../../lib/object-store.js";
-import type { EngineBuildSpec } from "../../operator/src/api/enginebuild.js";
 import type { KubeObject } from "../../operator/src/controller/kube.js";
 import { binaryPath, pinnedVersion } from "../../test/cluster/binaries.js";
 import { testCluster, testKubeConfig } from "../../test/cluster/env.js";
@@ -218,27 +214,4 @@ export class Watched<T extends KubeObject> {
   private notify(): void {
     for (const w of [...this.waiters]) w();
   }
-}
-
-/**
- * What a build Job's container leaves in object storage: kwok completes the Job's pod but runs
- * nothing, so the test writes the engine the Job's spec asks for, then its manifest.
- */
-export async function writeEngineFor(store: ObjectStore, spec: EngineBuildSpec): Promise<void> {
-  const paths = enginePaths(spec.key);
-  const engine = Buffer.from(`kiln engine ${spec.key}`);
-  await store.put(paths.engine, engine);
-  await store.put(
-    paths.manifest,
-    JSON.stringify({
-      manifestVersion: MANIFEST_VERSION,
-      key: spec.key,
-      sha256: createHash("sha256").update(engine).digest("hex"),
-      sizeBytes: engine.length,
-      toolchain: { version: spec.toolchain.version },
-      target: { product: spec.target.product, arch: spec.target.arch },
-      inputs: spec,
-      builtAt: new Date().toISOString(),
-    }),
-  );
 }

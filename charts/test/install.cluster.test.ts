@@ -17,7 +17,8 @@ import { CONFIG_MAP_KEY } from "../../operator/src/config.js";
 import { KubeClient, type KubeObject } from "../../operator/src/controller/kube.js";
 import { configFromConfigMap, type Operator, startOperator } from "../../operator/src/main.js";
 import { testCluster, testS3 } from "../../test/cluster/env.js";
-import { CHART_DIR, Helm, kubectl, tokenKubeConfig, Watched, writeEngineFor } from "./helm.js";
+import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
+import { CHART_DIR, Helm, kubectl, tokenKubeConfig, Watched } from "./helm.js";
 
 type Job = V1Job & KubeObject;
 type Deployment = V1Deployment & KubeObject;
@@ -192,7 +193,7 @@ describe("the chart in the test cluster", () => {
       if (jobsSeen.some((j) => j.metadata?.uid === job.metadata?.uid)) return;
       jobsSeen.push(job);
       const spec = job.spec?.template.spec?.containers[0]?.env?.find((e) => e.name === "KILN_BUILD_SPEC");
-      return writeEngineFor(store, JSON.parse(spec?.value ?? "{}") as EngineBuildSpec);
+      return publishStandInEngine(store, JSON.parse(spec?.value ?? "{}") as EngineBuildSpec);
     });
 
     operator = await startOperator({

@@ -12,10 +12,10 @@ import { promisify } from "node:util";
 import { type KubeConfig, type V1Job, type V1Pod, Watch } from "@kubernetes/client-node";
 import { pino } from "pino";
 import { parseAllDocuments } from "yaml";
-import { enginePaths, MANIFEST_VERSION } from "../../lib/manifest.js";
 import { type ObjectStore, openObjectStore } from "../../lib/object-store.js";
 import { binaryPath } from "../../test/cluster/binaries.js";
 import { testCluster, testKubeConfig, testS3 } from "../../test/cluster/env.js";
+import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import type { EngineBuildSpec } from "../src/api/enginebuild.js";
 import type { InferenceModelSpec } from "../src/api/inferencemodel.js";
 import type { InferenceModel } from "../src/api/types.js";
@@ -195,28 +195,6 @@ export function inferenceModel(
   };
 }
 
-/** What the builder leaves in object storage for a finished build: the engine, then its manifest. */
-export async function writeEngine(store: ObjectStore, spec: EngineBuildSpec): Promise<void> {
-  const paths = enginePaths(spec.key);
-  const engine = Buffer.from(`kiln engine ${spec.key}`);
-  const { createHash } = await import("node:crypto");
-  await store.put(paths.engine, engine);
-  await store.put(
-    paths.manifest,
-    JSON.stringify({
-      manifestVersion: MANIFEST_VERSION,
-      key: spec.key,
-      sha256: createHash("sha256").update(engine).digest("hex"),
-      sizeBytes: engine.length,
-      toolchain: { version: spec.toolchain.version },
-      target: { product: spec.target.product, arch: spec.target.arch },
-      inputs: spec,
-      tuning: { gemm: "test-tactic" },
-      builtAt: new Date().toISOString(),
-    }),
-  );
-}
-
 /**
  * Plays the build Job's container: kwok completes a Job's pod at once but runs nothing, so when a
  * Job appears this writes the engine its spec asks for, unless `succeeds` says this build fails
@@ -238,7 +216,7 @@ export class FakeBuilder {
       const spec = JSON.parse(
         env.find((v) => v.name === "KILN_BUILD_SPEC")?.value ?? "{}",
       ) as EngineBuildSpec;
-      if (succeeds(spec)) return writeEngine(store, spec);
+      if (succeeds(spec)) return publishStandInEngine(store, spec);
     });
   }
 

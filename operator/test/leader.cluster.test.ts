@@ -1,5 +1,6 @@
 import type { V1Job } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import type { EngineBuildSpec } from "../src/api/enginebuild.js";
 import type { EngineBuild, InferenceModel } from "../src/api/types.js";
 import type { KubeObject } from "../src/controller/kube.js";
@@ -20,7 +21,6 @@ import {
   storeOf,
   type TestOperator,
   Watched,
-  writeEngine,
 } from "./cluster-harness.js";
 
 const namespaces: string[] = [];
@@ -126,7 +126,7 @@ describe("leader election and restarts", () => {
         job?.spec?.template.spec?.containers[0]?.env?.find((v) => v.name === "KILN_BUILD_SPEC")?.value ??
           "{}",
       ) as EngineBuildSpec;
-      await writeEngine(storeOf(env), spec);
+      await publishStandInEngine(storeOf(env), spec);
       await jobs.until((o) => [...o.values()].some((j) => (j.status?.succeeded ?? 0) > 0), {
         timeoutMs: 30_000,
         describe: "the build Job completed",

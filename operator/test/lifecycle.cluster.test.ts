@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { stringify } from "yaml";
 import { testS3, testS3Client } from "../../test/cluster/env.js";
 import { gpuNodeManifest } from "../../test/cluster/gpu-nodes.js";
+import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import type { EngineBuild, InferenceModel } from "../src/api/types.js";
 import type { KubeObject, ResourceType } from "../src/controller/kube.js";
 import { buildSpecFor, shortKey } from "../src/inferencemodel/engine-key.js";
@@ -26,7 +27,6 @@ import {
   storeOf,
   type TestOperator,
   Watched,
-  writeEngine,
 } from "./cluster-harness.js";
 
 type Job = V1Job & KubeObject;
@@ -235,7 +235,10 @@ describe("InferenceModel lifecycle against the real control plane", () => {
   it("uses an engine already in object storage without any Job", async () => {
     const s = await scenario("cached");
     const model = inferenceModel(s.ns, "warm", { engine: { maxBatchSize: 8 } });
-    await writeEngine(store, buildSpecFor(model.spec, "H100", model.spec.model.revision ?? "", toolchain));
+    await publishStandInEngine(
+      store,
+      buildSpecFor(model.spec, "H100", model.spec.model.revision ?? "", toolchain),
+    );
     await client.create(IM_RESOURCE, model);
     await s.untilPhase("warm", "Ready");
     expect(s.builds.list()[0]?.status).toMatchObject({ phase: "Succeeded", cacheHit: "true", attempts: 0 });

@@ -17,14 +17,9 @@ import { loadConfig } from "../../operator/src/config.js";
 import { KubeClient, type KubeObject } from "../../operator/src/controller/kube.js";
 import { EB_RESOURCE, IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
 import { type Operator, startOperator } from "../../operator/src/main.js";
-import {
-  inferenceModel,
-  NAMESPACE,
-  operatorEnv,
-  storeOf,
-  writeEngine,
-} from "../../operator/test/cluster-harness.js";
+import { inferenceModel, NAMESPACE, operatorEnv, storeOf } from "../../operator/test/cluster-harness.js";
 import { type ClusterHandle, startCluster } from "../cluster/launcher.js";
+import { publishStandInEngine } from "../fixtures/stand-in-engine.js";
 
 let cluster: ClusterHandle;
 let kc: KubeConfig;
@@ -111,7 +106,7 @@ describe("faults: kube-apiserver restart", () => {
             job.spec?.template.spec?.containers[0]?.env?.find((v) => v.name === "KILN_BUILD_SPEC")?.value ??
               "{}",
           ) as EngineBuildSpec;
-          void writeEngine(store, spec).then(() => {
+          void publishStandInEngine(store, spec).then(() => {
             // Mid-reconcile: the build runs, the Deployment is still to come.
             restarted ??= cluster.restartApiserver();
           });
