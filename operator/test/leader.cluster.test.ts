@@ -79,6 +79,11 @@ describe("leader election and restarts", () => {
         (h) => identities.includes(h ?? ""),
         "a replica holds the lease",
       );
+      // The lease shows its holder a moment before that replica's own flag flips.
+      const deadline = Date.now() + 30_000;
+      while (replicas.filter((r) => r.isLeader()).length !== 1 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
       expect(replicas.filter((r) => r.isLeader())).toHaveLength(1);
       const leader = replicas.find((r) => r.isLeader()) as TestOperator;
       const follower = replicas.find((r) => !r.isLeader()) as TestOperator;

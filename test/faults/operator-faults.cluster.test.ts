@@ -4,7 +4,7 @@
 import type { V1Node, V1Pod } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { EngineBuild, InferenceModel } from "../../operator/src/api/types.js";
-import type { KubeObject, ResourceType } from "../../operator/src/controller/kube.js";
+import { ApiError, type KubeObject, type ResourceType } from "../../operator/src/controller/kube.js";
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
 import {
   client,
@@ -156,23 +156,34 @@ describe("faults: object store, node loss, conflicting edits", () => {
     });
     await client.create(NODE, doomed as V1Node & KubeObject);
     const now = new Date().toISOString();
-    await client.replaceStatus(NODE, {
-      ...((await client.get<V1Node & KubeObject>(NODE, undefined, doomed.metadata?.name ?? "")) as V1Node &
-        KubeObject),
-      status: {
-        ...doomed.status,
-        conditions: [
-          {
-            type: "Ready",
-            status: "True",
-            reason: "KubeletReady",
-            message: "fault test",
-            lastHeartbeatTime: now as unknown as Date,
-            lastTransitionTime: now as unknown as Date,
+    // The node lifecycle controller writes the new node too: retry a write that lost that race.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await client.replaceStatus(NODE, {
+          ...((await client.get<V1Node & KubeObject>(
+            NODE,
+            undefined,
+            doomed.metadata?.name ?? "",
+          )) as V1Node & KubeObject),
+          status: {
+            ...doomed.status,
+            conditions: [
+              {
+                type: "Ready",
+                status: "True",
+                reason: "KubeletReady",
+                message: "fault test",
+                lastHeartbeatTime: now as unknown as Date,
+                lastTransitionTime: now as unknown as Date,
+              },
+            ],
           },
-        ],
-      },
-    });
+        });
+        break;
+      } catch (err) {
+        if (!(err instanceof ApiError && err.code === 409) || attempt >= 10) throw err;
+      }
+    }
     const builder = new FakeBuilder(ns, storeOf(env));
     await builder.ready();
     const pods = await Watched.start<V1Pod & KubeObject>(paths(ns).pods);
