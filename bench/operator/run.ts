@@ -16,7 +16,7 @@ import https from "node:https";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { KubeConfig, Watch } from "@kubernetes/client-node";
-import { parseAllDocuments } from "yaml";
+import { parse, parseAllDocuments } from "yaml";
 import { openObjectStore } from "../../lib/object-store.js";
 import type { EngineBuildSpec } from "../../operator/src/api/enginebuild.js";
 import type { InferenceModel } from "../../operator/src/api/types.js";
@@ -26,6 +26,7 @@ import { startCluster } from "../../test/cluster/launcher.js";
 import { freeLoopbackPorts } from "../../test/cluster/ports.js";
 import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import { gpuFleet, workload } from "./fleet.js";
+import { GcTrace, MemorySampler } from "./memory.js";
 import { histogramQuantile, sumSeries } from "./prom.js";
 
 const { values: args } = parseArgs({
@@ -35,6 +36,7 @@ const { values: args } = parseArgs({
     namespaces: { type: "string", default: "20" },
     "build-limit": { type: "string", default: "20" },
     "timeout-minutes": { type: "string", default: "30" },
+    "reconcile-concurrency": { type: "string" },
     "no-write": { type: "boolean", default: false },
   },
 });
@@ -42,6 +44,7 @@ const NODES = Number(args.nodes);
 const MODELS = Number(args.models);
 const NAMESPACES = Number(args.namespaces);
 const BUILD_LIMIT = Number(args["build-limit"]);
+const CONCURRENCY = args["reconcile-concurrency"];
 const deadline = Date.now() + Number(args["timeout-minutes"]) * 60_000;
 const log = (line: string) => process.stderr.write(`[bench/operator] ${line}\n`);
 
@@ -54,6 +57,7 @@ const rt = (apiVersion: string, kind: string, plural: string, namespaced: boolea
 const NS = rt("v1", "Namespace", "namespaces", false);
 const SA = rt("v1", "ServiceAccount", "serviceaccounts", true);
 const CM = rt("v1", "ConfigMap", "configmaps", true);
+const POD = rt("v1", "Pod", "pods", true);
 const CRB = rt("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", false);
 const FLOW = rt("flowcontrol.apiserver.k8s.io/v1", "FlowSchema", "flowschemas", false);
 const CRD = rt("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", false);
@@ -179,7 +183,11 @@ async function main() {
         stdio: "inherit",
       },
     );
-    operator = spawn(process.execPath, ["dist/operator/src/main.js"], {
+    // The V8 flags the chart gives the operator, so the bench measures what ships; --trace-gc logs
+    // each mark-compact's heap after collection, the closest outside view of the live set.
+    const nodeFlags = await chartNodeOptions();
+    log(`operator node flags: ${nodeFlags.join(" ") || "(none)"}`);
+    operator = spawn(process.execPath, [...nodeFlags, "--trace-gc", "dist/operator/src/main.js"], {
       cwd: repo,
       env: {
         ...process.env,
@@ -193,9 +201,12 @@ async function main() {
         KILN_HTTP_PORT: String(httpPort),
         KILN_BUILD_RETRY_BASE_SECONDS: "1",
         LOG_LEVEL: "info",
+        ...(CONCURRENCY ? { KILN_RECONCILE_CONCURRENCY: CONCURRENCY } : {}),
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
+    const gc = new GcTrace();
+    operator.stdout?.on("data", (chunk: Buffer) => gc.feed(chunk.toString("utf8")));
     operator.stdout?.pipe(opLog);
     operator.stderr?.pipe(opLog);
     const pid = operator.pid ?? 0;
@@ -205,15 +216,9 @@ async function main() {
       "operator /readyz",
       async () => (await fetch(`http://127.0.0.1:${httpPort}/readyz`).catch(() => undefined))?.ok === true,
     );
-    let peakRssMb = 0;
-    const rss = setInterval(() => {
-      void readFile(`/proc/${pid}/status`, "utf8")
-        .then((s) => {
-          const kb = Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0);
-          peakRssMb = Math.max(peakRssMb, kb / 1024);
-        })
-        .catch(() => undefined);
-    }, 500);
+    const memory = new MemorySampler(pid, operatorMetrics);
+    const idle = await memory.sample();
+    memory.start();
     const apiserverRequests = async () =>
       sumSeries(await apiserverMetrics(kc), "apiserver_flowcontrol_dispatched_requests_total", {
         flow_schema: FLOW_SCHEMA,
@@ -269,6 +274,17 @@ async function main() {
     )) as KubeObject;
     const t1 = Date.now();
     await client.replace(CM, { ...cm, data: toolchain("tc-2", BUILD_LIMIT) } as KubeObject);
+    // Progress, so a slow bump shows where it waits: models done, pods the scheduler has not placed.
+    const progress = setInterval(() => {
+      void client
+        .list(POD, undefined, undefined, "status.phase=Pending")
+        .then(({ items }) =>
+          log(
+            `bump +${Math.round((Date.now() - t1) / 1000)} s: ${ready("tc-2")}/${plan.length} Ready on tc-2, ${items.length} pods Pending`,
+          ),
+        )
+        .catch(() => undefined);
+    }, 30_000);
     // A bump the deadline cuts short still reports how far it got, with phase 1's numbers.
     const converged = await until(
       `all ${plan.length} models Ready on tc-2`,
@@ -280,10 +296,11 @@ async function main() {
         log(err.message);
         return false;
       });
+    clearInterval(progress);
     const bumpSeconds = (Date.now() - t1) / 1000;
     const bumpConverged = ready("tc-2");
     const requests2 = await apiserverRequests();
-    clearInterval(rss);
+    memory.stop();
 
     const text = await operatorMetrics();
     const result = {
@@ -317,7 +334,17 @@ async function main() {
         apply: (requests1 - requests0) / applySeconds,
         bump: (requests2 - requests1) / bumpSeconds,
       },
-      peakRssMb,
+      reconcileConcurrency: Number(CONCURRENCY ?? 4),
+      operatorNodeFlags: nodeFlags.join(" "),
+      memoryMb: {
+        idleRss: idle.rssMb,
+        idleHeapUsed: idle.heapUsedMb,
+        peakRss: memory.peak.rssMb,
+        peakHeapUsed: memory.peak.heapUsedMb,
+        peakHeapTotal: memory.peak.heapTotalMb,
+        peakAfterMarkCompact: gc.peakAfterMarkCompactMb,
+        endHeapUsed: (await memory.sample()).heapUsedMb,
+      },
       bump: {
         buildLimit: BUILD_LIMIT,
         convergeSeconds: bumpSeconds,
@@ -401,6 +428,14 @@ async function operatorIdentity(client: KubeClient, kc: KubeConfig, runDir: stri
   return path;
 }
 
+/** The chart's `nodeOptions` (the operator's NODE_OPTIONS), as node command-line flags. */
+async function chartNodeOptions(): Promise<string[]> {
+  const values = parse(await readFile(new URL("../../charts/kiln/values.yaml", import.meta.url), "utf8")) as {
+    nodeOptions?: string;
+  };
+  return (values.nodeOptions ?? "").split(/\s+/).filter(Boolean);
+}
+
 /** The apiserver's own /metrics text, read as the cluster admin. */
 async function apiserverMetrics(kc: KubeConfig): Promise<string> {
   const opts: https.RequestOptions = { method: "GET" };
@@ -422,6 +457,15 @@ type Result = Record<string, unknown> & {
   applyToJobMs: { p50: number; p99: number; n: number };
   reconcileP99Seconds: { inferencemodel: number; enginebuild: number };
   apiRequestsPerSecond: { apply: number; bump: number };
+  memoryMb: {
+    idleRss: number;
+    idleHeapUsed: number;
+    peakRss: number;
+    peakHeapUsed: number;
+    peakHeapTotal: number;
+    peakAfterMarkCompact: number;
+    endHeapUsed: number;
+  };
   bump: {
     buildLimit: number;
     convergeSeconds: number;
@@ -433,6 +477,7 @@ type Result = Record<string, unknown> & {
 
 function rows(r: Result): [string, string][] {
   const ms = (x: number) => `${Math.round(x)} ms`;
+  const mb = (x: number) => `${Math.round(x)} MB`;
   return [
     [
       "fleet",
@@ -448,14 +493,22 @@ function rows(r: Result): [string, string][] {
     ],
     ["all models Ready after apply", `${(r.allReadySeconds as number).toFixed(1)} s`],
     [
-      "reconcile p99 (InferenceModel / EngineBuild)",
+      `reconcile p99 (InferenceModel / EngineBuild), ${r.reconcileConcurrency} workers each`,
       `<= ${r.reconcileP99Seconds.inferencemodel} s / <= ${r.reconcileP99Seconds.enginebuild} s (histogram bucket bound)`,
     ],
     [
       "operator API requests/s (apply / bump)",
       `${r.apiRequestsPerSecond.apply.toFixed(1)} / ${r.apiRequestsPerSecond.bump.toFixed(1)}`,
     ],
-    ["operator peak RSS", `${(r.peakRssMb as number).toFixed(0)} MB`],
+    [
+      "operator memory: RSS idle / peak",
+      `${mb(r.memoryMb.idleRss)} / ${mb(r.memoryMb.peakRss)} (node flags: ${r.operatorNodeFlags || "none"})`,
+    ],
+    [
+      "operator V8 heap used: idle / peak / at end",
+      `${mb(r.memoryMb.idleHeapUsed)} / ${mb(r.memoryMb.peakHeapUsed)} / ${mb(r.memoryMb.endHeapUsed)} (heap total peak ${mb(r.memoryMb.peakHeapTotal)})`,
+    ],
+    ["operator heap after mark-compact, peak (live set bound)", mb(r.memoryMb.peakAfterMarkCompact)],
     [
       `toolchain bump, ${r.bump.buildLimit} builds at a time`,
       r.bump.converged
@@ -470,7 +523,7 @@ function table(r: Result): string {
 }
 
 function report(r: Result) {
-  process.stdout.write(`\n${table(r)}\n`);
+  process.stdout.write(`\n${table(r)}\n\n${JSON.stringify(r)}\n`);
 }
 
 async function writeResults(r: Result) {

@@ -9,7 +9,7 @@ import {
 } from "@kubernetes/client-node";
 import Fastify, { type FastifyInstance } from "fastify";
 import type { Logger } from "pino";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 import { componentLogger } from "../../lib/logging.js";
 import { openObjectStore } from "../../lib/object-store.js";
 import { EB_PHASES } from "./api/enginebuild.js";
@@ -134,6 +134,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   deployments.addIndex(INDEX.owner, ownerUids);
 
   const registry = new Registry();
+  // Process and V8 metrics (RSS, heap used/total per space, GC pauses, event-loop lag): what the
+  // chart's memory limit and --max-old-space-size are sized from.
+  collectDefaultMetrics({ register: registry });
   const reconciles = new Counter({
     name: "kiln_reconcile_total",
     help: "Reconciles by controller and outcome",
