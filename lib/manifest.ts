@@ -98,6 +98,13 @@ export const BUILD_ENV = {
 } as const;
 
 /**
+ * Where the build Job mounts each PersistentVolumeClaim a pvc://<claim>/<path> input names (the
+ * model source, a calibration set): read-only at `<PVC_MOUNT_ROOT>/<claim>`. The builder resolves
+ * pvc:// URIs under this root unless KILN_PVC_ROOT moves it (the local pod runner does).
+ */
+export const PVC_MOUNT_ROOT = "/mnt/kiln/pvc";
+
+/**
  * The model's credentials Secret reaches the build Job by envFrom with this prefix, so its keys
  * (HF_TOKEN, AWS_ACCESS_KEY_ID, ...) cannot shadow the object store's AWS_* credentials: an
  * s3:// checkpoint in another account and the engine store each keep their own.

@@ -28,6 +28,8 @@ import {
   STORE_SECRET,
   serviceAccountKubeconfig,
 } from "./chart.js";
+import { PV, provideClaim, volumeNameFor } from "./claims.js";
+import { TINY_MODEL_CLAIM } from "./model.js";
 
 // The parts that sit on top of the local control plane for the pipeline tier and the demo: the pod
 // runner (this machine as a node) and the operator, a local process with what the chart installs
@@ -39,7 +41,7 @@ export interface StackOptions {
   s3: S3Endpoint;
   /** Logs, the runner's pod folders and the pvc:// claims folder live here. */
   runDir: string;
-  /** Namespaces models are applied in; each gets the store Secret. */
+  /** Namespaces models are applied in; each gets the store Secret and the claims folder's `models` claim. */
   modelNamespaces: string[];
   toolchainVersion: string;
   /** Prefix under the bucket the engines go to, so runs sharing a server do not share engines. */
@@ -152,6 +154,9 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       metadata: { name: STORE_SECRET, namespace: ns },
       stringData: { AWS_ACCESS_KEY_ID: o.s3.accessKeyId, AWS_SECRET_ACCESS_KEY: o.s3.secretAccessKey },
     } as KubeObject);
+    const modelsDir = join(claimsDir, TINY_MODEL_CLAIM);
+    await mkdir(modelsDir, { recursive: true });
+    await provideClaim(client, ns, TINY_MODEL_CLAIM, modelsDir, timeoutMs);
   }
 
   const watchdog = o.stopWithParent === false ? undefined : startWatchdog(o.runDir);
@@ -164,6 +169,10 @@ export async function startStack(o: StackOptions): Promise<Stack> {
       15_000,
     );
     if (watchdog && isAlive(watchdog.pid)) await stopProcesses([watchdog.pid], 1_000);
+    // Cluster-scoped, so they would outlive the run's namespaces on a cluster kept up.
+    for (const ns of o.modelNamespaces) {
+      await client.delete(PV, undefined, volumeNameFor(ns, TINY_MODEL_CLAIM)).catch(() => undefined);
+    }
   };
   const baseEnv = {
     PATH: process.env.PATH ?? "",

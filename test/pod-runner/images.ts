@@ -19,7 +19,7 @@ export interface ImageEntry {
   entrypointAliases: string[];
   /**
    * ENV the image sets, given the container's private scratch folder (its writable layer) and the
-   * folder the runner mounts pvc:// claims from.
+   * folder holding the claims the pod mounts (claims.ts).
    */
   env(paths: { scratch: string; claims: string }): Record<string, string>;
 }
@@ -32,7 +32,7 @@ export const IMAGES: readonly ImageEntry[] = [
     entrypoint: () => [join(repoRoot, "builder-image/bin/kiln-build")],
     entrypointAliases: ["kiln-build", "/app/builder-image/bin/kiln-build"],
     env: ({ scratch, claims }) => ({
-      // In a cluster claims are mounted under /mnt/kiln/pvc; here one folder stands for all of them.
+      // In a cluster claims are mounted under PVC_MOUNT_ROOT; here under the container's folder.
       KILN_PVC_ROOT: claims,
       KILN_WORK_DIR: join(scratch, "work"),
     }),

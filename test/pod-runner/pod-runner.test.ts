@@ -1,5 +1,10 @@
+import { mkdir, mkdtemp, readlink, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { V1Pod } from "@kubernetes/client-node";
 import { describe, expect, test } from "vitest";
+import { PVC_MOUNT_ROOT } from "../../lib/manifest.js";
+import { linkClaimMounts } from "./claims.js";
 import { ContainerConfigError, expandReferences, resolveContainerEnv } from "./env.js";
 import { commandLineFor, imageEntryFor, repositoryOf } from "./images.js";
 import { fakePodIp, podStatusFor } from "./pod-status.js";
@@ -26,6 +31,61 @@ describe("image table", () => {
     expect(() => commandLineFor(builder, { image: "kiln/builder:1", command: ["/bin/sh"] })).toThrow(
       /not its entrypoint/,
     );
+  });
+});
+
+describe("claim mounts", () => {
+  const podWith = (claim: string): V1Pod => ({
+    metadata: { name: "p", namespace: "ns" },
+    spec: {
+      containers: [],
+      volumes: [
+        { name: "pvc-0", persistentVolumeClaim: { claimName: claim, readOnly: true } },
+        { name: "scratch", emptyDir: {} },
+      ],
+    },
+  });
+
+  test("only the claims a container mounts under the claim root appear in its claims folder", async () => {
+    const work = await mkdtemp(join(tmpdir(), "runner-claims-"));
+    try {
+      const claimsDir = join(work, "claims");
+      await mkdir(join(claimsDir, "models", "tiny"), { recursive: true });
+      await mkdir(join(claimsDir, "other"), { recursive: true });
+      await writeFile(join(claimsDir, "models", "tiny", "config.json"), "{}");
+      const root = await linkClaimMounts(
+        podWith("models"),
+        {
+          name: "builder",
+          volumeMounts: [
+            { name: "pvc-0", mountPath: `${PVC_MOUNT_ROOT}/models`, readOnly: true },
+            { name: "scratch", mountPath: "/scratch" },
+          ],
+        },
+        claimsDir,
+        join(work, "container", "pvc"),
+      );
+      expect(await readlink(join(root, "models"))).toBe(join(claimsDir, "models"));
+      await expect(readlink(join(root, "other"))).rejects.toThrow(/ENOENT/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  });
+
+  test("a claim mounted outside the claim root is refused, naming the mount", async () => {
+    const work = await mkdtemp(join(tmpdir(), "runner-claims-"));
+    try {
+      await expect(
+        linkClaimMounts(
+          podWith("models"),
+          { name: "builder", volumeMounts: [{ name: "pvc-0", mountPath: "/data" }] },
+          join(work, "claims"),
+          join(work, "pvc"),
+        ),
+      ).rejects.toThrow(/claim models is mounted at \/data/);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
   });
 });
 

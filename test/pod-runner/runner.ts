@@ -9,6 +9,7 @@ import {
   resourcePath,
 } from "../../operator/src/controller/kube.js";
 import { freeLoopbackPorts } from "../cluster/ports.js";
+import { linkClaimMounts } from "./claims.js";
 import { type ContainerProcess, startContainer, type Terminated } from "./container.js";
 import { ContainerConfigError, type DataSource, resolveContainerEnv } from "./env.js";
 import { commandLineFor, imageEntryFor, repoRoot } from "./images.js";
@@ -49,7 +50,7 @@ export interface PodRunnerOptions {
   nodeName: string;
   /** Per-pod folders (logs, termination messages, scratch) go here. */
   runDir: string;
-  /** Folder that stands for pvc:// claims: `<claims>/<claim>/<path>`. */
+  /** Folder that stands for the node's claims: a mounted claim `<claim>` is `<claims>/<claim>`. */
   claimsDir: string;
   log: Logger;
   /** Called with the pids of every running container whenever they change (for a watchdog). */
@@ -200,14 +201,17 @@ export class PodRunner {
       this.pushStatus(run);
       return;
     }
+    const dir = join(run.dir, `${container.name}-${run.view.restartCount}`);
     let argv: string[];
     let podEnv: Record<string, string>;
+    let claims: string;
     try {
       argv = commandLineFor(entry, container);
       podEnv = await resolveContainerEnv(run.pod, container, this.readData, {
         podIP: run.podIP,
         hostIP: HOST_IP,
       });
+      claims = await linkClaimMounts(run.pod, container, this.opts.claimsDir, join(dir, "pvc"));
     } catch (err) {
       run.view.waiting = { reason: "CreateContainerConfigError", message: (err as Error).message };
       this.pushStatus(run);
@@ -217,13 +221,12 @@ export class PodRunner {
       }
       return;
     }
-    const dir = join(run.dir, `${container.name}-${run.view.restartCount}`);
     const firstPort = container.ports?.[0];
     const env = {
       PATH: process.env.PATH ?? "/usr/bin:/bin",
       HOME: join(dir, "home"),
       HOSTNAME: run.pod.metadata?.name ?? "",
-      ...entry.env({ scratch: dir, claims: this.opts.claimsDir }),
+      ...entry.env({ scratch: dir, claims }),
       ...podEnv,
       // The one rewrite: processes share the host's network, so the declared port becomes a free
       // loopback port (recorded in the PORTS_ANNOTATION); a program reads its port from PORT.

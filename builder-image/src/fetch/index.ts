@@ -1,4 +1,4 @@
-import { MODEL_CREDENTIALS_PREFIX } from "../../../lib/manifest.js";
+import { MODEL_CREDENTIALS_PREFIX, PVC_MOUNT_ROOT } from "../../../lib/manifest.js";
 import type { ObjectStoreOptions } from "../../../lib/object-store.js";
 import { PermanentError } from "../errors.js";
 import { fetchFromHf } from "./hf.js";
@@ -30,7 +30,7 @@ export function fetchEnvFrom(env: Record<string, string | undefined>): FetchEnv 
     ...(accessKeyId && secretAccessKey
       ? { s3Credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) } }
       : {}),
-    pvcRoot: env.KILN_PVC_ROOT ?? "/mnt/kiln/pvc",
+    pvcRoot: env.KILN_PVC_ROOT ?? PVC_MOUNT_ROOT,
     ...((env.KILN_MODEL_S3_ENDPOINT ?? env.KILN_STORE_ENDPOINT)
       ? { s3Endpoint: env.KILN_MODEL_S3_ENDPOINT ?? env.KILN_STORE_ENDPOINT }
       : {}),

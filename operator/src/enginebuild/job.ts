@@ -10,6 +10,7 @@ import { LABELS, MANAGED_BY } from "../api/labels.js";
 import type { EngineBuild } from "../api/types.js";
 import type { OperatorConfig } from "../config.js";
 import { ownerReference } from "../controller/apply.js";
+import type { ClaimMounts } from "./claims.js";
 
 /** `<build>-<attempt>`, kept a DNS label: Job names become a pod label value. */
 export function jobName(build: string, attempt: number): string {
@@ -19,8 +20,16 @@ export function jobName(build: string, attempt: number): string {
 
 export const TERMINATION_MESSAGE_PATH = "/dev/termination-log";
 
-/** The build Job of one attempt: runs the builder image on one node of the target product. */
-export function desiredJob(build: EngineBuild, attempt: number, config: OperatorConfig): V1Job {
+/**
+ * The build Job of one attempt: runs the builder image on one node of the target product, with the
+ * claims its pvc:// inputs name mounted (see claims.ts).
+ */
+export function desiredJob(
+  build: EngineBuild,
+  attempt: number,
+  config: OperatorConfig,
+  claims: ClaimMounts,
+): V1Job {
   const product = build.spec.target.product as GpuProductName;
   const isGpu = product !== "cpu";
   const name = jobName(build.metadata.name ?? "", attempt);
@@ -73,6 +82,7 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
                 tolerations: [{ key: config.defaults.gpuResource, operator: "Exists", effect: "NoSchedule" }],
               }
             : {}),
+          ...(claims.volumes.length ? { volumes: claims.volumes } : {}),
           containers: [
             {
               name: "builder",
@@ -90,6 +100,7 @@ export function desiredJob(build: EngineBuild, attempt: number, config: Operator
               // Credentials by reference: the operator never reads the Secret's data.
               ...(envFrom.length ? { envFrom } : {}),
               resources: isGpu ? { limits: { [config.defaults.gpuResource]: gpus } } : {},
+              ...(claims.volumeMounts.length ? { volumeMounts: claims.volumeMounts } : {}),
               terminationMessagePath: TERMINATION_MESSAGE_PATH,
               terminationMessagePolicy: "FallbackToLogsOnError",
             },

@@ -18,6 +18,7 @@ import type { Informer } from "../controller/informer.js";
 import { isAlreadyExists, type KubeClient, objectKey, type ResourceType } from "../controller/kube.js";
 import type { ReconcileResult } from "../controller/workqueue.js";
 import { EB_RESOURCE } from "../inferencemodel/reconcile.js";
+import { claimMountsFor } from "./claims.js";
 import { attemptOf, desiredJob, jobOutcome, latestJobOf } from "./job.js";
 import {
   builderError,
@@ -233,8 +234,14 @@ export function planBuild(o: BuildObservation): BuildPlan {
     );
     return plan;
   }
+  const claims = claimMountsFor(build.spec);
+  if (!claims.ok) {
+    // The API server would refuse the Job (or its pod could never mount the claim): no attempt can run.
+    set("Failed", "InvalidSource", claims.errors.join("; "), { completedAt: now.toISOString() }, "Warning");
+    return plan;
+  }
   const attempt = attempts + 1;
-  plan.createJob = desiredJob(build, attempt, config);
+  plan.createJob = desiredJob(build, attempt, config, claims.mounts);
   set(
     "Running",
     "JobCreated",
