@@ -12,6 +12,9 @@
 #include "backend/cpu/target.h"
 #include "engine/reader.h"
 #include "serving.h"
+#if KILN_CUDA
+#include "backend/cuda/device.h"
+#endif
 
 namespace {
 
@@ -168,11 +171,26 @@ Napi::Value Inspect(const Napi::CallbackInfo& info) {
   }
 }
 
+// The CUDA target fingerprint of this machine's GPU, or null where this build has no CUDA backend or
+// no GPU is visible (a call, not a property: it initializes the CUDA runtime).
+Napi::Value CudaTargetFingerprint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+#if KILN_CUDA
+  try {
+    if (kiln::cuda::device_available()) return Napi::String::New(env, kiln::cuda::target_fingerprint());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+#endif
+  return env.Null();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("build", Napi::Function::New(env, Build, "build"));
   exports.Set("inspect", Napi::Function::New(env, Inspect, "inspect"));
   exports.Set("version", Napi::String::New(env, kiln::library_version()));
   exports.Set("targetFingerprint", Napi::String::New(env, kiln::cpu_target_fingerprint()));
+  exports.Set("cudaTargetFingerprint", Napi::Function::New(env, CudaTargetFingerprint, "cudaTargetFingerprint"));
   kiln_binding::InitServing(env, exports);
   return exports;
 }

@@ -7,8 +7,16 @@ export interface EngineLoadOptions {
   maxBatchSize?: number;
   /** Token budget of one step (decode tokens + prefill chunk tokens). Default: 2048. */
   maxNumBatchedTokens?: number;
-  /** KV pages to allocate. Default: room for maxBatchSize sequences of maxSeqLen. */
+  /** KV pages to allocate; wins over kvCacheBytes and kvMemoryFraction. */
   kvCachePages?: number;
+  /** KV cache size in bytes (rounded down to whole pages); wins over kvMemoryFraction. */
+  kvCacheBytes?: number;
+  /**
+   * Share, in (0, 1], of the memory the backend has left for the KV cache: on the GPU the free
+   * device memory after weights and scratch (default 0.9); on the CPU host memory less the engine
+   * file, capped at room for maxBatchSize sequences of maxSeqLen (the default).
+   */
+  kvMemoryFraction?: number;
   /** Requests allowed to wait for admission; beyond this submit() throws EngineOverloadedError. */
   maxQueuedRequests?: number;
   threads?: number;
@@ -89,6 +97,18 @@ export interface EngineInfo {
   chatTemplate?: string;
   /** Engine key / sha256 for /v1/models and logs. */
   sha256?: string;
+  /** Where the engine runs and the KV cache it was given, for the start-up log. */
+  kvCache?: KvCacheInfo;
+}
+
+export interface KvCacheInfo {
+  backend: "cpu" | "cuda";
+  pages: number;
+  pageSize: number;
+  bytes: number;
+  dtype: "fp32" | "bf16";
+  /** How the page count was reached (an option, or a fraction of which memory). */
+  sizedBy: string;
 }
 
 /** What native/binding/engine.ts exports as loadEngine: loads, verifies and starts an engine. */

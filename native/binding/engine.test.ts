@@ -7,6 +7,7 @@ import { writeTinyLlama } from "../../test/fixtures/tiny-checkpoint.js";
 import { loadEngine, type NativeEngineStats } from "./engine.js";
 import {
   EngineLimitError,
+  type EngineLoadOptions,
   EngineOverloadedError,
   type GenerationRequest,
   type ServingEngine,
@@ -161,6 +162,47 @@ describe("native serving engine", () => {
       await engine.close();
     }
   });
+
+  test("the KV cache is sized by kvCachePages, else kvCacheBytes, else a capped share of host memory", async () => {
+    const kvOf = async (options: EngineLoadOptions) => {
+      const engine = await loadEngine(enginePath, { threads: 1, ...options });
+      try {
+        const kv = engine.info.kvCache;
+        expect(stats(engine).kvCacheBytes).toBe(kv?.bytes);
+        expect(stats(engine).pagesTotal).toBe(kv?.pages);
+        return kv;
+      } finally {
+        await engine.close();
+      }
+    };
+    const byDefault = await kvOf({});
+    // Room for the engine's maxBatch (8) sequences of maxSeqLen (128) in pages of 16.
+    expect(byDefault).toMatchObject({ backend: "cpu", pages: 64, pageSize: 16, dtype: "fp32" });
+    const pageBytes = (byDefault?.bytes ?? 0) / 64;
+    expect(pageBytes).toBeGreaterThan(0);
+    expect(await kvOf({ kvCacheBytes: pageBytes * 10 + 5 })).toMatchObject({
+      pages: 10,
+      bytes: pageBytes * 10,
+    });
+    expect(await kvOf({ kvCacheBytes: pageBytes * 10, kvCachePages: 12 })).toMatchObject({
+      pages: 12,
+      sizedBy: "kvCachePages",
+    });
+    const share = await kvOf({ kvMemoryFraction: 0.5 });
+    expect(share?.pages).toBe(64);
+    expect(share?.sizedBy).toMatch(
+      /^kvMemoryFraction 0\.5 of .* GiB host memory less the engine file, capped/,
+    );
+  });
+
+  test.each([0, -0.1, 1.5, Number.NaN])(
+    "kvMemoryFraction %s is refused naming the option",
+    async (fraction) => {
+      await expect(loadEngine(enginePath, { kvMemoryFraction: fraction })).rejects.toThrow(
+        /'kvMemoryFraction' must be a number in \(0, 1\]/,
+      );
+    },
+  );
 
   test("limits are refused with EngineLimitError naming the field", async () => {
     const engine = await loadEngine(enginePath, { threads: 1 });

@@ -5,6 +5,7 @@ import type {
   EngineStats,
   FinishReason,
   GenerationRequest,
+  KvCacheInfo,
   ServingEngine,
   ServingEngineLoader,
   TokenBatch,
@@ -33,6 +34,7 @@ export interface NativeEngineStats extends EngineStats {
   runningPeak: number;
   pagesCached: number;
   pagesUsedPeak: number;
+  kvCacheBytes: number;
   generatedTokens: number;
   steps: number;
   preemptions: number;
@@ -63,7 +65,16 @@ interface NativeInfo {
     chat_template?: unknown;
   };
   sha256: string;
-  limits: { maxInputLen: number; maxSeqLen: number };
+  limits: {
+    maxInputLen: number;
+    maxSeqLen: number;
+    kvPageSize: number;
+    kvCachePages: number;
+    kvCacheBytes: number;
+    kvCacheSizedBy: string;
+    kvCacheDtype: KvCacheInfo["dtype"];
+    backend: KvCacheInfo["backend"];
+  };
   eosTokenIds: number[];
   bosTokenId?: number;
 }
@@ -150,6 +161,14 @@ class NativeServingEngine implements ServingEngine {
       eosTokenIds: raw.eosTokenIds,
       tokenizerJson: handle.tokenizerJson() ?? "",
       sha256: raw.sha256,
+      kvCache: {
+        backend: raw.limits.backend,
+        pages: raw.limits.kvCachePages,
+        pageSize: raw.limits.kvPageSize,
+        bytes: raw.limits.kvCacheBytes,
+        dtype: raw.limits.kvCacheDtype,
+        sizedBy: raw.limits.kvCacheSizedBy,
+      },
       ...(raw.bosTokenId !== undefined ? { bosTokenId: raw.bosTokenId } : {}),
       ...(typeof template === "string" ? { chatTemplate: template } : {}),
     };
@@ -220,7 +239,15 @@ export const loadEngine: ServingEngineLoader = async (path, options = {}) => {
   return engine;
 };
 
-/** The target fingerprint of this machine, as engines record it (`cpu:<arch>:<isa>`). */
+/**
+ * The target fingerprint of this machine, as engines record it: the GPU's CUDA target where the
+ * addon has the CUDA backend and a GPU is visible (a GPU pod serves engines built for its GPU),
+ * else the CPU's (`cpu:<arch>:<isa>`).
+ */
 export function targetFingerprint(): string {
-  return (addon() as unknown as { targetFingerprint: string }).targetFingerprint;
+  const native = addon() as unknown as {
+    targetFingerprint: string;
+    cudaTargetFingerprint?: () => string | null;
+  };
+  return native.cudaTargetFingerprint?.() ?? native.targetFingerprint;
 }

@@ -4,6 +4,7 @@
 // closes; it never drives the per-token loop.
 #include "serving.h"
 
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -13,6 +14,7 @@
 #include "core/sha256.h"
 #include "engine/engine.h"
 #include "runtime/engine_loop.h"
+#include "runtime/kv_cache.h"
 
 namespace kiln_binding {
 
@@ -134,7 +136,9 @@ class ServingHandle : public Napi::ObjectWrap<ServingHandle> {
                    {"limits",
                     {{"maxInputLen", l.max_input_len}, {"maxSeqLen", l.max_seq_len}, {"maxBatchSize", l.max_batch_size},
                      {"maxNumBatchedTokens", l.max_batched_tokens}, {"maxQueuedRequests", l.max_queued},
-                     {"kvPageSize", l.page_size}, {"kvCachePages", l.kv_pages}, {"kvCacheDtype", l.kv_dtype == kiln::DType::BF16 ? "bf16" : "fp32"}}},
+                     {"kvPageSize", l.page_size}, {"kvCachePages", l.kv_pages}, {"kvCacheBytes", l.kv_bytes},
+                     {"kvCacheSizedBy", l.kv_basis}, {"kvCacheDtype", l.kv_dtype == kiln::DType::BF16 ? "bf16" : "fp32"},
+                     {"backend", l.backend}}},
                    {"eosTokenIds", l.eos_token_ids}};
     if (l.bos_token_id >= 0) out["bosTokenId"] = l.bos_token_id;
     return Napi::String::New(info.Env(), out.dump());
@@ -188,6 +192,7 @@ class ServingHandle : public Napi::ObjectWrap<ServingHandle> {
     num("pagesCached", static_cast<double>(s.pages_cached));
     num("pagesTotal", static_cast<double>(s.pages_total));
     num("pagesUsedPeak", static_cast<double>(s.pages_used_peak));
+    num("kvCacheBytes", static_cast<double>(s.kv_bytes));
     num("tokensPerSecond", s.tokens_per_second);
     num("prefixCacheHitRate", s.prefix_cache_hit_rate);
     num("generatedTokens", static_cast<double>(s.generated_tokens));
@@ -309,6 +314,17 @@ kiln::ServingOptions serving_options_from(const Napi::Object& o) {
   s.max_batch_size = integer("maxBatchSize", 0);
   s.max_batched_tokens = integer("maxNumBatchedTokens", s.max_batched_tokens);
   s.kv_pages = integer("kvCachePages", 0);
+  s.kv_cache_bytes = integer("kvCacheBytes", 0);
+  Napi::Value fraction = o.Get("kvMemoryFraction");
+  if (!fraction.IsUndefined() && !fraction.IsNull()) {
+    const double f = fraction.IsNumber() ? fraction.As<Napi::Number>().DoubleValue() : std::nan("");
+    // NaN fails both comparisons.
+    if (!(f > 0.0 && f <= 1.0)) {
+      throw Napi::RangeError::New(env, "engine options: 'kvMemoryFraction' must be a number in (0, 1] (got " +
+                                           fraction.ToString().Utf8Value() + ")");
+    }
+    s.kv_memory_fraction = f;
+  }
   s.page_size = integer("kvPageSize", s.page_size);
   s.max_queued = integer("maxQueuedRequests", s.max_queued);
   s.max_input_len = integer("maxInputLen", 0);

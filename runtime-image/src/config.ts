@@ -84,6 +84,8 @@ export function loadConfig(env: Env = process.env): RuntimeConfig {
       ...optional("maxBatchSize", integer(env, "KILN_MAX_BATCH_SIZE", undefined, 1)),
       ...optional("maxNumBatchedTokens", integer(env, "KILN_MAX_NUM_BATCHED_TOKENS", undefined, 1)),
       ...optional("kvCachePages", integer(env, "KILN_KV_CACHE_PAGES", undefined, 1)),
+      ...optional("kvCacheBytes", integer(env, "KILN_KV_CACHE_BYTES", undefined, 1)),
+      ...optional("kvMemoryFraction", memoryFraction(env, RUNTIME_ENV.kvMemoryFraction)),
       ...optional("kvPageSize", integer(env, "KILN_KV_PAGE_SIZE", undefined, 1)),
       ...optional("maxInputLen", integer(env, "KILN_MAX_INPUT_LEN", undefined, 1)),
       ...optional("threads", integer(env, "KILN_THREADS", undefined, 1)),
@@ -91,6 +93,15 @@ export function loadConfig(env: Env = process.env): RuntimeConfig {
     },
     maxChoicesPerRequest: integerWithDefault(env, "KILN_MAX_CHOICES", 8, 1),
   };
+}
+
+/** A share of memory: a plain decimal in (0, 1]; NaN, 0 and anything above 1 are refused. */
+function memoryFraction(env: Env, name: string): number | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return undefined;
+  const value = /^[0-9]*\.?[0-9]+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(value > 0 && value <= 1)) throw new ConfigError(`${name} must be a number in (0, 1] (got "${raw}")`);
+  return value;
 }
 
 function optional<K extends string>(key: K, value: number | undefined): { [P in K]?: number } {

@@ -39,6 +39,19 @@ async function start(config: RuntimeConfig): Promise<void> {
       ...config.engine,
       maxQueuedRequests: config.maxQueuedRequests,
     });
+    const kv = engine.info.kvCache;
+    if (kv) {
+      log.info(
+        {
+          backend: kv.backend,
+          kvCachePages: kv.pages,
+          kvCacheBytes: kv.bytes,
+          kvPageSize: kv.pageSize,
+          kvCacheDtype: kv.dtype,
+        },
+        `engine on ${kv.backend}; KV cache ${kv.pages} pages, ${(kv.bytes / 2 ** 30).toFixed(2)} GiB (${kv.sizedBy})`,
+      );
+    }
     server.state.model = loadedModelFrom(engine, config.modelName);
     await warmUp(server.state.model);
     server.state.warmedUp = true;

@@ -26,6 +26,8 @@ describe("runtime config from the environment", () => {
       KILN_MAX_QUEUED_REQUESTS: "3",
       KILN_KV_CACHE_PAGES: "512",
       KILN_KV_CACHE_DTYPE: "bf16",
+      KILN_KV_CACHE_BYTES: "1048576",
+      KILN_KV_MEMORY_FRACTION: "0.85",
       KILN_MAX_NUM_BATCHED_TOKENS: "1024",
     });
     expect(config).toMatchObject({
@@ -34,7 +36,13 @@ describe("runtime config from the environment", () => {
       port: 9000,
       store: { endpoint: "http://127.0.0.1:7070" },
       maxQueuedRequests: 3,
-      engine: { kvCachePages: 512, kvCacheDtype: "bf16", maxNumBatchedTokens: 1024 },
+      engine: {
+        kvCachePages: 512,
+        kvCacheDtype: "bf16",
+        kvCacheBytes: 1048576,
+        kvMemoryFraction: 0.85,
+        maxNumBatchedTokens: 1024,
+      },
     });
   });
 
@@ -45,6 +53,11 @@ describe("runtime config from the environment", () => {
     [{ PORT: "http" }, /PORT must be an integer >= 0 \(got "http"\)/],
     [{ KILN_MAX_BATCH_SIZE: "0" }, /KILN_MAX_BATCH_SIZE must be an integer >= 1/],
     [{ KILN_KV_CACHE_DTYPE: "fp8" }, /KILN_KV_CACHE_DTYPE must be fp32 or bf16/],
+    [{ KILN_KV_MEMORY_FRACTION: "0" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\] \(got "0"\)/],
+    [{ KILN_KV_MEMORY_FRACTION: "1.5" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\]/],
+    [{ KILN_KV_MEMORY_FRACTION: "NaN" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\]/],
+    [{ KILN_KV_MEMORY_FRACTION: "-0.5" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\]/],
+    [{ KILN_KV_CACHE_BYTES: "0" }, /KILN_KV_CACHE_BYTES must be an integer >= 1/],
   ])("%o is refused naming the variable", (override, message) => {
     expect(() => loadConfig({ ...base, ...override })).toThrow(message);
   });

@@ -59,33 +59,57 @@ ServingLimits resolve_limits(const Engine& e, const ServingOptions& o) {
   if (l.max_queued < 1) throw Error("serving options: maxQueuedRequests must be at least 1");
   l.page_size = o.page_size;
   if (l.page_size < 1) throw Error("serving options: kvPageSize must be at least 1");
-  const int64_t pages_per_sequence = (l.max_seq_len + l.page_size - 1) / l.page_size;
-  l.kv_pages = o.kv_pages > 0 ? o.kv_pages : l.max_batch_size * pages_per_sequence;
-  // One sequence of the longest allowed length must always fit, or preemption could not help it.
-  if (l.kv_pages < pages_per_sequence) {
-    throw Error("serving options: kvCachePages (" + std::to_string(l.kv_pages) + ") cannot hold one sequence of maxSeqLen " +
-                std::to_string(l.max_seq_len) + " (" + std::to_string(pages_per_sequence) + " pages of " +
-                std::to_string(l.page_size) + ")");
-  }
-  l.kv_dtype = o.kv_dtype;
+  check_kv_sizing_options(KvSizingOptions{o.kv_pages, o.kv_cache_bytes, o.kv_memory_fraction});
   l.eos_token_ids = eos_ids(e);
   l.bos_token_id = bos_id(e);
   return l;
 }
 
+// The cache's size and type come from the backend, which measured what it could hold.
+ServingLimits with_cache(ServingLimits l, const StepModel& model) {
+  l.kv_pages = model.kv_size().pages;
+  l.kv_bytes = model.kv_size().bytes;
+  l.kv_basis = model.kv_size().basis;
+  l.kv_dtype = model.kv_dtype();
+  l.backend = model.backend();
+  return l;
+}
+
+// A plain greedy request takes the backend's argmax; penalties and logprobs need the logits.
+bool plain_greedy(const SamplingParams& p) {
+  return p.temperature == 0.0f && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
+         p.presence_penalty == 0.0f && p.logprobs < 0;
+}
+
 }  // namespace
 
+StepModelOptions step_model_options(const Engine& engine, const ServingOptions& options) {
+  const ServingLimits l = resolve_limits(engine, options);
+  StepModelOptions s;
+  s.threads = options.threads;
+  s.kv_dtype = options.kv_dtype;
+  s.kv = KvSizingOptions{options.kv_pages, options.kv_cache_bytes, options.kv_memory_fraction};
+  s.page_size = l.page_size;
+  s.max_seq_len = l.max_seq_len;
+  s.max_batch_size = l.max_batch_size;
+  s.max_batched_tokens = l.max_batched_tokens;
+  return s;
+}
+
 EngineLoop::EngineLoop(std::shared_ptr<const Engine> engine, const ServingOptions& options, EventSink sink)
+    : EngineLoop(engine, options, make_step_model(engine, step_model_options(*engine, options)), std::move(sink)) {}
+
+EngineLoop::EngineLoop(std::shared_ptr<const Engine> engine, const ServingOptions& options, std::unique_ptr<StepModel> model,
+                       EventSink sink)
     : engine_(std::move(engine)),
-      limits_(resolve_limits(*engine_, options)),
+      limits_(with_cache(resolve_limits(*engine_, options), *model)),
       sink_(std::move(sink)),
-      pool_(options.threads),
-      model_(engine_, pool_),
-      cache_(engine_->config().num_layers, limits_.kv_pages, limits_.page_size, engine_->config().kv_dim(), limits_.kv_dtype),
+      model_(std::move(model)),
       blocks_(limits_.kv_pages, limits_.page_size),
       scheduler_(blocks_, SchedulerLimits{limits_.max_batch_size, limits_.max_batched_tokens}),
       seed_base_(std::random_device{}()) {
   stats_.pages_total = limits_.kv_pages;
+  stats_.kv_bytes = limits_.kv_bytes;
   thread_ = std::thread([this] { run(); });
 }
 
@@ -230,9 +254,18 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
     batch.add(slice.sequence->tokens.data() + slice.start, slice.n, slice.start, slice.sequence->block_table.data(),
               slice.wants_logits);
   }
-  const int64_t vocab = model_.config().vocab_size;
-  logits_.resize(static_cast<size_t>(batch.logit_rows() * vocab));
-  model_.forward(batch, cache_, logits_.data());
+  const int64_t vocab = model_->config().vocab_size;
+  const int64_t rows = batch.logit_rows();
+  // Greedy rows take the backend's argmax where it has one (on the GPU: no logits copy); the
+  // logits come to the host only when some row samples, and then for the whole step.
+  const bool device_greedy = model_->greedy_without_logits();
+  bool host_logits = !device_greedy;
+  for (const ScheduledSlice& slice : plan.slices) {
+    host_logits = host_logits || (slice.wants_logits && !plain_greedy(slice.sequence->sampler.params()));
+  }
+  greedy_.resize(static_cast<size_t>(rows));
+  if (host_logits) logits_.resize(static_cast<size_t>(rows * vocab));
+  model_->forward(batch, device_greedy ? greedy_.data() : nullptr, host_logits ? logits_.data() : nullptr);
   scheduler_.complete(plan);
 
   int64_t row = 0;
@@ -243,7 +276,12 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
     ev.id = s->id;
     ev.with_logprobs = s->sampler.params().logprobs >= 0;
     if (s->generated() == 0) ev.cached_prompt_tokens = s->cached_prompt_tokens;
-    const TokenChoice choice = s->sampler.choose(logits_.data() + row * vocab, vocab, s->tokens, s->prompt_len);
+    TokenChoice choice;
+    if (device_greedy && plain_greedy(s->sampler.params())) {
+      choice.token = greedy_[static_cast<size_t>(row)];
+    } else {
+      choice = s->sampler.choose(logits_.data() + row * vocab, vocab, s->tokens, s->prompt_len);
+    }
     ++row;
     s->tokens.push_back(choice.token);
     ev.tokens.push_back(choice);

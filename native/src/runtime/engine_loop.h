@@ -6,26 +6,31 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
 
-#include "core/thread_pool.h"
 #include "engine/engine.h"
 #include "runtime/block_manager.h"
-#include "runtime/kv_cache.h"
-#include "runtime/model.h"
 #include "runtime/request.h"
 #include "runtime/scheduler.h"
+#include "runtime/step_model.h"
 
 namespace kiln {
 
 struct ServingOptions {
   int64_t max_batch_size = 0;         // 0: the engine's limits.max_batch
   int64_t max_batched_tokens = 2048;  // token budget of one step
-  int64_t kv_pages = 0;               // 0: room for max_batch_size sequences of max_seq_len
+  // KV cache size, the first one set wins: a page count, a byte budget, a fraction of the memory
+  // the backend has left (GPU: free device memory after weights and scratch; CPU: host memory less
+  // the engine file, capped at room for max_batch_size sequences). None: GPU 0.9 of it, CPU that
+  // room.
+  int64_t kv_pages = 0;
+  int64_t kv_cache_bytes = 0;
+  double kv_memory_fraction = 0.0;
   int64_t page_size = 16;             // positions per KV page
-  DType kv_dtype = DType::F32;        // F32 or BF16
+  std::optional<DType> kv_dtype;      // CPU: F32 (default) or BF16; CUDA: BF16 only
   int64_t max_queued = 256;           // requests waiting for their first admission
   int64_t max_input_len = 0;          // 0: max_seq_len - 1 (room for one generated token)
   int threads = 0;                    // 0: one per hardware thread
@@ -39,7 +44,10 @@ struct ServingLimits {
   int64_t max_queued = 0;
   int64_t page_size = 0;
   int64_t kv_pages = 0;
+  int64_t kv_bytes = 0;
+  std::string kv_basis;  // how kv_pages was reached
   DType kv_dtype = DType::F32;
+  std::string backend;   // "cpu" or "cuda"
   std::vector<int32_t> eos_token_ids;
   int32_t bos_token_id = -1;  // -1: none
 };
@@ -51,6 +59,7 @@ struct ServingStats {
   int64_t pages_used = 0;
   int64_t pages_cached = 0;
   int64_t pages_total = 0;
+  int64_t kv_bytes = 0;
   int64_t pages_used_peak = 0;
   double tokens_per_second = 0;  // generated, over the last few seconds
   double prefix_cache_hit_rate = 0;
@@ -60,17 +69,25 @@ struct ServingStats {
   bool healthy = true;
 };
 
+// The backend options the loop's own constructor would use for `engine` (limits resolved from the
+// engine's header); for callers that build a StepModel themselves.
+StepModelOptions step_model_options(const Engine& engine, const ServingOptions& options);
+
 // Called on the loop thread once per step with every event of that step (a request's events arrive
 // in order). It must not call back into the loop synchronously.
 using EventSink = std::function<void(std::vector<TokenEvent>&&)>;
 
-// The serving loop: one native thread owns the scheduler, block manager, KV cache and model, and
-// runs steps while there is work. Other threads talk to it only through submit/cancel/stats/close,
+// The serving loop: one native thread owns the scheduler, block manager and the step model (the
+// backend, with its KV cache), and runs steps while there is work. Other threads talk to it only through submit/cancel/stats/close,
 // which take a short lock. Cancelling frees the request's pages in the loop's next iteration,
 // before its final event is delivered.
 class EngineLoop {
  public:
+  // Runs the engine on the backend of its target (make_step_model).
   EngineLoop(std::shared_ptr<const Engine> engine, const ServingOptions& options, EventSink sink);
+  // Runs on `model`, which must have been built for this engine with these options' KV settings.
+  EngineLoop(std::shared_ptr<const Engine> engine, const ServingOptions& options, std::unique_ptr<StepModel> model,
+             EventSink sink);
   ~EngineLoop();
   EngineLoop(const EngineLoop&) = delete;
   EngineLoop& operator=(const EngineLoop&) = delete;
@@ -96,14 +113,13 @@ class EngineLoop {
   std::shared_ptr<const Engine> engine_;
   ServingLimits limits_;
   EventSink sink_;
-  ThreadPool pool_;
-  Model model_;
-  KvCache cache_;
+  std::unique_ptr<StepModel> model_;
   BlockManager blocks_;
   Scheduler scheduler_;
   uint64_t next_arrival_ = 0;
   uint64_t seed_base_;
   std::vector<float> logits_;
+  std::vector<int32_t> greedy_;
   std::deque<std::pair<double, int64_t>> rate_window_;  // (seconds, generated total)
   int64_t stats_generated_ = 0;
   int64_t steps_ = 0;

@@ -1,0 +1,36 @@
+#pragma once
+
+#if KILN_CUDA
+
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/model.h"
+#include "runtime/step_model.h"
+
+namespace kiln {
+
+// The CUDA model behind the StepModel seam: weights on the device, a bf16 paged cache sized from
+// the device memory left once the weights and the scratch of the largest step are in place, and
+// greedy tokens from the device argmax (logits cross to the host only when a row samples).
+class CudaStepModel : public StepModel {
+ public:
+  CudaStepModel(std::shared_ptr<const Engine> engine, const StepModelOptions& options);
+
+  const ModelConfig& config() const override { return model_.config(); }
+  const char* backend() const override { return "cuda"; }
+  const KvCacheSize& kv_size() const override { return size_; }
+  DType kv_dtype() const override { return DType::BF16; }
+  bool greedy_without_logits() const override { return true; }
+  void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) override;
+
+ private:
+  cuda::CudaModel model_;
+  KvCacheSize size_;
+  std::unique_ptr<cuda::CudaKvCache> cache_;
+  std::vector<int32_t> greedy_scratch_;
+};
+
+}  // namespace kiln
+
+#endif
