@@ -1,16 +1,20 @@
 """Kiln CUDA backend vs the HBM roofline and Hugging Face transformers, one run on one card.
 
 For each model shape (Llama-3.2-1B, Llama-3-8B; random bf16 weights written straight to
-safetensors, no hub): `kiln-native build --target cuda` (cuBLASLt algorithms autotuned on this card),
-then `kiln-native bench` for decode at batch 1/8/64 (prompt 128, 64 timed steps, median step) and
-prefill of 128/2048-token prompts; transformers (bf16, eager attention, same card, same shapes, KV
-cache, plain forward loop) the same. The card's copy bandwidth (device-to-device cudaMemcpy, bytes
-read + written) and bf16 matmul rate are measured first, in the same run.
+safetensors, no hub) and precision (bf16; fp8 E4M3 calibrated on a few random sequences):
+`kiln-native build --target cuda` (GEMM tactics autotuned on this card), then one `kiln-native
+bench --suite` process per engine: decode at batch 1/8/64/256 (prompt 128, 64 timed steps, median
+step), time to first token of 128/2048-token prompts, and offline throughput (OFFLINE_CASES: many
+requests through a continuous-batching loop on the CudaModel). transformers (bf16, eager
+attention, same card, same shapes, KV cache, plain forward loop) runs the same shapes; offline as
+static batches. The card's copy bandwidth (device-to-device copy, bytes read + written) and
+bf16/fp8 matmul rates are measured first, in the same run.
 
-Roofline: decode is memory-bound, so roofline tok/s = batch / (bytes read per step / copy bandwidth),
-bytes = every GEMM weight and the lm_head once + the KV cache rows read by attention; prefill is
-compute-bound, so its floor is 2 * params * tokens / the measured matmul rate.
-Prints one table; writes gpu-latest.json and gpu-section.md (for bench/RESULTS.md) into --out.
+Roofline: decode is memory-bound, so its floor is (weight bytes at the precision's width + lm_head
+in bf16 + the KV rows read) / copy bandwidth per step; prefill is compute-bound, its floor
+2 * params * tokens / the measured matmul rate of the precision; offline takes the larger of the
+two over the whole run (see rows_of). Prints one table; writes gpu-latest.json (the issue's schema,
+with extra keys) and gpu-section.md (for bench/RESULTS.md) into --out.
 """
 
 from __future__ import annotations
@@ -39,10 +43,22 @@ MODELS = {
                       num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
                       rope_theta=500000.0, rope_scaling=None),
 }
-DECODE_BATCHES = (1, 8, 64)
+PRECISIONS = ("bf16", "fp8")
+DECODE_BATCHES = (1, 8, 64, 256)
 DECODE_PROMPT = 128
 DECODE_STEPS = 64
 PREFILL_LENGTHS = (128, 2048)
+# Offline: many requests through the continuous-batching loop (kiln-native bench --offline); the
+# transformers baseline is static batching of HF_OFFLINE_BATCH sequences (its eager attention
+# materialises [batch, heads, len, len] scores, so large batches of long prompts do not fit).
+OFFLINE_CASES = (
+    dict(prompt_len=128, output_len=128, requests=1024, concurrency=256, token_budget=8192, hf_batch=64),
+    dict(prompt_len=2048, output_len=128, requests=64, concurrency=64, token_budget=8192, hf_batch=8),
+)
+# TensorRT-LLM's published offline throughput, Llama-3-8B fp8, in/out 128/128, one H100/H200 class
+# GPU (NVIDIA's TensorRT-LLM performance overview): about 28k output tokens/s.
+TRTLLM_8B_FP8_OFFLINE_128 = 28000.0
+CALIBRATION = dict(sequences=4, tokens=64)
 
 
 def log(msg: str) -> None:
@@ -67,15 +83,27 @@ def copy_bandwidth() -> float:
     return 2 * n / times[len(times) // 2]
 
 
-def matmul_rate() -> float:
-    """bf16 FLOP/s of an 8192^3 product on random data (median of 10)."""
+def matmul_rate(fp8: bool = False) -> float:
+    """FLOP/s of an 8192^3 product on random data (median of 10): bf16, or fp8 e4m3 through
+    torch._scaled_mm (per-tensor scales, bf16 out)."""
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    if fp8:
+        a8 = a.to(torch.float8_e4m3fn)
+        b8 = b.to(torch.float8_e4m3fn).t().contiguous().t()  # column-major second operand
+        one = torch.ones((), device="cuda")
+
+        def product():
+            return torch._scaled_mm(a8, b8, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    else:
+
+        def product():
+            return a @ b
     times = []
     for i in range(13):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        a @ b
+        product()
         e.record()
         e.synchronize()
         if i >= 3:
@@ -124,14 +152,20 @@ def write_checkpoint(name: str, out: Path) -> dict:
     return cfg
 
 
-def step_bytes(cfg: dict, batch: int, context: int) -> float:
-    """Bytes one decode step must read: every GEMM weight and the lm_head (bf16) + KV rows."""
+
+
+def weight_bytes(cfg: dict, precision: str) -> float:
+    """Weight bytes one forward step reads: decoder GEMM weights at the precision's width (fp8: 1
+    byte) and the lm_head in bf16."""
     H, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     D, nq, nkv, V = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
     per_layer = H * (nq + 2 * nkv) * D + nq * D * H + 3 * H * I
-    weights = 2 * (L * per_layer + V * H)
-    kv = 2 * 2 * L * nkv * D * context * batch
-    return weights + kv
+    return (1 if precision == "fp8" else 2) * L * per_layer + 2 * V * H
+
+
+def kv_bytes(cfg: dict, tokens: int) -> float:
+    """Bytes of bf16 keys and values of `tokens` cached positions (all layers)."""
+    return 2 * 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * tokens
 
 
 def params(cfg: dict) -> int:
@@ -140,9 +174,242 @@ def params(cfg: dict) -> int:
     return L * (H * (nq + 2 * nkv) * D + nq * D * H + 3 * H * I) + V * H
 
 
-def kiln(*args: str) -> dict:
-    out = subprocess.run([str(KILN), *args], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def kiln_lines(*args: str, env: dict | None = None) -> list[dict]:
+    out = subprocess.run([str(KILN), *args], check=True, capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def write_calibration(path: Path, vocab: int) -> None:
+    """Random token ids (the weights are random too: any tokens exercise the same ranges)."""
+    g = torch.Generator().manual_seed(5)
+    with path.open("w") as f:
+        for _ in range(CALIBRATION["sequences"]):
+            f.write(json.dumps(torch.randint(0, vocab, (CALIBRATION["tokens"],), generator=g).tolist()) + "\n")
+
+
+def hf_measure(cfg: dict) -> dict:
+    """transformers bf16 eager: decode step time per batch, prefill time per length, and offline
+    throughput of static batches (one batched prefill, then decode steps; extrapolated from the
+    prefill and the median of 8 decode steps)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    conf = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
+    conf._attn_implementation = "eager"
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16 on the GPU: no fp32 copy of an 8B model
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(conf).eval()
+    torch.set_default_dtype(torch.float32)
+    res = {"decode": {}, "prefill": {}, "offline": {}}
+    V = cfg["vocab_size"]
+
+    def timed(fn):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - t0
+
+    def decode_steps(out, steps):
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            nxt.cpu()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    with torch.no_grad():
+        for length in PREFILL_LENGTHS:
+            ids = torch.randint(0, V, (1, length), device="cuda")
+            times = [timed(lambda: model(ids, use_cache=True))[1] for _ in range(4)][1:]
+            res["prefill"][length] = sorted(times)[len(times) // 2] * 1e3
+        for batch in DECODE_BATCHES:
+            ids = torch.randint(0, V, (batch, DECODE_PROMPT), device="cuda")
+            times = decode_steps(model(ids, use_cache=True), DECODE_STEPS + 2)[2:]
+            res["decode"][batch] = sorted(times)[len(times) // 2] * 1e3
+        for case in OFFLINE_CASES:
+            b, p, o = case["hf_batch"], case["prompt_len"], case["output_len"]
+            ids = torch.randint(0, V, (b, p), device="cuda")
+            model(ids, use_cache=True)  # warm-up of this shape
+            out, prefill_s = timed(lambda: model(ids, use_cache=True))
+            step_s = sorted(decode_steps(out, 8))[4]
+            res["offline"][(p, o)] = b * o / (prefill_s + (o - 1) * step_s)
+            del out
+    del model
+    torch.cuda.empty_cache()
+    return res
+
+
+def measure_engine(engine: Path, log_name: str) -> dict:
+    """Every Kiln measurement of one engine: one process for the suite, two more for batch-1 decode
+    without CUDA graphs and without Programmatic Dependent Launch (what each buys)."""
+    suite = {"decode": {"prompt_len": DECODE_PROMPT, "steps": DECODE_STEPS, "batches": list(DECODE_BATCHES)},
+             "prefill": {"lengths": list(PREFILL_LENGTHS), "repeats": 5},
+             "offline": [{k: v for k, v in c.items() if k != "hf_batch"} for c in OFFLINE_CASES]}
+    res = {"decode": {}, "prefill": {}, "offline": {}}
+    for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite)):
+        if line["mode"] == "decode":
+            res["decode"][line["batch"]] = line["decode_step_ms"]
+            log(f"{log_name}: decode batch {line['batch']}: {line['decode_step_ms']:.3f} ms/step")
+        elif line["mode"] == "prefill":
+            res["prefill"][line["prompt_len"]] = line["prefill_ms"]
+            log(f"{log_name}: prefill {line['prompt_len']}: {line['prefill_ms']:.2f} ms")
+        else:
+            res["offline"][(line["prompt_len"], line["output_len"])] = line
+            log(f"{log_name}: offline {line['prompt_len']}/{line['output_len']}: "
+                f"{line['output_tok_per_s']:.0f} output tok/s ({line['seconds']:.1f} s, {line['steps']} steps)")
+    one = ["bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps", str(DECODE_STEPS),
+           "--batch", "1"]
+    res["no_graphs_ms"] = kiln_lines(*one, env={"KILN_CUDA_GRAPHS": "0"})[-1]["decode_step_ms"]
+    res["no_pdl_ms"] = kiln_lines(*one, env={"KILN_CUDA_PDL": "0"})[-1]["decode_step_ms"]
+    log(f"{log_name}: decode batch 1 without graphs {res['no_graphs_ms']:.3f} ms, without PDL {res['no_pdl_ms']:.3f} ms")
+    return res
+
+
+def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | None, bw: float, rate: float) -> list:
+    rows = []
+
+    def ratio(a, b):
+        return round(a / b, 2) if b else None
+
+    for batch in DECODE_BATCHES:
+        ms = ours["decode"][batch]
+        tok_s = batch * 1e3 / ms
+        context = DECODE_PROMPT + DECODE_STEPS // 2 + 2
+        floor_s = (weight_bytes(cfg, precision) + kv_bytes(cfg, context * batch)) / bw
+        hf = batch * 1e3 / theirs["decode"][batch] if theirs else None
+        row = dict(model=name, precision=precision, batch=batch, phase="decode", tok_s=round(tok_s, 1),
+                   roofline_frac=round(floor_s * 1e3 / ms, 3), vs_transformers=ratio(tok_s, hf), ms=round(ms, 3),
+                   prompt_len=DECODE_PROMPT, transformers_tok_s=round(hf, 1) if hf else None)
+        if batch == 1:
+            row.update(no_graphs_ms=round(ours["no_graphs_ms"], 3), no_pdl_ms=round(ours["no_pdl_ms"], 3))
+        rows.append(row)
+    for length in PREFILL_LENGTHS:
+        ms = ours["prefill"][length]
+        floor_ms = 2 * params(cfg) * length / rate * 1e3
+        hf = length * 1e3 / theirs["prefill"][length] if theirs else None
+        rows.append(dict(model=name, precision=precision, batch=1, phase="prefill", tok_s=round(length * 1e3 / ms, 1),
+                         roofline_frac=round(floor_ms / ms, 3), vs_transformers=ratio(length * 1e3 / ms, hf),
+                         ms=round(ms, 2), prompt_len=length, transformers_tok_s=round(hf, 1) if hf else None))
+    for case in OFFLINE_CASES:
+        p, o = case["prompt_len"], case["output_len"]
+        r = ours["offline"][(p, o)]
+        # Floor: the larger of the arithmetic of every token at the matmul rate and the weight (+ KV)
+        # reads of the fewest decode steps the concurrency allows.
+        waves = -(-case["requests"] // case["concurrency"])
+        mean_context = p + o // 2
+        compute_s = 2 * params(cfg) * case["requests"] * (p + o) / rate
+        memory_s = waves * o * (weight_bytes(cfg, precision) + kv_bytes(cfg, mean_context * case["concurrency"])) / bw
+        hf = theirs["offline"][(p, o)] if theirs else None
+        row = dict(model=name, precision=precision, batch=case["concurrency"], phase="offline",
+                   tok_s=round(r["output_tok_per_s"], 1), roofline_frac=round(max(compute_s, memory_s) / r["seconds"], 3),
+                   vs_transformers=ratio(r["output_tok_per_s"], hf), prompt_len=p, output_len=o,
+                   requests=case["requests"], concurrency=case["concurrency"], token_budget=case["token_budget"],
+                   seconds=round(r["seconds"], 2), total_tok_s=round(r["total_tok_per_s"], 1),
+                   transformers_tok_s=round(hf, 1) if hf else None,
+                   transformers_static_batch=case["hf_batch"])
+        if name == "llama3-8b" and precision == "fp8" and p == 128 and o == 128:
+            row["vs_trtllm_published"] = round(r["output_tok_per_s"] / TRTLLM_8B_FP8_OFFLINE_128, 3)
+        rows.append(row)
+    return rows
+
+
+def write_results(out: Path, meta: dict, rows: list) -> str:
+    result = {**meta, "rows": rows}
+    (out / "gpu-latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = ["| model | precision | phase | batch | in/out | Kiln tok/s | ms | roofline frac | transformers tok/s | vs transformers |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        shape = f"{r.get('prompt_len', '')}/{r.get('output_len', '')}" if r["phase"] == "offline" else str(r.get("prompt_len", ""))
+        lines.append(f"| {r['model']} | {r['precision']} | {r['phase']} | {r['batch']} | {shape} | {r['tok_s']} | "
+                     f"{r.get('ms', r.get('seconds', ''))} | {r['roofline_frac']} | {r['transformers_tok_s']} | "
+                     f"{r['vs_transformers']}x |")
+    table = "\n".join(lines)
+    (out / "gpu-section.md").write_text(
+        f"Measured {meta['date']} at commit `{meta['commit']}` by `bench/gpu/run.sh` on {meta['card']}: copy bandwidth "
+        f"{meta['copy_TBps']} TB/s (read+write), matmul {meta['matmul_TFLOPs']} TFLOP/s bf16, {meta['matmul_fp8_TFLOPs']} fp8; "
+        f"engine builds {meta['build_s']} s.\n\n" + table + "\n")
+    return table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--models", default="llama3.2-1b,llama3-8b")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models are kept")
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
+    args = ap.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    card = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    rates = {"bf16": matmul_rate()}
+    try:
+        rates["fp8"] = matmul_rate(fp8=True)
+    except (RuntimeError, AttributeError) as e:  # a torch without _scaled_mm on this card
+        rates["fp8"] = 2 * rates["bf16"]
+        log(f"fp8 matmul rate not measured ({e}); taking twice the bf16 rate")
+    log(f"{card}: copy {bw / 1e12:.2f} TB/s (read+write), matmul {rates['bf16'] / 1e12:.0f} TFLOP/s bf16, "
+        f"{rates['fp8'] / 1e12:.0f} fp8")
+    # The GPU machine gets a working tree without .git: the caller passes the commit.
+    commit = os.environ.get("KILN_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                             capture_output=True, text=True).stdout.strip()
+    models = args.models.split(",")
+    rows, builds = [], {}
+    if args.append:
+        earlier = json.loads(Path(args.append).read_text())
+        rows = [r for r in earlier["rows"] if r["model"] not in models]
+        builds = {k: v for k, v in earlier.get("build_s", {}).items() if k.split(":")[0] not in models}
+    meta = {"card": card, "commit": commit,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "copy_TBps": round(bw / 1e12, 3), "matmul_TFLOPs": round(rates["bf16"] / 1e12, 1),
+            "matmul_fp8_TFLOPs": round(rates["fp8"] / 1e12, 1), "build_s": builds,
+            "offline_note": "continuous batching on the CudaModel (kiln-native bench --offline): batch = concurrency; "
+                            "transformers: static batches of transformers_static_batch, extrapolated"}
+    table = ""
+    for name in models:
+        ckpt = work / name
+        t0 = time.time()
+        cfg = write_checkpoint(name, ckpt)
+        log(f"{name}: checkpoint in {time.time() - t0:.0f} s")
+        ours = {}
+        for precision in args.precisions.split(","):
+            engine = work / f"{name}.{precision}.cuda.kiln"
+            cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
+                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", "256"]
+            if precision == "fp8":
+                write_calibration(work / "calibration.jsonl", cfg["vocab_size"])
+                cmd += ["--calibration", str(work / "calibration.jsonl")]
+            t0 = time.time()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
+            log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
+            ours[precision] = measure_engine(engine, f"{name} {precision}")
+            if args.profile and precision == "bf16":
+                profile_decode(engine, out, name)
+            engine.unlink()
+        theirs = None if args.no_hf else hf_measure(cfg)
+        if theirs:
+            log(f"{name}: transformers {theirs}")
+        for precision, measured in ours.items():
+            rows += rows_of(name, precision, cfg, measured, theirs, bw, rates[precision])
+        # Written after every model, so a run cut short still leaves what it measured.
+        table = write_results(out, meta, rows)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
 
 
 def profile_decode(engine: Path, out: Path, name: str) -> None:
@@ -179,149 +446,3 @@ def profile_decode(engine: Path, out: Path, name: str) -> None:
         log(f"  {sum(v) / steps:9.1f} us  {len(v) / steps:5.1f} launches  {key}")
 
 
-def hf_measure(cfg: dict) -> dict:
-    """transformers bf16 eager: decode step time per batch, prefill time per length."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    conf = LlamaConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "model_type", "torch_dtype")})
-    conf._attn_implementation = "eager"
-    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16 on the GPU: no fp32 copy of an 8B model
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(conf).eval()
-    torch.set_default_dtype(torch.float32)
-    res = {"decode": {}, "prefill": {}}
-    V = cfg["vocab_size"]
-    with torch.no_grad():
-        for length in PREFILL_LENGTHS:
-            ids = torch.randint(0, V, (1, length), device="cuda")
-            times = []
-            for i in range(4):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                model(ids, use_cache=True)
-                torch.cuda.synchronize()
-                if i:
-                    times.append(time.perf_counter() - t0)
-            res["prefill"][length] = sorted(times)[len(times) // 2] * 1e3
-        for batch in DECODE_BATCHES:
-            ids = torch.randint(0, V, (batch, DECODE_PROMPT), device="cuda")
-            out = model(ids, use_cache=True)
-            past = out.past_key_values
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            times = []
-            for s in range(DECODE_STEPS + 2):
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                out = model(nxt, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                nxt.cpu()
-                if s >= 2:
-                    times.append(time.perf_counter() - t0)
-            res["decode"][batch] = sorted(times)[len(times) // 2] * 1e3
-            del past, out
-    del model
-    torch.cuda.empty_cache()
-    return res
-
-
-def write_results(out: Path, card: str, commit: str, bw: float, flops: float, builds: dict, rows: list) -> str:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    result = {"card": card, "commit": commit, "date": date, "copy_TBps": round(bw / 1e12, 3),
-              "matmul_TFLOPs": round(flops / 1e12, 1), "build_s": builds, "rows": rows}
-    (out / "gpu-latest.json").write_text(json.dumps(result, indent=1) + "\n")
-    header = "| model | phase | batch | Kiln tok/s | Kiln ms | roofline frac | transformers tok/s | vs transformers |"
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['phase']} | {r['batch']} | {r['tok_s']} | {r['ms']} | {r['roofline_frac']} | "
-                     f"{r['transformers_tok_s']} | {r['vs_transformers']}x |")
-    table = "\n".join(lines)
-    (out / "gpu-section.md").write_text(
-        f"Measured {date} at commit `{commit}` by `bench/gpu/run.sh` on {card}: copy bandwidth "
-        f"{bw / 1e12:.2f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s; engine builds {builds} s.\n\n"
-        + table + "\n")
-    return table
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--models", default="llama3.2-1b,llama3-8b")
-    ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
-    args = ap.parse_args()
-    work, out = Path(args.work), Path(args.out)
-    work.mkdir(parents=True, exist_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-    card = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
-    flops = matmul_rate()
-    log(f"{card}: copy {bw / 1e12:.2f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
-    # The GPU machine gets a working tree without .git: the caller passes the commit.
-    commit = os.environ.get("KILN_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                                             capture_output=True, text=True).stdout.strip()
-    rows = []
-    builds = {}
-    for name in args.models.split(","):
-        ckpt = work / name
-        t0 = time.time()
-        cfg = write_checkpoint(name, ckpt)
-        log(f"{name}: checkpoint in {time.time() - t0:.0f} s")
-        engine = work / f"{name}.cuda.kiln"
-        t0 = time.time()
-        subprocess.run([str(KILN), "build", "--model", str(ckpt), "--precision", "bf16", "--target", "cuda",
-                        "--out", str(engine), "--max-seq-len", "4096", "--max-batch", "64"],
-                       check=True, stdout=subprocess.DEVNULL)
-        builds[name] = round(time.time() - t0, 1)
-        log(f"{name}: engine built in {builds[name]} s")
-        ours = {"decode": {}, "prefill": {}}
-        for batch in DECODE_BATCHES:
-            r = kiln("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps", str(DECODE_STEPS),
-                     "--batch", str(batch))
-            ours["decode"][batch] = r["decode_step_ms"]
-            log(f"{name}: kiln decode batch {batch}: {r['decode_step_ms']:.3f} ms/step")
-            if batch == 1:
-                # What the decode CUDA graphs buy: the same step with direct launches.
-                direct = subprocess.run([str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
-                                         "--steps", str(DECODE_STEPS), "--batch", "1"], check=True, capture_output=True,
-                                        text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
-                ours["no_graphs_ms"] = json.loads(direct.stdout.strip().splitlines()[-1])["decode_step_ms"]
-                log(f"{name}: kiln decode batch 1 without CUDA graphs: {ours['no_graphs_ms']:.3f} ms/step")
-        if args.profile:
-            profile_decode(engine, out, name)
-        for length in PREFILL_LENGTHS:
-            r = kiln("bench", "--engine", str(engine), "--prompt-len", str(length), "--steps", "2", "--batch", "1")
-            ours["prefill"][length] = r["prefill_ms"]
-            log(f"{name}: kiln prefill {length}: {r['prefill_ms']:.2f} ms")
-        theirs = None if args.no_hf else hf_measure(cfg)
-        if theirs:
-            log(f"{name}: transformers {theirs}")
-        for batch in DECODE_BATCHES:
-            ms = ours["decode"][batch]
-            tok_s = batch * 1e3 / ms
-            context = DECODE_PROMPT + DECODE_STEPS // 2 + 2
-            roof = batch / (step_bytes(cfg, batch, context) / bw)
-            hf_tok_s = batch * 1e3 / theirs["decode"][batch] if theirs else None
-            rows.append(dict(model=name, precision="bf16", batch=batch, phase="decode", tok_s=round(tok_s, 1),
-                             ms=round(ms, 3), roofline_frac=round(tok_s / roof, 3),
-                             vs_transformers=round(tok_s / hf_tok_s, 2) if hf_tok_s else None,
-                             transformers_tok_s=round(hf_tok_s, 1) if hf_tok_s else None,
-                             **({"no_graphs_ms": round(ours["no_graphs_ms"], 3)} if batch == 1 else {})))
-        for length in PREFILL_LENGTHS:
-            ms = ours["prefill"][length]
-            floor_ms = 2 * params(cfg) * length / flops * 1e3
-            rows.append(dict(model=name, precision="bf16", batch=1, phase=f"prefill-{length}",
-                             tok_s=round(length * 1e3 / ms, 1), ms=round(ms, 2), roofline_frac=round(floor_ms / ms, 3),
-                             vs_transformers=round(theirs["prefill"][length] / ms, 2) if theirs else None,
-                             transformers_tok_s=round(length * 1e3 / theirs["prefill"][length], 1) if theirs else None))
-        engine.unlink()
-        # Written after every model, so a run cut short still leaves what it measured.
-        table = write_results(out, card, commit, bw, flops, builds, rows)
-    print(table)
-
-
-
-if __name__ == "__main__":
-    main()

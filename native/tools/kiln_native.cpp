@@ -20,6 +20,7 @@
 #include "runtime/generate.h"
 #if KILN_CUDA
 #include "backend/cuda/generate.h"
+#include "backend/cuda/offline.h"
 #endif
 
 namespace {
@@ -36,7 +37,10 @@ constexpr const char* kUsage =
     "                    [--toolchain-version V] [--no-autotune] [--threads N] [--target cpu|cuda]\n"
     "  kiln-native inspect <engine.kiln>\n"
     "  kiln-native generate --engine <engine.kiln> --tokens 1,2,3 --steps N [--logits-out <file.bin>] [--threads N]\n"
-    "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N] [--batch B (CUDA engines)]\n";
+    "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N] [--batch B (CUDA engines)]\n"
+    "  kiln-native bench --engine <engine.kiln> --offline --requests R --prompt-len N --output-len M\n"
+    "                    [--concurrency C] [--token-budget T]   (CUDA engines: offline throughput)\n"
+    "  kiln-native bench --engine <engine.kiln> --suite '<json>'   (CUDA engines: several measurements, one load)\n";
 
 // --name value options plus bare --switches; anything else is an error naming it.
 class Args {
@@ -193,16 +197,98 @@ int run_generate(const Args& args) {
   return 0;
 }
 
+#if KILN_CUDA
+Json offline_line(kiln::cuda::CudaModel& model, const kiln::cuda::OfflineOptions& o) {
+  const auto r = kiln::cuda::offline_throughput(model, o);
+  return Json{{"backend", "cuda"},
+              {"mode", "offline"},
+              {"requests", o.requests},
+              {"prompt_len", o.prompt_len},
+              {"output_len", o.output_len},
+              {"concurrency", o.concurrency},
+              {"token_budget", o.token_budget},
+              {"steps", r.steps},
+              {"output_tokens", r.output_tokens},
+              {"seconds", r.seconds},
+              {"output_tok_per_s", r.output_tok_per_s},
+              {"total_tok_per_s", r.total_tok_per_s}};
+}
+
+int run_offline_bench(const Args& args, std::shared_ptr<const kiln::Engine> engine) {
+  kiln::cuda::OfflineOptions o;
+  o.requests = args.integer("--requests", o.requests);
+  o.prompt_len = args.integer("--prompt-len", o.prompt_len);
+  o.output_len = args.integer("--output-len", o.output_len);
+  o.concurrency = args.integer("--concurrency", o.concurrency);
+  o.token_budget = args.integer("--token-budget", o.token_budget);
+  kiln::cuda::CudaModel model(std::move(engine));
+  print_line(offline_line(model, o));
+  return 0;
+}
+
+// Many measurements of one engine in one process (an 8B engine takes seconds to load): `suite` is
+// {"decode": {"prompt_len", "steps", "batches": [..]}, "prefill": {"lengths": [..], "repeats"},
+// "offline": [{"requests", "prompt_len", "output_len", "concurrency", "token_budget"}, ..]}, every
+// part optional; prints one JSON line per measurement.
+int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine> engine) {
+  Json suite;
+  try {
+    suite = Json::parse(text);
+  } catch (const Json::exception& e) {
+    throw Error(std::string("--suite is not JSON: ") + e.what());
+  }
+  kiln::cuda::CudaModel model(std::move(engine));
+  try {
+    if (suite.contains("decode")) {
+      const Json& d = suite["decode"];
+      const int64_t prompt_len = d.value("prompt_len", int64_t{128});
+      const int64_t steps = d.value("steps", int64_t{64});
+      for (const auto& b : d.at("batches")) {
+        const auto r = kiln::cuda::bench(model, prompt_len, steps, b.get<int64_t>());
+        print_line(Json{{"mode", "decode"}, {"batch", b}, {"prompt_len", prompt_len}, {"steps", steps},
+                        {"decode_step_ms", r.decode_step_ms}, {"decode_tok_per_s", r.decode_tok_per_s}});
+      }
+    }
+    if (suite.contains("prefill")) {
+      const Json& p = suite["prefill"];
+      const int64_t repeats = p.value("repeats", int64_t{5});
+      for (const auto& len : p.at("lengths")) {
+        const double ms = kiln::cuda::bench_prefill(model, len.get<int64_t>(), repeats);
+        print_line(Json{{"mode", "prefill"}, {"prompt_len", len}, {"repeats", repeats}, {"prefill_ms", ms}});
+      }
+    }
+    for (const auto& c : suite.value("offline", Json::array())) {
+      kiln::cuda::OfflineOptions o;
+      o.requests = c.value("requests", o.requests);
+      o.prompt_len = c.value("prompt_len", o.prompt_len);
+      o.output_len = c.value("output_len", o.output_len);
+      o.concurrency = c.value("concurrency", o.concurrency);
+      o.token_budget = c.value("token_budget", o.token_budget);
+      print_line(offline_line(model, o));
+    }
+  } catch (const Json::exception& e) {
+    throw Error(std::string("--suite: ") + e.what());
+  }
+  return 0;
+}
+#endif
+
 int run_bench(const Args& args) {
-  args.only({"--engine", "--prompt-len", "--steps", "--threads", "--batch"});
+  args.only({"--engine", "--prompt-len", "--steps", "--threads", "--batch", "--offline", "--requests", "--output-len",
+             "--concurrency", "--token-budget", "--suite"});
   kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
   auto engine = kiln::Engine::load(args.get("--engine"), &pool);
   const int64_t prompt_len = args.integer("--prompt-len", 128);
   const int64_t steps = args.integer("--steps", 64);
   const int64_t batch = args.integer("--batch", 1);
   if (prompt_len < 1) throw Error("--prompt-len must be at least 1");
+  if ((args.has("--offline") || args.has("--suite")) && !is_cuda_engine(*engine)) {
+    throw Error("--offline and --suite are only supported for CUDA engines");
+  }
   if (is_cuda_engine(*engine)) {
 #if KILN_CUDA
+    if (args.has("--offline")) return run_offline_bench(args, engine);
+    if (args.has("--suite")) return run_bench_suite(args.get("--suite"), engine);
     kiln::cuda::CudaModel model(engine);
     const auto r = kiln::cuda::bench(model, prompt_len, steps, batch);
     print_line(Json{{"backend", "cuda"},
@@ -246,7 +332,7 @@ int main(int argc, char** argv) {
     if (command == "build") return run_build(Args(argc, argv, 2, {"--no-autotune"}));
     if (command == "inspect") return run_inspect(Args(argc, argv, 2, {}));
     if (command == "generate") return run_generate(Args(argc, argv, 2, {}));
-    if (command == "bench") return run_bench(Args(argc, argv, 2, {}));
+    if (command == "bench") return run_bench(Args(argc, argv, 2, {"--offline"}));
     std::cerr << "kiln-native: unknown command \"" << command << "\"\n" << kUsage;
     return 2;
   } catch (const kiln::Cancelled& e) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE: builds native/ with the CUDA backend into native/build-cuda (kiln-native,
-# kiln-native-tests, kiln-cuda-tests). Packages the machine lacks come from .gpu/deps (see prepare.sh).
+# kiln-native-tests, kiln-cuda-tests; or only the targets named as arguments). Packages the machine
+# lacks come from .gpu/deps (see prepare.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deps=$PWD/.gpu/deps
@@ -15,4 +16,4 @@ if [ ! -f /usr/include/openssl/sha.h ]; then
 fi
 [ -d /usr/include/gtest ] || args+=("-DKILN_GTEST_SOURCE=$deps/googletest")
 [ -f native/build-cuda/CMakeCache.txt ] || cmake -S native -B native/build-cuda -G Ninja "${args[@]}"
-cmake --build native/build-cuda -j "$(nproc)"
+cmake --build native/build-cuda -j "$(nproc)" ${1:+--target "$@"}

@@ -147,8 +147,8 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
 #if !KILN_CUDA
   if (cuda_target) throw Error("build: --target cuda needs a build of kiln with the CUDA backend (-DKILN_CUDA=ON)");
 #endif
-  if (cuda_target && o.precision != Precision::BF16) {
-    throw Error(std::string("build: the CUDA target runs bf16 engines so far, not ") + precision_name(o.precision));
+  if (cuda_target && o.precision != Precision::BF16 && o.precision != Precision::FP8) {
+    throw Error(std::string("build: the CUDA target runs bf16 and fp8 engines, not ") + precision_name(o.precision));
   }
   const fs::path dir(o.model_dir);
   ThreadPool pool(o.threads);

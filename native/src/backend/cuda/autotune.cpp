@@ -4,11 +4,13 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
+#include "compiler/precision.h"
 #include "core/error.h"
 
 namespace kiln::cuda {
@@ -21,20 +23,24 @@ constexpr int kRepeats = 7;
 struct ShapeGroup {
   int64_t n = 0;
   int64_t k = 0;
+  bool fp8 = false;
   const TensorBlob* weight = nullptr;
   bool logits = false;
   std::vector<std::string> members;
 };
 
-std::vector<uint16_t> bf16_weight(const TensorBlob& w) {
-  const size_t count = w.bytes.size() / dtype_size(w.dtype);
-  std::vector<uint16_t> out(count);
+// The weight as the GEMM reads it: fp8 bytes as stored, anything else as bf16.
+std::vector<uint8_t> device_weight(const TensorBlob& w) {
+  if (w.dtype == DType::F8E4M3) return w.bytes;
+  std::vector<uint8_t> out(w.bytes.size() / dtype_size(w.dtype) * 2);
+  const size_t count = out.size() / 2;
   if (w.dtype == DType::BF16) {
-    std::copy_n(reinterpret_cast<const uint16_t*>(w.bytes.data()), count, out.data());
+    std::copy_n(w.bytes.data(), out.size(), out.data());
     return out;
   }
   if (w.dtype != DType::F32 && w.dtype != DType::F16) {
-    throw Error("CUDA autotune: weight " + w.name + " is " + dtype_name(w.dtype) + "; the CUDA target runs bf16 GEMMs");
+    throw Error("CUDA autotune: weight " + w.name + " is " + dtype_name(w.dtype) +
+                "; the CUDA target runs bf16 and fp8 e4m3 GEMMs");
   }
   std::vector<float> f(count);
   decode_to_f32(w.dtype, w.bytes.data(), f.data(), count);
@@ -84,13 +90,14 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                               const std::function<void(size_t, size_t)>& on_step) {
   std::map<std::string, const TensorBlob*> by_name;
   for (const auto& t : tensors) by_name[t.name] = &t;
-  std::map<std::pair<int64_t, int64_t>, ShapeGroup> groups;
+  std::map<std::tuple<int64_t, int64_t, bool>, ShapeGroup> groups;
   for (const auto& name : gemm_weights) {
     const auto it = by_name.find(name);
     if (it == by_name.end()) throw Error("CUDA autotune: GEMM weight " + name + " is missing");
     const TensorBlob& w = *it->second;
-    ShapeGroup& g = groups[{w.shape[0], w.shape[1]}];
-    if (!g.weight) g = ShapeGroup{w.shape[0], w.shape[1], &w, false, {}};
+    const bool fp8 = w.dtype == DType::F8E4M3;
+    ShapeGroup& g = groups[{w.shape[0], w.shape[1], fp8}];
+    if (!g.weight) g = ShapeGroup{w.shape[0], w.shape[1], fp8, &w, false, {}};
     g.logits = g.logits || name == logits_weight;
     g.members.push_back(name);
   }
@@ -126,17 +133,29 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
   for (const auto& [key, g] : groups) {
     const std::vector<int64_t> shape_buckets = buckets_of(g);
     const int64_t max_m = shape_buckets.back();
-    const std::vector<uint16_t> host_w = bf16_weight(*g.weight);
-    DeviceBuffer w(host_w.size() * 2, "autotune weight " + g.weight->name);
+    const std::vector<uint8_t> host_w = device_weight(*g.weight);
+    DeviceBuffer w(host_w.size(), "autotune weight " + g.weight->name);
     KILN_CUDA_CHECK(cudaMemcpy(w.get(), host_w.data(), w.bytes(), cudaMemcpyHostToDevice));
+    // Random inputs spanning the fp8 range for fp8 GEMMs (zeros could run faster than real data).
     std::vector<float> host_x(static_cast<size_t>(max_m * g.k));
-    for (float& v : host_x) v = uniform(rng);
-    std::vector<uint16_t> host_xb(host_x.size());
-    encode_from_f32(DType::BF16, host_x.data(), host_xb.data(), host_x.size());
-    DeviceBuffer x(host_xb.size() * 2, "autotune input");
-    KILN_CUDA_CHECK(cudaMemcpy(x.get(), host_xb.data(), x.bytes(), cudaMemcpyHostToDevice));
+    for (float& v : host_x) v = uniform(rng) * (g.fp8 ? 400.0f : 1.0f);
+    std::vector<uint8_t> host_xq(host_x.size() * (g.fp8 ? 1 : 2));
+    if (g.fp8) {
+      quantize_fp8(host_x.data(), host_x.size(), 1.0f, host_xq.data());
+    } else {
+      encode_from_f32(DType::BF16, host_x.data(), host_xq.data(), host_x.size());
+    }
+    DeviceBuffer x(host_xq.size(), "autotune input");
+    KILN_CUDA_CHECK(cudaMemcpy(x.get(), host_xq.data(), x.bytes(), cudaMemcpyHostToDevice));
     DeviceBuffer y(static_cast<size_t>(max_m * g.n) * 4, "autotune output");
-    LtGemm gemm(context, g.n, g.k);
+    LtGemm gemm(context, g.n, g.k, g.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF);
+    const auto run_gemv = [&](int64_t m) {
+      if (g.fp8) {
+        gemv_fp8(w.get<fp8>(), x.get<fp8>(), m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, stream);
+      } else {
+        gemv_bf16(w.get<bf16>(), x.get<bf16>(), m, g.n, g.k, y.get<float>(), 0.0f, stream);
+      }
+    };
 
     for (int64_t m : shape_buckets) {
       const auto proposals = gemm.heuristic(m, kCandidates);
@@ -174,12 +193,12 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       const double best_lt_us = best_us;
       bool gemv_wins = false;
       Json gemv_us = nullptr;
-      if (gemv_supports(m, g.k)) {
+      if (g.fp8 ? gemv_fp8_supports(m, g.k) : gemv_supports(m, g.k)) {
         std::vector<double> times;
         for (int rep = 0; rep < kRepeats; ++rep) {
           KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
           KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
-          gemv_bf16(w.get<bf16>(), x.get<bf16>(), m, g.n, g.k, y.get<float>(), 0.0f, stream);
+          run_gemv(m);
           KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
           times.push_back(events.elapsed_us());
         }
@@ -194,7 +213,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                              {"backend", "cuda"},
                              {"n", g.n},
                              {"k", g.k},
-                             {"dtype", "bf16"},
+                             {"dtype", g.fp8 ? "f8e4m3" : "bf16"},
                              {"layout", "row"},
                              {"bucket", m},
                              {"tactic", gemv_wins ? "kiln-gemv" : "cublaslt"},

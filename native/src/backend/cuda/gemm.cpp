@@ -70,10 +70,17 @@ Json algo_config(const cublasLtMatmulAlgo_t& algo) {
               {"reduction", reduction}, {"swizzle", swizzle}, {"custom", custom}, {"cluster", cluster}};
 }
 
-LtGemm::LtGemm(const LtContext& context, int64_t n, int64_t k) : context_(context), n_(n), k_(k) {
+cudaDataType_t gemm_input_type(const std::string& dtype) {
+  if (dtype == "bf16") return CUDA_R_16BF;
+  if (dtype == "f8e4m3") return CUDA_R_8F_E4M3;
+  throw Error("CUDA GEMM: input dtype " + dtype + " is not supported (bf16, f8e4m3)");
+}
+
+LtGemm::LtGemm(const LtContext& context, int64_t n, int64_t k, cudaDataType_t input)
+    : context_(context), n_(n), k_(k), input_(input) {
   const auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&w_layout_, CUDA_R_16BF, u(k), u(n), k));
-  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&x_layout_, CUDA_R_16BF, u(k), 1, k));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&w_layout_, input, u(k), u(n), k));
+  KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&x_layout_, input, u(k), 1, k));
   KILN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&y_layout_, CUDA_R_32F, u(n), 1, n));
   set_rows(1);
 }
@@ -114,7 +121,7 @@ std::vector<cublasLtMatmulHeuristicResult_t> LtGemm::heuristic(int64_t m, int ma
                 results.end());
   if (results.empty()) {
     throw Error("cuBLASLt proposes no algorithm for GEMM m=" + std::to_string(m) + " n=" + std::to_string(n_) +
-                " k=" + std::to_string(k_) + " (bf16 in, fp32 out)");
+                " k=" + std::to_string(k_) + " (" + (input_ == CUDA_R_16BF ? "bf16" : "fp8 e4m3") + " in, fp32 out)");
   }
   return results;
 }
@@ -132,16 +139,15 @@ void LtGemm::check(const cublasLtMatmulAlgo_t& algo, int64_t m) {
 }
 
 cublasStatus_t LtGemm::try_run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y,
-                               float beta, cudaStream_t stream) {
+                               float beta, cudaStream_t stream, float alpha) {
   set_rows(m);
-  const float alpha = 1.0f;
   return cublasLtMatmul(context_.handle(), context_.desc(), &alpha, w, w_layout_, x, x_layout_, &beta, y, y_layout_, y,
                         y_layout_, &algo, context_.workspace(), LtContext::kWorkspaceBytes, stream);
 }
 
 void LtGemm::run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y, float beta,
-                 cudaStream_t stream) {
-  const cublasStatus_t status = try_run(algo, w, x, m, y, beta, stream);
+                 cudaStream_t stream, float alpha) {
+  const cublasStatus_t status = try_run(algo, w, x, m, y, beta, stream, alpha);
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw Error(std::string("cuBLASLt: GEMM m=") + std::to_string(m) + " n=" + std::to_string(n_) + " k=" +
                 std::to_string(k_) + " failed: " + cublasLtGetStatusString(status) + " (" + cublasLtGetStatusName(status) + ")");
@@ -149,20 +155,25 @@ void LtGemm::run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x,
 }
 
 TunedGemm::TunedGemm(const LtContext& context, int64_t n, int64_t k,
-                     std::vector<std::pair<int64_t, GemmChoice>> by_bucket)
-    : gemm_(context, n, k), by_bucket_(std::move(by_bucket)) {
+                     std::vector<std::pair<int64_t, GemmChoice>> by_bucket, cudaDataType_t input)
+    : gemm_(context, n, k, input), by_bucket_(std::move(by_bucket)) {
   if (by_bucket_.empty()) throw Error("GEMM [" + std::to_string(n) + " x " + std::to_string(k) + "]: no algorithm");
   std::sort(by_bucket_.begin(), by_bucket_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   for (const auto& [bucket, choice] : by_bucket_) gemm_.check(choice.algo, bucket);
 }
 
-void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream) {
+void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale) {
   const GemmChoice& choice = choose(m);
-  if (choice.gemv && gemv_supports(m, gemm_.k())) {
+  if (gemm_.input() == CUDA_R_8F_E4M3) {
+    if (choice.gemv && gemv_fp8_supports(m, gemm_.k())) {
+      gemv_fp8(static_cast<const fp8*>(w), static_cast<const fp8*>(x), m, gemm_.n(), gemm_.k(), scale, y, beta, stream);
+      return;
+    }
+  } else if (choice.gemv && gemv_supports(m, gemm_.k())) {
     gemv_bf16(static_cast<const bf16*>(w), static_cast<const bf16*>(x), m, gemm_.n(), gemm_.k(), y, beta, stream);
-  } else {
-    gemm_.run(choice.algo, w, x, m, y, beta, stream);
+    return;
   }
+  gemm_.run(choice.algo, w, x, m, y, beta, stream, scale);
 }
 
 }  // namespace kiln::cuda

@@ -41,18 +41,21 @@ cublasLtMatmulAlgo_t algo_from_hex(const std::string& hex);  // throws kiln::Err
 // The algorithm's configuration for people reading the autotune table (id, tile, stages, split-k...).
 Json algo_config(const cublasLtMatmulAlgo_t& algo);
 
-// y[m, n] (fp32, row-major) = x[m, k] (bf16, row-major) · w[n, k]ᵀ (bf16, the HF layout) + beta · y.
-// In cuBLASLt's column-major terms this is yᵀ[n, m] = op_T(w as [k, n]) · xᵀ[k, m]. The layouts
-// for `m` rows are adjusted per call (two attribute writes, no allocation, no heuristic).
+// y[m, n] (fp32, row-major) = alpha · x[m, k] (row-major) · w[n, k]ᵀ (the HF layout) + beta · y, with
+// x and w both bf16 or both fp8 E4M3 (`input`; for fp8, alpha carries the two per-tensor scales).
+// In cuBLASLt's column-major terms this is yᵀ[n, m] = op_T(w as [k, n]) · xᵀ[k, m] (the "TN" form
+// Hopper's fp8 GEMMs require). The layouts for `m` rows are adjusted per call (two attribute
+// writes, no allocation, no heuristic).
 class LtGemm {
  public:
-  LtGemm(const LtContext& context, int64_t n, int64_t k);
+  LtGemm(const LtContext& context, int64_t n, int64_t k, cudaDataType_t input = CUDA_R_16BF);
   ~LtGemm();
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
+  cudaDataType_t input() const { return input_; }
 
   // Up to `max` algorithms cuBLASLt's heuristic proposes for m rows (build time and untuned engines
   // only), each with the workspace it needs within LtContext::kWorkspaceBytes.
@@ -61,10 +64,10 @@ class LtGemm {
   void check(const cublasLtMatmulAlgo_t& algo, int64_t m);
 
   void run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y, float beta,
-           cudaStream_t stream);
+           cudaStream_t stream, float alpha = 1.0f);
   // Returns the status instead of throwing: the autotuner skips algorithms that refuse a problem.
   cublasStatus_t try_run(const cublasLtMatmulAlgo_t& algo, const void* w, const void* x, int64_t m, float* y,
-                         float beta, cudaStream_t stream);
+                         float beta, cudaStream_t stream, float alpha = 1.0f);
 
  private:
   void set_rows(int64_t m);
@@ -72,11 +75,15 @@ class LtGemm {
   const LtContext& context_;
   int64_t n_ = 0;
   int64_t k_ = 0;
+  cudaDataType_t input_ = CUDA_R_16BF;
   int64_t m_ = -1;
   cublasLtMatrixLayout_t w_layout_ = nullptr;
   cublasLtMatrixLayout_t x_layout_ = nullptr;
   cublasLtMatrixLayout_t y_layout_ = nullptr;
 };
+
+// "bf16" or "f8e4m3" (the engine's dtype names) to cuBLASLt's input type; throws on anything else.
+cudaDataType_t gemm_input_type(const std::string& dtype);
 
 // What the autotuner chose for one bucket: cuBLASLt's algorithm, or Kiln's GEMV kernel (gemv.h)
 // where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm, used for row
@@ -90,9 +97,11 @@ struct GemmChoice {
 // the largest bucket's beyond that (the CPU GemmPlan's rule).
 class TunedGemm {
  public:
-  TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket);
+  TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket,
+            cudaDataType_t input = CUDA_R_16BF);
 
-  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream);
+  // `scale` multiplies the product (fp8: weight scale · input scale of this weight).
+  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale = 1.0f);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

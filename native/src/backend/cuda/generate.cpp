@@ -115,4 +115,30 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
   return r;
 }
 
+double bench_prefill(CudaModel& model, int64_t prompt_len, int64_t repeats) {
+  if (prompt_len < 1 || prompt_len > model.max_seq_len() || repeats < 1) {
+    throw Error("bench prefill: prompt length " + std::to_string(prompt_len) + " must lie in [1, max_seq_len " +
+                std::to_string(model.max_seq_len()) + "] and repeats must be positive");
+  }
+  using clock = std::chrono::steady_clock;
+  const int64_t vocab = model.config().vocab_size;
+  const int64_t pages = (prompt_len + kPageSize - 1) / kPageSize;
+  CudaKvCache cache = model.new_cache(pages, kPageSize);
+  std::vector<int32_t> table(static_cast<size_t>(pages));
+  for (int64_t p = 0; p < pages; ++p) table[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+  std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+  for (int64_t i = 0; i < prompt_len; ++i) prompt[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + 13) % vocab);
+  ForwardBatch batch;
+  batch.add(prompt.data(), prompt_len, 0, table.data(), true);
+  int32_t next = 0;
+  model.forward(batch, cache, &next);
+  std::vector<double> ms;
+  for (int64_t r = 0; r < repeats; ++r) {
+    const auto t0 = clock::now();
+    model.forward(batch, cache, &next);
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  }
+  return median(ms);
+}
+
 }  // namespace kiln::cuda

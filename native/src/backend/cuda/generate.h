@@ -24,4 +24,8 @@ struct BenchResult {
 // of all of them in one batched forward per step (timed after two warm-up steps).
 BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch);
 
+// Time to first token of one `prompt_len` prompt into a fresh cache: median of `repeats` forwards
+// (after one warm-up), each ending with the greedy token on the host.
+double bench_prefill(CudaModel& model, int64_t prompt_len, int64_t repeats);
+
 }  // namespace kiln::cuda

@@ -3,6 +3,7 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/launch.cuh"
 
 namespace kiln::cuda {
 
@@ -22,21 +23,30 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+__device__ __forceinline__ void store(bf16* p, float v, float) { *p = __float2bfloat16(v); }
+// `inv_scale`: 1 / the GEMM's input scale; the conversion saturates to ±448 as the CPU's does.
+__device__ __forceinline__ void store(fp8* p, float v, float inv_scale) { *p = fp8(v * inv_scale); }
+
 unsigned blocks_for(int64_t count, int threads) {
   const int64_t blocks = (count + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 16 ? blocks : 65535 * 16);
 }
 
 __global__ void embed_rows_kernel(const bf16* table, const int32_t* tokens, int64_t hidden, float* h) {
+  wait_for_producer();
+  let_consumer_start();
   const int64_t t = blockIdx.x;
   const bf16* row = table + static_cast<int64_t>(tokens[t]) * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) h[t * hidden + i] = __bfloat162float(row[i]);
 }
 
 // One block per row; the row is read twice (sum of squares, then scale), the second time from cache.
+template <typename Out>
 __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma, float eps,
-                                bf16* y) {
+                                float inv_scale, Out* y) {
   __shared__ float partial[32];
+  wait_for_producer();
+  let_consumer_start();
   const int64_t r = blockIdx.x;
   const float* x = h + (row_index ? static_cast<int64_t>(row_index[r]) : r) * hidden;
   float squares = 0.0f;
@@ -53,16 +63,18 @@ __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_
   }
   __syncthreads();
   const float inv = rsqrtf(partial[0] / static_cast<float>(hidden) + eps);
-  bf16* out = y + r * hidden;
+  Out* out = y + r * hidden;
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) {
     const float normed = x[i] * inv;
-    out[i] = __float2bfloat16(gamma ? gamma[i] * normed : normed);
+    store(out + i, gamma ? gamma[i] * normed : normed, inv_scale);
   }
 }
 
 // One block per (token, head) of q and k: each thread rotates one (i, i + head_dim/2) pair; the
 // blocks of k heads also store that head's k and v rows in the token's cache slot.
 __global__ void rope_kv_kernel(RopeKvArgs a) {
+  wait_for_producer();
+  let_consumer_start();
   const int64_t t = blockIdx.x;
   const int64_t head = blockIdx.y;
   const int64_t D = a.head_dim;
@@ -114,6 +126,8 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   __shared__ float q_s[kAttnRows][D];
   __shared__ float k_s[kAttnKeys][D + 1];  // +1: lanes read different rows of one column, no bank conflicts
   __shared__ float v_s[kAttnKeys][D];
+  wait_for_producer();
+  let_consumer_start();
 
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
@@ -230,9 +244,15 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
     const int64_t h = head0 + r % nh;
     if (gridDim.z == 1) {
       const float inv = 1.0f / l[rr];  // l > 0: every query sees at least its own position
-      bf16* out = a.out + t * a.heads * D + h * D;
+      const int64_t at = t * a.heads * D + h * D;
+      if (a.out_fp8) {
+        const float inv_scale = 1.0f / a.out_scale;
 #pragma unroll
-      for (int i = 0; i < kLaneDims; ++i) out[lane + i * kWarp] = __float2bfloat16(acc[rr][i] * inv);
+        for (int i = 0; i < kLaneDims; ++i) store(a.out_fp8 + at + lane + i * kWarp, acc[rr][i] * inv, inv_scale);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kLaneDims; ++i) store(a.out + at + lane + i * kWarp, acc[rr][i] * inv, 1.0f);
+      }
     } else {
       // Written even for an empty share (l = 0): the merge reads every split.
       float* part = a.partials + ((t * a.heads + h) * gridDim.z + blockIdx.z) * (D + 2);
@@ -248,7 +268,10 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
 
 // One block per (token, head), one thread per output dimension: rescales each split's partial
 // output to the common maximum and normalises by the summed softmax denominators.
-__global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_t head_dim, int64_t splits, bf16* out) {
+__global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_t head_dim, int64_t splits, bf16* out,
+                                    fp8* out_fp8, float out_scale) {
+  wait_for_producer();
+  let_consumer_start();
   const int64_t row = blockIdx.x;  // token * heads + head
   const float* part = partials + row * splits * (head_dim + 2);
   float m = -FLT_MAX;
@@ -264,10 +287,14 @@ __global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_
     num += w * p[d];
     den += w * l;
   }
-  out[row * head_dim + d] = __float2bfloat16(num / den);
+  if (out_fp8) store(out_fp8 + row * head_dim + d, num / den, 1.0f / out_scale);
+  else store(out + row * head_dim + d, num / den, 1.0f);
 }
 
-__global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, bf16* out) {
+template <typename Out>
+__global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, float inv_scale, Out* out) {
+  wait_for_producer();
+  let_consumer_start();
   const int64_t total = rows * inter;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -275,7 +302,7 @@ __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inte
     const int64_t i = idx % inter;
     const float g = gate_up[r * 2 * inter + i];
     const float u = gate_up[r * 2 * inter + inter + i];
-    out[idx] = __float2bfloat16(g / (1.0f + __expf(-g)) * u);
+    store(out + idx, g / (1.0f + __expf(-g)) * u, inv_scale);
   }
 }
 
@@ -288,6 +315,8 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
 constexpr int kArgmaxPerThread = 8;
 
 __global__ void argmax_kernel(const float* logits, int64_t vocab, unsigned long long* keys) {
+  wait_for_producer();
+  let_consumer_start();
   const float* row = logits + blockIdx.y * vocab;
   unsigned long long best = 0;
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kArgmaxPerThread;
@@ -305,23 +334,33 @@ __global__ void argmax_kernel(const float* logits, int64_t vocab, unsigned long 
 
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream) {
   if (n == 0) return;
-  embed_rows_kernel<<<static_cast<unsigned>(n), 256, 0, stream>>>(table, tokens, hidden, h);
-  KILN_CUDA_CHECK_LAUNCH("embed_rows_kernel");
+  launch_kernel("embed_rows_kernel", embed_rows_kernel, dim3(static_cast<unsigned>(n)), dim3(256), stream, table, tokens,
+                hidden, h);
+}
+
+template <typename Out>
+void rms_norm(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma, float eps,
+              float inv_scale, Out* y, cudaStream_t stream) {
+  if (rows == 0) return;
+  const unsigned threads = hidden >= 4096 ? 1024 : 256;
+  launch_kernel("rms_norm_kernel", rms_norm_kernel<Out>, dim3(static_cast<unsigned>(rows)), dim3(threads), stream, h,
+                row_index, hidden, gamma, eps, inv_scale, y);
 }
 
 void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
                       float eps, bf16* y, cudaStream_t stream) {
-  if (rows == 0) return;
-  const int threads = hidden >= 4096 ? 1024 : 256;
-  rms_norm_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(h, row_index, hidden, gamma, eps, y);
-  KILN_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f, y, stream);
+}
+
+void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
+                     float eps, float scale, fp8* y, cudaStream_t stream) {
+  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f / scale, y, stream);
 }
 
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
   const dim3 grid(static_cast<unsigned>(args.tokens), static_cast<unsigned>(args.heads + args.kv_heads));
-  rope_kv_kernel<<<grid, static_cast<unsigned>(args.head_dim / 2), 0, stream>>>(args);
-  KILN_CUDA_CHECK_LAUNCH("rope_kv_kernel");
+  launch_kernel("rope_kv_kernel", rope_kv_kernel, grid, dim3(static_cast<unsigned>(args.head_dim / 2)), stream, args);
 }
 
 int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads) {
@@ -349,25 +388,30 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
                   static_cast<unsigned>(a.splits));
-  const int threads = kAttnWarps * kWarp;
+  const dim3 threads(kAttnWarps * kWarp);
   switch (a.head_dim) {
-    case 32: attention_kernel<32><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
-    case 64: attention_kernel<64><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
-    case 128: attention_kernel<128><<<grid, threads, 0, stream>>>(a, heads_per_block); break;
+    case 32: launch_kernel("attention_kernel", attention_kernel<32>, grid, threads, stream, a, heads_per_block); break;
+    case 64: launch_kernel("attention_kernel", attention_kernel<64>, grid, threads, stream, a, heads_per_block); break;
+    case 128: launch_kernel("attention_kernel", attention_kernel<128>, grid, threads, stream, a, heads_per_block); break;
     default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
   }
-  KILN_CUDA_CHECK_LAUNCH("attention_kernel");
   if (a.splits > 1) {
-    merge_splits_kernel<<<static_cast<unsigned>(a.tokens * a.heads), static_cast<unsigned>(a.head_dim), 0, stream>>>(
-        a.partials, a.heads, a.head_dim, a.splits, a.out);
-    KILN_CUDA_CHECK_LAUNCH("merge_splits_kernel");
+    launch_kernel("merge_splits_kernel", merge_splits_kernel, dim3(static_cast<unsigned>(a.tokens * a.heads)),
+                  dim3(static_cast<unsigned>(a.head_dim)), stream, a.partials, a.heads, a.head_dim, a.splits, a.out,
+                  a.out_fp8, a.out_scale);
   }
 }
 
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {
   if (rows * inter == 0) return;
-  silu_mul_kernel<<<blocks_for(rows * inter, 256), 256, 0, stream>>>(gate_up, rows, inter, out);
-  KILN_CUDA_CHECK_LAUNCH("silu_mul_kernel");
+  launch_kernel("silu_mul_kernel", silu_mul_kernel<bf16>, dim3(blocks_for(rows * inter, 256)), dim3(256), stream,
+                gate_up, rows, inter, 1.0f, out);
+}
+
+void silu_mul_to_fp8(const float* gate_up, int64_t rows, int64_t inter, float scale, fp8* out, cudaStream_t stream) {
+  if (rows * inter == 0) return;
+  launch_kernel("silu_mul_kernel", silu_mul_kernel<fp8>, dim3(blocks_for(rows * inter, 256)), dim3(256), stream,
+                gate_up, rows, inter, 1.0f / scale, out);
 }
 
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys, cudaStream_t stream) {
@@ -376,8 +420,7 @@ void argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long
   const int threads = 256;
   const dim3 grid(static_cast<unsigned>((vocab + threads * kArgmaxPerThread - 1) / (threads * kArgmaxPerThread)),
                   static_cast<unsigned>(rows));
-  argmax_kernel<<<grid, threads, 0, stream>>>(logits, vocab, keys);
-  KILN_CUDA_CHECK_LAUNCH("argmax_kernel");
+  launch_kernel("argmax_kernel", argmax_kernel, grid, dim3(threads), stream, logits, vocab, keys);
 }
 
 }  // namespace kiln::cuda

@@ -1,10 +1,13 @@
 #pragma once
 
 // The CUDA backend's own kernels (everything of a decoder step except the GEMMs, which are cuBLASLt).
-// Activations: the residual stream is fp32, GEMM inputs bf16, GEMM outputs fp32; weights bf16; the
-// KV cache bf16 in the page layout of runtime/kv_cache.h. Each launcher checks its launch.
+// Activations: the residual stream is fp32, GEMM inputs bf16 (fp8 engines: E4M3, quantized with the
+// GEMM's calibrated per-tensor input scale by the kernel that produces them), GEMM outputs fp32;
+// weights bf16 or E4M3; the KV cache bf16 in the page layout of runtime/kv_cache.h. Each launcher
+// checks its launch; every kernel is launched with Programmatic Dependent Launch (launch.cuh).
 
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -12,6 +15,7 @@
 namespace kiln::cuda {
 
 using bf16 = __nv_bfloat16;
+using fp8 = __nv_fp8_e4m3;
 
 // h[t] = float(table[tokens[t]]) for t < n.
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
@@ -20,6 +24,9 @@ void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hid
 // be null (folded into the next projection).
 void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
                       float eps, bf16* y, cudaStream_t stream);
+// The same with the output quantized for an fp8 GEMM: y[r] = e4m3(normed / scale), saturating.
+void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
+                     float eps, float scale, fp8* y, cudaStream_t stream);
 
 // Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
 // convention) in place in the fp32 qkv rows, and writes k and v as bf16 into the token's cache slot
@@ -65,6 +72,10 @@ struct AttentionArgs {
   int64_t window = 0;  // 0 = the whole prefix
   float scale = 1.0f;
   bf16* out = nullptr;  // [tokens, heads * head_dim]
+  // fp8 engines: when set, the output goes here instead, as e4m3(value / out_scale) (the o
+  // projection's calibrated input scale).
+  fp8* out_fp8 = nullptr;
+  float out_scale = 1.0f;
   // Split-KV (flash-decoding): with splits > 1 each tile's key range is cut into `splits` parts run
   // by separate blocks, whose partial softmax states (max, sum, unnormalised output: head_dim + 2
   // floats per token, head and split) go to `partials` and are merged by a second kernel. Decode
@@ -84,6 +95,8 @@ bool attention_supports_head_dim(int64_t head_dim);
 
 // out[r, i] = bf16(silu(gate_up[r, i]) · gate_up[r, inter + i])
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream);
+// out[r, i] = e4m3(silu(gate_up[r, i]) · gate_up[r, inter + i] / scale), saturating.
+void silu_mul_to_fp8(const float* gate_up, int64_t rows, int64_t inter, float scale, fp8* out, cudaStream_t stream);
 
 // Greedy sampling on the device: keys[r] = the largest logits[r, :] and its index packed into one
 // 64-bit key (order-preserving value bits above, ~index below), so an atomicMax over many blocks per

@@ -80,20 +80,48 @@ const float* CudaModel::upload_optional_vector(const std::string& name, int64_t 
   return static_cast<const float*>(upload(name, DType::F32));
 }
 
-TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k) {
-  const auto key = std::make_pair(n, k);
+TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k, const std::string& dtype) {
+  const GemmKey key{n, k, dtype};
   auto& slot = gemms_[key];
   if (slot) return slot.get();
   auto algos = tuned_[key];
+  const cudaDataType_t input = gemm_input_type(dtype);
   if (algos.empty()) {
     // An engine built without autotuning: cuBLASLt's first proposal per bucket, chosen here once.
-    LtGemm probe(lt_, n, k);
+    LtGemm probe(lt_, n, k, input);
     for (int64_t m : gemm_buckets(header_limit(*engine_, "max_batch"), max_seq_len_)) {
       algos.emplace_back(m, GemmChoice{false, probe.heuristic(m, 1).front().algo});
     }
   }
-  slot = std::make_unique<TunedGemm>(lt_, n, k, std::move(algos));
+  slot = std::make_unique<TunedGemm>(lt_, n, k, std::move(algos), input);
   return slot.get();
+}
+
+CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, int64_t k) {
+  const Engine& e = *engine_;
+  const TensorView& t = e.tensor(name);
+  if (t.shape != std::vector<int64_t>{n, k}) {
+    throw Error(e.source() + ": tensor " + name + " must be [" + std::to_string(n) + ", " + std::to_string(k) + "]");
+  }
+  Projection p;
+  if (!fp8_) {
+    p.weight = upload(name, DType::BF16);
+    p.gemm = gemm_for(n, k, "bf16");
+    return p;
+  }
+  const Json& scales = e.header()["quantization"]["scales"];
+  if (!scales.contains(name) || !scales[name].contains("weight_scale") || !scales[name].contains("input_scale")) {
+    throw Error(e.source() + ": fp8 engine has no weight_scale/input_scale for " + name + " in quantization.scales");
+  }
+  const float weight_scale = scales[name]["weight_scale"].get<float>();
+  p.input_scale = scales[name]["input_scale"].get<float>();
+  if (!(weight_scale > 0.0f) || !(p.input_scale > 0.0f)) {
+    throw Error(e.source() + ": fp8 scales of " + name + " must be positive");
+  }
+  p.alpha = weight_scale * p.input_scale;
+  p.weight = upload(name, DType::F8E4M3);
+  p.gemm = gemm_for(n, k, "f8e4m3");
+  return p;
 }
 
 CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
@@ -113,6 +141,11 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device));
   const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
   use_graphs_ = !(graphs && std::string(graphs) == "0");
+  const std::string precision = e.header().value("precision", "bf16");
+  if (precision != "bf16" && precision != "fp8") {
+    throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
+  }
+  fp8_ = precision == "fp8";
 
   const Json& autotune = e.header().contains("autotune") ? e.header()["autotune"] : Json();
   if (autotune.is_object() && autotune.contains("entries")) {
@@ -126,7 +159,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
         if (tactic != "cublaslt" && tactic != "kiln-gemv") {
           throw Error(e.source() + ": autotune table names GEMM tactic " + tactic + ", which this build does not have");
         }
-        tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>()}].emplace_back(
+        tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>(), entry.value("dtype", "bf16")}].emplace_back(
             entry.at("bucket").get<int64_t>(),
             GemmChoice{tactic == "kiln-gemv", algo_from_hex(entry.at("algo").get<std::string>())});
       }
@@ -149,30 +182,19 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   embed_ = static_cast<const bf16*>(upload("embed.weight", DType::BF16));
   lm_head_ = e.find("lm_head.weight") ? static_cast<const bf16*>(upload("lm_head.weight", DType::BF16)) : embed_;
   final_norm_ = upload_optional_vector("final_norm.weight", c.hidden_size);
-  lm_head_gemm_ = gemm_for(c.vocab_size, c.hidden_size);
+  lm_head_gemm_ = gemm_for(c.vocab_size, c.hidden_size, "bf16");
 
   const int64_t qkv_out = c.q_dim() + 2 * c.kv_dim();
-  const auto weight = [&](const std::string& name, int64_t n, int64_t k) {
-    const TensorView& t = e.tensor(name);
-    if (t.shape != std::vector<int64_t>{n, k}) {
-      throw Error(e.source() + ": tensor " + name + " must be [" + std::to_string(n) + ", " + std::to_string(k) + "]");
-    }
-    return static_cast<const bf16*>(upload(name, DType::BF16));
-  };
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string L = "layers." + std::to_string(i) + ".";
     Layer layer;
     layer.attn_norm = upload_optional_vector(L + "attn_norm.weight", c.hidden_size);
     layer.mlp_norm = upload_optional_vector(L + "mlp_norm.weight", c.hidden_size);
     layer.qkv_bias = upload_optional_vector(L + "qkv.bias", qkv_out);
-    layer.qkv = weight(L + "qkv.weight", qkv_out, c.hidden_size);
-    layer.o = weight(L + "o.weight", c.hidden_size, c.q_dim());
-    layer.gate_up = weight(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size);
-    layer.down = weight(L + "down.weight", c.hidden_size, c.intermediate_size);
-    layer.qkv_gemm = gemm_for(qkv_out, c.hidden_size);
-    layer.o_gemm = gemm_for(c.hidden_size, c.q_dim());
-    layer.gate_up_gemm = gemm_for(2 * c.intermediate_size, c.hidden_size);
-    layer.down_gemm = gemm_for(c.hidden_size, c.intermediate_size);
+    layer.qkv = projection(L + "qkv.weight", qkv_out, c.hidden_size);
+    layer.o = projection(L + "o.weight", c.hidden_size, c.q_dim());
+    layer.gate_up = projection(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size);
+    layer.down = projection(L + "down.weight", c.hidden_size, c.intermediate_size);
     layers_.push_back(layer);
   }
 }
@@ -331,11 +353,14 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   const int64_t P = cache.page_size();
   const float eps = static_cast<float>(c.rms_norm_eps);
   float* h = h_.get<float>();
+  // fp8 engines quantize the GEMM inputs into the same buffers (half their size).
   bf16* x = x_.get<bf16>();
+  fp8* x8 = x_.get<fp8>();
   float* qkv = qkv_.get<float>();
   bf16* attn = attn_.get<bf16>();
   float* gate_up = gate_up_.get<float>();
   bf16* act = act_.get<bf16>();
+  fp8* act8 = act_.get<fp8>();
 
   RopeKvArgs rope;
   rope.qkv = qkv;
@@ -367,6 +392,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.window = c.sliding_window;
   attention.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   attention.out = attn;
+  attention.out_fp8 = fp8_ ? attn_.get<fp8>() : nullptr;
   attention.splits = shape.splits;
   attention.tokens = n;
   attention.partials = partials_.get<float>();
@@ -375,21 +401,25 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
-    rms_norm_to_bf16(h, nullptr, n, H, layer.attn_norm, eps, x, stream_);
-    layer.qkv_gemm->run(layer.qkv, x, n, qkv, 0.0f, stream_);
+    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, layer.attn_norm, eps, layer.qkv.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, nullptr, n, H, layer.attn_norm, eps, x, stream_);
+    layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
     rope.bias = layer.qkv_bias;
     rope.keys = cache.keys(li);
     rope.values = cache.values(li);
     rope_and_write_kv(rope, stream_);
     attention.keys = cache.keys(li);
     attention.values = cache.values(li);
+    attention.out_scale = layer.o.input_scale;
     paged_attention(attention, stream_);
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
-    layer.o_gemm->run(layer.o, attn, n, h, 1.0f, stream_);
-    rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
-    layer.gate_up_gemm->run(layer.gate_up, x, n, gate_up, 0.0f, stream_);
-    silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
-    layer.down_gemm->run(layer.down, act, n, h, 1.0f, stream_);
+    layer.o.run(attn_.get(), n, h, 1.0f, stream_);
+    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, layer.mlp_norm, eps, layer.gate_up.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
+    layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
+    if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
+    else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+    layer.down.run(act_.get(), n, h, 1.0f, stream_);
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);

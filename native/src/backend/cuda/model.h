@@ -40,7 +40,10 @@ class CudaKvCache {
 // The decoder forward pass on the GPU: weights uploaded once at construction, GEMMs through the
 // cuBLASLt algorithms stored in the engine (checked once here, never looked up per call), the rest
 // in the backend's kernels. One CudaModel serves one caller at a time (it owns its stream and
-// scratch buffers). Supported now: the Llama family (no QK norm, no o/MLP biases), head_dim 32/64/128.
+// scratch buffers). Supported now: the Llama family (no QK norm, no o/MLP biases), head_dim 32/64/128;
+// bf16 engines, and fp8 engines (E4M3 decoder-layer weights with per-tensor weight scales, their
+// inputs quantized with the calibrated per-tensor input scales by the kernels that produce them;
+// embedding, lm_head, norms and the KV cache stay high precision).
 class CudaModel {
  public:
   explicit CudaModel(std::shared_ptr<const Engine> engine);
@@ -61,18 +64,22 @@ class CudaModel {
   void forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits = nullptr);
 
  private:
+  // One decoder-layer GEMM: y = alpha · x · wᵀ (+ y); for fp8, x is quantized with input_scale and
+  // alpha = weight scale · input scale; for bf16 both are 1.
+  struct Projection {
+    const void* weight = nullptr;
+    TunedGemm* gemm = nullptr;
+    float input_scale = 1.0f;
+    float alpha = 1.0f;
+    void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream) const {
+      gemm->run(weight, x, m, y, beta, stream, alpha);
+    }
+  };
   struct Layer {
     const float* attn_norm = nullptr;
     const float* mlp_norm = nullptr;
     const float* qkv_bias = nullptr;
-    const bf16* qkv = nullptr;
-    const bf16* o = nullptr;
-    const bf16* gate_up = nullptr;
-    const bf16* down = nullptr;
-    TunedGemm* qkv_gemm = nullptr;
-    TunedGemm* o_gemm = nullptr;
-    TunedGemm* gate_up_gemm = nullptr;
-    TunedGemm* down_gemm = nullptr;
+    Projection qkv, o, gate_up, down;
   };
 
   // Counts of one step; the metadata block holds tokens, positions, sequence ids (n each), attention
@@ -87,10 +94,12 @@ class CudaModel {
     int64_t splits = 1;  // attention split-KV
   };
   using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
+  using GemmKey = std::tuple<int64_t, int64_t, std::string>;  // n, k, input dtype name
 
   const void* upload(const std::string& name, DType as);
   const float* upload_optional_vector(const std::string& name, int64_t length);
-  TunedGemm* gemm_for(int64_t n, int64_t k);
+  TunedGemm* gemm_for(int64_t n, int64_t k, const std::string& dtype);
+  Projection projection(const std::string& name, int64_t n, int64_t k);
   StepShape check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const;
   void reserve(const StepShape& shape);
   void pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size);
@@ -103,8 +112,9 @@ class CudaModel {
   int64_t max_seq_len_ = 0;
   cudaStream_t stream_ = nullptr;
   LtContext lt_;
-  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<int64_t, GemmChoice>>> tuned_;
-  std::map<std::pair<int64_t, int64_t>, std::unique_ptr<TunedGemm>> gemms_;
+  bool fp8_ = false;  // decoder-layer GEMMs in E4M3
+  std::map<GemmKey, std::vector<std::pair<int64_t, GemmChoice>>> tuned_;
+  std::map<GemmKey, std::unique_ptr<TunedGemm>> gemms_;
   std::vector<DeviceBuffer> weights_;
   DeviceBuffer rope_cos_, rope_sin_;
   const bf16* embed_ = nullptr;

@@ -1,0 +1,48 @@
+#pragma once
+
+// Kernel launches with Programmatic Dependent Launch (Hopper): a kernel launched this way may start
+// while the kernel before it in the stream is still finishing, so its launch and prologue overlap
+// that kernel's tail instead of following it (inside a decode graph too, as programmatic edges).
+// Every kernel of the backend therefore begins with wait_for_producer() before it touches anything
+// the previous kernel writes (or reads: a write before the wait could race a reader), and then calls
+// let_consumer_start() so the next kernel may be scheduled onto SMs its blocks leave free. Only
+// reads of data no kernel writes (weights) may come before the wait. Both are no-ops in a kernel
+// launched without the attribute (KILN_CUDA_PDL=0, or after a cuBLASLt kernel or a copy).
+
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "backend/cuda/check.h"
+
+namespace kiln::cuda {
+
+inline bool pdl_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_CUDA_PDL");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
+__device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+
+template <typename... Params, typename... Args>
+void launch_kernel(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = pdl_enabled() ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), what, __FILE__, __LINE__);
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE, in one device call: the stages named in STAGES (default: build tests parity
+# bench), each under its own time limit, each stage's full log in $OUT/<stage>.log and its last
+# lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh / test/gpu/parity.py.
+# Usage: KILN_COMMIT=<sha> STAGES="build tests bench" BENCH_ARGS="--models llama3.2-1b" bash test/gpu/device_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/kiln-gpu-out}
+mkdir -p "$out"
+export LD_LIBRARY_PATH=$PWD/.gpu/deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+failed=0
+
+stage() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc $rc in $((SECONDS - t0)) s"
+  tail -n "${TAIL_LINES:-12}" "$out/$name.log"
+  [ "$rc" = 0 ] || failed=1
+  return "$rc"
+}
+
+for s in ${STAGES:-build tests parity bench}; do
+  case $s in
+    build) stage build 400 bash test/gpu/build_native.sh kiln-native kiln-cuda-tests || exit 1 ;;
+    tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
+    parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
+    bench) stage bench 590 bash bench/gpu/run.sh --out "$out" ${BENCH_ARGS:-} ;;
+    *) echo "unknown stage $s" >&2; exit 2 ;;
+  esac
+done
+exit $failed
