@@ -216,7 +216,8 @@ describe("values.schema.json agrees with the operator's configuration", () => {
 describe("bad values fail `helm install` with a message naming the value", () => {
   const cases: [string, string[], RegExp][] = [
     ["no object store", [], /at '\/objectStore': missing property 'uri'/],
-    ["an object store that is not s3:// or file://", ["objectStore.uri=gs://bucket"], /\/objectStore\/uri/],
+    ["an object store that is not s3://", ["objectStore.uri=gs://bucket"], /\/objectStore\/uri/],
+    ["a file:// object store", ["objectStore.uri=file:///var/kiln"], /\/objectStore\/uri/],
     [
       "a build concurrency of 0",
       [STORE, "limits.maxConcurrentBuilds=0"],

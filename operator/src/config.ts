@@ -5,7 +5,7 @@ import { GPU_PRODUCTS, type GpuProductName } from "./api/gpu.js";
 export interface OperatorConfig {
   toolchain: { version: string; builderImage: string; runtimeImage: string };
   objectStore: {
-    /** s3://bucket/prefix or file:///dir */
+    /** s3://bucket/prefix (file:// is refused: see loadConfig). */
     uri: string;
     endpoint?: string;
     region: string;
@@ -145,8 +145,14 @@ export function loadConfig(
   };
 
   const storeUri = str("KILN_STORE_URI", "objectStore.uri");
-  if (storeUri && !/^(s3:\/\/[^/]+|file:\/\/\/)/.test(storeUri)) {
-    problems.push(`objectStore.uri must be s3://bucket[/prefix] or file:///path, got ${storeUri}`);
+  if (storeUri.startsWith("file:")) {
+    // A directory only the operator's own filesystem has: each build Job and runtime pod would see
+    // its own empty one, so builds would "succeed" without an engine anyone can read.
+    problems.push(
+      `objectStore.uri ${storeUri}: the operator does not support a file:// store, because its build Jobs and runtime pods run on other nodes and do not mount that directory; use an S3-compatible store (s3://bucket[/prefix], with objectStore.endpoint for MinIO, Ceph RGW, SeaweedFS, ... in the cluster). file:// stays for kiln-build and the runtime run outside Kubernetes`,
+    );
+  } else if (storeUri && !/^s3:\/\/[^/]+/.test(storeUri)) {
+    problems.push(`objectStore.uri must be s3://bucket[/prefix], got ${storeUri}`);
   }
 
   const selectors = { ...defaultSelectors() };

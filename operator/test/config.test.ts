@@ -5,7 +5,7 @@ const env = {
   KILN_TOOLCHAIN_VERSION: "0.1.0",
   KILN_BUILDER_IMAGE: "b:1",
   KILN_RUNTIME_IMAGE: "r:1",
-  KILN_STORE_URI: "file:///var/kiln",
+  KILN_STORE_URI: "s3://engines/kiln",
 };
 
 describe("operator config", () => {
@@ -88,7 +88,13 @@ describe("operator config", () => {
     });
     expect(holder.version).toBe("0.2.0");
     expect(current.limits.maxConcurrentBuilds).toBe(4);
-    expect(current.objectStore.uri).toBe("file:///var/kiln");
+    expect(current.objectStore.uri).toBe("s3://engines/kiln");
+  });
+
+  it("refuses a file:// store, which build Jobs and runtime pods on other nodes cannot see", () => {
+    expect(() => loadConfig({ ...env, KILN_STORE_URI: "file:///var/kiln" }, () => "")).toThrow(
+      /objectStore\.uri file:\/\/\/var\/kiln: the operator does not support a file:\/\/ store.*use an S3-compatible store/,
+    );
   });
 
   it("requires the renew deadline below the lease duration", () => {
