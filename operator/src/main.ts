@@ -24,6 +24,7 @@ import {
   loadConfig,
   type OperatorConfig,
 } from "./config.js";
+import { type CacheTransform, trimJob, trimNode } from "./controller/cache-trim.js";
 import { type Clock, realClock } from "./controller/clock.js";
 import { EventRecorder } from "./controller/events.js";
 import { Informer } from "./controller/informer.js";
@@ -104,10 +105,15 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const log = opts.log ?? componentLogger("operator");
   const client = new KubeClient(opts.kubeConfig);
   const managed = `${LABELS.managedBy}=${MANAGED_BY}`;
-  const informer = <T extends KubeObject>(rt: ResourceType, selector?: string) =>
+  const informer = <T extends KubeObject>(
+    rt: ResourceType,
+    selector?: string,
+    transform?: CacheTransform<T>,
+  ) =>
     new Informer<T>(client.listWatch<T>(rt, undefined, selector), {
       clock,
       resyncMs: opts.resyncMs ?? 10 * 60_000,
+      transform,
       log: log.child({ informer: rt.kind }),
     });
 
@@ -115,8 +121,8 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
   const builds = informer<EngineBuild>(EB_RESOURCE);
   const deployments = informer<V1Deployment & KubeObject>(DEPLOYMENT, managed);
   const services = informer<V1Service & KubeObject>(SERVICE, managed);
-  const jobs = informer<V1Job & KubeObject>(JOB, managed);
-  const nodes = informer<V1Node & KubeObject>(NODE);
+  const jobs = informer<V1Job & KubeObject>(JOB, managed, trimJob);
+  const nodes = informer<V1Node & KubeObject>(NODE, undefined, trimNode);
   const configMaps = opts.configMap
     ? new Informer<ConfigMapObject>(
         client.listWatch<ConfigMapObject>(
