@@ -174,6 +174,9 @@ void EngineLoop::close() {
     wake_.notify_one();
   }
   if (thread_.joinable()) thread_.join();
+  // The backend's memory (on the GPU, most of the device for the KV cache) goes back now rather
+  // than when the owner drops the loop: a closed engine may linger until JS collects its handle.
+  model_.reset();
 }
 
 void EngineLoop::run() {
