@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, test, vi } from "vitest";
 import { writeTinyLlama } from "../../test/fixtures/tiny-checkpoint.js";
-import { loadEngine, type NativeEngineStats } from "./engine.js";
+import { loadEngine, type NativeEngineStats, targetFingerprint } from "./engine.js";
 import {
   EngineLimitError,
   type EngineLoadOptions,
@@ -254,6 +254,10 @@ describe("native serving engine", () => {
       results.filter((r) => r.batches.at(-1)?.finishReason === "cancelled").length,
     ).toBeGreaterThanOrEqual(2);
     expect(() => engine.submit({ id: "late", promptTokens: [1], maxTokens: 1 })).toThrow(/closed/);
+  });
+
+  test("this machine's target is the CPU's where the addon has no CUDA backend or no GPU is visible", () => {
+    expect(targetFingerprint()).toMatch(/^cpu:/);
   });
 
   test("a missing engine file rejects with the path in the message", async () => {
