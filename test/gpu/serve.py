@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-KILN = ROOT / "native" / "build-cuda" / "kiln-native"
+KILN = ROOT / "native" / "build" / "cuda" / "kiln-native"
 
 SHAPES = {
     # head_dim 64, GQA 8q/2kv, untied head

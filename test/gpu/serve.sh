@@ -28,7 +28,8 @@ deps=$PWD/.gpu/deps
 export PATH=/usr/local/cuda/bin:$PATH
 [ -x /tmp/node ] || { xz -dc .gpu/node.xz > /tmp/node && chmod +x /tmp/node; }
 
-# Only the two targets this needs (no tests: the GPU machine has no GoogleTest).
+# Only the two targets this needs (no tests: the GPU machine has no GoogleTest), under the git-ignored
+# native/build so that a warm machine keeps the build between calls.
 args=(-DKILN_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DKILN_BUILD_TESTS=OFF "-DKILN_NODE_MODULES=$PWD/.gpu/serve/node_modules")
 [ -f /usr/include/nlohmann/json.hpp ] || args+=("-Dnlohmann_json_DIR=$deps/share/cmake/nlohmann_json")
 if [ ! -f /usr/include/openssl/sha.h ]; then
@@ -36,12 +37,12 @@ if [ ! -f /usr/include/openssl/sha.h ]; then
   args+=("-DOPENSSL_INCLUDE_DIR=$deps/include" "-DOPENSSL_CRYPTO_LIBRARY=$crypto")
   export LD_LIBRARY_PATH=$deps/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-[ -f native/build-cuda/CMakeCache.txt ] || cmake -S native -B native/build-cuda -G Ninja "${args[@]}" >/dev/null
+[ -f native/build/cuda/CMakeCache.txt ] || cmake -S native -B native/build/cuda -G Ninja "${args[@]}" >/dev/null
 start=$SECONDS
-cmake --build native/build-cuda -j "$(nproc)" --target kiln-native kiln_addon
+cmake --build native/build/cuda -j "$(nproc)" --target kiln-native kiln_addon
 echo "{\"build_s\": $((SECONDS - start))}"
 
-export KILN_ADDON_PATH=$PWD/native/build-cuda/kiln.node
+export KILN_ADDON_PATH=$PWD/native/build/cuda/kiln.node
 status=0
 for shape in "${shapes[@]}"; do
   # A call has a few minutes: a larger shape only when the build and the earlier shapes left time.
