@@ -4,22 +4,9 @@ import type { InferenceModelSpec } from "../src/api/inferencemodel.js";
 import type { EngineBuild } from "../src/api/types.js";
 import { claimMountsFor } from "../src/enginebuild/claims.js";
 import { planBuild } from "../src/enginebuild/reconcile.js";
-import { planModel } from "../src/inferencemodel/reconcile.js";
-import { config, model, NOW } from "./fixtures.js";
+import { config, engineBuildFor, NOW } from "./fixtures.js";
 
-const buildFor = (spec: Partial<InferenceModelSpec>): EngineBuild => {
-  const b = planModel({
-    model: model("m", spec),
-    revision: "rev1",
-    buildsByKey: new Map(),
-    ownedBuilds: [],
-    deployments: [],
-    service: undefined,
-    config,
-    now: NOW,
-  }).createBuilds[0] as EngineBuild;
-  return { ...b, metadata: { ...b.metadata, uid: "uid-eb-m", generation: 1 } };
-};
+const buildFor = (spec: Partial<InferenceModelSpec>) => engineBuildFor("m", spec);
 
 const planFor = (build: EngineBuild) =>
   planBuild({

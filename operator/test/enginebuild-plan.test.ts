@@ -4,26 +4,12 @@ import type { EngineBuild } from "../src/api/types.js";
 import {
   BuildAdmission,
   type BuildObservation,
+  needsProgress,
   PROGRESS_REFRESH_MS,
   planBuild,
 } from "../src/enginebuild/reconcile.js";
 import type { ManifestCheck } from "../src/enginebuild/result.js";
-import { planModel } from "../src/inferencemodel/reconcile.js";
-import { config, model, NOW } from "./fixtures.js";
-
-const newBuild = (name = "m"): EngineBuild => {
-  const b = planModel({
-    model: model(name),
-    revision: "rev1",
-    buildsByKey: new Map(),
-    ownedBuilds: [],
-    deployments: [],
-    service: undefined,
-    config,
-    now: NOW,
-  }).createBuilds[0] as EngineBuild;
-  return { ...b, metadata: { ...b.metadata, uid: `uid-eb-${name}`, generation: 1 } };
-};
+import { config, engineBuildFor, NOW } from "./fixtures.js";
 
 const validManifest = (key: string): ManifestCheck => ({
   state: "valid",
@@ -59,7 +45,7 @@ const jobWith = (name: string, condition?: { type: string; reason?: string; mess
 
 describe("EngineBuild plan", () => {
   it("adopts a Job that status does not record yet (operator stopped after creating it) instead of starting another", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const created = planBuild(observe(b)).createJob as V1Job;
     const done: V1Job = { ...created, status: { conditions: [{ type: "Complete", status: "True" }] } };
     const plan = planBuild(observe(b, { job: done, manifest: validManifest(b.spec.key) }));
@@ -77,7 +63,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("succeeds without a Job when a valid manifest already exists (cache hit)", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const plan = planBuild(observe(b, { manifest: validManifest(b.spec.key) }));
     expect(plan.createJob).toBeUndefined();
     expect(plan.status).toMatchObject({
@@ -92,7 +78,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("creates attempt 1's Job with builder image, spec env, GPU limit, node selector and limits", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const plan = planBuild(observe(b));
     const job = plan.createJob;
     expect(job?.metadata?.name).toBe(`${b.metadata.name}-1`);
@@ -114,7 +100,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("passes the model's credentials Secret by reference, prefixed so it cannot shadow the store's", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const withSecret = {
       ...b,
       spec: { ...b.spec, model: { ...b.spec.model, credentialsSecret: "hf-token" } },
@@ -125,13 +111,13 @@ describe("EngineBuild plan", () => {
   });
 
   it("waits as Queued with its position when the build limit is reached", () => {
-    const plan = planBuild(observe(newBuild(), { admission: { admitted: false, position: 3 } }));
+    const plan = planBuild(observe(engineBuildFor(), { admission: { admitted: false, position: 3 } }));
     expect(plan.createJob).toBeUndefined();
     expect(plan.status).toMatchObject({ phase: "Queued", queuePosition: 3 });
   });
 
   it("reads the manifest when the Job completes and records artifact and tuning", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
     const plan = planBuild(
       observe(running, { job: jobWith("j", { type: "Complete" }), manifest: validManifest(b.spec.key) }),
@@ -145,7 +131,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("shows the builder's progress while the Job runs, re-read every 10 s, and drops it once Succeeded", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
     const progress = {
       phase: "compile",
@@ -166,7 +152,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("keeps a failed build's last progress: where it stopped", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const progress = {
       phase: "fetch",
       percent: 12,
@@ -182,8 +168,47 @@ describe("EngineBuild plan", () => {
     expect(plan.status).toMatchObject({ phase: "Failed", progress });
   });
 
+  it("records where a failed attempt stopped from the report read when its Job failed", () => {
+    const b = engineBuildFor();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
+    const failedJob = jobWith("j", { type: "Failed", reason: "BackoffLimitExceeded", message: "exit 1" });
+    expect(needsProgress(running, failedJob)).toBe(true);
+    const progress = {
+      phase: "compile",
+      percent: 31,
+      message: "fusing qkv",
+      updatedAt: NOW.toISOString(),
+    };
+    const plan = planBuild(observe(running, { job: failedJob, progress }));
+    expect(plan.status).toMatchObject({ phase: "Pending", progress });
+    expect(plan.status.nextAttemptAt).toBeDefined();
+    // Judged: the backoff wait and the terminal phases read nothing more.
+    expect(needsProgress({ ...running, status: plan.status }, failedJob)).toBe(false);
+    expect(needsProgress({ ...running, status: { phase: "Failed" } }, failedJob)).toBe(false);
+    expect(needsProgress(running, jobWith("j", { type: "Complete" }))).toBe(false);
+    expect(needsProgress(running, undefined)).toBe(false);
+  });
+
+  it("does not show a previous attempt's report as the progress of the Job now running", () => {
+    const b = engineBuildFor();
+    const running = { ...b, status: { phase: "Running" as const, attempts: 2, jobName: "j-2" } };
+    const job: V1Job = {
+      metadata: { name: "j-2" },
+      status: { active: 1, startTime: new Date(NOW.getTime() - 5_000) },
+    };
+    const stale = {
+      phase: "compile",
+      percent: 60,
+      message: "attempt 1",
+      updatedAt: new Date(NOW.getTime() - 60_000).toISOString(),
+    };
+    expect(planBuild(observe(running, { job, progress: stale })).status.progress).toBeUndefined();
+    const fresh = { ...stale, phase: "fetch", percent: 5, updatedAt: NOW.toISOString() };
+    expect(planBuild(observe(running, { job, progress: fresh })).status.progress).toEqual(fresh);
+  });
+
   it("shows the manifest's post-build benchmark in status, to three significant figures", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
     const check = validManifest(b.spec.key);
     if (check.state !== "valid") throw new Error("fixture");
@@ -211,7 +236,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("counts a completed Job without a manifest as a failed attempt", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const running = { ...b, status: { phase: "Running" as const, attempts: 1, jobName: "j" } };
     const plan = planBuild(observe(running, { job: jobWith("j", { type: "Complete" }) }));
     expect(plan.status.phase).toBe("Pending");
@@ -219,7 +244,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("retries a failed Job after a growing backoff, then fails with the Job's reason", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     let status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
     const failJob = (name: string) =>
       jobWith(name, { type: "Failed", reason: "BackoffLimitExceeded", message: "pod failed" });
@@ -254,7 +279,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("fails at once, without another attempt, when the builder reports a permanent error", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
     const job = jobWith("j1", {
       type: "Failed",
@@ -270,7 +295,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("a failed build's status carries the builder's error from its termination message", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const status: EngineBuild["status"] = { phase: "Running", attempts: 1, jobName: "j1" };
     const job = jobWith("j1", { type: "Failed", reason: "PodFailurePolicy", message: "exit code 2" });
     const terminationMessage = JSON.stringify({
@@ -282,7 +307,7 @@ describe("EngineBuild plan", () => {
   });
 
   it("leaves terminal builds alone", () => {
-    const b = newBuild();
+    const b = engineBuildFor();
     const done = { ...b, status: { phase: "Failed" as const, attempts: 3 } };
     const plan = planBuild(observe(done, { manifest: validManifest(b.spec.key) }));
     expect(plan.status).toBe(done.status);
@@ -292,7 +317,7 @@ describe("EngineBuild plan", () => {
 
 describe("BuildAdmission", () => {
   const at = (name: string, created: string, phase?: "Running" | "Queued"): EngineBuild => {
-    const b = newBuild(name);
+    const b = engineBuildFor(name);
     return {
       ...b,
       metadata: { ...b.metadata, name, creationTimestamp: created },

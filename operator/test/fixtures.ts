@@ -2,6 +2,7 @@ import type { V1Deployment } from "@kubernetes/client-node";
 import type { InferenceModelSpec } from "../src/api/inferencemodel.js";
 import type { EngineBuild, InferenceModel } from "../src/api/types.js";
 import { loadConfig, type OperatorConfig } from "../src/config.js";
+import { planModel } from "../src/inferencemodel/reconcile.js";
 
 export const config: OperatorConfig = loadConfig(
   {
@@ -32,6 +33,21 @@ export function model(
       ...spec,
     },
   };
+}
+
+/** The EngineBuild the model plan creates for `model(name, spec)`, as the API server holds it. */
+export function engineBuildFor(name = "m", spec: Partial<InferenceModelSpec> = {}): EngineBuild {
+  const b = planModel({
+    model: model(name, spec),
+    revision: "rev1",
+    buildsByKey: new Map(),
+    ownedBuilds: [],
+    deployments: [],
+    service: undefined,
+    config,
+    now: NOW,
+  }).createBuilds[0] as EngineBuild;
+  return { ...b, metadata: { ...b.metadata, uid: `uid-eb-${name}`, generation: 1 } };
 }
 
 /** A build the API server has, with the status a finished build would have. */

@@ -41,7 +41,7 @@ export interface BuildObservation {
   /** Object storage's answer, read when it matters (no Job running). */
   manifest: ManifestCheck | undefined;
   terminationMessage: string | undefined;
-  /** The builder's progress.json, read while the Job runs. */
+  /** The builder's progress.json, read while the Job runs and once more when it failed. */
   progress?: BuildProgressReport | undefined;
   admission: Admission;
   config: OperatorConfig;
@@ -60,6 +60,32 @@ export function needsManifest(build: EngineBuild, job: V1Job | undefined): boole
   const phase = build.status?.phase;
   if (phase === "Succeeded" || phase === "Failed") return false;
   return !job || jobOutcome(job).state === "complete";
+}
+
+/**
+ * Does this build's progress.json need reading? While its Job runs, and once when the Job failed
+ * and the attempt is not yet judged: a failed build's last report says where it stopped, and a
+ * build faster than the refresh would otherwise never show one.
+ */
+export function needsProgress(build: EngineBuild, job: V1Job | undefined): boolean {
+  if (!job) return false;
+  const state = jobOutcome(job).state;
+  if (state === "running") return true;
+  const phase = build.status?.phase;
+  return state === "failed" && phase !== "Failed" && phase !== "Succeeded" && !build.status?.nextAttemptAt;
+}
+
+/**
+ * The report if this attempt wrote it. progress.json outlives attempts, so a report older than the
+ * Job is the previous attempt's and would show a new one further along than it is.
+ */
+function progressOfAttempt(
+  report: BuildProgressReport | undefined,
+  job: V1Job,
+): BuildProgressReport | undefined {
+  const started = job.status?.startTime ? new Date(job.status.startTime).getTime() : undefined;
+  if (!report || (started !== undefined && Date.parse(report.updatedAt) < started)) return undefined;
+  return report;
 }
 
 /**
@@ -156,7 +182,13 @@ export function planBuild(o: BuildObservation): BuildPlan {
     );
   };
 
-  const attemptFailed = (reason: string, message: string, permanent = false) => {
+  const attemptFailed = (
+    reason: string,
+    message: string,
+    permanent = false,
+    progress: BuildProgressReport | undefined = undefined,
+  ) => {
+    const stoppedAt = progress ? { progress } : {};
     if (permanent || attempts >= config.limits.buildAttempts) {
       set(
         "Failed",
@@ -164,7 +196,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
         permanent
           ? `attempt ${attempts}: the builder reported an error no retry can fix: ${message}`
           : `attempt ${attempts}/${config.limits.buildAttempts}: ${message}`,
-        { completedAt: now.toISOString() },
+        { completedAt: now.toISOString(), ...stoppedAt },
         "Warning",
       );
       return;
@@ -176,6 +208,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
       `attempt ${attempts} failed (${reason}: ${message}); retrying`,
       {
         nextAttemptAt: new Date(now.getTime() + delay).toISOString(),
+        ...stoppedAt,
       },
       "Warning",
     );
@@ -184,10 +217,11 @@ export function planBuild(o: BuildObservation): BuildPlan {
 
   if (job && status.jobName === job.metadata?.name) {
     const outcome = jobOutcome(job);
+    const progress = progressOfAttempt(o.progress, job);
     if (outcome.state === "running") {
       set("Running", "JobRunning", `build Job ${job.metadata?.name} running (attempt ${attempts})`, {
         ...(job.status?.startTime ? { startedAt: new Date(job.status.startTime).toISOString() } : {}),
-        ...(o.progress ? { progress: o.progress } : {}),
+        ...(progress ? { progress } : {}),
       });
       plan.requeueAfterMs = PROGRESS_REFRESH_MS;
       return plan;
@@ -200,7 +234,12 @@ export function planBuild(o: BuildObservation): BuildPlan {
         return plan;
       }
     } else if (outcome.state === "failed") {
-      attemptFailed(outcome.reason, builderError(o.terminationMessage) ?? outcome.message, outcome.permanent);
+      attemptFailed(
+        outcome.reason,
+        builderError(o.terminationMessage) ?? outcome.message,
+        outcome.permanent,
+        progress,
+      );
       return plan;
     } else {
       const check = o.manifest;
@@ -365,7 +404,7 @@ export async function reconcileBuild(
     manifest = checkManifest(body, build.spec.key, ctx.store.uri(paths.engine));
   }
   let progress: BuildProgressReport | undefined;
-  if (job && jobOutcome(job).state === "running") {
+  if (needsProgress(build, job)) {
     const path = enginePaths(build.spec.key).progress;
     // Advisory: a store that does not answer leaves the last progress in status, nothing else.
     const body = await ctx.store.get(path).catch((err: Error) => {
