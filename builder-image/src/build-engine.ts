@@ -66,14 +66,18 @@ async function buildSteps(
   }
 
   await mkdir(run.workDir, { recursive: true });
+  const fetchProgress = stage(progress, "fetch", 0, 20);
+  // Reported before the first byte: a source that cannot be read then shows in status as the step
+  // the build stopped at, even when it fails before any download progress.
+  fetchProgress(0, `fetching ${job.model.source}`);
   const model = await fetchModel(
     job.model.source,
     job.model.revision,
     join(run.workDir, "model"),
     run.fetchEnv,
-    stage(progress, "fetch", 0, 20),
+    fetchProgress,
   );
-  stage(progress, "fetch", 0, 20)(1, `${model.files.length} model files at revision ${model.revision}`);
+  fetchProgress(1, `${model.files.length} model files at revision ${model.revision}`);
   run.signal.throwIfAborted();
 
   let calibrationPath: string | undefined;

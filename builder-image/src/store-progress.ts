@@ -4,7 +4,7 @@ import type { ProgressEvent, ProgressSink } from "./progress.js";
 
 export interface StoreProgress {
   sink: ProgressSink;
-  /** Waits for the last event to be written (a failed write is reported, never thrown). */
+  /** Writes the last event if the interval held it back, and waits for it (errors are reported, never thrown). */
   flush(): Promise<void>;
 }
 
@@ -25,6 +25,8 @@ export function storeProgress(
   let lastPhase: string | undefined;
   let lastWrite = Number.NEGATIVE_INFINITY;
   let queued: BuildProgressReport | undefined;
+  /** The newest event the interval kept from being written. */
+  let heldBack: BuildProgressReport | undefined;
   let inFlight: Promise<void> = Promise.resolve();
   let writing = false;
 
@@ -38,18 +40,35 @@ export function storeProgress(
     writing = false;
   };
 
+  const send = (report: BuildProgressReport) => {
+    queued = report;
+    if (!writing) inFlight = drain();
+  };
+
   const sink = (event: ProgressEvent) => {
     const t = now();
-    if (event.phase === lastPhase && t - lastWrite < minIntervalMs) return;
-    lastPhase = event.phase;
-    lastWrite = t;
-    queued = {
+    const report = {
       phase: event.phase,
       percent: Math.max(0, Math.min(100, Math.floor(event.percent))),
       message: event.message,
       updatedAt: new Date(t).toISOString(),
     };
-    if (!writing) inFlight = drain();
+    if (event.phase === lastPhase && t - lastWrite < minIntervalMs) {
+      heldBack = report;
+      return;
+    }
+    heldBack = undefined;
+    lastPhase = event.phase;
+    lastWrite = t;
+    send(report);
   };
-  return { sink, flush: () => inFlight };
+
+  const flush = async () => {
+    // The build is ending (done or failed): its last event must land even inside the interval,
+    // since it is what the operator shows of a failed build.
+    if (heldBack) send(heldBack);
+    heldBack = undefined;
+    await inFlight;
+  };
+  return { sink, flush };
 }

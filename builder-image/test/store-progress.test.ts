@@ -52,6 +52,19 @@ describe("progress.json for the operator", () => {
     expect(stored?.updatedAt).toBe(new Date(3000).toISOString());
   });
 
+  test("on flush, the newest event the interval held back is written: where a failed build stopped", async () => {
+    const { store, writes } = countingStore();
+    let t = 0;
+    const p = storeProgress(store, "k3", { minIntervalMs: 3000, now: () => t });
+    p.sink({ phase: "fetch", percent: 0, message: "fetching" });
+    t = 100;
+    p.sink({ phase: "fetch", percent: 20, message: "4 model files" });
+    await p.flush();
+    expect(writes.map((w) => JSON.parse(w).percent)).toEqual([0, 20]);
+    await p.flush();
+    expect(writes).toHaveLength(2);
+  });
+
   test("a failed write is reported and never fails the build", async () => {
     const errors: Error[] = [];
     const broken = { ...countingStore().store, put: () => Promise.reject(new Error("store down")) };

@@ -1,14 +1,12 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFile } from "node:fs/promises";
 import { GetObjectCommand } from "@aws-sdk/client-s3";
 import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { enginePaths, parseProgressReport, RUNTIME_ENV, validateManifest } from "../../lib/manifest.js";
 import { ANNOTATIONS } from "../../operator/src/api/labels.js";
-import { KubeClient } from "../../operator/src/controller/kube.js";
+import type { KubeClient } from "../../operator/src/controller/kube.js";
 import { IM_RESOURCE } from "../../operator/src/inferencemodel/reconcile.js";
-import { testCluster, testKubeConfig, testS3Client } from "../cluster/env.js";
+import { testCluster, testS3Client } from "../cluster/env.js";
 import { waitUntil } from "../cluster/wait.js";
 import { SECRET } from "../pod-runner/resources.js";
 import { serviceUrl } from "./endpoint.js";
@@ -20,7 +18,8 @@ import {
   uploadModel,
   writeTinyModel,
 } from "./model.js";
-import { type Stack, startStack } from "./stack.js";
+import { type PipelineRun, startPipelineRun } from "./pipeline-run.js";
+import type { Stack } from "./stack.js";
 
 // The product's main job, end to end: an InferenceModel whose checkpoint the real S3 server serves
 // (s3://, read with the model's own credentials Secret) applied to a real control plane; the
@@ -28,27 +27,26 @@ import { type Stack, startStack } from "./stack.js";
 // real builder entrypoint against the real S3 server; the operator rolls out the runtime, which the
 // pod runner runs too; a completion comes back through the Service's ready endpoint.
 
-// Unique per run, so a rerun against a cluster kept up (KILN_USE_RUNNING_CLUSTER=1) starts clean.
-const NS = `pipeline-${Date.now().toString(36)}`;
 const MODEL = "tiny";
-const STORE_PREFIX = `pipeline-${Date.now()}`;
-const MODEL_PREFIX = `models/${STORE_PREFIX}/tiny-llama`;
 const MODEL_SECRET = "tiny-model-s3";
 
+let run: PipelineRun;
+let ns: string;
+let storePrefix: string;
+let modelPrefix: string;
 let stack: Stack;
-let runDir: string;
 let client: KubeClient;
 let uploaded: UploadedFile[];
 
 async function diagnostics(): Promise<string> {
-  const model = await getModel(client, NS, MODEL).catch(() => undefined);
-  const builds = await listBuilds(client, NS).catch(() => []);
+  const model = await getModel(client, ns, MODEL).catch(() => undefined);
+  const builds = await listBuilds(client, ns).catch(() => []);
   const tail = async (file: string) =>
     (await readFile(file, "utf8").catch(() => "")).split("\n").slice(-15).join("\n");
   return [
     `InferenceModel status: ${JSON.stringify(model?.status)}`,
     `EngineBuilds: ${JSON.stringify(builds.map((b) => ({ name: b.metadata.name, status: b.status })))}`,
-    `pods:\n${await describePods(client, NS).catch((e: Error) => e.message)}`,
+    `pods:\n${await describePods(client, ns).catch((e: Error) => e.message)}`,
     ...(await Promise.all(stack.processes.map(async (p) => `${p.name} log tail:\n${await tail(p.logFile)}`))),
   ].join("\n");
 }
@@ -64,36 +62,27 @@ async function waitFor(what: string, probe: () => Promise<boolean>, timeoutMs: n
 
 beforeAll(async () => {
   const cluster = testCluster();
-  runDir = await mkdtemp(join(tmpdir(), "kiln-pipeline-"));
-  client = new KubeClient(testKubeConfig());
-  stack = await startStack({
-    kubeConfig: testKubeConfig(),
-    kubeconfigPath: cluster.kubeconfigPath,
-    s3: cluster.s3,
-    runDir,
-    modelNamespaces: [NS],
-    toolchainVersion: "tc-1",
-    storePrefix: STORE_PREFIX,
-  });
+  run = await startPipelineRun("pipeline");
+  ({ ns, storePrefix, stack, client } = run);
+  modelPrefix = `models/${storePrefix}/tiny-llama`;
   const s3 = testS3Client();
   try {
-    uploaded = await uploadModel(s3, cluster.s3.bucket, MODEL_PREFIX, await writeTinyModel(stack.claimsDir));
+    uploaded = await uploadModel(s3, cluster.s3.bucket, modelPrefix, await writeTinyModel(stack.claimsDir));
   } finally {
     s3.destroy();
   }
-  await client.create(SECRET, s3CredentialsSecret(MODEL_SECRET, NS, cluster.s3));
+  await client.create(SECRET, s3CredentialsSecret(MODEL_SECRET, ns, cluster.s3));
 });
 
 afterAll(async () => {
-  await stack?.stop();
-  if (runDir) await rm(runDir, { recursive: true, force: true });
+  await run?.stop();
 });
 
 describe("apply an InferenceModel, build it, serve it", () => {
   test("the engine is built by the builder Job into S3, rolled out, and answers a completion through the Service", async () => {
-    const model = await tinyInferenceModel(MODEL, NS);
+    const model = await tinyInferenceModel(MODEL, ns);
     model.spec.model = {
-      source: `s3://${testCluster().s3.bucket}/${MODEL_PREFIX}`,
+      source: `s3://${testCluster().s3.bucket}/${modelPrefix}`,
       credentialsSecret: MODEL_SECRET,
     };
     await client.create(IM_RESOURCE, model);
@@ -101,10 +90,10 @@ describe("apply an InferenceModel, build it, serve it", () => {
     // The EngineBuild succeeds with an artifact the builder process published (manifest last).
     await waitFor(
       "EngineBuild Succeeded",
-      async () => (await listBuilds(client, NS)).some((b) => b.status?.phase === "Succeeded"),
+      async () => (await listBuilds(client, ns)).some((b) => b.status?.phase === "Succeeded"),
       180_000,
     );
-    const [build] = await listBuilds(client, NS);
+    const [build] = await listBuilds(client, ns);
     const artifact = build?.status?.artifact;
     expect(build?.spec.target.product).toBe("cpu");
     // What the engine does on this device, measured by the builder before it serves anything.
@@ -114,9 +103,7 @@ describe("apply an InferenceModel, build it, serve it", () => {
       maxBatch: { batchSize: build?.spec.engine.maxBatchSize },
     });
     expect(artifact?.uri).toMatch(
-      new RegExp(
-        `^s3://${testCluster().s3.bucket}/${STORE_PREFIX}/engines/${build?.spec.key}/engine\\.kiln$`,
-      ),
+      new RegExp(`^s3://${testCluster().s3.bucket}/${storePrefix}/engines/${build?.spec.key}/engine\\.kiln$`),
     );
 
     const key = build?.spec.key ?? "";
@@ -124,7 +111,7 @@ describe("apply an InferenceModel, build it, serve it", () => {
     const read = async (path: string) =>
       (
         await s3.send(
-          new GetObjectCommand({ Bucket: testCluster().s3.bucket, Key: `${STORE_PREFIX}/${path}` }),
+          new GetObjectCommand({ Bucket: testCluster().s3.bucket, Key: `${storePrefix}/${path}` }),
         )
       ).Body?.transformToString();
     let manifestText: string | undefined;
@@ -143,7 +130,7 @@ describe("apply an InferenceModel, build it, serve it", () => {
     expect(manifest.value.sha256).toBe(artifact?.sha256);
     expect(manifest.value.target).toMatchObject({ product: "cpu", arch: "cpu" });
     // The builder read exactly the bytes that were uploaded to the S3 server.
-    expect(manifest.value.source?.uri).toBe(`s3://${testCluster().s3.bucket}/${MODEL_PREFIX}`);
+    expect(manifest.value.source?.uri).toBe(`s3://${testCluster().s3.bucket}/${modelPrefix}`);
     expect(manifest.value.source?.files.map(({ path, sha256 }) => ({ path, sha256 }))).toEqual(uploaded);
     expect(uploaded.map((f) => f.path)).toEqual([
       "config.json",
@@ -155,10 +142,10 @@ describe("apply an InferenceModel, build it, serve it", () => {
     // The runtime Deployment pins exactly that engine.
     await waitFor(
       "runtime Deployment created",
-      async () => (await listDeployments(client, NS)).length > 0,
+      async () => (await listDeployments(client, ns)).length > 0,
       60_000,
     );
-    const [deployment] = await listDeployments(client, NS);
+    const [deployment] = await listDeployments(client, ns);
     if (!deployment) throw new Error("no Deployment");
     expect(envOf(deployment, RUNTIME_ENV.engineUri)).toBe(artifact?.uri);
     expect(envOf(deployment, RUNTIME_ENV.engineSha256)).toBe(artifact?.sha256);
@@ -167,14 +154,14 @@ describe("apply an InferenceModel, build it, serve it", () => {
     // The runtime process loads it, passes its readiness probe, and the model reports Ready.
     await waitFor(
       "InferenceModel Ready",
-      async () => (await getModel(client, NS, MODEL))?.status?.phase === "Ready",
+      async () => (await getModel(client, ns, MODEL))?.status?.phase === "Ready",
       180_000,
     );
     let url: string | undefined;
     await waitFor(
       "a ready endpoint behind the Service",
       async () => {
-        url = await serviceUrl(client, NS, MODEL);
+        url = await serviceUrl(client, ns, MODEL);
         return url !== undefined;
       },
       30_000,
@@ -197,7 +184,7 @@ describe("apply an InferenceModel, build it, serve it", () => {
   });
 
   test("a toolchain bump rebuilds the engine and the new runtime takes over while clients see no failed request", async () => {
-    const [before] = await listDeployments(client, NS);
+    const [before] = await listDeployments(client, ns);
     const oldKey = before?.spec.template.metadata.annotations?.[ANNOTATIONS.engineKey];
     expect(oldKey).toMatch(/^[0-9a-f]{64}$/);
 
@@ -208,8 +195,8 @@ describe("apply an InferenceModel, build it, serve it", () => {
       baseURL: "http://service.invalid/v1",
       apiKey: "unused",
       fetch: async (input, init) => {
-        const url = await serviceUrl(client, NS, MODEL);
-        if (!url) throw new TypeError(`Service ${NS}/${MODEL} has no ready endpoint`);
+        const url = await serviceUrl(client, ns, MODEL);
+        if (!url) throw new TypeError(`Service ${ns}/${MODEL} has no ready endpoint`);
         return fetch(String(input).replace("http://service.invalid", url), init);
       },
     });
@@ -239,9 +226,9 @@ describe("apply an InferenceModel, build it, serve it", () => {
       await waitFor(
         "the model serving a new engine built by toolchain tc-2 on every replica",
         async () => {
-          const model = await getModel(client, NS, MODEL);
+          const model = await getModel(client, ns, MODEL);
           const serving = model?.status?.targets?.[0]?.servingEngine;
-          const [d] = await listDeployments(client, NS);
+          const [d] = await listDeployments(client, ns);
           return (
             model?.status?.phase === "Ready" &&
             serving?.toolchain === "tc-2" &&
@@ -257,7 +244,7 @@ describe("apply an InferenceModel, build it, serve it", () => {
       await waitFor(
         "only the new runtime pod left",
         async () =>
-          (await describePods(client, NS)).split("\n").filter((l) => / Running /.test(l)).length === 1,
+          (await describePods(client, ns)).split("\n").filter((l) => / Running /.test(l)).length === 1,
         90_000,
       );
       const afterSwitch = answered;
@@ -272,9 +259,9 @@ describe("apply an InferenceModel, build it, serve it", () => {
     }
 
     expect(failures).toEqual([]);
-    const builds = await listBuilds(client, NS);
+    const builds = await listBuilds(client, ns);
     expect(builds.find((b) => b.spec.toolchain.version === "tc-2")?.status?.phase).toBe("Succeeded");
-    const [after] = await listDeployments(client, NS);
+    const [after] = await listDeployments(client, ns);
     expect(after?.spec.template.spec.containers[0]?.image).toBe("kiln/runtime:tc-2");
   });
 });
