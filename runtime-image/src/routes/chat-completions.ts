@@ -10,8 +10,8 @@ import {
   respond,
   type SamplingBody,
   samplingProperties,
-  usageBody,
 } from "./common.js";
+import { responseShape } from "./response-shape.js";
 
 type Content = string | { type: "text"; text: string }[] | null;
 
@@ -81,52 +81,17 @@ function chatLogprobs(entries: TokenChoiceLogprob[] | undefined) {
 }
 
 function chatShape(id: string, model: string, includeUsage: boolean): ResponseShape {
-  const created = Math.floor(Date.now() / 1000);
-  const head = { id, object: "chat.completion.chunk", created, model };
-  const usageField = includeUsage ? { usage: null } : {};
-  return {
-    opening: (choices) =>
-      choices.map((c) => ({
-        ...head,
-        choices: [
-          { index: c.index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
-        ],
-        ...usageField,
-      })),
-    chunk: (event) =>
-      event.kind === "text"
-        ? {
-            ...head,
-            choices: [
-              {
-                index: event.index,
-                delta: { content: event.text },
-                logprobs: chatLogprobs(event.logprobs),
-                finish_reason: null,
-              },
-            ],
-            ...usageField,
-          }
-        : {
-            ...head,
-            choices: [{ index: event.index, delta: {}, logprobs: null, finish_reason: event.reason }],
-            ...usageField,
-          },
-    usageChunk: (usage) => ({ ...head, choices: [], usage: usageBody(usage) }),
-    complete: (choices, usage) => ({
-      id,
-      object: "chat.completion",
-      created,
-      model,
-      choices: choices.map((c) => ({
-        index: c.index,
-        message: { role: "assistant", content: c.text },
-        logprobs: chatLogprobs(c.logprobs),
-        finish_reason: c.finishReason,
-      })),
-      usage: usageBody(usage),
-    }),
-  };
+  return responseShape(
+    { id, model, chunkObject: "chat.completion.chunk", completeObject: "chat.completion", includeUsage },
+    {
+      delta: (content) => ({ delta: { content } }),
+      finished: { delta: {} },
+      whole: (content) => ({ message: { role: "assistant", content } }),
+      logprobs: (_index, entries) => chatLogprobs(entries),
+      opening: (choiceChunk, index) =>
+        choiceChunk(index, { delta: { role: "assistant", content: "" } }, null, null),
+    },
+  );
 }
 
 export const chatCompletionsRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => {

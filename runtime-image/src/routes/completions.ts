@@ -2,7 +2,6 @@ import type { FastifyPluginAsync } from "fastify";
 import { ApiError } from "../errors.js";
 import type { TokenChoiceLogprob } from "../generation.js";
 import {
-  type FinishedChoice,
   modelFor,
   planGeneration,
   type ResponseShape,
@@ -10,8 +9,8 @@ import {
   respond,
   type SamplingBody,
   samplingProperties,
-  usageBody,
 } from "./common.js";
+import { responseShape } from "./response-shape.js";
 
 interface CompletionBody extends SamplingBody {
   prompt: string | string[] | number[] | number[][];
@@ -62,43 +61,16 @@ class CompletionLogprobs {
 }
 
 function completionShape(id: string, model: string, includeUsage: boolean): ResponseShape {
-  const created = Math.floor(Date.now() / 1000);
-  const head = { id, object: "text_completion", created, model };
-  const usageField = includeUsage ? { usage: null } : {};
   const logprobs = new CompletionLogprobs();
-  return {
-    opening: () => [],
-    chunk: (event) =>
-      event.kind === "text"
-        ? {
-            ...head,
-            choices: [
-              {
-                index: event.index,
-                text: event.text,
-                logprobs: logprobs.format(event.index, event.logprobs),
-                finish_reason: null,
-              },
-            ],
-            ...usageField,
-          }
-        : {
-            ...head,
-            choices: [{ index: event.index, text: "", logprobs: null, finish_reason: event.reason }],
-            ...usageField,
-          },
-    usageChunk: (usage) => ({ ...head, choices: [], usage: usageBody(usage) }),
-    complete: (choices: FinishedChoice[], usage) => ({
-      ...head,
-      choices: choices.map((c) => ({
-        index: c.index,
-        text: c.text,
-        logprobs: logprobs.format(c.index, c.logprobs),
-        finish_reason: c.finishReason,
-      })),
-      usage: usageBody(usage),
-    }),
-  };
+  return responseShape(
+    { id, model, chunkObject: "text_completion", completeObject: "text_completion", includeUsage },
+    {
+      delta: (text) => ({ text }),
+      finished: { text: "" },
+      whole: (text) => ({ text }),
+      logprobs: (index, entries) => logprobs.format(index, entries),
+    },
+  );
 }
 
 export const completionsRoutes: FastifyPluginAsync<RouteDeps> = async (app, deps) => {
