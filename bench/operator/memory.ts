@@ -1,7 +1,8 @@
 // The operator's memory as the bench sees it: RSS from /proc (what a container limit counts), V8's
 // heap used and total from the operator's own /metrics (prom-client's default metrics), and the
 // heap left after each mark-compact from --trace-gc (an upper bound on the live set: what
-// --max-old-space-size must hold, as opposed to garbage V8 has not yet collected).
+// --max-old-space-size must hold, as opposed to garbage V8 has not yet collected). It also keeps
+// the longest event-loop stall: time a reconcile spends waiting for the operator's own CPU.
 import { readFile } from "node:fs/promises";
 import { sumSeries } from "./prom.js";
 
@@ -9,12 +10,14 @@ export interface MemoryReading {
   rssMb: number;
   heapUsedMb: number;
   heapTotalMb: number;
+  /** Longest event-loop stall since the previous reading (prom-client resets it per scrape). */
+  eventLoopLagMaxMs: number;
 }
 
 const MB = 1024 * 1024;
 
 export class MemorySampler {
-  readonly peak: MemoryReading = { rssMb: 0, heapUsedMb: 0, heapTotalMb: 0 };
+  readonly peak: MemoryReading = { rssMb: 0, heapUsedMb: 0, heapTotalMb: 0, eventLoopLagMaxMs: 0 };
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -30,10 +33,12 @@ export class MemorySampler {
       rssMb: Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024,
       heapUsedMb: sumSeries(text, "nodejs_heap_size_used_bytes", {}) / MB,
       heapTotalMb: sumSeries(text, "nodejs_heap_size_total_bytes", {}) / MB,
+      eventLoopLagMaxMs: sumSeries(text, "nodejs_eventloop_lag_max_seconds", {}) * 1000,
     };
     this.peak.rssMb = Math.max(this.peak.rssMb, reading.rssMb);
     this.peak.heapUsedMb = Math.max(this.peak.heapUsedMb, reading.heapUsedMb);
     this.peak.heapTotalMb = Math.max(this.peak.heapTotalMb, reading.heapTotalMb);
+    this.peak.eventLoopLagMaxMs = Math.max(this.peak.eventLoopLagMaxMs, reading.eventLoopLagMaxMs);
     return reading;
   }
 

@@ -27,7 +27,7 @@ import { freeLoopbackPorts } from "../../test/cluster/ports.js";
 import { publishStandInEngine } from "../../test/fixtures/stand-in-engine.js";
 import { gpuFleet, workload } from "./fleet.js";
 import { GcTrace, MemorySampler } from "./memory.js";
-import { histogramQuantile, sumSeries } from "./prom.js";
+import { histogramCount, histogramQuantile, shareAbove, sumSeries } from "./prom.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -303,6 +303,20 @@ async function main() {
     memory.stop();
 
     const text = await operatorMetrics();
+    const apiserverText = await apiserverMetrics(kc);
+    const reconcileStats = (controller: string) => ({
+      count: histogramCount(text, "kiln_reconcile_duration_seconds", { controller }),
+      over1s: shareAbove(text, "kiln_reconcile_duration_seconds", { controller }, 1),
+    });
+    // The apiserver's own time for the operator's most frequent writes (only the operator makes
+    // them: status PUTs of models, server-side applies of Deployments, EngineBuild creates).
+    const writeP99 = (verb: string, resource: string, subresource = "") =>
+      histogramQuantile(
+        apiserverText,
+        "apiserver_request_duration_seconds",
+        { verb, resource, subresource },
+        0.99,
+      );
     const result = {
       machine: `${(await readFile("/proc/cpuinfo", "utf8")).match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown"}, ${
         (await readFile("/proc/cpuinfo", "utf8")).match(/^processor/gm)?.length ?? "?"
@@ -330,6 +344,15 @@ async function main() {
           0.99,
         ),
       },
+      reconciles: {
+        inferencemodel: reconcileStats("inferencemodel"),
+        enginebuild: reconcileStats("enginebuild"),
+      },
+      apiserverWriteP99Seconds: {
+        modelStatusPut: writeP99("PUT", "inferencemodels", "status"),
+        deploymentApply: writeP99("PATCH", "deployments"),
+        engineBuildCreate: writeP99("POST", "enginebuilds"),
+      },
       apiRequestsPerSecond: {
         apply: (requests1 - requests0) / applySeconds,
         bump: (requests2 - requests1) / bumpSeconds,
@@ -345,6 +368,7 @@ async function main() {
         peakAfterMarkCompact: gc.peakAfterMarkCompactMb,
         endHeapUsed: (await memory.sample()).heapUsedMb,
       },
+      peakEventLoopLagMs: memory.peak.eventLoopLagMaxMs,
       bump: {
         buildLimit: BUILD_LIMIT,
         convergeSeconds: bumpSeconds,
@@ -456,6 +480,9 @@ type Result = Record<string, unknown> & {
   applyToBuildMs: { p50: number; p99: number; n: number };
   applyToJobMs: { p50: number; p99: number; n: number };
   reconcileP99Seconds: { inferencemodel: number; enginebuild: number };
+  reconciles: Record<"inferencemodel" | "enginebuild", { count: number; over1s: number }>;
+  apiserverWriteP99Seconds: { modelStatusPut: number; deploymentApply: number; engineBuildCreate: number };
+  peakEventLoopLagMs: number;
   apiRequestsPerSecond: { apply: number; bump: number };
   memoryMb: {
     idleRss: number;
@@ -478,6 +505,7 @@ type Result = Record<string, unknown> & {
 function rows(r: Result): [string, string][] {
   const ms = (x: number) => `${Math.round(x)} ms`;
   const mb = (x: number) => `${Math.round(x)} MB`;
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
   return [
     [
       "fleet",
@@ -496,6 +524,15 @@ function rows(r: Result): [string, string][] {
       `reconcile p99 (InferenceModel / EngineBuild), ${r.reconcileConcurrency} workers each`,
       `<= ${r.reconcileP99Seconds.inferencemodel} s / <= ${r.reconcileP99Seconds.enginebuild} s (histogram bucket bound)`,
     ],
+    [
+      "reconciles over 1 s (InferenceModel / EngineBuild)",
+      `${pct(r.reconciles.inferencemodel.over1s)} of ${r.reconciles.inferencemodel.count} / ${pct(r.reconciles.enginebuild.over1s)} of ${r.reconciles.enginebuild.count}`,
+    ],
+    [
+      "apiserver p99 of the operator's writes: model status PUT / Deployment apply / EngineBuild create",
+      `<= ${r.apiserverWriteP99Seconds.modelStatusPut} s / <= ${r.apiserverWriteP99Seconds.deploymentApply} s / <= ${r.apiserverWriteP99Seconds.engineBuildCreate} s`,
+    ],
+    ["operator event loop, longest stall", `${Math.round(r.peakEventLoopLagMs)} ms`],
     [
       "operator API requests/s (apply / bump)",
       `${r.apiRequestsPerSecond.apply.toFixed(1)} / ${r.apiRequestsPerSecond.bump.toFixed(1)}`,

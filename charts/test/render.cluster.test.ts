@@ -102,7 +102,20 @@ describe("helm lint and template", () => {
     expect(deployment.spec?.replicas).toBeGreaterThan(1);
     // Environment variables win over the ConfigMap, so any KILN_* setting here would stop a
     // `helm upgrade` of that setting from reaching the running operator.
-    expect(container?.env?.map((e) => e.name).sort()).toEqual(["KILN_CONFIG_MAP", "NODE_ENV", "POD_NAME"]);
+    expect(container?.env?.map((e) => e.name).sort()).toEqual([
+      "KILN_CONFIG_MAP",
+      "NODE_ENV",
+      "NODE_OPTIONS",
+      "POD_NAME",
+    ]);
+    // V8's old space has to fit the container with the RSS that is not heap (~150 MB measured).
+    const oldSpaceMb = Number(
+      /--max-old-space-size=(\d+)/.exec(
+        container?.env?.find((e) => e.name === "NODE_OPTIONS")?.value ?? "",
+      )?.[1],
+    );
+    const limitMi = Number(/^(\d+)Mi$/.exec(String(container?.resources?.limits?.memory))?.[1]);
+    expect(oldSpaceMb + 150).toBeLessThanOrEqual(limitMi);
     expect(container?.env?.find((e) => e.name === "KILN_CONFIG_MAP")?.value).toBe("kiln-system/kiln-config");
     const config = configOf(objects);
     expect(config.leaderElection).toMatchObject({ namespace: "kiln-system", name: "kiln-operator" });
