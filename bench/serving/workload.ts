@@ -1,16 +1,5 @@
 import { readFile } from "node:fs/promises";
-
-/** A small deterministic generator (mulberry32), so a seed reproduces a workload exactly. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "../../test/fixtures/seeded-random.js";
 
 // Common short English words: about one token each in every mainstream vocabulary, so a prompt of
 // N words is close to N tokens whatever the server's tokenizer (the server's usage gives the truth).
