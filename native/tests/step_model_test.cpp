@@ -57,9 +57,9 @@ class ArgmaxBackend : public StepModel {
   bool greedy_without_logits() const override { return true; }
 
   void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) override {
-    EXPECT_NE(greedy, nullptr);
     const int64_t vocab = config().vocab_size;
     const int64_t rows = batch.logit_rows();
+    if (rows > 0) EXPECT_NE(greedy, nullptr);
     std::vector<float> own(static_cast<size_t>(rows * vocab));
     cpu_.forward(batch, nullptr, own.data());
     for (int64_t r = 0; r < rows; ++r) {
@@ -156,6 +156,23 @@ TEST(StepModelSeam, SampledAndPenalizedRowsGetLogitsOnTheHostBesideDeviceGreedyR
   EXPECT_EQ(loop.stats().pages_used, 0);
   std::lock_guard<std::mutex> lock(seen->mutex);
   EXPECT_GT(seen->steps_with_logits, 0);
+}
+
+TEST(StepModelSeam, PrefillChunksThatWantNoLogitsRunOnEitherBackend) {
+  auto engine = tiny_engine("seam_chunks");
+  ServingOptions o = options();
+  o.max_batched_tokens = 8;  // a lone 60-token prompt: seven steps without a logits row first
+  GenerationRequest r = request("long", 3, 60, 5);
+  Streams cpu_streams;
+  EngineLoop cpu(engine, o, cpu_streams.sink());
+  const auto want = serve(cpu, cpu_streams, {r});
+  EXPECT_EQ(want.at("long").size(), 5u);
+  EXPECT_TRUE(cpu.stats().healthy);
+
+  Streams streams;
+  EngineLoop loop(engine, o, std::make_unique<ArgmaxBackend>(engine, step_model_options(*engine, o)), streams.sink());
+  EXPECT_EQ(serve(loop, streams, {r}), want);
+  EXPECT_TRUE(loop.stats().healthy);
 }
 
 TEST(StepModelSeam, TheLimitsReportTheBackendAndTheCacheItSized) {

@@ -32,8 +32,9 @@ class StepModel {
 
   // Runs `batch`, writing every slice's keys and values into the cache. For each slice that wants
   // logits, in slice order: its argmax token to `greedy` (first index on ties) when not null, and
-  // its row of vocab_size logits to `logits` when not null. At least one of them is given;
-  // `greedy` only where greedy_without_logits().
+  // its row of vocab_size logits to `logits` when not null. Where a row wants logits at least one
+  // of them is given (a step of prefill chunks alone may have none); `greedy` only where
+  // greedy_without_logits().
   virtual void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) = 0;
 };
 
