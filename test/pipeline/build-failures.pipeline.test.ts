@@ -49,7 +49,7 @@ describe("build failures end in a Failed EngineBuild with the reason, and publis
     expect(build.spec.target).toMatchObject({ product: "L4", arch: "sm_89" });
     // The builder's own words, from its termination message: the target it was asked for.
     expect(build.status?.message).toMatch(/targets L4 \(sm_89\)/);
-    expect(await warningEventsOf(run, build)).not.toBe("");
+    expect(await warningEventsOf(run, build)).toMatch(/targets L4/);
   });
 
   test("no engine or manifest was published for either", async () => {

@@ -67,17 +67,26 @@ export async function failedBuildOf(run: PipelineRun, model: string): Promise<En
   return failed;
 }
 
-/** The messages of the Warning Events about `build`, one a line. */
+/**
+ * The messages of the Warning Events about `build`, one a line, once there is one: the operator
+ * records the Event after the status, so a reader that saw the status may be ahead of it.
+ */
 export async function warningEventsOf(run: PipelineRun, build: EngineBuild): Promise<string> {
   const selector = encodeURIComponent(`involvedObject.name=${build.metadata.name}`);
-  const events = await run.client.request<{ items: { type: string; message: string }[] }>(
-    "GET",
-    `/api/v1/namespaces/${run.ns}/events?fieldSelector=${selector}`,
+  let warnings: string[] = [];
+  await waitUntil(
+    `a Warning Event about EngineBuild ${run.ns}/${build.metadata.name}`,
+    async () => {
+      const events = await run.client.request<{ items: { type: string; message: string }[] }>(
+        "GET",
+        `/api/v1/namespaces/${run.ns}/events?fieldSelector=${selector}`,
+      );
+      warnings = events.items.filter((e) => e.type === "Warning").map((e) => e.message);
+      return warnings.length > 0;
+    },
+    { timeoutMs: 30_000, intervalMs: 250 },
   );
-  return events.items
-    .filter((e) => e.type === "Warning")
-    .map((e) => e.message)
-    .join("\n");
+  return warnings.join("\n");
 }
 
 /** The run's Failed EngineBuilds. */
