@@ -192,6 +192,25 @@ describe("EngineBuild plan", () => {
     expect(needsProgress(running, undefined)).toBe(false);
   });
 
+  it("starts a retry's Job without the failed attempt's progress", () => {
+    const b = engineBuildFor();
+    const progress = { phase: "compile", percent: 60, message: "attempt 1", updatedAt: NOW.toISOString() };
+    const backedOff = {
+      ...b,
+      status: {
+        phase: "Pending" as const,
+        attempts: 1,
+        jobName: "j-1",
+        progress,
+        nextAttemptAt: new Date(NOW.getTime() - 1).toISOString(),
+      },
+    };
+    const plan = planBuild(observe(backedOff));
+    expect(plan.createJob?.metadata?.name).toMatch(/-2$/);
+    expect(plan.status.phase).toBe("Running");
+    expect(plan.status.progress).toBeUndefined();
+  });
+
   it("does not show a previous attempt's report as the progress of the Job now running", () => {
     const b = engineBuildFor();
     const running = { ...b, status: { phase: "Running" as const, attempts: 2, jobName: "j-2" } };

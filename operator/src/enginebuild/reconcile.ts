@@ -288,6 +288,9 @@ export function planBuild(o: BuildObservation): BuildPlan {
     { attempts: attempt, jobName: plan.createJob.metadata?.name ?? "", startedAt: now.toISOString() },
     "Normal",
   );
+  // The previous attempt's last report would show the new one further along than it is.
+  const { progress: _previous, ...fresh } = plan.status;
+  plan.status = fresh;
   return plan;
 }
 
