@@ -52,6 +52,15 @@ export class MemorySampler {
   }
 }
 
+/** CPU time (user + system) the process has used, from /proc/<pid>/stat. */
+export async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name, which is in parentheses and may hold spaces.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticksPerSecond = 100;
+  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+}
+
 /** Reads V8's --trace-gc lines as they stream from the operator's stdout. */
 export class GcTrace {
   peakAfterMarkCompactMb = 0;

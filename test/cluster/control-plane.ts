@@ -93,7 +93,11 @@ export function startApiserver({ logDir, ports, pki }: Common): StartedProcess {
   );
 }
 
-export function startControllerManager({ logDir, ports, pki }: Common, kubeconfig: string): StartedProcess {
+export function startControllerManager(
+  { logDir, ports, pki }: Common,
+  kubeconfig: string,
+  extraArgs: readonly string[] = [],
+): StartedProcess {
   return startProcess(
     "kube-controller-manager",
     binaryPath("kube-controller-manager"),
@@ -116,6 +120,7 @@ export function startControllerManager({ logDir, ports, pki }: Common, kubeconfi
       // One instance per cluster: skipping the leader election lease saves seconds at start.
       "--leader-elect=false",
       "--profiling=false",
+      ...extraArgs,
     ],
     { logDir },
   );

@@ -38,6 +38,11 @@ export interface ClusterOptions {
   timeoutMs?: number;
   /** Progress lines; stderr by default. */
   log?: (line: string) => void;
+  /**
+   * Extra kube-controller-manager flags, e.g. a scale benchmark's client QPS: kwok pods start at
+   * once, so rollouts of hundreds of Deployments wait on the controllers' default 20 QPS instead.
+   */
+  controllerManagerArgs?: readonly string[];
 }
 
 /** What tests need to reach the cluster; plain data, so it can cross process boundaries. */
@@ -173,7 +178,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     await healthy(api, `${apiServerUrl}/readyz`);
     log(`kube-apiserver ready after ${((Date.now() - started) / 1000).toFixed(1)} s`);
 
-    const kcm = track(startControllerManager(common, componentKubeconfigs.controllerManager));
+    const kcm = track(
+      startControllerManager(common, componentKubeconfigs.controllerManager, options.controllerManagerArgs),
+    );
     const sched = track(startScheduler(common, componentKubeconfigs.scheduler));
     const kwokProc = track(startKwok(common, componentKubeconfigs.kwok));
     const kubeConfig = new KubeConfig();
