@@ -346,6 +346,7 @@ def main() -> None:
     ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models are kept")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
+    ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -394,10 +395,13 @@ def main() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
             log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
-            ours[precision] = measure_engine(engine, f"{name} {precision}")
-            if args.profile and precision == "bf16":
-                profile_decode(engine, out, name)
+            if not args.only_profile:
+                ours[precision] = measure_engine(engine, f"{name} {precision}")
+            if args.profile or args.only_profile:
+                profile_decode(engine, out, f"{name}-{precision}")
             engine.unlink()
+        if args.only_profile:
+            continue
         theirs = None if args.no_hf else hf_measure(cfg)
         if theirs:
             log(f"{name}: transformers {theirs}")
@@ -407,9 +411,6 @@ def main() -> None:
         table = write_results(out, meta, rows)
     print(table)
 
-
-if __name__ == "__main__":
-    main()
 
 
 def profile_decode(engine: Path, out: Path, name: str) -> None:
@@ -444,5 +445,15 @@ def profile_decode(engine: Path, out: Path, name: str) -> None:
     log(f"profile {name}: GPU time per decode step by kernel ({steps} steps seen)")
     for key, v in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
         log(f"  {sum(v) / steps:9.1f} us  {len(v) / steps:5.1f} launches  {key}")
+    # One launch of each small kernel in detail: what bounds it (throughput, occupancy, stalls).
+    detail = [ncu, "--clock-control", "none", "--cache-control", "none", "--section", "SpeedOfLight", "--section",
+              "Occupancy", "--section", "LaunchStats", "--section", "WarpStateStats", "-k",
+              "regex:attention_kernel|merge_splits|rms_norm|rope_kv|silu_mul|gemv_kernel", "--launch-skip", "400",
+              "--launch-count", "8", str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
+              "--steps", "24", "--batch", "1"]
+    run = subprocess.run(detail, capture_output=True, text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
+    (out / f"ncu-detail-{name}.txt").write_text(run.stdout + run.stderr[-2000:])
 
 
+if __name__ == "__main__":
+    main()

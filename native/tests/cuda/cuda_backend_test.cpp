@@ -174,8 +174,9 @@ TEST(CudaKernels, RmsNormSiluMulAndArgmaxMatchTheCpuDefinitions) {
   std::vector<float> act_want(static_cast<size_t>(rows * inter));
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < inter; ++i) {
-      const double g = gate_up[static_cast<size_t>(r * 2 * inter + i)];
-      act_want[static_cast<size_t>(r * inter + i)] = static_cast<float>(g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(r * 2 * inter + inter + i)]);
+      // gate and up interleaved, as the CUDA model lays out the gate_up projection
+      const double g = gate_up[static_cast<size_t>(r * 2 * inter + 2 * i)];
+      act_want[static_cast<size_t>(r * inter + i)] = static_cast<float>(g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(r * 2 * inter + 2 * i + 1)]);
     }
   }
   const DeviceBuffer gu_d = to_device(gate_up);

@@ -140,8 +140,8 @@ TEST(CudaFp8, NormAndSiluMulQuantizeTheirOutputWithTheInputScaleAndSaturate) {
   std::vector<float> act_want(static_cast<size_t>(rows * inter));
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t i = 0; i < inter; ++i) {
-      const double g = gate_up[static_cast<size_t>(r * 2 * inter + i)];
-      act_want[static_cast<size_t>(r * inter + i)] = static_cast<float>(g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(r * 2 * inter + inter + i)]);
+      const double g = gate_up[static_cast<size_t>(r * 2 * inter + 2 * i)];
+      act_want[static_cast<size_t>(r * inter + i)] = static_cast<float>(g / (1 + std::exp(-g)) * gate_up[static_cast<size_t>(r * 2 * inter + 2 * i + 1)]);
     }
   }
   float amax = 0;

@@ -149,11 +149,11 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
     KILN_CUDA_CHECK(cudaMemcpy(x.get(), host_xq.data(), x.bytes(), cudaMemcpyHostToDevice));
     DeviceBuffer y(static_cast<size_t>(max_m * g.n) * 4, "autotune output");
     LtGemm gemm(context, g.n, g.k, g.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF);
-    const auto run_gemv = [&](int64_t m) {
+    const auto run_gemv = [&](int64_t m, int split) {
       if (g.fp8) {
-        gemv_fp8(w.get<fp8>(), x.get<fp8>(), m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, stream);
+        gemv_fp8(w.get<fp8>(), x.get<fp8>(), m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, stream, split);
       } else {
-        gemv_bf16(w.get<bf16>(), x.get<bf16>(), m, g.n, g.k, y.get<float>(), 0.0f, stream);
+        gemv_bf16(w.get<bf16>(), x.get<bf16>(), m, g.n, g.k, y.get<float>(), 0.0f, stream, split);
       }
     };
 
@@ -192,21 +192,25 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       const cublasLtMatmulAlgo_t& winner = proposals[static_cast<size_t>(best)].algo;
       const double best_lt_us = best_us;
       bool gemv_wins = false;
-      Json gemv_us = nullptr;
-      if (g.fp8 ? gemv_fp8_supports(m, g.k) : gemv_supports(m, g.k)) {
-        std::vector<double> times;
-        for (int rep = 0; rep < kRepeats; ++rep) {
-          KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
-          KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
-          run_gemv(m);
-          KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
-          times.push_back(events.elapsed_us());
-        }
-        std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
-        gemv_us = round2(times[kRepeats / 2]);
-        if (times[kRepeats / 2] < best_us) {
-          gemv_wins = true;
-          best_us = times[kRepeats / 2];
+      int gemv_split = 1;
+      Json gemv_us = Json::object();
+      if (gemv_supports(m, g.k, g.fp8)) {
+        for (int split : kGemvSplits) {
+          std::vector<double> times;
+          for (int rep = 0; rep < kRepeats; ++rep) {
+            KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
+            KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
+            run_gemv(m, split);
+            KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
+            times.push_back(events.elapsed_us());
+          }
+          std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
+          gemv_us["split" + std::to_string(split)] = round2(times[kRepeats / 2]);
+          if (times[kRepeats / 2] < best_us) {
+            gemv_wins = true;
+            gemv_split = split;
+            best_us = times[kRepeats / 2];
+          }
         }
       }
       entries.push_back(Json{{"op", "gemm"},
@@ -217,6 +221,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                              {"layout", "row"},
                              {"bucket", m},
                              {"tactic", gemv_wins ? "kiln-gemv" : "cublaslt"},
+                             {"gemv_split", gemv_split},
                              {"algo", algo_to_hex(winner)},
                              {"config", algo_config(winner)},
                              {"us", round2(best_us)},

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cuda/device.h"
+#include "backend/cuda/gemv.h"
 #include "core/json.h"
 
 namespace kiln::cuda {
@@ -91,6 +92,7 @@ cudaDataType_t gemm_input_type(const std::string& dtype);
 struct GemmChoice {
   bool gemv = false;
   cublasLtMatmulAlgo_t algo{};
+  int gemv_split = 1;  // warps per row pair of the GEMV (gemv.h)
 };
 
 // The tuned tactics of one GEMM shape: the choice of the smallest tuned bucket that holds m rows,
@@ -102,6 +104,11 @@ class TunedGemm {
 
   // `scale` multiplies the product (fp8: weight scale · input scale of this weight).
   void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale = 1.0f);
+  // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
+  // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
+  bool gemv_at(int64_t m) const;
+  bool fuses_norm(int64_t m) const;
+  void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

@@ -10,16 +10,51 @@ namespace kiln::cuda {
 
 // Kiln's own GEMM tactic for decode-sized problems, raced against cuBLASLt by the autotuner:
 // y[m, n] (fp32) = scale · x[m, k] · w[n, k]ᵀ + beta · y for m ≤ kGemvMaxRows. Each warp streams
-// two weight rows once with 16-byte loads (cache-streaming: the weight is read once per step) and
-// applies them to all m input rows, so the weight bytes are read once whatever m is. Before waiting
-// for the previous kernel (launch.cuh) each warp already pulls its first weight chunks into L2.
-// bf16: weights and inputs bf16 (scale 1). fp8: weights and inputs E4M3, `scale` = weight scale ·
-// input scale (per-tensor), products summed in fp32.
+// two weight rows (a slice of k: `split` warps share a row pair, so small n still fills the GPU) with
+// 16-byte cache-streaming loads and applies them to all m input rows, so the weight bytes are read
+// once whatever m is. Before waiting for the previous kernel (launch.cuh) each warp already pulls
+// its first weight chunks into L2. bf16: weights and inputs bf16 (scale 1). fp8: weights and inputs
+// E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32.
+//
+// Two fusions remove the small kernels around a decode GEMM:
+// - normed input (GemvIn::h set, m ≤ kGemvNormMaxRows): each block RMS-normalises the fp32
+//   residual rows itself (times gamma when given; quantized to E4M3 with 1 / GemvIn::scale for fp8)
+//   into shared memory, exactly as rms_norm_to_bf16 / rms_norm_to_fp8 would have written x.
+// - SiLU·mul output (GemvOut::act set): the weight rows come in (gate, up) pairs (the CUDA model
+//   interleaves gate_up at load) and act[i, j] = silu(gate_j) · up_j is stored in the input dtype
+//   (fp8: divided by GemvOut::act_scale), as silu_mul_to_bf16 / _fp8 would from fp32 outputs.
 constexpr int64_t kGemvMaxRows = 8;
-bool gemv_supports(int64_t m, int64_t k);
-void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream);
-bool gemv_fp8_supports(int64_t m, int64_t k);
+constexpr int64_t kGemvNormMaxRows = 4;
+constexpr int64_t kGemvNormSharedBytes = 40 * 1024;
+
+struct GemvIn {
+  const void* x = nullptr;  // [m, k], bf16 or E4M3 as the weights
+  const float* h = nullptr;  // or: fp32 rows [m, k] to RMS-normalise
+  const float* gamma = nullptr;
+  float eps = 0.0f;
+  float scale = 1.0f;  // fp8: the input scale the normed rows are quantized with
+};
+
+struct GemvOut {
+  float* y = nullptr;  // [m, n] fp32
+  float beta = 0.0f;
+  void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
+  float act_scale = 1.0f;
+};
+
+// Split factors the autotuner races (warps per row pair), and the weight rows one block of 8 warps
+// covers with a split.
+constexpr int kGemvSplits[] = {1, 4};
+constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
+
+bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
+void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale, const GemvIn& in, const GemvOut& out,
+          int split, cudaStream_t stream);
+
+// The plain forms (x in, fp32 y out).
+void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream,
+               int split = 1);
 void gemv_fp8(const fp8* w, const fp8* x, int64_t m, int64_t n, int64_t k, float scale, float* y, float beta,
-              cudaStream_t stream);
+              cudaStream_t stream, int split = 1);
 
 }  // namespace kiln::cuda

@@ -300,8 +300,8 @@ __global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inte
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = idx / inter;
     const int64_t i = idx % inter;
-    const float g = gate_up[r * 2 * inter + i];
-    const float u = gate_up[r * 2 * inter + inter + i];
+    const float g = gate_up[r * 2 * inter + 2 * i];
+    const float u = gate_up[r * 2 * inter + 2 * i + 1];
     store(out + idx, g / (1.0f + __expf(-g)) * u, inv_scale);
   }
 }

@@ -93,9 +93,10 @@ constexpr int64_t kMaxAttentionSplits = 16;
 int64_t attention_splits(int64_t tiles, int64_t heads, int64_t kv_heads, int multiprocessors);
 bool attention_supports_head_dim(int64_t head_dim);
 
-// out[r, i] = bf16(silu(gate_up[r, i]) · gate_up[r, inter + i])
+// out[r, i] = bf16(silu(gate_up[r, 2i]) · gate_up[r, 2i + 1]): gate and up interleaved (the CUDA model
+// stores the gate_up weight's rows as (gate_0, up_0, gate_1, ...), see CudaModel::upload).
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream);
-// out[r, i] = e4m3(silu(gate_up[r, i]) · gate_up[r, inter + i] / scale), saturating.
+// out[r, i] = e4m3(silu(gate_up[r, 2i]) · gate_up[r, 2i + 1] / scale), saturating.
 void silu_mul_to_fp8(const float* gate_up, int64_t rows, int64_t inter, float scale, fp8* out, cudaStream_t stream);
 
 // Greedy sampling on the device: keys[r] = the largest logits[r, :] and its index packed into one

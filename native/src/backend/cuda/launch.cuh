@@ -13,6 +13,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "backend/cuda/check.h"
 
@@ -30,19 +31,25 @@ __device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontr
 __device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 template <typename... Params, typename... Args>
-void launch_kernel(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
-                   Args&&... args) {
+void launch_kernel_shared(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                          cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = pdl_enabled() ? 1 : 0;
   check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), what, __FILE__, __LINE__);
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                   Args&&... args) {
+  launch_kernel_shared(what, kernel, grid, block, 0, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace kiln::cuda

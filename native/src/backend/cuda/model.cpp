@@ -43,7 +43,7 @@ CudaKvCache::CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64
   values_ = DeviceBuffer(bytes, "KV cache values (" + std::to_string(pages) + " pages)");
 }
 
-const void* CudaModel::upload(const std::string& name, DType as) {
+const void* CudaModel::upload(const std::string& name, DType as, bool interleave) {
   const TensorView& t = engine_->tensor(name);
   const size_t count = t.bytes / dtype_size(t.dtype);
   std::vector<uint8_t> converted;
@@ -64,6 +64,18 @@ const void* CudaModel::upload(const std::string& name, DType as) {
     converted.resize(count * 2);
     encode_from_f32(DType::BF16, f.data(), converted.data(), count);
     src = converted.data();
+  }
+  std::vector<uint8_t> interleaved;
+  if (interleave) {
+    if (t.shape.size() != 2 || t.shape[0] % 2 != 0) throw Error(engine_->source() + ": tensor " + name + " is not [2I, k]");
+    const size_t row = static_cast<size_t>(t.shape[1]) * dtype_size(as);
+    const size_t half = static_cast<size_t>(t.shape[0] / 2);
+    interleaved.resize(count * dtype_size(as));
+    for (size_t j = 0; j < half; ++j) {
+      std::memcpy(interleaved.data() + 2 * j * row, src + j * row, row);
+      std::memcpy(interleaved.data() + (2 * j + 1) * row, src + (half + j) * row, row);
+    }
+    src = interleaved.data();
   }
   DeviceBuffer buffer(count * dtype_size(as), "weight " + name);
   KILN_CUDA_CHECK(cudaMemcpy(buffer.get(), src, buffer.bytes(), cudaMemcpyHostToDevice));
@@ -97,7 +109,7 @@ TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k, const std::string& dtype) {
   return slot.get();
 }
 
-CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, int64_t k) {
+CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, int64_t k, bool interleave) {
   const Engine& e = *engine_;
   const TensorView& t = e.tensor(name);
   if (t.shape != std::vector<int64_t>{n, k}) {
@@ -105,7 +117,7 @@ CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, 
   }
   Projection p;
   if (!fp8_) {
-    p.weight = upload(name, DType::BF16);
+    p.weight = upload(name, DType::BF16, interleave);
     p.gemm = gemm_for(n, k, "bf16");
     return p;
   }
@@ -119,7 +131,7 @@ CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, 
     throw Error(e.source() + ": fp8 scales of " + name + " must be positive");
   }
   p.alpha = weight_scale * p.input_scale;
-  p.weight = upload(name, DType::F8E4M3);
+  p.weight = upload(name, DType::F8E4M3, interleave);
   p.gemm = gemm_for(n, k, "f8e4m3");
   return p;
 }
@@ -161,7 +173,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
         }
         tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>(), entry.value("dtype", "bf16")}].emplace_back(
             entry.at("bucket").get<int64_t>(),
-            GemmChoice{tactic == "kiln-gemv", algo_from_hex(entry.at("algo").get<std::string>())});
+            GemmChoice{tactic == "kiln-gemv", algo_from_hex(entry.at("algo").get<std::string>()),
+                       entry.value("gemv_split", 1)});
       }
     } catch (const Json::exception& ex) {
       throw Error(e.source() + ": autotune table is malformed: " + ex.what());
@@ -193,7 +206,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
     layer.qkv_bias = upload_optional_vector(L + "qkv.bias", qkv_out);
     layer.qkv = projection(L + "qkv.weight", qkv_out, c.hidden_size);
     layer.o = projection(L + "o.weight", c.hidden_size, c.q_dim());
-    layer.gate_up = projection(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size);
+    layer.gate_up = projection(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size, true);
     layer.down = projection(L + "down.weight", c.hidden_size, c.intermediate_size);
     layers_.push_back(layer);
   }
@@ -397,13 +410,33 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.tokens = n;
   attention.partials = partials_.get<float>();
 
+  // The RMSNorm producing a projection's input (quantized for fp8), as a kernel of its own or, on the
+  // GEMV path of small batches, inside the GEMV.
+  const auto fuse_norm = [&](const Projection& p, int64_t m) { return p.gemm->fuses_norm(m); };
+  const auto normed = [&](const float* gamma, const Projection& p) {
+    GemvIn in;
+    in.h = h;
+    in.gamma = gamma;
+    in.eps = eps;
+    in.scale = p.input_scale;
+    return in;
+  };
+  const auto norm = [&](const float* gamma, const Projection& p) {
+    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
+  };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
-    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, layer.attn_norm, eps, layer.qkv.input_scale, x8, stream_);
-    else rms_norm_to_bf16(h, nullptr, n, H, layer.attn_norm, eps, x, stream_);
-    layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
+    if (fuse_norm(layer.qkv, n)) {
+      GemvOut out;
+      out.y = qkv;
+      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, normed(layer.attn_norm, layer.qkv), out, stream_);
+    } else {
+      norm(layer.attn_norm, layer.qkv);
+      layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
+    }
     rope.bias = layer.qkv_bias;
     rope.keys = cache.keys(li);
     rope.values = cache.values(li);
@@ -414,11 +447,22 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     paged_attention(attention, stream_);
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
     layer.o.run(attn_.get(), n, h, 1.0f, stream_);
-    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, layer.mlp_norm, eps, layer.gate_up.input_scale, x8, stream_);
-    else rms_norm_to_bf16(h, nullptr, n, H, layer.mlp_norm, eps, x, stream_);
-    layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
-    if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
-    else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+    if (layer.gate_up.gemm->gemv_at(n)) {
+      // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory.
+      GemvIn in;
+      in.x = x_.get();
+      if (fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
+      else norm(layer.mlp_norm, layer.gate_up);
+      GemvOut out;
+      out.act = act_.get();
+      out.act_scale = layer.down.input_scale;
+      layer.gate_up.gemm->run_gemv(layer.gate_up.weight, n, layer.gate_up.alpha, in, out, stream_);
+    } else {
+      norm(layer.mlp_norm, layer.gate_up);
+      layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
+      if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
+      else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
+    }
     layer.down.run(act_.get(), n, h, 1.0f, stream_);
   }
   if (rows > 0) {

@@ -96,10 +96,13 @@ class CudaModel {
   using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
   using GemmKey = std::tuple<int64_t, int64_t, std::string>;  // n, k, input dtype name
 
-  const void* upload(const std::string& name, DType as);
+  // `interleave`: a [2I, k] gate_up weight is stored with its rows as (gate_0, up_0, gate_1, ...), so
+  // a GEMV warp's row pair is one (gate, up) pair and the SiLU·mul fuses into its output (gemv.h);
+  // the GEMM path's output then comes interleaved too, as silu_mul_to_* reads it.
+  const void* upload(const std::string& name, DType as, bool interleave = false);
   const float* upload_optional_vector(const std::string& name, int64_t length);
   TunedGemm* gemm_for(int64_t n, int64_t k, const std::string& dtype);
-  Projection projection(const std::string& name, int64_t n, int64_t k);
+  Projection projection(const std::string& name, int64_t n, int64_t k, bool interleave = false);
   StepShape check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const;
   void reserve(const StepShape& shape);
   void pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size);

@@ -1,0 +1,266 @@
+#pragma once
+
+// The kiln-gemv kernel template (gemv.h), instantiated per weight dtype in gemv_bf16.cu and
+// gemv_fp8.cu (two translation units: the instantiations compile in parallel).
+
+#include <cuda_fp16.h>
+
+#include "backend/cuda/gemv.h"
+#include "backend/cuda/launch.cuh"
+
+namespace kiln::cuda::gemv_detail {
+
+constexpr int kWarps = 8;
+constexpr int kPrefetchChunks = 4;  // per lane and row, issued before the wait on the previous kernel
+
+struct Args {
+  const uint4* w = nullptr;
+  int64_t n = 0;
+  int64_t k = 0;
+  float scale = 1.0f;
+  const uint4* x = nullptr;
+  const float* h = nullptr;
+  const float* gamma = nullptr;
+  float eps = 0.0f;
+  float in_inv_scale = 1.0f;
+  float* y = nullptr;
+  float beta = 0.0f;
+  void* act = nullptr;
+  float act_inv_scale = 1.0f;
+};
+
+// One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
+struct Bf16Chunk {
+  using Element = bf16;
+  static constexpr int kElements = 8;
+  __device__ __forceinline__ static void unpack(const uint4& v, float* out) {
+    const auto* v2 = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float2 f = __bfloat1622float2(v2[e]);
+      out[2 * e] = f.x;
+      out[2 * e + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ static Element convert(float v, float) { return __float2bfloat16(v); }
+};
+
+struct Fp8Chunk {
+  using Element = fp8;
+  static constexpr int kElements = 16;
+  __device__ __forceinline__ static void unpack(const uint4& v, float* out) {
+    const auto* v2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&v);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(v2[e], __NV_E4M3)));
+      out[2 * e] = f.x;
+      out[2 * e + 1] = f.y;
+    }
+  }
+  __device__ __forceinline__ static Element convert(float v, float inv_scale) { return fp8(v * inv_scale); }
+};
+
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// x_s[i][c] = the normed (and, for fp8, quantized) chunk c of row i, for all M rows; one pass for the
+// sums of squares, one to scale (the row is then in L1).
+template <typename Chunk, int M>
+__device__ void stage_normed_rows(const Args& a, uint4* x_s) {
+  constexpr int E = Chunk::kElements;
+  __shared__ float partial[kWarps][M];
+  __shared__ float inv[M];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int64_t chunks = a.k / E;
+  float sq[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    sq[i] = 0.0f;
+    const auto* row = reinterpret_cast<const float4*>(a.h + i * a.k);
+    for (int64_t j = threadIdx.x; j < a.k / 4; j += blockDim.x) {
+      const float4 v = row[j];
+      sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], offset);
+    if (lane == 0) partial[warp][i] = sq[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float total = 0.0f;
+    for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
+    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
+  }
+  __syncthreads();
+  for (int64_t idx = threadIdx.x; idx < M * chunks; idx += blockDim.x) {
+    const int64_t i = idx / chunks;
+    const int64_t c = idx % chunks;
+    const float* x = a.h + i * a.k + c * E;
+    typename Chunk::Element packed[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float normed = x[e] * inv[i];
+      packed[e] = Chunk::convert(a.gamma ? a.gamma[c * E + e] * normed : normed, a.in_inv_scale);
+    }
+    x_s[idx] = *reinterpret_cast<const uint4*>(packed);
+  }
+  __syncthreads();
+}
+
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
+__global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
+  constexpr int E = Chunk::kElements;
+  constexpr int P = kWarps / S;  // row pairs per block
+  extern __shared__ uint4 x_s[];  // normed input: [M][k / E]
+  __shared__ float reduced[kWarps][2][M];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int pair = warp / S;
+  const int slice = warp % S;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * P + pair) * 2;
+  const int64_t chunks = a.k / E;
+  const bool active = row0 < a.n;
+  const bool second = row0 + 1 < a.n;
+  const uint4* w0 = a.w + (active ? row0 : 0) * chunks;
+  const uint4* w1 = a.w + (second ? row0 + 1 : (active ? row0 : 0)) * chunks;
+  if (active) {
+#pragma unroll
+    for (int u = 0; u < kPrefetchChunks; ++u) {
+      const int64_t c = (static_cast<int64_t>(u) * S + slice) * 32 + lane;
+      if (c < chunks) {
+        prefetch_l2(w0 + c);
+        prefetch_l2(w1 + c);
+      }
+    }
+  }
+  wait_for_producer();
+  let_consumer_start();
+  if constexpr (kNorm) stage_normed_rows<Chunk, M>(a, x_s);
+  const uint4* x = kNorm ? x_s : a.x;
+
+  float acc[2][M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) acc[0][i] = acc[1][i] = 0.0f;
+  if (active) {
+#pragma unroll 4
+    for (int64_t c = slice * 32 + lane; c < chunks; c += 32 * S) {
+      float wa[E];
+      float wb[E];
+      Chunk::unpack(__ldcs(w0 + c), wa);
+      Chunk::unpack(__ldcs(w1 + c), wb);
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        float xf[E];
+        Chunk::unpack(x[i * chunks + c], xf);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
+          acc[1][i] = fmaf(wb[e], xf[e], acc[1][i]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      float v = acc[r][i];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      acc[r][i] = v;
+    }
+  }
+  if constexpr (S > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        reduced[warp][0][i] = acc[0][i];
+        reduced[warp][1][i] = acc[1][i];
+      }
+    }
+    __syncthreads();
+    if (slice == 0 && lane == 0) {
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        for (int s = 1; s < S; ++s) {
+          acc[0][i] += reduced[warp + s][0][i];
+          acc[1][i] += reduced[warp + s][1][i];
+        }
+      }
+    }
+  }
+  if (slice != 0 || lane != 0 || !active) return;
+  if constexpr (kSilu) {
+    // Rows row0, row0 + 1 are gate_j and up_j (n even, so a pair never straddles the end).
+    auto* act = static_cast<typename Chunk::Element*>(a.act);
+    const int64_t half = a.n / 2;
+    const int64_t j = row0 / 2;
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const float g = a.scale * acc[0][i];
+      const float u = a.scale * acc[1][i];
+      act[i * half + j] = Chunk::convert(g / (1.0f + __expf(-g)) * u, a.act_inv_scale);
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (r == 1 && !second) break;
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        float* out = a.y + i * a.n + row0 + r;
+        *out = a.beta == 0.0f ? a.scale * acc[r][i] : a.scale * acc[r][i] + a.beta * *out;
+      }
+    }
+  }
+}
+
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
+void launch_one(const Args& a, cudaStream_t stream) {
+  constexpr int64_t rows_per_block = gemv_rows_per_block(S);
+  static_assert(rows_per_block == 2 * kWarps / S);
+  const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
+  const size_t shared = kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element) : 0;
+  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu>, blocks, dim3(kWarps * 32), shared,
+                       stream, a);
+}
+
+template <typename Chunk, int S, bool kNorm, bool kSilu>
+void launch_rows(const Args& a, int64_t m, cudaStream_t stream) {
+  switch (m) {
+    case 1: launch_one<Chunk, 1, S, kNorm, kSilu>(a, stream); return;
+    case 2: launch_one<Chunk, 2, S, kNorm, kSilu>(a, stream); return;
+    case 3: launch_one<Chunk, 3, S, kNorm, kSilu>(a, stream); return;
+    case 4: launch_one<Chunk, 4, S, kNorm, kSilu>(a, stream); return;
+  }
+  if constexpr (!kNorm) {
+    switch (m) {
+      case 5: launch_one<Chunk, 5, S, kNorm, kSilu>(a, stream); return;
+      case 6: launch_one<Chunk, 6, S, kNorm, kSilu>(a, stream); return;
+      case 7: launch_one<Chunk, 7, S, kNorm, kSilu>(a, stream); return;
+      case 8: launch_one<Chunk, 8, S, kNorm, kSilu>(a, stream); return;
+    }
+  }
+  throw Error("kiln-gemv: " + std::to_string(m) + " rows are not supported here");
+}
+
+template <typename Chunk, int S>
+void launch_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream_t stream) {
+  if (norm && silu) launch_rows<Chunk, S, true, true>(a, m, stream);
+  else if (norm) launch_rows<Chunk, S, true, false>(a, m, stream);
+  else if (silu) launch_rows<Chunk, S, false, true>(a, m, stream);
+  else launch_rows<Chunk, S, false, false>(a, m, stream);
+}
+
+template <typename Chunk>
+void launch(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
+  switch (split) {
+    case 1: launch_split<Chunk, 1>(a, m, norm, silu, stream); return;
+    case 4: launch_split<Chunk, 4>(a, m, norm, silu, stream); return;
+  }
+  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 4)");
+}
+
+void launch_bf16(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
+void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
+
+}  // namespace kiln::cuda::gemv_detail
