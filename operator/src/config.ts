@@ -1,12 +1,18 @@
 import { readFileSync } from "node:fs";
 import { parse } from "yaml";
 import { GPU_PRODUCTS, type GpuProductName } from "./api/gpu.js";
+import { checkStoreVolume, type VolumeSource } from "./store-volume.js";
 
 export interface OperatorConfig {
   toolchain: { version: string; builderImage: string; runtimeImage: string };
   objectStore: {
-    /** s3://bucket/prefix (file:// is refused: see loadConfig). */
+    /** s3://bucket/prefix, or file:///dir on `volume`. */
     uri: string;
+    /**
+     * For a file:// store only: the Kubernetes volume source (nfs, hostPath, a claim, csi, ...) that
+     * holds the directory, mounted at the uri's path in build Jobs and runtime pods.
+     */
+    volume?: VolumeSource;
     endpoint?: string;
     region: string;
     /** Secret (in each model's namespace) with AWS_* keys, mounted into build Jobs and runtime pods. */
@@ -132,6 +138,18 @@ export function loadConfig(
     const v = env[envName] ?? fromFile(dotted);
     return v === undefined || v === "" ? undefined : String(v);
   };
+  // A structured setting; in the environment, as YAML (or JSON) text. Unreadable text is reported
+  // here, so `readable` tells callers not to report the setting again as missing.
+  const yamlValue = (envName: string, dotted: string): { value: unknown; readable: boolean } => {
+    const text = env[envName];
+    if (text === undefined || text === "") return { value: fromFile(dotted) ?? undefined, readable: true };
+    try {
+      return { value: parse(text) ?? undefined, readable: true };
+    } catch (err) {
+      problems.push(`${dotted}: env ${envName} is not YAML or JSON: ${(err as Error).message}`);
+      return { value: undefined, readable: false };
+    }
+  };
   const int = (envName: string, dotted: string, fallback: number, min: number, max: number): number => {
     const raw = env[envName] ?? fromFile(dotted) ?? fallback;
     const n = typeof raw === "number" ? raw : Number(raw);
@@ -145,14 +163,20 @@ export function loadConfig(
   };
 
   const storeUri = str("KILN_STORE_URI", "objectStore.uri");
-  if (storeUri.startsWith("file:")) {
-    // A directory only the operator's own filesystem has: each build Job and runtime pod would see
-    // its own empty one, so builds would "succeed" without an engine anyone can read.
+  if (storeUri && !/^(s3:\/\/[^/]+|file:)/.test(storeUri)) {
+    problems.push(`objectStore.uri must be s3://bucket[/prefix] or file:///<path>, got ${storeUri}`);
+  }
+  const { value: storeVolume, readable: storeVolumeReadable } = yamlValue(
+    "KILN_STORE_VOLUME",
+    "objectStore.volume",
+  );
+  if (storeUri && storeVolumeReadable) {
     problems.push(
-      `objectStore.uri ${storeUri}: the operator does not support a file:// store, because its build Jobs and runtime pods run on other nodes and do not mount that directory; use an S3-compatible store (s3://bucket[/prefix], with objectStore.endpoint for MinIO, Ceph RGW, SeaweedFS, ... in the cluster). file:// stays for kiln-build and the runtime run outside Kubernetes`,
+      ...checkStoreVolume(storeUri, storeVolume, {
+        uri: where("KILN_STORE_URI", "objectStore.uri"),
+        volume: where("KILN_STORE_VOLUME", "objectStore.volume"),
+      }),
     );
-  } else if (storeUri && !/^s3:\/\/[^/]+/.test(storeUri)) {
-    problems.push(`objectStore.uri must be s3://bucket[/prefix], got ${storeUri}`);
   }
 
   const selectors = { ...defaultSelectors() };
@@ -181,6 +205,7 @@ export function loadConfig(
     },
     objectStore: {
       uri: storeUri,
+      ...(storeVolume === undefined ? {} : { volume: storeVolume as VolumeSource }),
       endpoint: optStr("KILN_STORE_ENDPOINT", "objectStore.endpoint"),
       region: optStr("KILN_STORE_REGION", "objectStore.region") ?? "us-east-1",
       credentialsSecret: optStr("KILN_STORE_CREDENTIALS_SECRET", "objectStore.credentialsSecret"),

@@ -91,10 +91,88 @@ describe("operator config", () => {
     expect(current.objectStore.uri).toBe("s3://engines/kiln");
   });
 
-  it("refuses a file:// store, which build Jobs and runtime pods on other nodes cannot see", () => {
-    expect(() => loadConfig({ ...env, KILN_STORE_URI: "file:///var/kiln" }, () => "")).toThrow(
-      /objectStore\.uri file:\/\/\/var\/kiln: the operator does not support a file:\/\/ store.*use an S3-compatible store/,
+  it("takes a file:// store with the volume that holds it, from the file or as YAML in the environment", () => {
+    const file =
+      "objectStore:\n  uri: file:///var/kiln\n  volume:\n    nfs: {server: nas.lan, path: /exports/kiln}\n";
+    const fromFile = loadConfig({ ...env, KILN_STORE_URI: undefined, KILN_CONFIG_FILE: "f" }, () => file);
+    expect(fromFile.objectStore).toMatchObject({
+      uri: "file:///var/kiln",
+      volume: { nfs: { server: "nas.lan", path: "/exports/kiln" } },
+    });
+    const fromEnv = loadConfig(
+      {
+        ...env,
+        KILN_STORE_URI: "file:///var/kiln",
+        KILN_STORE_VOLUME: '{"hostPath": {"path": "/srv/kiln"}}',
+      },
+      () => "",
     );
+    expect(fromEnv.objectStore.volume).toEqual({ hostPath: { path: "/srv/kiln" } });
+    expect(loadConfig(env, () => "").objectStore.volume).toBeUndefined();
+  });
+
+  const storeProblems = (uri: string, volume?: string) => {
+    try {
+      loadConfig({ ...env, KILN_STORE_URI: uri, KILN_STORE_VOLUME: volume }, () => "");
+    } catch (err) {
+      return (err as ConfigError).problems;
+    }
+    return [];
+  };
+
+  it("refuses a file:// store without its volume, saying what to set and where", () => {
+    const [problem, ...rest] = storeProblems("file:///var/kiln");
+    expect(rest).toEqual([]);
+    expect(problem).toMatch(/^objectStore\.uri file:\/\/\/var\/kiln needs objectStore\.volume: /);
+    expect(problem).toMatch(/\{nfs: \{server, path\}\}/);
+    expect(problem).toMatch(/\(env KILN_STORE_VOLUME or objectStore\.volume in KILN_CONFIG_FILE\)$/);
+  });
+
+  it("refuses a volume for an s3:// store, which would never be mounted", () => {
+    expect(storeProblems("s3://engines/kiln", "{nfs: {server: nas, path: /x}}")).toEqual([
+      expect.stringMatching(
+        /^objectStore\.volume is set but objectStore\.uri s3:\/\/engines\/kiln is not file:\/\/: .*remove objectStore\.volume/,
+      ),
+    ]);
+  });
+
+  it.each([
+    ["not a mapping", "[a, b]", /^objectStore\.volume must be a Kubernetes volume source/],
+    [
+      "two sources",
+      "{nfs: {server: a, path: /x}, hostPath: {path: /y}}",
+      /exactly one volume source.*got nfs, hostPath/,
+    ],
+    ["a named volume", "{name: store, nfs: {server: a, path: /x}}", /exactly one volume source/],
+    [
+      "an unknown source",
+      "{s3fs: {bucket: b}}",
+      /^objectStore\.volume\.s3fs: not a Kubernetes volume source/,
+    ],
+    [
+      "a per-pod emptyDir",
+      "{emptyDir: {}}",
+      /^objectStore\.volume\.emptyDir: each pod would get its own copy/,
+    ],
+    [
+      "a source without settings",
+      "{hostPath: /srv/kiln}",
+      /^objectStore\.volume\.hostPath must be a mapping/,
+    ],
+    ["text that is not YAML", "{nfs: [", /^objectStore\.volume: env KILN_STORE_VOLUME is not YAML or JSON/],
+  ])("refuses a store volume that is %s", (_, volume, message) => {
+    const problems = storeProblems("file:///var/kiln", volume);
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(message);
+  });
+
+  it.each([
+    ["the root directory", "file:///", /the store cannot be the root directory/],
+    ["a remote host", "file://nas/var/kiln", /not a local file URI/],
+    ["the claims' mount root", "file:///mnt/kiln/pvc/store", /overlaps \/mnt\/kiln\/pvc/],
+    ["a parent of the claims' mount root", "file:///mnt/kiln", /overlaps \/mnt\/kiln\/pvc/],
+  ])("refuses a file:// store at %s", (_, uri, message) => {
+    expect(storeProblems(uri, "{hostPath: {path: /srv/kiln}}")).toEqual([expect.stringMatching(message)]);
   });
 
   it("requires the renew deadline below the lease duration", () => {

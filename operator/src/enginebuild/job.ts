@@ -10,6 +10,7 @@ import { LABELS, MANAGED_BY } from "../api/labels.js";
 import type { EngineBuild } from "../api/types.js";
 import type { OperatorConfig } from "../config.js";
 import { ownerReference } from "../controller/apply.js";
+import { storeMounts } from "../store-volume.js";
 import type { ClaimMounts } from "./claims.js";
 
 /** `<build>-<attempt>`, kept a DNS label: Job names become a pod label value. */
@@ -22,7 +23,8 @@ export const TERMINATION_MESSAGE_PATH = "/dev/termination-log";
 
 /**
  * The build Job of one attempt: runs the builder image on one node of the target product, with the
- * claims its pvc:// inputs name mounted (see claims.ts).
+ * claims its pvc:// inputs name mounted (see claims.ts) and, for a file:// store, the store's
+ * volume read-write: the builder publishes the engine there.
  */
 export function desiredJob(
   build: EngineBuild,
@@ -46,6 +48,9 @@ export function desiredJob(
     ...(storeSecret ? [{ secretRef: { name: storeSecret } }] : []),
   ];
   const gpus = String(build.spec.engine.tensorParallel);
+  const store = storeMounts(config.objectStore, false);
+  const volumes = [...claims.volumes, ...store.volumes];
+  const volumeMounts = [...claims.volumeMounts, ...store.volumeMounts];
   return {
     apiVersion: "batch/v1",
     kind: "Job",
@@ -82,7 +87,7 @@ export function desiredJob(
                 tolerations: [{ key: config.defaults.gpuResource, operator: "Exists", effect: "NoSchedule" }],
               }
             : {}),
-          ...(claims.volumes.length ? { volumes: claims.volumes } : {}),
+          ...(volumes.length ? { volumes } : {}),
           containers: [
             {
               name: "builder",
@@ -100,7 +105,7 @@ export function desiredJob(
               // Credentials by reference: the operator never reads the Secret's data.
               ...(envFrom.length ? { envFrom } : {}),
               resources: isGpu ? { limits: { [config.defaults.gpuResource]: gpus } } : {},
-              ...(claims.volumeMounts.length ? { volumeMounts: claims.volumeMounts } : {}),
+              ...(volumeMounts.length ? { volumeMounts } : {}),
               terminationMessagePath: TERMINATION_MESSAGE_PATH,
               terminationMessagePolicy: "FallbackToLogsOnError",
             },

@@ -7,6 +7,7 @@ import { applyDefaults } from "../api/schema.js";
 import type { InferenceModel } from "../api/types.js";
 import type { OperatorConfig } from "../config.js";
 import { ownerReference } from "../controller/apply.js";
+import { storeMounts } from "../store-volume.js";
 
 /** The engine a Deployment runs: what the pod template pins. */
 export interface RunningEngine {
@@ -77,6 +78,8 @@ export function desiredDeployment(
       : []),
     { name: RUNTIME_ENV.storeRegion, value: config.objectStore.region },
   ];
+  // A file:// store's volume, read-only: the runtime only downloads the engine from it.
+  const store = storeMounts(config.objectStore, true);
   return {
     apiVersion: "apps/v1",
     kind: "Deployment",
@@ -115,6 +118,7 @@ export function desiredDeployment(
           ...(tolerations.length ? { tolerations } : {}),
           // Long enough for in-flight generations to finish after SIGTERM.
           terminationGracePeriodSeconds: 60,
+          ...(store.volumes.length ? { volumes: store.volumes } : {}),
           containers: [
             {
               name: "runtime",
@@ -130,6 +134,7 @@ export function desiredDeployment(
                   : {}),
                 ...(Object.keys(limits).length ? { limits } : {}),
               },
+              ...(store.volumeMounts.length ? { volumeMounts: store.volumeMounts } : {}),
               readinessProbe: {
                 httpGet: { path: "/readyz", port: "http" },
                 periodSeconds: 5,
