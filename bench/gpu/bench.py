@@ -319,6 +319,21 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
     return rows
 
 
+def attach_hf(rows: list, name: str, theirs: dict) -> None:
+    """Fills the transformers columns of `name`'s rows measured in an earlier call (--hf-only)."""
+    for r in rows:
+        if r["model"] != name:
+            continue
+        if r["phase"] == "decode":
+            hf = r["batch"] * 1e3 / theirs["decode"][r["batch"]]
+        elif r["phase"] == "prefill":
+            hf = r["prompt_len"] * 1e3 / theirs["prefill"][r["prompt_len"]]
+        else:
+            hf = theirs["offline"][(r["prompt_len"], r["output_len"])]
+        r["transformers_tok_s"] = round(hf, 1)
+        r["vs_transformers"] = round(r["tok_s"] / hf, 2)
+
+
 def write_results(out: Path, meta: dict, rows: list) -> str:
     result = {**meta, "rows": rows}
     (out / "gpu-latest.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -347,6 +362,8 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
     ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
+    ap.add_argument("--hf-only", action="store_true",
+                    help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -369,8 +386,12 @@ def main() -> None:
     rows, builds = [], {}
     if args.append:
         earlier = json.loads(Path(args.append).read_text())
-        rows = [r for r in earlier["rows"] if r["model"] not in models]
-        builds = {k: v for k, v in earlier.get("build_s", {}).items() if k.split(":")[0] not in models}
+        keep = (lambda r: True) if args.hf_only else (lambda r: r["model"] not in models)
+        rows = [r for r in earlier["rows"] if keep(r)]
+        builds = {k: v for k, v in earlier.get("build_s", {}).items() if args.hf_only or k.split(":")[0] not in models}
+        # Rows kept from an earlier call name that call's card, commit and date.
+        for r in rows:
+            r.setdefault("measured", {"commit": earlier["commit"], "date": earlier["date"], "card": earlier["card"]})
     meta = {"card": card, "commit": commit,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "copy_TBps": round(bw / 1e12, 3), "matmul_TFLOPs": round(rates["bf16"] / 1e12, 1),
@@ -379,6 +400,13 @@ def main() -> None:
                             "transformers: static batches of transformers_static_batch, extrapolated"}
     table = ""
     for name in models:
+        if args.hf_only:
+            cfg = hf_config(MODELS[name])
+            theirs = hf_measure(cfg)
+            log(f"{name}: transformers {theirs}")
+            attach_hf(rows, name, theirs)
+            table = write_results(out, meta, rows)
+            continue
         ckpt = work / name
         t0 = time.time()
         cfg = write_checkpoint(name, ckpt)

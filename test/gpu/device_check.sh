@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in one device call: the stages named in STAGES (default: build tests parity
 # bench), each under its own time limit, each stage's full log in $OUT/<stage>.log and its last
-# lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh / test/gpu/parity.py.
+# lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh / test/gpu/parity.py; stage
+# bench2 runs bench/gpu/run.sh a second time with BENCH2_ARGS (e.g. --hf-only for another model).
 # Usage: KILN_COMMIT=<sha> STAGES="build tests bench" BENCH_ARGS="--models llama3.2-1b" bash test/gpu/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,7 @@ for s in ${STAGES:-build tests parity bench}; do
     tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
     parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
     bench) stage bench 590 bash bench/gpu/run.sh --out "$out" ${BENCH_ARGS:-} ;;
+    bench2) stage bench2 590 bash bench/gpu/run.sh --out "$out" ${BENCH2_ARGS:-} ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
   esac
 done

@@ -101,7 +101,10 @@ __global__ void rope_kv_kernel(RopeKvArgs a) {
     return;
   }
   const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
-  const int64_t slot = (static_cast<int64_t>(table[pos / a.page_size]) * a.page_size + pos % a.page_size) * kv_dim;
+  // 32-bit division: positions and page sizes are small, and a 64-bit divide costs dozens of instructions.
+  const int p32 = static_cast<int>(pos);
+  const int page_size = static_cast<int>(a.page_size);
+  const int64_t slot = (static_cast<int64_t>(table[p32 / page_size]) * a.page_size + p32 % page_size) * kv_dim;
   const int64_t k_head = (head - a.heads) * D;
   a.keys[slot + k_head + i] = __float2bfloat16(r0);
   a.keys[slot + k_head + i + half] = __float2bfloat16(r1);
@@ -138,8 +141,11 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   const int64_t kv_head = blockIdx.y / head_chunks;
   const int64_t chunk = blockIdx.y % head_chunks;
   const int64_t head0 = kv_head * group + chunk * heads_per_block;
-  const int64_t nh = min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block);
-  const int64_t rows = count * nh;
+  // Row, position and page arithmetic below divides in 32 bits (all small; a 64-bit divide is a long
+  // instruction sequence, and this kernel is latency-bound at decode).
+  const int nh = static_cast<int>(min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block));
+  const int rows = static_cast<int>(count) * nh;
+  const int page_size = static_cast<int>(a.page_size);
   const int64_t kv_dim = a.kv_heads * D;
   const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[first]) * a.table_stride;
   const int64_t p0 = a.token_position[first];
@@ -151,9 +157,9 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   const int64_t lo = first_key + static_cast<int64_t>(blockIdx.z) * steps_per_split * kAttnKeys;
   const int64_t hi = min(last, lo + steps_per_split * kAttnKeys - 1);
 
-  for (int64_t idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
-    const int64_t r = idx / D;
-    const int64_t d = idx % D;
+  for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
+    const int r = idx / D;
+    const int d = idx % D;
     const int64_t t = first + r / nh;
     const int64_t h = head0 + r % nh;
     q_s[r][d] = a.q[t * a.q_stride + h * D + d] * a.scale;
@@ -177,10 +183,11 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       const int j = idx / (D / kVec);
       const int c = (idx % (D / kVec)) * kVec;
       const int64_t kp = kb + j;
+      const int kp32 = static_cast<int>(kp);
       float kf[kVec];
       float vf[kVec];
       if (kp <= hi) {
-        const int64_t at = (static_cast<int64_t>(table[kp / a.page_size]) * a.page_size + kp % a.page_size) * kv_dim +
+        const int64_t at = (static_cast<int64_t>(table[kp32 / page_size]) * a.page_size + kp32 % page_size) * kv_dim +
                            kv_head * D + c;
         const uint4 kraw = *reinterpret_cast<const uint4*>(a.keys + at);
         const uint4 vraw = *reinterpret_cast<const uint4*>(a.values + at);
@@ -209,7 +216,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
 
 #pragma unroll
     for (int rr = 0; rr < kAttnRowsPerWarp; ++rr) {
-      const int64_t r = static_cast<int64_t>(rr) * kAttnWarps + warp;
+      const int r = rr * kAttnWarps + warp;
       if (r >= rows) continue;  // warp-uniform
       const int64_t pos = p0 + r / nh;
       const int64_t kp = kb + lane;
@@ -238,7 +245,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
 
 #pragma unroll
   for (int rr = 0; rr < kAttnRowsPerWarp; ++rr) {
-    const int64_t r = static_cast<int64_t>(rr) * kAttnWarps + warp;
+    const int r = rr * kAttnWarps + warp;
     if (r >= rows) continue;
     const int64_t t = first + r / nh;
     const int64_t h = head0 + r % nh;
@@ -291,15 +298,15 @@ __global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_
   else store(out + row * head_dim + d, num / den, 1.0f);
 }
 
+// Grid: x over the intermediate dimension, y over rows (no per-element division).
 template <typename Out>
-__global__ void silu_mul_kernel(const float* gate_up, int64_t rows, int64_t inter, float inv_scale, Out* out) {
+__global__ void silu_mul_kernel(const float* gate_up, int64_t, int64_t inter, float inv_scale, Out* out) {
   wait_for_producer();
   let_consumer_start();
-  const int64_t total = rows * inter;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = idx / inter;
-    const int64_t i = idx % inter;
+  const int64_t r = blockIdx.y;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < inter;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t idx = r * inter + i;
     const float g = gate_up[r * 2 * inter + 2 * i];
     const float u = gate_up[r * 2 * inter + 2 * i + 1];
     store(out + idx, g / (1.0f + __expf(-g)) * u, inv_scale);
@@ -402,16 +409,23 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   }
 }
 
+// One launch per 65535 rows (the grid's y limit).
+template <typename Out>
+void silu_mul(const float* gate_up, int64_t rows, int64_t inter, float inv_scale, Out* out, cudaStream_t stream) {
+  constexpr int64_t kMaxRows = 65535;
+  for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
+    const int64_t n = std::min(kMaxRows, rows - r0);
+    launch_kernel("silu_mul_kernel", silu_mul_kernel<Out>, dim3(blocks_for(inter, 256), static_cast<unsigned>(n)),
+                  dim3(256), stream, gate_up + r0 * 2 * inter, n, inter, inv_scale, out + r0 * inter);
+  }
+}
+
 void silu_mul_to_bf16(const float* gate_up, int64_t rows, int64_t inter, bf16* out, cudaStream_t stream) {
-  if (rows * inter == 0) return;
-  launch_kernel("silu_mul_kernel", silu_mul_kernel<bf16>, dim3(blocks_for(rows * inter, 256)), dim3(256), stream,
-                gate_up, rows, inter, 1.0f, out);
+  silu_mul(gate_up, rows, inter, 1.0f, out, stream);
 }
 
 void silu_mul_to_fp8(const float* gate_up, int64_t rows, int64_t inter, float scale, fp8* out, cudaStream_t stream) {
-  if (rows * inter == 0) return;
-  launch_kernel("silu_mul_kernel", silu_mul_kernel<fp8>, dim3(blocks_for(rows * inter, 256)), dim3(256), stream,
-                gate_up, rows, inter, 1.0f / scale, out);
+  silu_mul(gate_up, rows, inter, 1.0f / scale, out, stream);
 }
 
 void argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys, cudaStream_t stream) {
