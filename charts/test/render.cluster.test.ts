@@ -6,6 +6,7 @@ import type { V1Deployment } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GPU_PRODUCT_NAMES } from "../../operator/src/api/gpu.js";
 import { CONFIG_MAP_KEY, ConfigError, loadConfig } from "../../operator/src/config.js";
+import { STORE_VOLUME_NAME } from "../../operator/src/store-volume.js";
 import { pinnedVersion } from "../../test/cluster/binaries.js";
 import { CHART_DIR, Helm, type RenderedObject } from "./helm.js";
 
@@ -159,6 +160,31 @@ describe("helm lint and template", () => {
     expect(config.reconcileConcurrency).toBe(9);
   });
 
+  it("mounts a file:// store's volume read-only in the operator and hands the operator both", async () => {
+    const values = [
+      "objectStore.uri=file:///srv/kiln/store",
+      "objectStore.volume.nfs.server=nas.example.com",
+      "objectStore.volume.nfs.path=/exports/kiln",
+    ];
+    const objects = await helm.template(values);
+    const pod = one<V1Deployment>(objects, "Deployment").spec?.template.spec;
+    expect(pod?.volumes).toContainEqual({
+      name: STORE_VOLUME_NAME,
+      nfs: { server: "nas.example.com", path: "/exports/kiln" },
+    });
+    expect(pod?.containers[0]?.volumeMounts).toContainEqual({
+      name: STORE_VOLUME_NAME,
+      mountPath: "/srv/kiln/store",
+      readOnly: true,
+    });
+    expect(configOf(objects).objectStore).toMatchObject({
+      uri: "file:///srv/kiln/store",
+      volume: { nfs: { server: "nas.example.com", path: "/exports/kiln" } },
+    });
+    const s3 = one<V1Deployment>(await helm.template([STORE]), "Deployment").spec?.template.spec;
+    expect(s3?.volumes?.map((v) => v.name)).toEqual(["tmp"]);
+  });
+
   it("rolls the operator for settings it reads at start, not for a toolchain bump it applies live", async () => {
     const checksum = async (...values: string[]) =>
       one<V1Deployment>(await helm.template([STORE, ...values]), "Deployment").spec?.template.metadata
@@ -168,6 +194,10 @@ describe("helm lint and template", () => {
     expect(await checksum("objectStore.region=eu-west-1")).not.toBe(base);
     expect(await checksum("leaderElection.leaseDurationSeconds=30")).not.toBe(base);
     expect(await checksum("reconcileConcurrency=8")).not.toBe(base);
+    const fileStore = ["objectStore.uri=file:///srv/kiln", "objectStore.volume.hostPath.path=/srv/kiln"];
+    expect(await checksum(...fileStore)).not.toBe(
+      await checksum(fileStore[0] ?? "", "objectStore.volume.hostPath.path=/mnt/nas/kiln"),
+    );
   });
 });
 
@@ -230,7 +260,26 @@ describe("bad values fail `helm install` with a message naming the value", () =>
   const cases: [string, string[], RegExp][] = [
     ["no object store", [], /at '\/objectStore': missing property 'uri'/],
     ["an object store that is not s3://", ["objectStore.uri=gs://bucket"], /\/objectStore\/uri/],
-    ["a file:// object store", ["objectStore.uri=file:///var/kiln"], /\/objectStore\/uri/],
+    [
+      "a file:// object store without its volume",
+      ["objectStore.uri=file:///var/kiln"],
+      /objectStore\.uri file:\/\/\/var\/kiln needs objectStore\.volume: .*--set objectStore\.volume\.nfs\.server=/,
+    ],
+    [
+      "a volume for an s3:// object store",
+      [STORE, "objectStore.volume.nfs.path=/exports/kiln"],
+      /objectStore\.volume is set but objectStore\.uri s3:\/\/engines\/kiln is not file:\/\//,
+    ],
+    [
+      "a store volume with two sources",
+      [
+        "objectStore.uri=file:///var/kiln",
+        "objectStore.volume.nfs.path=/x",
+        "objectStore.volume.hostPath.path=/y",
+      ],
+      /at '\/objectStore\/volume': maxProperties/,
+    ],
+    ["a file:// object store at the root directory", ["objectStore.uri=file:///"], /\/objectStore\/uri/],
     [
       "a build concurrency of 0",
       [STORE, "limits.maxConcurrentBuilds=0"],

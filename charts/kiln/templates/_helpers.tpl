@@ -46,6 +46,11 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{/* The directory of a file:// store: where its volume is mounted in every pod. */}}
+{{- define "kiln.storePath" -}}
+{{- trimPrefix "file://" .Values.objectStore.uri -}}
+{{- end -}}
+
 {{/*
 The sections of the operator's configuration it applies live when the ConfigMap changes
 (operator/src/config.ts applyConfigChange): toolchain, limits, defaults.
@@ -76,6 +81,7 @@ reconcileConcurrency): a change to them rolls the operator's pods through a chec
 {{- $store := dict "uri" .Values.objectStore.uri "region" .Values.objectStore.region -}}
 {{- with .Values.objectStore.endpoint }}{{ $_ := set $store "endpoint" . }}{{ end -}}
 {{- with .Values.objectStore.credentialsSecret }}{{ $_ := set $store "credentialsSecret" . }}{{ end -}}
+{{- with .Values.objectStore.volume }}{{ $_ := set $store "volume" . }}{{ end -}}
 {{- $lease := .Values.leaderElection -}}
 {{- $config := dict
   "objectStore" $store
