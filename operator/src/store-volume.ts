@@ -121,6 +121,10 @@ export function storeMounts(store: { uri: string; volume?: VolumeSource }, readO
   if (!store.volume) return { volumes: [], volumeMounts: [] };
   return {
     volumes: [{ ...store.volume, name: STORE_VOLUME_NAME }],
-    volumeMounts: [{ name: STORE_VOLUME_NAME, mountPath: storeMountPath(store.uri), readOnly }],
+    // readOnly only when true: the API server drops a false one, and a live pod template compares
+    // equal to the desired one only without it.
+    volumeMounts: [
+      { name: STORE_VOLUME_NAME, mountPath: storeMountPath(store.uri), ...(readOnly ? { readOnly } : {}) },
+    ],
   };
 }

@@ -43,7 +43,7 @@ describe("a file:// store's volume", () => {
     ]);
     expect(pod?.containers[0]?.volumeMounts).toEqual([
       { name: "pvc-0", mountPath: `${PVC_MOUNT_ROOT}/models`, readOnly: true },
-      { name: STORE_VOLUME_NAME, mountPath: "/var/lib/kiln/store", readOnly: false },
+      { name: STORE_VOLUME_NAME, mountPath: "/var/lib/kiln/store" },
     ]);
     expect(pod?.containers[0]?.env).toContainEqual({
       name: "KILN_STORE_URI",
