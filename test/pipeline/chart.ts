@@ -37,9 +37,11 @@ export interface ChartSettings {
   s3: S3Endpoint;
   toolchainVersion: string;
   storePrefix: string;
+  /** A directory: the store is file://<dir> on a hostPath volume of it instead of the S3 server. */
+  fileStore?: string;
 }
 
-/** Chart values: images the pod runner maps, the local S3 server, CPU pods on the runner's node. */
+/** Chart values: images the pod runner maps, the local S3 server (or a file store), CPU pods on the runner's node. */
 export function chartValues(s: ChartSettings) {
   return {
     toolchain: {
@@ -47,12 +49,19 @@ export function chartValues(s: ChartSettings) {
       builderImage: { repository: "kiln/builder" },
       runtimeImage: { repository: "kiln/runtime" },
     },
-    objectStore: {
-      uri: `s3://${s.s3.bucket}/${s.storePrefix}`,
-      endpoint: s.s3.endpoint,
-      region: s.s3.region,
-      credentialsSecret: STORE_SECRET,
-    },
+    objectStore: s.fileStore
+      ? {
+          uri: `file://${s.fileStore}`,
+          // The pod runner maps a hostPath onto its own path: the pods' processes find the store
+          // where the operator (a local process too) reads it.
+          volume: { hostPath: { path: s.fileStore, type: "DirectoryOrCreate" } },
+        }
+      : {
+          uri: `s3://${s.s3.bucket}/${s.storePrefix}`,
+          endpoint: s.s3.endpoint,
+          region: s.s3.region,
+          credentialsSecret: STORE_SECRET,
+        },
     // CPU engines have no GPU label to select; they go to the runner's node, the only one that runs them.
     defaults: { gpuNodeSelectors: { cpu: { [podRunnerLabel]: RUNNER_NODE } } },
     limits: { buildRetryBaseSeconds: 2 },

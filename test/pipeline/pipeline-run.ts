@@ -17,18 +17,27 @@ export interface PipelineRun {
   ns: string;
   /** The prefix under the test bucket the engines go to, unique per run. */
   storePrefix: string;
+  /** The store's directory, for a run whose store is file:// (then nothing goes to the bucket). */
+  storeDir?: string;
   client: KubeClient;
   stack: Stack;
   stop(): Promise<void>;
 }
 
-/** Starts the pod runner and the operator for one test file; `name` prefixes its namespace and store. */
-export async function startPipelineRun(name: string): Promise<PipelineRun> {
+/**
+ * Starts the pod runner and the operator for one test file; `name` prefixes its namespace and store.
+ * With `fileStore` the engines go to a file:// store in the run's folder, mounted as a hostPath.
+ */
+export async function startPipelineRun(
+  name: string,
+  options: { fileStore?: boolean } = {},
+): Promise<PipelineRun> {
   const cluster = testCluster();
   const ns = `${name}-${Date.now().toString(36)}`;
   const storePrefix = `${name}-${Date.now()}`;
   const runDir = await mkdtemp(join(tmpdir(), "kiln-pipeline-"));
   const removeRunDir = () => rm(runDir, { recursive: true, force: true });
+  const storeDir = options.fileStore ? join(runDir, "store") : undefined;
   try {
     const stack = await startStack({
       kubeConfig: testKubeConfig(),
@@ -38,12 +47,20 @@ export async function startPipelineRun(name: string): Promise<PipelineRun> {
       modelNamespaces: [ns],
       toolchainVersion: "tc-1",
       storePrefix,
+      ...(storeDir ? { fileStore: storeDir } : {}),
     });
     const stop = async () => {
       await stack.stop();
       await removeRunDir();
     };
-    return { ns, storePrefix, client: new KubeClient(testKubeConfig()), stack, stop };
+    return {
+      ns,
+      storePrefix,
+      ...(storeDir ? { storeDir } : {}),
+      client: new KubeClient(testKubeConfig()),
+      stack,
+      stop,
+    };
   } catch (err) {
     await removeRunDir();
     throw err;

@@ -46,6 +46,8 @@ export interface StackOptions {
   toolchainVersion: string;
   /** Prefix under the bucket the engines go to, so runs sharing a server do not share engines. */
   storePrefix: string;
+  /** A directory: the store is file://<dir> on a hostPath volume of it instead of the S3 server. */
+  fileStore?: string;
   /** Stop the runner and operator if this process dies without calling stop() (default true). */
   stopWithParent?: boolean;
   timeoutMs?: number;

@@ -12,6 +12,7 @@ import { freeLoopbackPorts } from "../cluster/ports.js";
 import { linkClaimMounts } from "./claims.js";
 import { type ContainerProcess, startContainer, type Terminated } from "./container.js";
 import { ContainerConfigError, type DataSource, resolveContainerEnv } from "./env.js";
+import { checkHostPathMounts } from "./host-paths.js";
 import { commandLineFor, imageEntryFor, repoRoot } from "./images.js";
 import { type ContainerView, fakePodIp, HOST_IP, podStatusFor } from "./pod-status.js";
 import { startReadinessProbe } from "./probe.js";
@@ -212,6 +213,7 @@ export class PodRunner {
         hostIP: HOST_IP,
       });
       claims = await linkClaimMounts(run.pod, container, this.opts.claimsDir, join(dir, "pvc"));
+      await checkHostPathMounts(run.pod, container);
     } catch (err) {
       run.view.waiting = { reason: "CreateContainerConfigError", message: (err as Error).message };
       this.pushStatus(run);
