@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { copyFile, mkdir, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
@@ -90,7 +91,7 @@ class FileStore implements ObjectStore {
     const target = join(this.root, path);
     await mkdir(dirname(target), { recursive: true });
     // Write-then-rename: a reader never sees half a manifest.
-    const tmp = `${target}.tmp-${process.pid}`;
+    const tmp = tempSibling(target);
     await writeFile(tmp, body);
     await rename(tmp, target);
   }
@@ -124,7 +125,7 @@ class FileStore implements ObjectStore {
   async putFile(path: string, localFile: string, onProgress?: (sentBytes: number) => void): Promise<void> {
     const target = join(this.root, path);
     await mkdir(dirname(target), { recursive: true });
-    const tmp = `${target}.tmp-${process.pid}`;
+    const tmp = tempSibling(target);
     await copyFile(localFile, tmp);
     await rename(tmp, target);
     onProgress?.((await stat(target)).size);
@@ -272,6 +273,12 @@ class S3Store implements ObjectStore {
     if (got !== total) throw new Error(`${this.uri(path)}: downloaded ${got} of ${total} bytes`);
     await rename(part, localFile);
   }
+}
+
+// Unique per writer, not per process: builders in containers are all pid 1, and two of them may
+// publish the same engine into one shared (NFS, hostPath) store at once.
+function tempSibling(target: string): string {
+  return `${target}.tmp-${randomUUID()}`;
 }
 
 function isNotFound(err: unknown): boolean {
