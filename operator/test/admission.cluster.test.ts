@@ -49,6 +49,11 @@ describe("InferenceModel admission", () => {
       'spec.model.source: Invalid value: "string": must start with one of hf://, s3://, pvc:// (got ftp://mirror/llama)',
     ],
     [
+      "a pvc:// source whose claim name is not a PersistentVolumeClaim name",
+      withSpec({ model: { source: "pvc://Models_01/llama" } }),
+      'spec.model.source: Invalid value: "string": pvc:// must be followed by a PersistentVolumeClaim name',
+    ],
+    [
       "maxInputLen not below maxSeqLen",
       withSpec({ engine: { maxInputLen: 4096, maxSeqLen: 4096 } }),
       'spec.engine.maxInputLen: Invalid value: "object": maxInputLen must be below maxSeqLen (room is needed for at least one generated token)',
@@ -82,6 +87,12 @@ describe("InferenceModel admission", () => {
     const stderr = await apply(model);
     expect(stderr).toContain('The InferenceModel "bad" is invalid');
     expect(stderr).toContain(message);
+  });
+
+  it("accepts a pvc:// source with a dotted claim name", async () => {
+    expect(
+      await apply(inferenceModel(ns, "from-claim", { model: { source: "pvc://models.team-a/llama/8b" } })),
+    ).toBe("");
   });
 
   it("accepts a valid spec and fills the schema defaults in", async () => {

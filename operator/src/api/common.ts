@@ -38,6 +38,13 @@ export const modelSourceSchema = string({
       message: "must name a location after the scheme, e.g. hf://org/name",
       reason: "FieldValueInvalid",
     },
+    {
+      // The claim is mounted into the build Job by name: catch a bad one at apply, not at build time.
+      rule: "!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]{0,251}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/.+$')",
+      message:
+        "pvc:// must be followed by a PersistentVolumeClaim name (lowercase letters, digits, '-', '.') and a path, e.g. pvc://models/llama-3-8b",
+      reason: "FieldValueInvalid",
+    },
   ],
 });
 
