@@ -40,6 +40,44 @@ __global__ void embed_rows_kernel(const bf16* table, const int32_t* tokens, int6
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) h[t * hidden + i] = __bfloat162float(row[i]);
 }
 
+// Rows of at most kNormVecThreads * 4 elements (hidden % 4 == 0): one thread per 4 elements, the row
+// and gamma loaded once into registers (both loads in flight together), one reduction, then scaled
+// and stored from registers. The decode norm is one row, so its cost is this chain's latency.
+constexpr int kNormVecThreads = 1024;
+
+template <typename Out>
+__global__ void rms_norm_vec_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma,
+                                    float eps, float inv_scale, Out* y) {
+  __shared__ float partial[kNormVecThreads / kWarp];
+  wait_for_producer();
+  let_consumer_start();
+  const int64_t r = blockIdx.x;
+  const int64_t i = threadIdx.x;
+  const bool active = i < hidden / 4;
+  const float4* x = reinterpret_cast<const float4*>(h + (row_index ? static_cast<int64_t>(row_index[r]) : r) * hidden);
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float4 g = make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+  if (active) {
+    v = x[i];
+    if (gamma) g = reinterpret_cast<const float4*>(gamma)[i];
+  }
+  float squares = warp_sum(v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w);
+  const int warp = threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (lane == 0) partial[warp] = squares;
+  __syncthreads();
+  float total = lane < static_cast<int>(blockDim.x / kWarp) ? partial[lane] : 0.0f;
+  total = warp_sum(total);
+  if (!active) return;
+  const float inv = rsqrtf(total / static_cast<float>(hidden) + eps);
+  // The same products as rms_norm_kernel (gamma · (x · inv)), so both give the same values.
+  Out* out = y + r * hidden + 4 * i;
+  store(out, g.x * (v.x * inv), inv_scale);
+  store(out + 1, g.y * (v.y * inv), inv_scale);
+  store(out + 2, g.z * (v.z * inv), inv_scale);
+  store(out + 3, g.w * (v.w * inv), inv_scale);
+}
+
 // One block per row; the row is read twice (sum of squares, then scale), the second time from cache.
 template <typename Out>
 __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma, float eps,
@@ -349,6 +387,12 @@ template <typename Out>
 void rms_norm(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma, float eps,
               float inv_scale, Out* y, cudaStream_t stream) {
   if (rows == 0) return;
+  if (hidden % 4 == 0 && hidden <= 4 * kNormVecThreads) {
+    const unsigned threads = static_cast<unsigned>((hidden / 4 + kWarp - 1) / kWarp * kWarp);
+    launch_kernel("rms_norm_vec_kernel", rms_norm_vec_kernel<Out>, dim3(static_cast<unsigned>(rows)), dim3(threads),
+                  stream, h, row_index, hidden, gamma, eps, inv_scale, y);
+    return;
+  }
   const unsigned threads = hidden >= 4096 ? 1024 : 256;
   launch_kernel("rms_norm_kernel", rms_norm_kernel<Out>, dim3(static_cast<unsigned>(rows)), dim3(threads), stream, h,
                 row_index, hidden, gamma, eps, inv_scale, y);
