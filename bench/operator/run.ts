@@ -339,6 +339,8 @@ async function main() {
         0.99,
       );
     const result = {
+      commit: execFileSync("git", ["rev-parse", "--short", "HEAD"]).toString().trim(),
+      date: new Date().toISOString().slice(0, 16),
       machine: `${(await readFile("/proc/cpuinfo", "utf8")).match(/model name\s*:\s*(.*)/)?.[1] ?? "unknown"}, ${
         (await readFile("/proc/cpuinfo", "utf8")).match(/^processor/gm)?.length ?? "?"
       } cores`,
