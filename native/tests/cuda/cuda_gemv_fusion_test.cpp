@@ -24,7 +24,11 @@ struct FusionCase {
 
 TEST(CudaGemvFusion, NormedInputAndSiluOutputMatchTheSeparateKernels) {
   SKIP_WITHOUT_GPU();
-  for (const FusionCase fc : {FusionCase{false, 1}, FusionCase{false, 4}, FusionCase{true, 1}, FusionCase{true, 4}}) {
+  std::vector<FusionCase> cases;
+  for (bool fp8 : {false, true}) {
+    for (int split : cuda::kGemvSplits) cases.push_back(FusionCase{fp8, split});
+  }
+  for (const FusionCase fc : cases) {
     SCOPED_TRACE(std::string(fc.fp8 ? "fp8" : "bf16") + " split " + std::to_string(fc.split));
     std::mt19937 rng(fc.fp8 ? 41 : 43);
     std::normal_distribution<float> normal(0.0f, 1.0f);

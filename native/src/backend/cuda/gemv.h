@@ -44,7 +44,7 @@ struct GemvOut {
 
 // Split factors the autotuner races (warps per row pair), and the weight rows one block of 8 warps
 // covers with a split.
-constexpr int kGemvSplits[] = {1, 4};
+constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);

@@ -255,9 +255,11 @@ template <typename Chunk>
 void launch(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
   switch (split) {
     case 1: launch_split<Chunk, 1>(a, m, norm, silu, stream); return;
+    case 2: launch_split<Chunk, 2>(a, m, norm, silu, stream); return;
     case 4: launch_split<Chunk, 4>(a, m, norm, silu, stream); return;
+    case 8: launch_split<Chunk, 8>(a, m, norm, silu, stream); return;
   }
-  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 4)");
+  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 2, 4, 8)");
 }
 
 void launch_bf16(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
