@@ -279,8 +279,9 @@ export async function startOperator(opts: OperatorOptions): Promise<Operator> {
     config,
     clock,
     log: log.child({ controller: "enginebuild" }),
-    wakeQueued: () => {
-      for (const b of builds.list()) if (b.status?.phase === "Queued") buildQueue.add(objectKey(b));
+    wakeQueued: (which: (b: EngineBuild) => boolean) => {
+      for (const b of builds.list())
+        if (b.status?.phase === "Queued" && which(b)) buildQueue.add(objectKey(b));
     },
   };
 

@@ -1,17 +1,24 @@
 import type { V1Job } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { PVC_MOUNT_ROOT } from "../../lib/manifest.js";
+import type { ObjectStore } from "../../lib/object-store.js";
 import type { InferenceModelSpec } from "../src/api/inferencemodel.js";
 import type { EngineBuild } from "../src/api/types.js";
+import { type KubeClient, type KubeObject, objectKey } from "../src/controller/kube.js";
 import { claimMountsFor } from "../src/enginebuild/claims.js";
 import {
   BuildAdmission,
+  type BuildContext,
   type BuildObservation,
+  needsManifest,
   needsProgress,
   PROGRESS_REFRESH_MS,
   planBuild,
+  reconcileBuild,
+  WAITING_FOR_SHARED_BUILD,
 } from "../src/enginebuild/reconcile.js";
 import type { ManifestCheck } from "../src/enginebuild/result.js";
+import { silentLog } from "./fakes.js";
 import { config, engineBuildFor, NOW } from "./fixtures.js";
 
 const validManifest = (key: string): ManifestCheck => ({
@@ -340,8 +347,10 @@ describe("EngineBuild plan", () => {
 describe("BuildAdmission", () => {
   const at = (name: string, created: string, phase?: "Running" | "Queued"): EngineBuild => {
     const b = engineBuildFor(name);
+    // Distinct engines: builds of one key never compete for slots.
     return {
       ...b,
+      spec: { ...b.spec, key: `key-${name}` },
       metadata: { ...b.metadata, name, creationTimestamp: created },
       ...(phase ? { status: { phase } } : {}),
     };
@@ -370,6 +379,255 @@ describe("BuildAdmission", () => {
       admitted: false,
       position: 1,
     });
+  });
+});
+
+describe("one build per engine key across namespaces", () => {
+  const inNamespace = (
+    namespace: string,
+    created: string,
+    spec: Partial<InferenceModelSpec> = {},
+  ): EngineBuild => {
+    const b = engineBuildFor("m", spec);
+    return { ...b, metadata: { ...b.metadata, namespace, name: "m", creationTimestamp: created } };
+  };
+  const permanentFailure = jobWith("m-1", {
+    type: "Failed",
+    reason: "PodFailurePolicy",
+    message: "exit code 2 matching FailJob rule",
+  });
+
+  /** A few EngineBuilds under one admission, reconciled as reconcileBuild does, the cache taking each status. */
+  const cluster = (builds: EngineBuild[], limit = 2) => {
+    const admission = new BuildAdmission();
+    const jobs: V1Job[] = [];
+    const at = (ns: string) => builds.findIndex((b) => b.metadata.namespace === ns);
+    return {
+      jobs,
+      admission,
+      get: (ns: string) => builds[at(ns)] as EngineBuild,
+      reconcile(ns: string, over: Partial<BuildObservation> = {}) {
+        const build = builds[at(ns)] as EngineBuild;
+        const decision = admission.decide(build, builds, limit, NOW.getTime());
+        const plan = planBuild(observe(build, { admission: decision, ...over }));
+        if (plan.createJob) {
+          jobs.push(plan.createJob);
+          admission.markAdmitted(build);
+        }
+        if (plan.status.phase === "Succeeded" || plan.status.phase === "Failed") admission.release(build);
+        builds[at(ns)] = { ...build, status: plan.status };
+        return plan;
+      },
+    };
+  };
+
+  it("starts one Job for two namespaces' builds of a key; the other waits, naming it", () => {
+    const c = cluster([inNamespace("b", "2025-01-01T00:00:02Z"), inNamespace("a", "2025-01-01T00:00:01Z")]);
+    expect(c.get("a").spec.key).toBe(c.get("b").spec.key);
+    // The younger one is reconciled first: the older one is the key's holder even before it runs.
+    const waiting = c.reconcile("b");
+    c.reconcile("a");
+    c.reconcile("b");
+    expect(c.jobs.map((j) => j.metadata?.namespace)).toEqual(["a"]);
+    expect(waiting.createJob).toBeUndefined();
+    expect(c.get("b").status).toMatchObject({ phase: "Queued" });
+    expect(c.get("b").status?.queuePosition).toBeUndefined();
+    expect(c.get("b").status?.conditions?.[0]?.reason).toBe(WAITING_FOR_SHARED_BUILD);
+    expect(c.get("b").status?.message).toContain("EngineBuild a/m");
+    // One Normal event on the transition, none while it keeps waiting.
+    expect(waiting.event).toMatchObject({ type: "Normal", reason: WAITING_FOR_SHARED_BUILD });
+    expect(c.reconcile("b").event).toBeUndefined();
+  });
+
+  it("holds the key for a build this operator admitted before the cache shows it Running, even against an older one", () => {
+    const c = cluster([
+      inNamespace("old", "2025-01-01T00:00:01Z"),
+      inNamespace("new", "2025-01-01T00:00:02Z"),
+    ]);
+    c.admission.markAdmitted(c.get("new"));
+    expect(c.admission.decide(c.get("old"), [c.get("old"), c.get("new")], 2, NOW.getTime())).toEqual({
+      admitted: false,
+      sharedWith: "new/m",
+    });
+  });
+
+  it("a waiter succeeds from the store without a Job once the shared build publishes", () => {
+    const c = cluster([inNamespace("a", "2025-01-01T00:00:01Z"), inNamespace("b", "2025-01-01T00:00:02Z")]);
+    const job = c.reconcile("a").createJob as V1Job;
+    c.reconcile("b", { manifest: { state: "missing" } });
+    const manifest = validManifest(c.get("a").spec.key);
+    const done: V1Job = { ...job, status: { conditions: [{ type: "Complete", status: "True" }] } };
+    expect(c.reconcile("a", { job: done, manifest }).status).toMatchObject({
+      phase: "Succeeded",
+      cacheHit: "false",
+    });
+    const waiter = c.reconcile("b", { manifest });
+    expect(waiter.createJob).toBeUndefined();
+    expect(waiter.status).toMatchObject({ phase: "Succeeded", cacheHit: "true", attempts: 0 });
+    expect(c.jobs).toHaveLength(1);
+  });
+
+  it("a waiter takes over with its own Job when the shared build fails permanently", () => {
+    const c = cluster([inNamespace("a", "2025-01-01T00:00:01Z"), inNamespace("b", "2025-01-01T00:00:02Z")]);
+    c.reconcile("a");
+    c.reconcile("b");
+    expect(c.reconcile("a", { job: { ...permanentFailure, metadata: { name: "m-1" } } }).status.phase).toBe(
+      "Failed",
+    );
+    const takeover = c.reconcile("b");
+    expect(takeover.createJob?.metadata?.namespace).toBe("b");
+    expect(takeover.status).toMatchObject({ phase: "Running", attempts: 1 });
+    expect(c.jobs.map((j) => j.metadata?.namespace)).toEqual(["a", "b"]);
+  });
+
+  it("a build in retry backoff keeps its key: waiters do not start a second build meanwhile", () => {
+    const backoff = {
+      phase: "Pending" as const,
+      attempts: 1,
+      jobName: "m-1",
+      nextAttemptAt: new Date(NOW.getTime() + 60_000).toISOString(),
+    };
+    const a = { ...inNamespace("a", "2025-01-01T00:00:01Z"), status: backoff };
+    const b = inNamespace("b", "2025-01-01T00:00:02Z");
+    expect(new BuildAdmission().decide(b, [a, b], 2, NOW.getTime())).toEqual({
+      admitted: false,
+      sharedWith: "a/m",
+    });
+  });
+
+  it("a waiter whose own attempt failed keeps that attempt judged, and still finds the shared engine", () => {
+    const b = inNamespace("b", "2025-01-01T00:00:02Z");
+    const judged = {
+      phase: "Pending" as const,
+      attempts: 1,
+      jobName: "m-1",
+      nextAttemptAt: new Date(NOW.getTime() - 1).toISOString(),
+    };
+    const failedJob = jobWith("m-1", { type: "Failed", reason: "BackoffLimitExceeded" });
+    const waiting = planBuild(
+      observe(
+        { ...b, status: judged },
+        { job: failedJob, admission: { admitted: false, sharedWith: "a/m" } },
+      ),
+    );
+    expect(waiting.status).toMatchObject({
+      phase: "Queued",
+      attempts: 1,
+      nextAttemptAt: judged.nextAttemptAt,
+    });
+    const queued = { ...b, status: waiting.status };
+    expect(needsManifest(queued, failedJob)).toBe(true);
+    const after = planBuild(observe(queued, { job: failedJob, manifest: validManifest(b.spec.key) }));
+    expect(after.createJob).toBeUndefined();
+    expect(after.status.phase).toBe("Succeeded");
+  });
+
+  it("does not hold up builds of other keys, and waiters take no build slot", () => {
+    const c = cluster(
+      [
+        inNamespace("a", "2025-01-01T00:00:01Z"),
+        inNamespace("b", "2025-01-01T00:00:02Z"),
+        inNamespace("c", "2025-01-01T00:00:03Z", { model: { source: "hf://org/other" } }),
+        inNamespace("d", "2025-01-01T00:00:04Z", { model: { source: "hf://org/third" } }),
+      ],
+      2,
+    );
+    expect(new Set([c.get("a"), c.get("c"), c.get("d")].map((b) => b.spec.key)).size).toBe(3);
+    c.reconcile("a");
+    expect(c.reconcile("b").status.conditions?.[0]?.reason).toBe(WAITING_FOR_SHARED_BUILD);
+    expect(c.reconcile("c").createJob?.metadata?.namespace).toBe("c");
+    // Two Jobs run (a and c): the limit holds d, first in line since b waits on a's key.
+    expect(c.reconcile("d").status).toMatchObject({ phase: "Queued", queuePosition: 1 });
+    expect(c.jobs).toHaveLength(2);
+  });
+});
+
+describe("waking builds that wait on an engine key", () => {
+  const build = (namespace: string, key: string, reason?: string): EngineBuild => {
+    const b = engineBuildFor("m");
+    const status = reason ? { status: { phase: "Queued" as const, conditions: [condition(reason)] } } : {};
+    return { ...b, spec: { ...b.spec, key }, metadata: { ...b.metadata, namespace, name: "m" }, ...status };
+  };
+  const condition = (reason: string) => ({
+    type: "Ready",
+    status: "False" as const,
+    reason,
+    message: "",
+    lastTransitionTime: NOW.toISOString(),
+  });
+
+  /** reconcileBuild over an in-memory cache and store; returns which builds its wake selected. */
+  const woken = async (key: string, builds: EngineBuild[], jobs: V1Job[] = [], stored: string[] = []) => {
+    const selected: string[] = [];
+    const store = {
+      uri: (path: string) => `s3://engines/kiln/${path}`,
+      get: async (path: string) => {
+        const k = stored.find((s) => path.includes(s));
+        return k ? Buffer.from(JSON.stringify(manifestFor(k))) : undefined;
+      },
+    } as unknown as ObjectStore;
+    const ctx: BuildContext = {
+      client: {
+        get: async () => undefined,
+        list: async () => ({ items: [] }),
+        replaceStatus: async () => {},
+        create: async () => {},
+      } as unknown as KubeClient,
+      builds: {
+        get: (k: string) => builds.find((b) => objectKey(b) === k),
+        list: () => builds,
+      } as unknown as BuildContext["builds"],
+      jobs: {
+        get: (k: string) => jobs.find((j) => objectKey(j as KubeObject) === k),
+        list: () => jobs,
+      } as unknown as BuildContext["jobs"],
+      store,
+      events: { emit: () => {} },
+      config,
+      clock: { now: () => NOW.getTime(), setTimeout: () => 0, clearTimeout: () => {} },
+      log: silentLog,
+      wakeQueued: (which) => {
+        for (const b of builds) if (b.status?.phase === "Queued" && which(b)) selected.push(objectKey(b));
+      },
+    };
+    await reconcileBuild(ctx, new BuildAdmission(), key);
+    return selected;
+  };
+  const manifestFor = (key: string) => {
+    const check = validManifest(key);
+    return check.state === "valid" ? check.manifest : undefined;
+  };
+
+  it("wakes its key's waiters and the limit's queue when a build finishes, not other keys' waiters", async () => {
+    const holder: EngineBuild = {
+      ...build("a", "k1"),
+      status: { phase: "Running", attempts: 1, jobName: "m-1" },
+    };
+    const job: V1Job = {
+      metadata: { name: "m-1", namespace: "a" },
+      status: { conditions: [{ type: "Complete", status: "True" }] },
+    };
+    const builds = [
+      holder,
+      build("b", "k1", WAITING_FOR_SHARED_BUILD),
+      build("c", "k2", WAITING_FOR_SHARED_BUILD),
+      build("d", "k3", "Queued"),
+    ];
+    expect(await woken("a/m", builds, [job], ["k1"])).toEqual(["b/m", "d/m"]);
+  });
+
+  it("a waiter's own cache hit wakes none of its key's other waiters", async () => {
+    const builds = [
+      build("a", "k1"),
+      build("b", "k1", WAITING_FOR_SHARED_BUILD),
+      build("c", "k1", WAITING_FOR_SHARED_BUILD),
+    ];
+    expect(await woken("b/m", builds, [], ["k1"])).toEqual([]);
+  });
+
+  it("wakes every key's waiters when a build is gone (its key is no longer known)", async () => {
+    const builds = [build("b", "k1", WAITING_FOR_SHARED_BUILD), build("c", "k2", WAITING_FOR_SHARED_BUILD)];
+    expect(await woken("a/m", builds)).toEqual(["b/m", "c/m"]);
   });
 });
 

@@ -32,7 +32,12 @@ import { nextStatus } from "./status.js";
 export const JOB: ResourceType = { apiVersion: "batch/v1", kind: "Job", plural: "jobs", namespaced: true };
 export const POD: ResourceType = { apiVersion: "v1", kind: "Pod", plural: "pods", namespaced: true };
 
-export type Admission = { admitted: true } | { admitted: false; position: number };
+export type Admission =
+  | { admitted: true }
+  /** Waiting for a slot under the cluster-wide build limit. */
+  | { admitted: false; position: number }
+  /** Another EngineBuild (namespace/name) builds the same engine key; its manifest will serve this one. */
+  | { admitted: false; sharedWith: string };
 
 export interface BuildObservation {
   build: EngineBuild;
@@ -55,11 +60,16 @@ export interface BuildPlan {
   requeueAfterMs: number | undefined;
 }
 
-/** Does this build need to read object storage before planning? */
+/**
+ * Does this build need to read object storage before planning? Whenever it might start a Job too:
+ * after a judged failed attempt, another namespace's build of the same key may have published.
+ */
 export function needsManifest(build: EngineBuild, job: V1Job | undefined): boolean {
   const phase = build.status?.phase;
   if (phase === "Succeeded" || phase === "Failed") return false;
-  return !job || jobOutcome(job).state === "complete";
+  if (!job) return true;
+  const state = jobOutcome(job).state;
+  return state === "complete" || (state === "failed" && !!build.status?.nextAttemptAt);
 }
 
 /**
@@ -262,14 +272,25 @@ export function planBuild(o: BuildObservation): BuildPlan {
     return plan;
   }
   if (!o.admission.admitted) {
+    // A failed attempt already judged keeps its record: without it the next reconcile would judge
+    // the same failed Job again and start another backoff.
+    const judged = status.nextAttemptAt ? { nextAttemptAt: status.nextAttemptAt } : {};
+    if ("sharedWith" in o.admission) {
+      set(
+        "Queued",
+        WAITING_FOR_SHARED_BUILD,
+        `waiting for EngineBuild ${o.admission.sharedWith}, which builds the same engine (key ${build.spec.key}); this build uses its result from object storage, or takes over if it fails`,
+        judged,
+        "Normal",
+      );
+      return plan;
+    }
     const position = o.admission.position;
     set(
       "Queued",
       "Queued",
       `waiting for a build slot (position ${position}, limit ${config.limits.maxConcurrentBuilds})`,
-      {
-        queuePosition: position,
-      },
+      { queuePosition: position, ...judged },
     );
     return plan;
   }
@@ -303,14 +324,26 @@ export interface BuildContext {
   config: OperatorConfig;
   clock: Clock;
   log: Logger;
-  /** Re-enqueue every queued build (a slot just freed). */
-  wakeQueued: () => void;
+  /** Re-enqueue the Queued builds `which` selects (a slot or an engine key just freed). */
+  wakeQueued: (which: (build: EngineBuild) => boolean) => void;
 }
 
+/** The condition reason of a build Queued behind another namespace's build of the same key. */
+export const WAITING_FOR_SHARED_BUILD = "WaitingForSharedBuild";
+
+const isQueuedFor = (b: EngineBuild, reason: string) =>
+  b.status?.phase === "Queued" && b.status.conditions?.[0]?.reason === reason;
+
+/** Oldest first, then namespace/name: every operator replica and restart orders builds alike. */
+const byAge = (a: EngineBuild, b: EngineBuild) =>
+  String(a.metadata.creationTimestamp ?? "").localeCompare(String(b.metadata.creationTimestamp ?? "")) ||
+  objectKey(a).localeCompare(objectKey(b));
+
 /**
- * Decides who may start a Job under the cluster-wide limit. Admission runs under one lock, and
- * builds admitted here count as running until the cache shows them so: without that, two workers
- * reading the same stale cache could both take the last slot.
+ * Decides who may start a Job: one build per engine key cluster-wide, and at most the limit at
+ * once. Admission runs under one lock, and builds admitted here count as running until the cache
+ * shows them so: without that, two workers reading the same stale cache could both take the last
+ * slot, or both build one key.
  */
 export class BuildAdmission {
   private readonly admitted = new Set<string>();
@@ -343,18 +376,24 @@ export class BuildAdmission {
       ...this.admitted,
     ]);
     if (running.has(key)) return { admitted: true };
-    const waiting = all
+    // Each key's holder: its running build, else the oldest that will start one. A build in
+    // backoff keeps its key (it retries its own attempts); a finished or deleted one frees it.
+    const holders = new Map<string, EngineBuild>();
+    for (const b of [...all].sort(byAge)) {
+      const phase = b.status?.phase;
+      if (phase === "Succeeded" || phase === "Failed" || b.metadata.deletionTimestamp) continue;
+      const held = holders.get(b.spec.key);
+      if (!held || (running.has(objectKey(b)) && !running.has(objectKey(held)))) holders.set(b.spec.key, b);
+    }
+    const holder = holders.get(build.spec.key);
+    if (holder && objectKey(holder) !== key) return { admitted: false, sharedWith: objectKey(holder) };
+    // Only holders take slots: a build waiting on another's key never starts a Job of its own.
+    const waiting = [...holders.values()]
       .filter((b) => {
-        const s = b.status;
-        if (running.has(objectKey(b)) || s?.phase === "Succeeded" || s?.phase === "Failed") return false;
-        return !(s?.nextAttemptAt && Date.parse(s.nextAttemptAt) > now);
+        const next = b.status?.nextAttemptAt;
+        return !running.has(objectKey(b)) && !(next && Date.parse(next) > now);
       })
-      .sort(
-        (a, b) =>
-          String(a.metadata.creationTimestamp ?? "").localeCompare(
-            String(b.metadata.creationTimestamp ?? ""),
-          ) || objectKey(a).localeCompare(objectKey(b)),
-      );
+      .sort(byAge);
     const position = waiting.findIndex((b) => objectKey(b) === key) + 1 || waiting.length + 1;
     if (running.size + position <= limit) return { admitted: true };
     return { admitted: false, position: Math.max(1, running.size + position - limit) };
@@ -375,7 +414,11 @@ export async function reconcileBuild(
   key: string,
 ): Promise<ReconcileResult | undefined> {
   const build = ctx.builds.get(key);
-  if (!build || build.metadata.deletionTimestamp) return undefined;
+  if (!build || build.metadata.deletionTimestamp) {
+    // It may have held an engine key (its key is not known any more): let the waiters look again.
+    ctx.wakeQueued((b) => isQueuedFor(b, WAITING_FOR_SHARED_BUILD));
+    return undefined;
+  }
   const namespace = build.metadata.namespace ?? "";
   const log = ctx.log.child({ engineBuild: key });
 
@@ -462,7 +505,19 @@ export async function reconcileBuild(
     (phase === "Pending" && build.status?.phase === "Running")
   ) {
     admission.release(build);
-    ctx.wakeQueued();
+    // A slot may have freed, and the builds waiting on this key find its manifest or one takes
+    // over. A finished build is reconciled again once the cache shows it, which wakes them after a
+    // stale read. A waiter's own cache hit frees nothing: waking the key's other waiters on each
+    // would cost a store read per waiter per hit.
+    const wasWaiter =
+      plan.status.cacheHit === "true" &&
+      (build.status?.phase === "Succeeded" || isQueuedFor(build, WAITING_FOR_SHARED_BUILD));
+    const heldKey = !wasWaiter;
+    ctx.wakeQueued(
+      (b) =>
+        isQueuedFor(b, "Queued") ||
+        (heldKey && b.spec.key === build.spec.key && isQueuedFor(b, WAITING_FOR_SHARED_BUILD)),
+    );
   }
   log.debug({ phase, attempts: plan.status.attempts }, "reconciled");
   return plan.requeueAfterMs !== undefined ? { requeueAfterMs: plan.requeueAfterMs } : undefined;
