@@ -625,6 +625,11 @@ describe("waking builds that wait on an engine key", () => {
     expect(await woken("b/m", builds, [], ["k1"])).toEqual([]);
   });
 
+  it("a holder that finds its engine already published (a cache hit) still wakes its key's waiters", async () => {
+    const builds = [build("a", "k1", "Queued"), build("b", "k1", WAITING_FOR_SHARED_BUILD)];
+    expect(await woken("a/m", builds, [], ["k1"])).toContain("b/m");
+  });
+
   it("wakes every key's waiters when a build is gone (its key is no longer known)", async () => {
     const builds = [build("b", "k1", WAITING_FOR_SHARED_BUILD), build("c", "k2", WAITING_FOR_SHARED_BUILD)];
     expect(await woken("a/m", builds)).toEqual(["b/m", "c/m"]);

@@ -507,16 +507,15 @@ export async function reconcileBuild(
     admission.release(build);
     // A slot may have freed, and the builds waiting on this key find its manifest or one takes
     // over. A finished build is reconciled again once the cache shows it, which wakes them after a
-    // stale read. A waiter's own cache hit frees nothing: waking the key's other waiters on each
-    // would cost a store read per waiter per hit.
-    const wasWaiter =
-      plan.status.cacheHit === "true" &&
-      (build.status?.phase === "Succeeded" || isQueuedFor(build, WAITING_FOR_SHARED_BUILD));
-    const heldKey = !wasWaiter;
+    // stale read. A cache hit frees the key only if it held it (it was not waiting on another),
+    // and only once: waking the key's waiters on every hit would cost a store read per waiter per hit.
+    const freesKey =
+      plan.status.cacheHit !== "true" ||
+      (build.status?.phase !== "Succeeded" && !isQueuedFor(build, WAITING_FOR_SHARED_BUILD));
     ctx.wakeQueued(
       (b) =>
         isQueuedFor(b, "Queued") ||
-        (heldKey && b.spec.key === build.spec.key && isQueuedFor(b, WAITING_FOR_SHARED_BUILD)),
+        (freesKey && b.spec.key === build.spec.key && isQueuedFor(b, WAITING_FOR_SHARED_BUILD)),
     );
   }
   log.debug({ phase, attempts: plan.status.attempts }, "reconciled");
