@@ -124,12 +124,14 @@ async function togetherChecks({ alone, sampledAlone, tokS: sequentialTokS }) {
       },
     );
     const runs = [];
+    const diverged = new Map();
     for (const pass of ["fresh", "from the prefix cache"]) {
       const run = await together(engine);
       runs.push(run.tokS);
       const sampledRun = run.results.pop();
       cases.forEach((c, i) => {
         const got = run.results[i].tokens;
+        if (firstDiff(got, alone[c.id]) >= 0) diverged.set(c.id, firstDiff(got, alone[c.id]));
         report(`together (${pass}) ${c.id} equals alone`, firstDiff(got, alone[c.id]) < 0, {
           firstDiff: firstDiff(got, alone[c.id]),
         });
@@ -138,6 +140,21 @@ async function togetherChecks({ alone, sampledAlone, tokS: sequentialTokS }) {
         tokens: sampledRun.tokens.length,
         sameAsAlone: firstDiff(sampledRun.tokens, sampledAlone.tokens) < 0,
       });
+    }
+    // Where batched and alone part, how close the alone run's two best tokens were at that step (a
+    // near-tie flipped by batch-size-dependent GEMM rounding, or a real difference).
+    for (const [id, at] of diverged) {
+      const c = cases.find((k) => k.id === id);
+      const lps = [];
+      for await (const b of engine.submit({ ...request(c, `margin-${id}`), logprobs: 2 }))
+        lps.push(...(b.logprobs ?? []));
+      const gap = (lp) => (lp?.top?.length >= 2 ? lp.top[0].logprob - lp.top[1].logprob : null);
+      const gaps = lps
+        .map(gap)
+        .filter((g) => g !== null)
+        .sort((a, b) => a - b);
+      const divergence = { id, step: at, top2GapThere: gap(lps[at]), medianTop2Gap: gaps[gaps.length >> 1] };
+      console.log(JSON.stringify({ shape, divergence }));
     }
     const stats = engine.stats();
     report(

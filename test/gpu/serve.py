@@ -38,6 +38,9 @@ SHAPES = {
                     "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}},
 }
+# The tiny shape built without autotuning (serve.sh passes --no-autotune for every shape but tiny):
+# one cuBLASLt heuristic algorithm per shape instead of tactics raced per batch bucket.
+SHAPES["tiny-untuned"] = SHAPES["tiny"]
 # (prompt length, max tokens): short and long prompts, several lengths of output
 CASES = [(1, 40), (5, 24), (17, 48), (33, 16), (64, 40), (100, 32), (150, 20), (200, 48)]
 
