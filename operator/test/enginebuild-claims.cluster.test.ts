@@ -79,16 +79,18 @@ describe("a pvc:// model's build Job", () => {
   });
 
   it("is never created for a claim name Kubernetes would refuse; the EngineBuild fails saying why", async () => {
+    // The CRD's pattern already refuses most bad names at apply; a dotted name over 253 characters
+    // passes it and must still be caught before a Job the API server would refuse.
+    const claim = Array.from({ length: 30 }, () => "abcdefghi").join(".");
+    const source = `pvc://${claim}/llama`;
     const builds = await Watched.start<EngineBuild>(paths(ns).builds);
     try {
       await client.create(
         IM_RESOURCE,
-        inferenceModel(ns, "bad-claim", { model: { source: "pvc://Models_1/llama", revision: `rev-${ns}` } }),
+        inferenceModel(ns, "bad-claim", { model: { source, revision: `rev-${ns}` } }),
       );
       const failed = (all: Map<string, EngineBuild>) =>
-        [...all.values()].find(
-          (b) => b.spec.model.source === "pvc://Models_1/llama" && b.status?.phase === "Failed",
-        );
+        [...all.values()].find((b) => b.spec.model.source === source && b.status?.phase === "Failed");
       await builds.until((all) => failed(all) !== undefined, {
         timeoutMs: 30_000,
         describe: `the bad-claim EngineBuild in ${ns} Failed`,
@@ -96,7 +98,7 @@ describe("a pvc:// model's build Job", () => {
       const build = failed(builds.objects);
       expect(build?.status?.conditions?.[0]?.reason).toBe("InvalidSource");
       expect(build?.status?.message).toMatch(
-        /claim name "Models_1" is not a valid PersistentVolumeClaim name/,
+        `claim name "${claim}" is not a valid PersistentVolumeClaim name`,
       );
       expect(build?.status?.jobName).toBeUndefined();
     } finally {
