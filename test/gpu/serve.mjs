@@ -1,8 +1,8 @@
 // The Node half of test/gpu/serve.sh: runs the prompts of serve.py's cases.json through the
 // ServingEngine (native/binding/engine.ts, bundled by `serve.sh prepare`) on the GPU and checks
 // that each request alone gives the tokens of `kiln-native generate`, that all of them at once
-// (with a sampled request beside them) give the same tokens, that every page comes back, and that
-// the KV cache options size the cache. Prints one JSON line per check and exits 1 on a failure.
+// (with a sampled request beside them) give the same tokens or part only at a near-tie, that every
+// page comes back, and that the KV cache options size the cache. Prints one JSON line per check and exits 1 on a failure.
 //
 // Usage: node test/gpu/serve.mjs WORK_DIR (KILN_ADDON_PATH names the CUDA build's kiln.node)
 import { readFileSync } from "node:fs";
@@ -12,6 +12,9 @@ import { loadEngine } from "../../.gpu/serve/engine.mjs";
 const work = process.argv[2];
 const { engine: enginePath, shape, cases } = JSON.parse(readFileSync(join(work, "cases.json"), "utf8"));
 let failures = 0;
+// Logprob gap between the two best tokens under which bf16 rounding may pick either (the logits
+// of these engines are O(10); bf16 keeps 8 bits).
+const NEAR_TIE = 0.02;
 
 function report(check, ok, details) {
   if (!ok) failures += 1;
@@ -124,37 +127,40 @@ async function togetherChecks({ alone, sampledAlone, tokS: sequentialTokS }) {
       },
     );
     const runs = [];
-    const diverged = new Map();
+    const outcomes = [];
     for (const pass of ["fresh", "from the prefix cache"]) {
       const run = await together(engine);
       runs.push(run.tokS);
       const sampledRun = run.results.pop();
-      cases.forEach((c, i) => {
-        const got = run.results[i].tokens;
-        if (firstDiff(got, alone[c.id]) >= 0) diverged.set(c.id, firstDiff(got, alone[c.id]));
-        report(`together (${pass}) ${c.id} equals alone`, firstDiff(got, alone[c.id]) < 0, {
-          firstDiff: firstDiff(got, alone[c.id]),
-        });
-      });
+      for (const [i, c] of cases.entries())
+        outcomes.push({ pass, c, at: firstDiff(run.results[i].tokens, alone[c.id]) });
       report(`together (${pass}): the sampled request beside them runs`, sampledRun.tokens.length > 0, {
         tokens: sampledRun.tokens.length,
         sameAsAlone: firstDiff(sampledRun.tokens, sampledAlone.tokens) < 0,
       });
     }
-    // Where batched and alone part, how close the alone run's two best tokens were at that step (a
-    // near-tie flipped by batch-size-dependent GEMM rounding, or a real difference).
-    for (const [id, at] of diverged) {
-      const c = cases.find((k) => k.id === id);
+    // Batched steps may run other GEMM tactics than a lone sequence (the engine's autotune picks one
+    // per batch bucket), so bf16 rounding can flip a near-tie. Where batched and alone part, the
+    // alone run's gap between its two best tokens at that step tells a flipped near-tie (gap below
+    // NEAR_TIE) from a fault of the loop (pages, rows or tokens mixed up part at ordinary gaps).
+    const gaps = new Map();
+    for (const { c, at } of outcomes) {
+      if (at < 0 || gaps.has(c.id)) continue;
       const lps = [];
-      for await (const b of engine.submit({ ...request(c, `margin-${id}`), logprobs: 2 }))
+      for await (const b of engine.submit({ ...request(c, `margin-${c.id}`), logprobs: 2 }))
         lps.push(...(b.logprobs ?? []));
-      const gap = (lp) => (lp?.top?.length >= 2 ? lp.top[0].logprob - lp.top[1].logprob : null);
-      const gaps = lps
-        .map(gap)
-        .filter((g) => g !== null)
-        .sort((a, b) => a - b);
-      const divergence = { id, step: at, top2GapThere: gap(lps[at]), medianTop2Gap: gaps[gaps.length >> 1] };
-      console.log(JSON.stringify({ shape, divergence }));
+      const top = lps[at]?.top ?? [];
+      gaps.set(c.id, top.length >= 2 ? top[0].logprob - top[1].logprob : Number.POSITIVE_INFINITY);
+    }
+    for (const { pass, c, at } of outcomes) {
+      const gap = gaps.get(c.id);
+      const details =
+        at < 0 ? { firstDiff: at } : { firstDiff: at, top2GapThere: gap, nearTie: gap < NEAR_TIE };
+      report(
+        `together (${pass}) ${c.id} equals alone, or parts only at a near-tie`,
+        at < 0 || gap < NEAR_TIE,
+        details,
+      );
     }
     const stats = engine.stats();
     report(
