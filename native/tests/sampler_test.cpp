@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
+#include <random>
 
 #include "core/error.h"
 #include "runtime/sampler.h"
+#include "sampler_reference.h"
 
 namespace kiln::test {
 namespace {
@@ -128,6 +131,151 @@ TEST(Sampler, LogprobsAreTheLogSoftmaxOfTheChosenAndTopTokens) {
   EXPECT_EQ(c.top[0].first, 1);
   EXPECT_EQ(c.top[1].first, 4);
   EXPECT_NEAR(c.top[1].second, 2.5 - std::log(norm), 1e-5);
+}
+
+constexpr int64_t kLlamaVocab = 128256;
+
+// Logits with a spread of `sd`; `step` > 0 rounds them to its multiples, so many tie.
+std::vector<float> random_logits(uint64_t seed, int64_t vocab, float sd, float step) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, sd);
+  std::vector<float> l(static_cast<size_t>(vocab));
+  for (float& x : l) x = step > 0 ? std::round(normal(rng) / step) * step : normal(rng);
+  return l;
+}
+
+int32_t choose_once(const SamplingParams& p, const std::vector<float>& logits) {
+  Sampler s(p, 0);
+  std::vector<float> l = logits;
+  return s.choose(l.data(), static_cast<int64_t>(l.size()), {}, 0).token;
+}
+
+// For one seed (one uniform draw) the progressive selection must draw what a full sort draws, over
+// peaked and flat distributions (flat ones make top-p and min-p grow the prefix to the whole vocab)
+// and over rounded logits that tie at every boundary.
+TEST(Sampler, TruncationDrawsWhatAFullSortDrawsOverALlamaVocab) {
+  struct Knobs {
+    float temperature, top_p, min_p;
+    int32_t top_k;
+  };
+  const std::vector<Knobs> knobs{{1.0f, 0.95f, 0.0f, 0},  {0.7f, 0.5f, 0.0f, 0},    {1.0f, 1.0f, 0.05f, 0},
+                                 {1.0f, 1.0f, 0.0f, 50},  {0.8f, 0.9f, 0.0f, 50},   {1.0f, 0.99f, 0.01f, 0},
+                                 {1.0f, 0.8f, 0.0f, 3000}, {1.3f, 0.999f, 0.0f, 0}};
+  const std::vector<std::pair<float, float>> spreads{{1.0f, 0.0f}, {4.0f, 0.0f}, {3.0f, 0.5f}};
+  int differing_draws = 0;  // the knobs must matter, or the comparison proves little
+  for (const Knobs& k : knobs) {
+    SamplingParams p;
+    p.temperature = k.temperature;
+    p.top_p = k.top_p;
+    p.min_p = k.min_p;
+    p.top_k = k.top_k;
+    p.has_seed = true;
+    for (const auto& [sd, step] : spreads) {
+      for (uint64_t seed = 0; seed < 6; ++seed) {
+        const std::vector<float> logits = random_logits(seed * 31 + 7, kLlamaVocab, sd, step);
+        p.seed = seed;
+        const int32_t want = reference::sample_sorted(logits, p, reference::first_uniform(seed));
+        ASSERT_EQ(choose_once(p, logits), want) << "top_p " << k.top_p << " min_p " << k.min_p << " top_k " << k.top_k
+                                                << " sd " << sd << " step " << step << " seed " << seed;
+        if (want != static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())) ++differing_draws;
+      }
+    }
+  }
+  EXPECT_GT(differing_draws, 20);
+}
+
+TEST(Sampler, ATinyTopPKeepsOnlyTheFirstMostLikelyToken) {
+  std::vector<float> l = random_logits(3, 1000, 2.0f, 0.0f);
+  const float best = *std::max_element(l.begin(), l.end());
+  l[700] = l[400] = best + 1.0f;  // a tie at the top: the lower index is the one kept
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_p = 1e-6f;
+  for (int32_t token : draw(p, 11, 200, l)) EXPECT_EQ(token, 400);
+}
+
+TEST(Sampler, TiesAtTheTruncationBoundaryKeepTheLowerIndices) {
+  // Tokens 1, 3 and 4 tie for second place: top_k 2 keeps 0 and 1, top_k 3 also 3.
+  const std::vector<float> l{2.0f, 1.0f, 0.0f, 1.0f, 1.0f, -1.0f};
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 2;
+  expect_frequencies(draw(p, 12, 20000, l), expected(l, 1.0f, {0, 1}));
+  p.top_k = 3;
+  expect_frequencies(draw(p, 13, 20000, l), expected(l, 1.0f, {0, 1, 3}));
+  // top_p: .437 (token 0) + .161 (token 1) < .7 <= + .161 (token 3): token 4 ties with 3 but is left out.
+  p.top_k = 0;
+  p.top_p = 0.7f;
+  expect_frequencies(draw(p, 14, 20000, l), expected(l, 1.0f, {0, 1, 3}));
+}
+
+TEST(Sampler, ATopKBeyondTheVocabKeepsEverything) {
+  SamplingParams p;
+  p.temperature = 1.0f;
+  p.top_k = 1000;
+  expect_frequencies(draw(p, 15, 40000), expected(kLogits, 1.0f, {0, 1, 2, 3, 4, 5}));
+  p.has_seed = true;
+  for (uint64_t seed = 0; seed < 50; ++seed) {
+    p.seed = seed;
+    EXPECT_EQ(choose_once(p, kLogits), reference::sample_sorted(kLogits, p, reference::first_uniform(seed)));
+  }
+}
+
+TEST(Sampler, MaskedTokensAreNeverDrawn) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> l{-inf, 0.5f, -inf, 0.2f, -inf, 0.0f, -inf};
+  SamplingParams plain, top_k, top_p, min_p;
+  plain.temperature = top_k.temperature = top_p.temperature = min_p.temperature = 1.0f;
+  top_k.top_k = 5;  // more than the unmasked tokens
+  top_p.top_p = 0.99f;
+  min_p.min_p = 0.01f;
+  for (const SamplingParams& p : {plain, top_k, top_p, min_p}) {
+    expect_frequencies(draw(p, 16, 20000, l), expected(l, 1.0f, {1, 3, 5}));
+  }
+}
+
+TEST(Sampler, AVocabOfOneAlwaysGivesThatToken) {
+  SamplingParams greedy, plain, truncated;
+  plain.temperature = truncated.temperature = 0.9f;
+  truncated.top_k = 5;
+  truncated.top_p = 0.5f;
+  truncated.min_p = 0.5f;
+  for (SamplingParams p : {greedy, plain, truncated}) {
+    p.logprobs = 3;
+    Sampler s(p, 17);
+    for (int i = 0; i < 5; ++i) {
+      float l = -2.0f;
+      const TokenChoice c = s.choose(&l, 1, {}, 0);
+      EXPECT_EQ(c.token, 0);
+      EXPECT_FLOAT_EQ(c.logprob, 0.0f);
+      ASSERT_EQ(c.top.size(), 1u);
+      EXPECT_EQ(c.top[0].first, 0);
+    }
+  }
+}
+
+TEST(Sampler, TopLogprobsOverALlamaVocabAreTheMostLikelyWithTiesByIndex) {
+  const std::vector<float> logits = random_logits(19, kLlamaVocab, 3.0f, 0.25f);
+  double sum = 0.0;
+  const float best = *std::max_element(logits.begin(), logits.end());
+  for (float x : logits) sum += std::exp(static_cast<double>(x) - best);
+  const double log_norm = best + std::log(sum);
+  for (float temperature : {0.0f, 1.0f, 0.6f}) {
+    SamplingParams p;
+    p.temperature = temperature;
+    p.top_p = 0.9f;
+    p.logprobs = 20;
+    Sampler s(p, 20);
+    std::vector<float> l = logits;
+    const TokenChoice c = s.choose(l.data(), kLlamaVocab, {}, 0);
+    const std::vector<int32_t> want = reference::top_sorted(logits, 20);
+    ASSERT_EQ(c.top.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(c.top[i].first, want[i]) << "rank " << i;
+      EXPECT_NEAR(c.top[i].second, logits[static_cast<size_t>(want[i])] - log_norm, 1e-5);
+    }
+    EXPECT_NEAR(c.logprob, logits[static_cast<size_t>(c.token)] - log_norm, 1e-5);
+  }
 }
 
 TEST(Sampler, RejectsParametersOutsideTheirRange) {

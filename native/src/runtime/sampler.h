@@ -45,11 +45,19 @@ class Sampler {
 
  private:
   double uniform();  // [0, 1), 53 bits, the same on every standard library
+  int32_t draw_truncated(const float* logits, int64_t vocab, float top, double* total_out);
+  int32_t draw_untruncated(const float* logits, int64_t vocab, float top, double* total_out);
+  void fill_top(const float* logits, int64_t vocab, double log_norm, TokenChoice& out);
 
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<float, int32_t>> candidates_;
+  // Buffers kept between tokens so that a step allocates nothing vocab-sized.
+  std::vector<uint64_t> candidates_;  // scaled logit and token packed so that ascending is most likely first
+  std::vector<double> weights_;
+  std::vector<double> probs_;
+  std::vector<int32_t> top_;
   std::vector<int32_t> counts_;
+  std::vector<uint8_t> seen_;
 };
 
 }  // namespace kiln
