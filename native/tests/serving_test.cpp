@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <set>
 
 #include "architectures.h"
 #include "build_helpers.h"
@@ -239,6 +240,51 @@ TEST(Serving, SeededSamplingIsReproducibleWhateverRunsBesideIt) {
   for (int i = 0; i < 5; ++i) loop.submit(request("other" + std::to_string(i), prompt_of(i, 30, spec.vocab), 20));
   loop.submit(r);
   EXPECT_EQ(collector.wait(6).at("s").tokens, lone);
+}
+
+// Each step's sampled rows are chosen in parallel on the loop's pool; a row uses only its own
+// sampler, so neither the thread count nor what runs beside a request may change its tokens.
+TEST(Serving, ConcurrentSeededSampledRequestsGiveTheTokensEachGivesAloneWhateverTheThreadCount) {
+  TinySpec spec;
+  auto engine = tiny_engine(spec, "sampled-threads");
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 24; ++i) {
+    GenerationRequest r = request("q" + std::to_string(i), prompt_of(i, 1 + (i * 7) % 40, spec.vocab), 6 + i % 10);
+    r.sampling.temperature = 0.7f + 0.1f * static_cast<float>(i % 6);
+    if (i % 4 == 1) r.sampling.top_p = 0.9f;
+    if (i % 4 == 2) r.sampling.top_k = 20;
+    if (i % 4 == 3) r.sampling.min_p = 0.05f;
+    if (i % 3 == 0) r.sampling.frequency_penalty = 0.5f;
+    if (i % 5 == 0) r.sampling.repetition_penalty = 1.3f;
+    if (i % 2 == 0) r.sampling.logprobs = 3;
+    r.sampling.has_seed = true;
+    r.sampling.seed = 1000 + static_cast<uint64_t>(i);
+    requests.push_back(r);
+  }
+  ServingOptions o;
+  o.max_batch_size = 24;
+  o.max_batched_tokens = 64;
+  std::map<std::string, std::vector<int32_t>> lone;
+  o.threads = 1;
+  for (const GenerationRequest& r : requests) {
+    Collector collector;
+    EngineLoop loop(engine, o, collector.sink());
+    loop.submit(r);
+    lone[r.id] = collector.wait(1).at(r.id).tokens;
+  }
+  std::set<std::vector<int32_t>> distinct;
+  for (const auto& [id, tokens] : lone) distinct.insert(tokens);
+  EXPECT_GT(distinct.size(), requests.size() / 2);  // the draws really differ from request to request
+  for (int threads : {1, 2, 4}) {
+    SCOPED_TRACE(threads);
+    o.threads = threads;
+    Collector collector;
+    EngineLoop loop(engine, o, collector.sink());
+    for (const GenerationRequest& r : requests) loop.submit(r);
+    const auto got = collector.wait(requests.size());
+    for (const auto& [id, tokens] : lone) EXPECT_EQ(got.at(id).tokens, tokens) << id;
+    EXPECT_GT(loop.stats().running_peak, 8);
+  }
 }
 
 TEST(Serving, StopTokenIdsEndARequestAfterEmittingTheStopToken) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <random>
 
 namespace kiln {
@@ -107,7 +108,8 @@ EngineLoop::EngineLoop(std::shared_ptr<const Engine> engine, const ServingOption
       model_(std::move(model)),
       blocks_(limits_.kv_pages, limits_.page_size),
       scheduler_(blocks_, SchedulerLimits{limits_.max_batch_size, limits_.max_batched_tokens}),
-      seed_base_(std::random_device{}()) {
+      seed_base_(std::random_device{}()),
+      sample_pool_(options.threads) {
   stats_.pages_total = limits_.kv_pages;
   stats_.kv_bytes = limits_.kv_bytes;
   thread_ = std::thread([this] { run(); });
@@ -271,21 +273,43 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   model_->forward(batch, device_greedy ? greedy_.data() : nullptr, host_logits ? logits_.data() : nullptr);
   scheduler_.complete(plan);
 
-  int64_t row = 0;
+  std::vector<Sequence*> row_seq;
+  row_seq.reserve(static_cast<size_t>(rows));
   for (const ScheduledSlice& slice : plan.slices) {
-    if (!slice.wants_logits) continue;
-    Sequence* s = slice.sequence;
+    if (slice.wants_logits) row_seq.push_back(slice.sequence);
+  }
+  choices_.assign(row_seq.size(), TokenChoice{});
+  std::vector<int> sampled;
+  for (size_t r = 0; r < row_seq.size(); ++r) {
+    if (device_greedy && plain_greedy(row_seq[r]->sampler.params())) {
+      choices_[r].token = greedy_[r];
+    } else {
+      sampled.push_back(static_cast<int>(r));
+    }
+  }
+  // A throw escaping a pool worker would end the process, so each row's error is kept and the
+  // first in row order is rethrown on the loop thread, before any row's token is applied.
+  std::vector<std::exception_ptr> errors(sampled.size());
+  sample_pool_.run(static_cast<int>(sampled.size()), sample_pool_.size(), [&](int i) {
+    const auto r = static_cast<size_t>(sampled[static_cast<size_t>(i)]);
+    Sequence* s = row_seq[r];
+    try {
+      choices_[r] = s->sampler.choose(logits_.data() + static_cast<int64_t>(r) * vocab, vocab, s->tokens, s->prompt_len);
+    } catch (...) {
+      errors[static_cast<size_t>(i)] = std::current_exception();
+    }
+  });
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+
+  size_t row = 0;
+  for (Sequence* s : row_seq) {
     TokenEvent ev;
     ev.id = s->id;
     ev.with_logprobs = s->sampler.params().logprobs >= 0;
     if (s->generated() == 0) ev.cached_prompt_tokens = s->cached_prompt_tokens;
-    TokenChoice choice;
-    if (device_greedy && plain_greedy(s->sampler.params())) {
-      choice.token = greedy_[static_cast<size_t>(row)];
-    } else {
-      choice = s->sampler.choose(logits_.data() + row * vocab, vocab, s->tokens, s->prompt_len);
-    }
-    ++row;
+    const TokenChoice choice = std::move(choices_[row++]);
     s->tokens.push_back(choice.token);
     ev.tokens.push_back(choice);
     ++stats_generated_;

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "engine/engine.h"
 #include "runtime/block_manager.h"
 #include "runtime/request.h"
@@ -120,6 +121,11 @@ class EngineLoop {
   uint64_t seed_base_;
   std::vector<float> logits_;
   std::vector<int32_t> greedy_;
+  // Host sampling of one step's rows, one row per chunk: each row has its own Sampler, so rows are
+  // independent and the tokens do not depend on the pool's size. On the CPU backend this pool and
+  // the model's are never busy at the same time.
+  ThreadPool sample_pool_;
+  std::vector<TokenChoice> choices_;
   std::deque<std::pair<double, int64_t>> rate_window_;  // (seconds, generated total)
   int64_t stats_generated_ = 0;
   int64_t steps_ = 0;
