@@ -1,5 +1,7 @@
 // Host sampler cost per token at the Llama 3 vocab: kiln::Sampler against the full-sort sampler it
 // replaced (kept here verbatim in its sampling part), in one run on one machine.
+// Then one serving step's host sampling: 64 sampled rows, one Sampler each, spread over a thread
+// pool as EngineLoop::run_step does, at 1 and 2 threads.
 // Build and run: bench/cpu/sampler.sh [iterations]
 #include <algorithm>
 #include <chrono>
@@ -10,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "runtime/sampler.h"
 
 namespace {
@@ -158,6 +161,40 @@ int main(int argc, char** argv) {
     const double a = us_per_token(rows, iters, [&](std::vector<float>& row) { return now.choose(row.data(), kVocab, {}, 0); });
     const double b = us_per_token(rows, iters, [&](std::vector<float>& row) { return before.choose(row.data(), kVocab); });
     std::printf("| %s | %.1f | %.1f | %.1fx |\n", c.name, a, b, b / a);
+  }
+
+  constexpr int kRows = 64;
+  std::vector<std::vector<float>> step_rows(kRows, std::vector<float>(kVocab));
+  for (auto& row : step_rows) {
+    for (float& x : row) x = normal(gen);
+  }
+  SamplingParams temp1;
+  temp1.temperature = 1.0f;
+  SamplingParams nucleus = temp1;
+  nucleus.top_p = 0.95f;
+  const int steps = std::max(1, iters / 10);
+  std::printf("\nstep of %d sampled rows, %d steps x 5 rounds, median round\n", kRows, steps);
+  std::printf("| sampling | threads | ms/step |\n|---|---:|---:|\n");
+  for (const auto& [name, p] : {std::pair<const char*, SamplingParams>{"temperature 1", temp1}, {"top_p 0.95", nucleus}}) {
+    for (int threads : {1, 2}) {
+      kiln::ThreadPool pool(threads);
+      std::vector<kiln::Sampler> samplers;
+      samplers.reserve(kRows);
+      for (int r = 0; r < kRows; ++r) samplers.emplace_back(p, 7 + static_cast<uint64_t>(r));
+      std::vector<TokenChoice> choices(kRows);
+      std::vector<double> rounds;
+      for (int round = 0; round < 5; ++round) {
+        const auto start = std::chrono::steady_clock::now();
+        for (int s = 0; s < steps; ++s) {
+          pool.run(kRows, threads, [&](int r) {
+            choices[static_cast<size_t>(r)] = samplers[static_cast<size_t>(r)].choose(step_rows[static_cast<size_t>(r)].data(), kVocab, {}, 0);
+          });
+        }
+        rounds.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count() / steps);
+      }
+      std::sort(rounds.begin(), rounds.end());
+      std::printf("| %s | %d | %.1f |\n", name, threads, rounds[rounds.size() / 2]);
+    }
   }
   return 0;
 }
