@@ -273,13 +273,14 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   model_->forward(batch, device_greedy ? greedy_.data() : nullptr, host_logits ? logits_.data() : nullptr);
   scheduler_.complete(plan);
 
-  std::vector<Sequence*> row_seq;
-  row_seq.reserve(static_cast<size_t>(rows));
+  std::vector<Sequence*>& row_seq = row_sequences_;
+  row_seq.clear();
   for (const ScheduledSlice& slice : plan.slices) {
     if (slice.wants_logits) row_seq.push_back(slice.sequence);
   }
   choices_.assign(row_seq.size(), TokenChoice{});
-  std::vector<int> sampled;
+  std::vector<int>& sampled = sampled_rows_;
+  sampled.clear();
   for (size_t r = 0; r < row_seq.size(); ++r) {
     if (device_greedy && plain_greedy(row_seq[r]->sampler.params())) {
       choices_[r].token = greedy_[r];
@@ -289,7 +290,8 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   }
   // A throw escaping a pool worker would end the process, so each row's error is kept and the
   // first in row order is rethrown on the loop thread, before any row's token is applied.
-  std::vector<std::exception_ptr> errors(sampled.size());
+  std::vector<std::exception_ptr>& errors = sample_errors_;
+  errors.assign(sampled.size(), nullptr);
   sample_pool_.run(static_cast<int>(sampled.size()), sample_pool_.size(), [&](int i) {
     const auto r = static_cast<size_t>(sampled[static_cast<size_t>(i)]);
     Sequence* s = row_seq[r];

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -125,7 +126,11 @@ class EngineLoop {
   // independent and the tokens do not depend on the pool's size. On the CPU backend this pool and
   // the model's are never busy at the same time.
   ThreadPool sample_pool_;
+  // Per-step scratch of run_step, kept across steps so the token path does not allocate.
   std::vector<TokenChoice> choices_;
+  std::vector<Sequence*> row_sequences_;
+  std::vector<int> sampled_rows_;
+  std::vector<std::exception_ptr> sample_errors_;
   std::deque<std::pair<double, int64_t>> rate_window_;  // (seconds, generated total)
   int64_t stats_generated_ = 0;
   int64_t steps_ = 0;
