@@ -1,6 +1,7 @@
 // The sampler's truncation as a full sort of the vocab (how runtime/sampler.cpp chose tokens before
-// its selection went progressive): the oracle of sampler_test.cpp and the baseline of
-// bench/cpu/sampler.cpp.
+// its selection went progressive): the oracle of sampler_test.cpp. bench/cpu/sampler.cpp keeps its
+// own verbatim copy of the old sampler instead, because it times the old cost (partial sort under
+// top_k, the logprobs pass), which this oracle does not reproduce.
 #pragma once
 
 #include <algorithm>
