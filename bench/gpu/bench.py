@@ -362,6 +362,9 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
     ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
+    ap.add_argument("--ab", metavar="VAR=V1,V2,...",
+                    help="instead of the table: batch-1 and batch-8 decode of each engine under each value of one "
+                         "environment variable, interleaved over rounds (what a switch buys, side by side)")
     ap.add_argument("--hf-only", action="store_true",
                     help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
@@ -423,12 +426,14 @@ def main() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
             log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
-            if not args.only_profile:
+            if args.ab:
+                ab_compare(engine, f"{name} {precision}", args.ab)
+            elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}")
             if args.profile or args.only_profile:
                 profile_decode(engine, out, f"{name}-{precision}")
             engine.unlink()
-        if args.only_profile:
+        if args.only_profile or args.ab:
             continue
         theirs = None if args.no_hf else hf_measure(cfg)
         if theirs:
@@ -439,6 +444,22 @@ def main() -> None:
         table = write_results(out, meta, rows)
     print(table)
 
+
+
+def ab_compare(engine: Path, log_name: str, spec: str, rounds: int = 3) -> None:
+    """Decode step time of one engine under each value of one environment variable. The values take
+    turns within every round, so a drift of the card (clocks, heat) lands on all of them alike."""
+    var, _, values = spec.partition("=")
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for value in values.split(","):
+            for batch in (1, 8):
+                line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
+                                  str(DECODE_STEPS), "--batch", str(batch), env={var: value})[-1]
+                times.setdefault((value, batch), []).append(line["decode_step_ms"])
+    for (value, batch), ms in times.items():
+        log(f"{log_name}: {var}={value} batch {batch}: median {sorted(ms)[len(ms) // 2]:.3f} ms/step "
+            f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
 
 
 def profile_decode(engine: Path, out: Path, name: str) -> None:
