@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in one device call: the stages named in STAGES (default: build tests parity
-# bench), each under its own time limit, each stage's full log in $OUT/<stage>.log and its last
-# lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh / test/gpu/parity.py; stage
-# bench2 runs bench/gpu/run.sh a second time with BENCH2_ARGS (e.g. --hf-only for another model).
+# bench; also kernels, bench2), each under its own time limit, each stage's full log in
+# $OUT/<stage>.log and its last lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh /
+# test/gpu/parity.py; stage bench2 runs bench/gpu/run.sh a second time with BENCH2_ARGS (e.g.
+# --hf-only for another model).
 # Usage: KILN_COMMIT=<sha> STAGES="build tests bench" BENCH_ARGS="--models llama3.2-1b" bash test/gpu/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,8 @@ for s in ${STAGES:-build tests parity bench}; do
   case $s in
     build) stage build 400 bash test/gpu/build_native.sh kiln-native kiln-cuda-tests || exit 1 ;;
     tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
+    # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
+    kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
     parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
     bench) stage bench 590 bash bench/gpu/run.sh --out "$out" ${BENCH_ARGS:-} ;;
     bench2) stage bench2 590 bash bench/gpu/run.sh --out "$out" ${BENCH2_ARGS:-} ;;

@@ -1,0 +1,190 @@
+// libkiln-kernels-abi: a C ABI over the CUDA backend's kernel launchers, so test/gpu/kernels_ref.py
+// can call each one with PyTorch tensors (raw device pointers) and check it against a PyTorch
+// reference. Every entry returns 0, or 1 with the error in kiln_abi_last_error(); it synchronizes
+// the device before returning, so a fault inside the kernel surfaces as that entry's error instead
+// of at some later call. Launches go to the legacy default stream, which PyTorch's default stream
+// is, so the tensors' producers are ordered before them.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <exception>
+#include <string>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/gemv.h"
+#include "backend/cuda/kernels.h"
+
+using namespace kiln::cuda;
+
+namespace {
+
+thread_local std::string last_error;
+
+template <typename F>
+int guarded(F&& f) {
+  try {
+    f();
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());
+    return 0;
+  } catch (const std::exception& e) {
+    last_error = e.what();
+    return 1;
+  }
+}
+
+// One cuBLASLt context for the process: never destroyed, because a static destructor would run
+// after the CUDA runtime has torn its context down at exit.
+const LtContext& lt_context() {
+  static const LtContext* context = new LtContext();
+  return *context;
+}
+
+cudaDataType_t gemm_input(int use_fp8) { return use_fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF; }
+
+}  // namespace
+
+extern "C" {
+
+const char* kiln_abi_last_error() { return last_error.c_str(); }
+
+int64_t kiln_attention_tile_tokens(int64_t heads, int64_t kv_heads) { return attention_tile_tokens(heads, kv_heads); }
+int64_t kiln_max_attention_splits() { return kMaxAttentionSplits; }
+int64_t kiln_gemv_max_rows(int normed) { return normed ? kGemvNormMaxRows : kGemvMaxRows; }
+
+int kiln_embed_rows(const void* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h) {
+  return guarded([&] { embed_rows(static_cast<const bf16*>(table), tokens, n, hidden, h, nullptr); });
+}
+
+// use_fp8 != 0: rms_norm_to_fp8 with `scale`, else rms_norm_to_bf16 (scale unused).
+int kiln_rms_norm(int use_fp8, const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
+                  float eps, float scale, void* y) {
+  return guarded([&] {
+    if (use_fp8) rms_norm_to_fp8(h, row_index, rows, hidden, gamma, eps, scale, static_cast<fp8*>(y), nullptr);
+    else rms_norm_to_bf16(h, row_index, rows, hidden, gamma, eps, static_cast<bf16*>(y), nullptr);
+  });
+}
+
+int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const int32_t* token_sequence,
+                           const int32_t* token_position, const int32_t* block_tables, int64_t table_stride,
+                           const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return guarded([&] {
+    RopeKvArgs a;
+    a.qkv = qkv;
+    a.bias = bias;
+    a.tokens = tokens;
+    a.token_sequence = token_sequence;
+    a.token_position = token_position;
+    a.block_tables = block_tables;
+    a.table_stride = table_stride;
+    a.cos = cos;
+    a.sin = sin;
+    a.keys = static_cast<bf16*>(keys);
+    a.values = static_cast<bf16*>(values);
+    a.page_size = page_size;
+    a.heads = heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    rope_and_write_kv(a, nullptr);
+  });
+}
+
+// out_fp8 != null: the fp8 output form (out unused); splits > 1 needs partials.
+int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, const void* values,
+                         const int32_t* block_tables, int64_t table_stride, const int32_t* token_sequence,
+                         const int32_t* token_position, const int32_t* tiles, int64_t num_tiles, int64_t page_size,
+                         int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
+                         void* out_fp8, float out_scale, int64_t splits, int64_t tokens, float* partials) {
+  return guarded([&] {
+    AttentionArgs a;
+    a.q = q;
+    a.q_stride = q_stride;
+    a.keys = static_cast<const bf16*>(keys);
+    a.values = static_cast<const bf16*>(values);
+    a.block_tables = block_tables;
+    a.table_stride = table_stride;
+    a.token_sequence = token_sequence;
+    a.token_position = token_position;
+    a.tiles = tiles;
+    a.num_tiles = num_tiles;
+    a.page_size = page_size;
+    a.heads = heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    a.window = window;
+    a.scale = scale;
+    a.out = static_cast<bf16*>(out);
+    a.out_fp8 = static_cast<fp8*>(out_fp8);
+    a.out_scale = out_scale;
+    a.splits = splits;
+    a.tokens = tokens;
+    a.partials = partials;
+    paged_attention(a, nullptr);
+  });
+}
+
+int kiln_silu_mul(int use_fp8, const float* gate_up, int64_t rows, int64_t inter, float scale, void* out) {
+  return guarded([&] {
+    if (use_fp8) silu_mul_to_fp8(gate_up, rows, inter, scale, static_cast<fp8*>(out), nullptr);
+    else silu_mul_to_bf16(gate_up, rows, inter, static_cast<bf16*>(out), nullptr);
+  });
+}
+
+int kiln_argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys) {
+  return guarded([&] { argmax_rows(logits, rows, vocab, keys, nullptr); });
+}
+
+// kiln-gemv with every option of gemv.h: x, or h (+ gamma, eps, in_scale) for the normed input;
+// y (+ beta), or act (+ act_scale) for the SiLU·mul output.
+int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x, const float* h,
+              const float* gamma, float eps, float in_scale, float* y, float beta, void* act, float act_scale,
+              int split) {
+  return guarded([&] {
+    GemvIn in;
+    in.x = x;
+    in.h = h;
+    in.gamma = gamma;
+    in.eps = eps;
+    in.scale = in_scale;
+    GemvOut out;
+    out.y = y;
+    out.beta = beta;
+    out.act = act;
+    out.act_scale = act_scale;
+    gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr);
+  });
+}
+
+// cuBLASLt through LtGemm: runs the `algo`-th of up to `max_algos` heuristic proposals for m rows
+// and stores how many there were in *proposals (so the caller can walk all of them).
+int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta,
+                 float alpha, int algo, int max_algos, int* proposals) {
+  return guarded([&] {
+    LtGemm gemm(lt_context(), n, k, gemm_input(use_fp8));
+    const auto found = gemm.heuristic(m, max_algos);
+    *proposals = static_cast<int>(found.size());
+    if (algo < 0 || algo >= *proposals) {
+      throw kiln::Error("algorithm " + std::to_string(algo) + " of " + std::to_string(*proposals) + " proposals");
+    }
+    gemm.run(found[static_cast<size_t>(algo)].algo, w, x, m, y, beta, nullptr, alpha);
+  });
+}
+
+// TunedGemm::run, the engine's GEMM entry, with one bucket of `m` rows whose choice is kiln-gemv
+// (gemv_split) or the heuristic's first cuBLASLt algorithm: checks the dispatch between the two.
+int kiln_tuned_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta,
+                    float scale, int use_gemv, int gemv_split) {
+  return guarded([&] {
+    LtGemm probe(lt_context(), n, k, gemm_input(use_fp8));
+    GemmChoice choice;
+    choice.gemv = use_gemv != 0;
+    choice.algo = probe.heuristic(m, 1).front().algo;
+    choice.gemv_split = gemv_split;
+    TunedGemm gemm(lt_context(), n, k, {{m, choice}}, gemm_input(use_fp8));
+    gemm.run(w, x, m, y, beta, nullptr, scale);
+  });
+}
+
+}  // extern "C"
