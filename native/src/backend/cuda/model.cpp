@@ -7,7 +7,6 @@
 
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
-#include "backend/cuda/l2_prefetch.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -117,7 +116,6 @@ CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, 
     throw Error(e.source() + ": tensor " + name + " must be [" + std::to_string(n) + ", " + std::to_string(k) + "]");
   }
   Projection p;
-  p.bytes = n * k * (fp8_ ? 1 : 2);
   if (!fp8_) {
     p.weight = upload(name, DType::BF16, interleave);
     p.gemm = gemm_for(n, k, "bf16");
@@ -155,18 +153,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device));
   const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
   use_graphs_ = !(graphs && std::string(graphs) == "0");
-  if (const char* v = std::getenv("KILN_CUDA_L2_PREFETCH")) {
-    const std::string mode(v);
-    if (mode == "0") l2_prefetch_ = L2Prefetch::kOff;
-    else if (mode == "o") l2_prefetch_ = L2Prefetch::kO;
-    else if (mode != "all") throw Error("KILN_CUDA_L2_PREFETCH must be 0, o or all, not \"" + mode + "\"");
-  }
-  int l2_bytes = 0;
-  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-  l2_bytes_ = l2_bytes;
-  KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
-  KILN_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
-  KILN_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -228,9 +214,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
 
 CudaModel::~CudaModel() {
   drop_graphs();
-  if (join_) cudaEventDestroy(join_);
-  if (fork_) cudaEventDestroy(fork_);
-  if (side_stream_) cudaStreamDestroy(side_stream_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -442,19 +425,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
     else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
-  // Only where the o projection runs on the GEMV (small batches): larger batches' attention reads
-  // enough KV to keep DRAM busy itself.
-  const bool prefetch = l2_prefetch_ != L2Prefetch::kOff && !layers_.empty() && layers_[0].o.gemm->gemv_at(n);
-  const auto prefetch_after_qkv = [&](size_t l) {
-    KILN_CUDA_CHECK(cudaEventRecord(fork_, stream_));
-    KILN_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_, 0));
-    const Projection& o = layers_[l].o;
-    prefetch_to_l2(o.weight, o.bytes, side_stream_);
-    if (l2_prefetch_ == L2Prefetch::kAll && l + 1 < layers_.size()) {
-      const Projection& next = layers_[l + 1].qkv;
-      if (2 * (o.bytes + next.bytes) <= l2_bytes_) prefetch_to_l2(next.weight, next.bytes, side_stream_);
-    }
-  };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
@@ -467,7 +437,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       norm(layer.attn_norm, layer.qkv);
       layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
     }
-    if (prefetch) prefetch_after_qkv(l);
     rope.bias = layer.qkv_bias;
     rope.keys = cache.keys(li);
     rope.values = cache.values(li);
@@ -495,11 +464,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
     layer.down.run(act_.get(), n, h, 1.0f, stream_);
-  }
-  if (prefetch) {
-    // A captured step must end with the side stream joined back; outside a capture this costs nothing.
-    KILN_CUDA_CHECK(cudaEventRecord(join_, side_stream_));
-    KILN_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);

@@ -71,7 +71,6 @@ class CudaModel {
     TunedGemm* gemm = nullptr;
     float input_scale = 1.0f;
     float alpha = 1.0f;
-    int64_t bytes = 0;  // of the weight, for the L2 prefetch
     void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream) const {
       gemm->run(weight, x, m, y, beta, stream, alpha);
     }
@@ -136,15 +135,6 @@ class CudaModel {
   PinnedBuffer host_meta_;
   PinnedBuffer host_next_;
   bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
-  // L2 prefetch of the weights read after attention (l2_prefetch.h), on a side stream forked after
-  // each QKV projection and joined at the end of the step. KILN_CUDA_L2_PREFETCH: 0 off, o (the o
-  // projection only), all (default: also the next layer's QKV where both fit half of L2).
-  enum class L2Prefetch { kOff, kO, kAll };
-  L2Prefetch l2_prefetch_ = L2Prefetch::kAll;
-  int64_t l2_bytes_ = 0;
-  cudaStream_t side_stream_ = nullptr;
-  cudaEvent_t fork_ = nullptr;
-  cudaEvent_t join_ = nullptr;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
