@@ -7,6 +7,7 @@
 
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
+#include "backend/cuda/decode_attention.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -153,6 +154,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device));
   const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
   use_graphs_ = !(graphs && std::string(graphs) == "0");
+  const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
+  decode_attention_ = !(fused && std::string(fused) == "0");
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -233,6 +236,8 @@ void CudaModel::reserve(const StepShape& shape) {
     attn_ = DeviceBuffer(static_cast<size_t>(n * c.q_dim()) * 2, "activations (attention)");
     gate_up_ = DeviceBuffer(static_cast<size_t>(n * 2 * c.intermediate_size) * 4, "activations (gate/up)");
     act_ = DeviceBuffer(static_cast<size_t>(n * c.intermediate_size) * 2, "activations (silu)");
+    split_counters_ = DeviceBuffer(static_cast<size_t>(n * c.num_kv_heads) * 4, "decode attention counters");
+    KILN_CUDA_CHECK(cudaMemsetAsync(split_counters_.get(), 0, split_counters_.bytes(), stream_));
     token_capacity_ = n;
     moved = true;
   }
@@ -280,6 +285,7 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
   const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
   shape.table_stride = fixed_tables ? (max_seq_len_ + P - 1) / P : 1;
   int64_t total = 0;
+  shape.decode = decode_attention_ && decode_attention_supports(c.num_heads, c.num_kv_heads, c.head_dim);
   for (size_t s = 0; s < batch.slices.size(); ++s) {
     const SequenceSlice& slice = batch.slices[s];
     if (slice.n <= 0 || slice.start < 0 || slice.start + slice.n > max_seq_len_) {
@@ -299,6 +305,7 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
     shape.table_stride = std::max(shape.table_stride, pages);
     shape.tiles += (slice.n + tile_tokens - 1) / tile_tokens;
     shape.rows += slice.wants_logits ? 1 : 0;
+    shape.decode = shape.decode && slice.n == 1;
     total += slice.n;
   }
   if (total != shape.tokens) {
@@ -410,6 +417,27 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   attention.tokens = n;
   attention.partials = partials_.get<float>();
 
+  DecodeAttentionArgs decode;
+  decode.qkv = qkv;
+  decode.tokens = n;
+  decode.token_sequence = sequence_d;
+  decode.token_position = position_d;
+  decode.block_tables = tables_d;
+  decode.table_stride = shape.table_stride;
+  decode.cos = rope_cos_.get<float>();
+  decode.sin = rope_sin_.get<float>();
+  decode.page_size = P;
+  decode.heads = c.num_heads;
+  decode.kv_heads = c.num_kv_heads;
+  decode.head_dim = c.head_dim;
+  decode.window = c.sliding_window;
+  decode.scale = attention.scale;
+  decode.out = attn;
+  decode.out_fp8 = attention.out_fp8;
+  decode.splits = shape.splits;
+  decode.partials = attention.partials;
+  decode.counters = split_counters_.get<int32_t>();
+
   // The RMSNorm producing a projection's input (quantized for fp8), as a kernel of its own or, on the
   // GEMV path of small batches, inside the GEMV.
   const auto fuse_norm = [&](const Projection& p, int64_t m) { return p.gemm->fuses_norm(m); };
@@ -437,14 +465,22 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       norm(layer.attn_norm, layer.qkv);
       layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
     }
-    rope.bias = layer.qkv_bias;
-    rope.keys = cache.keys(li);
-    rope.values = cache.values(li);
-    rope_and_write_kv(rope, stream_);
-    attention.keys = cache.keys(li);
-    attention.values = cache.values(li);
-    attention.out_scale = layer.o.input_scale;
-    paged_attention(attention, stream_);
+    if (shape.decode) {
+      decode.bias = layer.qkv_bias;
+      decode.keys = cache.keys(li);
+      decode.values = cache.values(li);
+      decode.out_scale = layer.o.input_scale;
+      decode_attention(decode, stream_);
+    } else {
+      rope.bias = layer.qkv_bias;
+      rope.keys = cache.keys(li);
+      rope.values = cache.values(li);
+      rope_and_write_kv(rope, stream_);
+      attention.keys = cache.keys(li);
+      attention.values = cache.values(li);
+      attention.out_scale = layer.o.input_scale;
+      paged_attention(attention, stream_);
+    }
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
     layer.o.run(attn_.get(), n, h, 1.0f, stream_);
     if (layer.gate_up.gemm->gemv_at(n)) {

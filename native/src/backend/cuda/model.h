@@ -92,6 +92,7 @@ class CudaModel {
     int64_t table_stride = 0;
     int64_t meta_count = 0;
     int64_t splits = 1;  // attention split-KV
+    bool decode = false;  // every slice one token: attention runs as one decode_attention kernel
   };
   using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
   using GemmKey = std::tuple<int64_t, int64_t, std::string>;  // n, k, input dtype name
@@ -130,11 +131,14 @@ class CudaModel {
   int64_t row_capacity_ = 0;
   DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, partials_;
   DeviceBuffer next_keys_;  // argmax keys (kernels.h), unpacked on the host
+  DeviceBuffer split_counters_;  // decode attention's arrival counters (decode_attention.h), kept zero
   int multiprocessors_ = 0;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
   PinnedBuffer host_next_;
   bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
+  // KILN_CUDA_DECODE_ATTENTION=0: decode steps take the general RoPE / attention / merge kernels too.
+  bool decode_attention_ = true;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 

@@ -1,0 +1,345 @@
+#include "backend/cuda/decode_attention.h"
+
+#include <cfloat>
+#include <string>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/launch.cuh"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kVec = 8;  // bf16 per 16-byte load: each lane owns 8 consecutive dimensions of a row
+
+__device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&v)[kVec]) {
+  const auto* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int e = 0; e < kVec / 2; ++e) {
+    const float2 f = __bfloat1622float2(p[e]);
+    v[2 * e] = f.x;
+    v[2 * e + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at, const float (&o)[kVec], float inv) {
+  if (a.out_fp8) {
+    const float q = inv / a.out_scale;
+    union {
+      uint2 raw;
+      fp8 e[kVec];
+    } pack;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) pack.e[e] = fp8(o[e] * q);  // saturating, as the CPU's conversion
+    *reinterpret_cast<uint2*>(a.out_fp8 + at) = pack.raw;
+  } else {
+    union {
+      uint4 raw;
+      __nv_bfloat162 e[kVec / 2];
+    } pack;
+#pragma unroll
+    for (int e = 0; e < kVec / 2; ++e) pack.e[e] = __floats2bfloat162_rn(o[2 * e] * inv, o[2 * e + 1] * inv);
+    *reinterpret_cast<uint4*>(a.out + at) = pack.raw;
+  }
+}
+
+// Grid: (token, KV head, split). A key row is read by kLanes lanes (16 bytes each); the block's
+// kGroups lane groups take kKeys keys each per round, all loads of a round in flight together. Each
+// group keeps its own online-softmax state for the G query heads; the groups are combined through
+// shared memory at the end.
+template <int D, int G>
+__global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttentionArgs a) {
+  constexpr int kLanes = D / kVec;
+  constexpr int kGroups = kThreads / kLanes;
+  constexpr int kKeys = G >= 8 ? 2 : 4;  // registers: G · (8 q + 8 acc) + kKeys · (G scores + 8 k/v)
+  constexpr int kRound = kGroups * kKeys;
+  constexpr int kOut = G * kLanes;  // threads that combine: one per 8 output dimensions of a head
+  constexpr int kHalf = D / 2;
+  static_assert(kOut <= kThreads, "one combining thread per 8 output dimensions");
+  static_assert(kRound >= kMaxAttentionSplits - 1, "the split arithmetic below");
+  __shared__ float s_m[kGroups][G];
+  __shared__ float s_l[kGroups][G];
+  __shared__ __align__(16) float s_acc[kGroups][G][D];
+  __shared__ __align__(16) bf16 cur_k[D];
+  __shared__ __align__(16) bf16 cur_v[D];
+  __shared__ bool s_last;
+  wait_for_producer();
+  let_consumer_start();
+
+  const int t = static_cast<int>(blockIdx.x);
+  const int kvh = static_cast<int>(blockIdx.y);
+  const int z = static_cast<int>(blockIdx.z);
+  const int pos = a.token_position[t];
+  const int first_key = a.window > 0 ? max(0, pos - static_cast<int>(a.window) + 1) : 0;
+  const int n = pos - first_key + 1;
+  // Whole rounds per block: (splits - 1) · chunk < n holds (kRound >= kMaxAttentionSplits - 1), so
+  // every block below `splits` has keys and the last one ends at the new token.
+  const int splits = min(static_cast<int>(gridDim.z), (n + kRound - 1) / kRound);
+  if (z >= splits) return;
+  const int chunk = (n + splits - 1) / splits;
+  const int lo = first_key + z * chunk;
+  const int hi = min(pos, lo + chunk - 1);
+  const bool writer = z == splits - 1;
+
+  const int64_t q_dim = a.heads * D;
+  const int64_t kv_dim = a.kv_heads * D;
+  const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
+  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
+  const int page_size = static_cast<int>(a.page_size);
+  const float* cos_row = a.cos + static_cast<int64_t>(pos) * kHalf;
+  const float* sin_row = a.sin + static_cast<int64_t>(pos) * kHalf;
+
+  if (writer) {
+    // The new token's k (rotated) and v, rounded to bf16 as the cache holds them.
+    const int64_t slot = (static_cast<int64_t>(table[pos / page_size]) * page_size + pos % page_size) * kv_dim + kvh * D;
+    const int64_t k_at = q_dim + kvh * D;
+    const int64_t v_at = q_dim + kv_dim + kvh * D;
+    const int i = threadIdx.x;
+    if (i < kHalf) {
+      float x0 = row[k_at + i];
+      float x1 = row[k_at + i + kHalf];
+      if (a.bias) {
+        x0 += a.bias[k_at + i];
+        x1 += a.bias[k_at + i + kHalf];
+      }
+      const float c = cos_row[i];
+      const float s = sin_row[i];
+      const bf16 r0 = __float2bfloat16(x0 * c - x1 * s);
+      const bf16 r1 = __float2bfloat16(x1 * c + x0 * s);
+      cur_k[i] = r0;
+      cur_k[i + kHalf] = r1;
+      a.keys[slot + i] = r0;
+      a.keys[slot + i + kHalf] = r1;
+    }
+    if (i < D) {
+      float v = row[v_at + i];
+      if (a.bias) v += a.bias[v_at + i];
+      const bf16 vb = __float2bfloat16(v);
+      cur_v[i] = vb;
+      a.values[slot + i] = vb;
+    }
+  }
+
+  const int group = threadIdx.x / kLanes;
+  const int c = (threadIdx.x % kLanes) * kVec;
+  // rotate_half: dimension i < D/2 pairs with i + D/2, as x_i·cos - x_{i+D/2}·sin, and the upper one
+  // as x·cos + x_{i}·sin.
+  const int partner = c < kHalf ? c + kHalf : c - kHalf;
+  const float sign = c < kHalf ? -1.0f : 1.0f;
+  float cs[kVec], sn[kVec];
+  load8(cos_row + (c % kHalf), cs);
+  load8(sin_row + (c % kHalf), sn);
+  float q[G][kVec];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    const int64_t at = static_cast<int64_t>(kvh * G + g) * D;
+    float x[kVec], y[kVec];
+    load8(row + at + c, x);
+    load8(row + at + partner, y);
+    if (a.bias) {
+      float bx[kVec], by[kVec];
+      load8(a.bias + at + c, bx);
+      load8(a.bias + at + partner, by);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[e] += bx[e], y[e] += by[e];
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) q[g][e] = (x[e] * cs[e] + sign * y[e] * sn[e]) * a.scale;
+  }
+  if (writer) __syncthreads();  // cur_k / cur_v
+
+  float m[G], l[G], acc[G][kVec];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -FLT_MAX;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) acc[g][e] = 0.0f;
+  }
+
+  for (int base = lo; base <= hi; base += kRound) {
+    uint4 kr[kKeys], vr[kKeys];
+    bool valid[kKeys];
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) {
+      const int kp = base + k * kGroups + group;  // consecutive keys to neighbouring groups: coalesced
+      valid[k] = kp <= hi;
+      kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+      if (valid[k]) {
+        const bf16* kptr = cur_k + c;
+        const bf16* vptr = cur_v + c;
+        if (kp != pos) {
+          const int64_t at = (static_cast<int64_t>(table[kp / page_size]) * page_size + kp % page_size) * kv_dim + kvh * D + c;
+          kptr = a.keys + at;
+          vptr = a.values + at;
+        }
+        kr[k] = *reinterpret_cast<const uint4*>(kptr);
+        vr[k] = *reinterpret_cast<const uint4*>(vptr);
+      }
+    }
+    float s[kKeys][G];
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) {
+      float kf[kVec];
+      unpack8(kr[k], kf);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
+        s[k][g] = dot;
+      }
+    }
+#pragma unroll
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) {
+#pragma unroll
+      for (int k = 0; k < kKeys; ++k) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) s[k][g] += __shfl_xor_sync(0xffffffffu, s[k][g], offset);
+      }
+    }
+    if (!valid[0]) continue;  // the group has no key this round (valid[k] implies valid[k - 1])
+    float vf[kKeys][kVec];
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) unpack8(vr[k], vf[k]);
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float top = s[0][g];
+#pragma unroll
+      for (int k = 1; k < kKeys; ++k) top = valid[k] ? fmaxf(top, s[k][g]) : top;
+      const float m_new = fmaxf(m[g], top);
+      const float correction = __expf(m[g] - m_new);
+      l[g] *= correction;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[g][e] *= correction;
+#pragma unroll
+      for (int k = 0; k < kKeys; ++k) {
+        const float p = valid[k] ? __expf(s[k][g] - m_new) : 0.0f;
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[g][e] += p * vf[k][e];
+      }
+      m[g] = m_new;
+    }
+  }
+
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    float4* dst = reinterpret_cast<float4*>(&s_acc[group][g][c]);
+    dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+    dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+    if (c == 0) {
+      s_m[group][g] = m[g];
+      s_l[group][g] = l[g];
+    }
+  }
+  __syncthreads();
+
+  // Combining thread: head g of the group, dimensions [oc, oc + 8).
+  const int g = threadIdx.x / kLanes;
+  const int oc = (threadIdx.x % kLanes) * kVec;
+  const int64_t h = static_cast<int64_t>(kvh) * G + g;
+  float mx = -FLT_MAX, sum = 0.0f, o[kVec] = {};
+  if (threadIdx.x < kOut) {
+    for (int j = 0; j < kGroups; ++j) mx = fmaxf(mx, s_m[j][g]);
+    for (int j = 0; j < kGroups; ++j) {
+      const float lj = s_l[j][g];
+      if (lj == 0.0f) continue;  // a group without keys
+      const float w = __expf(s_m[j][g] - mx);
+      sum += w * lj;
+      const float* src = &s_acc[j][g][oc];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) o[e] += w * src[e];
+    }
+  }
+  const int64_t out_at = (static_cast<int64_t>(t) * a.heads + h) * D + oc;
+  if (splits == 1) {
+    if (threadIdx.x < kOut) store8(a, out_at, o, 1.0f / sum);  // sum > 0: the block has the new token
+    return;
+  }
+
+  const int64_t part_stride = D + 2;
+  float* parts = a.partials + (static_cast<int64_t>(t) * a.heads + h) * gridDim.z * part_stride;
+  if (threadIdx.x < kOut) {
+    float* part = parts + z * part_stride;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) part[oc + e] = o[e];
+    if (oc == 0) {
+      part[D] = mx;
+      part[D + 1] = sum;
+    }
+  }
+  __threadfence();  // the partial is visible device-wide before this block counts as arrived
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = a.counters + static_cast<int64_t>(t) * a.kv_heads + kvh;
+    s_last = atomicAdd(counter, 1) == splits - 1;
+    if (s_last) *counter = 0;  // every block of this head has arrived: ready for the next launch
+  }
+  __syncthreads();
+  if (!s_last || threadIdx.x >= kOut) return;
+  __threadfence();
+  float M = -FLT_MAX, L = 0.0f, O[kVec] = {};
+  for (int j = 0; j < splits; ++j) {
+    const float* part = parts + j * part_stride;  // other blocks' writes: read through L2, not L1
+    const float lj = __ldcg(part + D + 1);
+    if (lj == 0.0f) continue;
+    const float mj = __ldcg(part + D);
+    const float m_new = fmaxf(M, mj);
+    const float keep = __expf(M - m_new);
+    const float w = __expf(mj - m_new);
+    L = L * keep + lj * w;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) O[e] = O[e] * keep + __ldcg(part + oc + e) * w;
+    M = m_new;
+  }
+  store8(a, out_at, O, 1.0f / L);
+}
+
+template <int D>
+void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
+  const char* what = "decode_attention_kernel";
+  switch (a.heads / a.kv_heads) {
+    case 1: launch_kernel(what, decode_attention_kernel<D, 1>, grid, dim3(kThreads), stream, a); break;
+    case 2: launch_kernel(what, decode_attention_kernel<D, 2>, grid, dim3(kThreads), stream, a); break;
+    case 4: launch_kernel(what, decode_attention_kernel<D, 4>, grid, dim3(kThreads), stream, a); break;
+    case 8: launch_kernel(what, decode_attention_kernel<D, 8>, grid, dim3(kThreads), stream, a); break;
+    default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.heads / a.kv_heads));
+  }
+}
+
+}  // namespace
+
+bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  if (kv_heads < 1 || heads % kv_heads != 0) return false;
+  const int64_t group = heads / kv_heads;
+  return (head_dim == 32 || head_dim == 64 || head_dim == 128) &&
+         (group == 1 || group == 2 || group == 4 || group == 8);
+}
+
+void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
+  if (a.tokens == 0) return;
+  if (!decode_attention_supports(a.heads, a.kv_heads, a.head_dim)) {
+    throw Error("CUDA decode attention: " + std::to_string(a.heads) + "/" + std::to_string(a.kv_heads) +
+                " heads of dim " + std::to_string(a.head_dim) + " are not supported");
+  }
+  if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && (!a.partials || !a.counters))) {
+    throw Error("CUDA decode attention: " + std::to_string(a.splits) + " splits (1.." +
+                std::to_string(kMaxAttentionSplits) + ", more than 1 with partials and counters)");
+  }
+  const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(a.splits));
+  switch (a.head_dim) {
+    case 32: launch_for_group<32>(a, grid, stream); break;
+    case 64: launch_for_group<64>(a, grid, stream); break;
+    default: launch_for_group<128>(a, grid, stream); break;
+  }
+}
+
+}  // namespace kiln::cuda

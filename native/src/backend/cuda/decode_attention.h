@@ -1,0 +1,48 @@
+#pragma once
+
+// Attention of a decode-only step (every sequence adds one token) in a single kernel. The general
+// path (kernels.h) runs three: RoPE + cache write, tiled attention, split merge; at batch 1 each is
+// a few microseconds of pure latency per layer. Here each block rotates its own query heads and, in
+// the block whose key range ends at the new token, that token's key; it writes the new key and value
+// into the cache and takes them from shared memory rather than reading them back. Keys and values
+// are read as bf16 vectors straight from the cache, all query heads of a GQA group per block so each
+// row is loaded once, and the split-KV partial states are merged by the last block of a head to
+// finish (an arrival counter it resets, so graph replays find it zero).
+
+#include "backend/cuda/kernels.h"
+
+namespace kiln::cuda {
+
+struct DecodeAttentionArgs {
+  const float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim] as the QKV projection wrote it (unrotated)
+  const float* bias = nullptr;
+  int64_t tokens = 0;
+  const int32_t* token_sequence = nullptr;
+  const int32_t* token_position = nullptr;
+  const int32_t* block_tables = nullptr;  // [sequences, table_stride]
+  int64_t table_stride = 0;
+  const float* cos = nullptr;  // [positions, head_dim / 2]
+  const float* sin = nullptr;
+  bf16* keys = nullptr;  // this layer's pages
+  bf16* values = nullptr;
+  int64_t page_size = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t window = 0;  // 0 = the whole prefix
+  float scale = 1.0f;
+  bf16* out = nullptr;  // [tokens, heads * head_dim]
+  fp8* out_fp8 = nullptr;  // when set, e4m3(value / out_scale) goes here instead
+  float out_scale = 1.0f;
+  // At most this many blocks share one head's keys; each uses as many as its context needs (whole
+  // rounds of keys per block), so a short context is not spread thin. More than 1 needs both buffers.
+  int64_t splits = 1;
+  float* partials = nullptr;    // [tokens, heads, splits, head_dim + 2]
+  int32_t* counters = nullptr;  // [tokens, kv_heads], all zero before the first launch; left zero
+};
+
+void decode_attention(const DecodeAttentionArgs& args, cudaStream_t stream);
+// head_dim 32, 64 or 128 and a GQA group of 1, 2, 4 or 8 query heads.
+bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim);
+
+}  // namespace kiln::cuda
