@@ -1,7 +1,7 @@
 // The serving loop's backend seam on the CPU: a backend with its own argmax (as the GPU's) gets no
-// logits request for a step of plain greedy rows and the whole step's logits when a row samples,
-// and every request's tokens are those of the CPU backend; the cache sizes reach the limits; the
-// backend follows the engine's target.
+// logits request for a step of plain greedy rows, and one that also draws (as the GPU's) gets the
+// sampled rows as draws, logits only for rows with penalties; every request's tokens are those of
+// the CPU backend; the cache sizes reach the limits; the backend follows the engine's target.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "runtime/cpu_step_model.h"
 #include "runtime/engine_loop.h"
+#include "sampler_reference.h"
 
 namespace kiln::test {
 namespace {
@@ -45,38 +46,66 @@ class Streams {
   size_t finished_ = 0;
 };
 
-// The CPU backend dressed as one with a device argmax; it records which steps asked for logits.
+// The CPU backend dressed as one with a device argmax, and with `samples` a device draw too (the
+// reference sampler's draw for the uniform number the loop hands over); it records which steps
+// asked for logits and how many rows it drew.
 class ArgmaxBackend : public StepModel {
  public:
-  ArgmaxBackend(std::shared_ptr<const Engine> engine, const StepModelOptions& o) : cpu_(std::move(engine), o) {}
+  ArgmaxBackend(std::shared_ptr<const Engine> engine, const StepModelOptions& o, bool samples = false)
+      : cpu_(std::move(engine), o), samples_(samples) {}
 
   const ModelConfig& config() const override { return cpu_.config(); }
   const char* backend() const override { return "argmax-test"; }
   const KvCacheSize& kv_size() const override { return cpu_.kv_size(); }
   DType kv_dtype() const override { return cpu_.kv_dtype(); }
   bool greedy_without_logits() const override { return true; }
+  bool samples_without_logits() const override { return samples_; }
 
-  void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) override {
+  void forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) override {
     const int64_t vocab = config().vocab_size;
-    const int64_t rows = batch.logit_rows();
-    if (rows > 0) EXPECT_NE(greedy, nullptr);
-    std::vector<float> own(static_cast<size_t>(rows * vocab));
-    cpu_.forward(batch, nullptr, own.data());
-    for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = batch.logit_rows();
+    std::vector<float> own(static_cast<size_t>(n * vocab));
+    std::vector<RowRequest> all_logits(static_cast<size_t>(n));
+    cpu_.forward(batch, all_logits.data(), nullptr, own.data());
+    bool wants_logits = false;
+    int drawn = 0;
+    for (int64_t r = 0; r < n; ++r) {
       const float* row = own.data() + r * vocab;
-      greedy[r] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+      switch (rows[r].want) {
+        case RowWant::Greedy:
+          tokens[r] = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+          break;
+        case RowWant::Sample: {
+          EXPECT_TRUE(samples_);
+          const SampleDraw& d = rows[r].draw;
+          SamplingParams p;
+          p.temperature = d.temperature;
+          p.top_k = d.top_k;
+          p.top_p = d.top_p;
+          p.min_p = d.min_p;
+          tokens[r] = reference::sample_sorted(std::vector<float>(row, row + vocab), p, d.u);
+          ++drawn;
+          break;
+        }
+        case RowWant::Logits:
+          wants_logits = true;
+          std::copy(row, row + vocab, logits + r * vocab);
+          break;
+      }
     }
-    if (logits) std::copy(own.begin(), own.end(), logits);
     std::lock_guard<std::mutex> lock(mutex);
-    (logits ? steps_with_logits : steps_without_logits) += 1;
+    (wants_logits ? steps_with_logits : steps_without_logits) += 1;
+    rows_drawn += drawn;
   }
 
   std::mutex mutex;
   int steps_with_logits = 0;
   int steps_without_logits = 0;
+  int rows_drawn = 0;
 
  private:
   CpuStepModel cpu_;
+  bool samples_;
 };
 
 std::shared_ptr<const Engine> tiny_engine(const std::string& name) {
@@ -155,6 +184,25 @@ TEST(StepModelSeam, SampledAndPenalizedRowsGetLogitsOnTheHostBesideDeviceGreedyR
   EXPECT_EQ(got.at("sampled").size(), 16u);
   EXPECT_EQ(loop.stats().pages_used, 0);
   std::lock_guard<std::mutex> lock(seen->mutex);
+  EXPECT_GT(seen->steps_with_logits, 0);
+}
+
+TEST(StepModelSeam, ABackendThatDrawsOnItsDeviceGetsTheSamplersNextUniformAndGivesTheCpuTokens) {
+  auto engine = tiny_engine("seam_draws");
+  Streams cpu_streams;
+  EngineLoop cpu(engine, options(), cpu_streams.sink());
+  const auto want = serve(cpu, cpu_streams, mixed_requests(true));
+
+  auto backend = std::make_unique<ArgmaxBackend>(engine, step_model_options(*engine, options()), true);
+  ArgmaxBackend* seen = backend.get();
+  Streams streams;
+  EngineLoop loop(engine, options(), std::move(backend), streams.sink());
+  const auto got = serve(loop, streams, mixed_requests(true));
+  // Every token of the seeded request was drawn by the backend, with the uniform numbers the host
+  // Sampler would have drawn in turn: the stream is the CPU's. The penalized row still needs logits.
+  EXPECT_EQ(got, want);
+  std::lock_guard<std::mutex> lock(seen->mutex);
+  EXPECT_EQ(seen->rows_drawn, 16);
   EXPECT_GT(seen->steps_with_logits, 0);
 }
 

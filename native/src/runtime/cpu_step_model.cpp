@@ -38,9 +38,14 @@ CpuStepModel::CpuStepModel(std::shared_ptr<const Engine> engine, const StepModel
       size_(size_for(*engine, o)),
       cache_(engine->config().num_layers, size_.pages, o.page_size, engine->config().kv_dim(), o.kv_dtype.value_or(DType::F32)) {}
 
-void CpuStepModel::forward(const ForwardBatch& batch, int32_t* greedy, float* logits) {
-  if (greedy) throw Error("CPU step: greedy tokens come from the host sampler; ask for logits");
-  if (!logits && batch.logit_rows() > 0) throw Error("CPU step: the batch wants logits and none were given room");
+void CpuStepModel::forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* /*tokens*/, float* logits) {
+  const int64_t n = batch.logit_rows();
+  for (int64_t r = 0; r < n; ++r) {
+    if (rows[r].want != RowWant::Logits) {
+      throw Error("CPU step: every token comes from the host sampler; ask for logits");
+    }
+  }
+  if (!logits && n > 0) throw Error("CPU step: the batch wants logits and none were given room");
   model_.forward(batch, cache_, logits);
 }
 

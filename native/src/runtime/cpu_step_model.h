@@ -21,7 +21,7 @@ class CpuStepModel : public StepModel {
   const KvCacheSize& kv_size() const override { return size_; }
   DType kv_dtype() const override { return cache_.dtype(); }
   bool greedy_without_logits() const override { return false; }
-  void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) override;
+  void forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) override;
 
  private:
   ThreadPool pool_;

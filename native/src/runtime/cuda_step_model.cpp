@@ -64,12 +64,12 @@ CudaStepModel::CudaStepModel(std::shared_ptr<const Engine> engine, const StepMod
       size_(size_for(model_, o)),
       cache_(std::make_unique<cuda::CudaKvCache>(model_.new_cache(size_.pages, o.page_size))) {}
 
-void CudaStepModel::forward(const ForwardBatch& batch, int32_t* greedy, float* logits) {
-  if (!greedy) {
-    greedy_scratch_.resize(static_cast<size_t>(std::max<int64_t>(batch.logit_rows(), 1)));
-    greedy = greedy_scratch_.data();
+void CudaStepModel::forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) {
+  if (!tokens) {
+    token_scratch_.resize(static_cast<size_t>(std::max<int64_t>(batch.logit_rows(), 1)));
+    tokens = token_scratch_.data();
   }
-  model_.forward(batch, *cache_, greedy, logits);
+  model_.forward(batch, *cache_, tokens, logits, rows);
 }
 
 }  // namespace kiln

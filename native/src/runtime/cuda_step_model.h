@@ -12,7 +12,8 @@ namespace kiln {
 
 // The CUDA model behind the StepModel seam: weights on the device, a bf16 paged cache sized from
 // the device memory left once the weights and the scratch of the largest step are in place, and
-// greedy tokens from the device argmax (logits cross to the host only when a row samples).
+// greedy and sampled tokens from the device (logits cross to the host only for the rows that need
+// penalties or logprobs).
 class CudaStepModel : public StepModel {
  public:
   CudaStepModel(std::shared_ptr<const Engine> engine, const StepModelOptions& options);
@@ -22,13 +23,14 @@ class CudaStepModel : public StepModel {
   const KvCacheSize& kv_size() const override { return size_; }
   DType kv_dtype() const override { return DType::BF16; }
   bool greedy_without_logits() const override { return true; }
-  void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) override;
+  bool samples_without_logits() const override { return true; }
+  void forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) override;
 
  private:
   cuda::CudaModel model_;
   KvCacheSize size_;
   std::unique_ptr<cuda::CudaKvCache> cache_;
-  std::vector<int32_t> greedy_scratch_;
+  std::vector<int32_t> token_scratch_;
 };
 
 }  // namespace kiln

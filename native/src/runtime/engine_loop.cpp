@@ -76,7 +76,7 @@ ServingLimits with_cache(ServingLimits l, const StepModel& model) {
   return l;
 }
 
-// A plain greedy request takes the backend's argmax; penalties and logprobs need the logits.
+// A plain greedy request can take the backend's argmax; penalties and logprobs need the logits.
 bool plain_greedy(const SamplingParams& p) {
   return p.temperature == 0.0f && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
          p.presence_penalty == 0.0f && p.logprobs < 0;
@@ -261,32 +261,41 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   }
   const int64_t vocab = model_->config().vocab_size;
   const int64_t rows = batch.logit_rows();
-  // Greedy rows take the backend's argmax where it has one (on the GPU: no logits copy); the
-  // logits come to the host only when some row samples, and then for the whole step.
-  const bool device_greedy = model_->greedy_without_logits();
-  bool host_logits = !device_greedy;
-  for (const ScheduledSlice& slice : plan.slices) {
-    host_logits = host_logits || (slice.wants_logits && !plain_greedy(slice.sequence->sampler.params()));
-  }
-  greedy_.resize(static_cast<size_t>(rows));
-  if (host_logits) logits_.resize(static_cast<size_t>(rows * vocab));
-  model_->forward(batch, device_greedy ? greedy_.data() : nullptr, host_logits ? logits_.data() : nullptr);
-  scheduler_.complete(plan);
-
   std::vector<Sequence*>& row_seq = row_sequences_;
   row_seq.clear();
   for (const ScheduledSlice& slice : plan.slices) {
     if (slice.wants_logits) row_seq.push_back(slice.sequence);
   }
-  choices_.assign(row_seq.size(), TokenChoice{});
+  // Where the backend can, a greedy row takes its argmax and a sampled row its draw on the device
+  // (on the GPU: no logits copy); only rows with penalties or logprobs (every row on the CPU)
+  // bring their logits to the host for their Sampler. A device draw takes the uniform number the
+  // Sampler would have drawn, so the request's stream advances exactly as on the host.
+  const bool device_greedy = model_->greedy_without_logits();
+  const bool device_sample = model_->samples_without_logits();
+  row_requests_.assign(static_cast<size_t>(rows), RowRequest{});
   std::vector<int>& sampled = sampled_rows_;
   sampled.clear();
   for (size_t r = 0; r < row_seq.size(); ++r) {
-    if (device_greedy && plain_greedy(row_seq[r]->sampler.params())) {
-      choices_[r].token = greedy_[r];
+    Sampler& sampler = row_seq[r]->sampler;
+    RowRequest& q = row_requests_[r];
+    if (device_greedy && plain_greedy(sampler.params())) {
+      q.want = RowWant::Greedy;
+    } else if (device_sample && sampler.draws_from_raw_logits()) {
+      const SamplingParams& p = sampler.params();
+      q.want = RowWant::Sample;
+      q.draw = SampleDraw{p.temperature, p.top_k, p.top_p, p.min_p, sampler.next_uniform()};
     } else {
       sampled.push_back(static_cast<int>(r));
     }
+  }
+  tokens_.resize(static_cast<size_t>(rows));
+  if (!sampled.empty()) logits_.resize(static_cast<size_t>(rows * vocab));
+  model_->forward(batch, row_requests_.data(), tokens_.data(), sampled.empty() ? nullptr : logits_.data());
+  scheduler_.complete(plan);
+
+  choices_.assign(row_seq.size(), TokenChoice{});
+  for (size_t r = 0; r < row_seq.size(); ++r) {
+    if (row_requests_[r].want != RowWant::Logits) choices_[r].token = tokens_[r];
   }
   // A throw escaping a pool worker would end the process, so each row's error is kept and the
   // first in row order is rethrown on the loop thread, before any row's token is applied.

@@ -121,7 +121,7 @@ class EngineLoop {
   uint64_t next_arrival_ = 0;
   uint64_t seed_base_;
   std::vector<float> logits_;
-  std::vector<int32_t> greedy_;
+  std::vector<int32_t> tokens_;
   // Host sampling of one step's rows, one row per chunk: each row has its own Sampler, so rows are
   // independent and the tokens do not depend on the pool's size. On the CPU backend this pool and
   // the model's are never busy at the same time.
@@ -129,6 +129,7 @@ class EngineLoop {
   // Per-step scratch of run_step, kept across steps so the token path does not allocate.
   std::vector<TokenChoice> choices_;
   std::vector<Sequence*> row_sequences_;
+  std::vector<RowRequest> row_requests_;
   std::vector<int> sampled_rows_;
   std::vector<std::exception_ptr> sample_errors_;
   std::deque<std::pair<double, int64_t>> rate_window_;  // (seconds, generated total)

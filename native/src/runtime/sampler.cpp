@@ -21,7 +21,11 @@ Sampler::Sampler(SamplingParams params, uint64_t seed_fallback)
   }
 }
 
-double Sampler::uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+bool Sampler::draws_from_raw_logits() const {
+  const SamplingParams& p = params_;
+  return p.temperature > 0.0f && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
+         p.presence_penalty == 0.0f && p.logprobs < 0;
+}
 
 namespace {
 
@@ -147,7 +151,7 @@ int32_t Sampler::draw_truncated(const float* logits, int64_t vocab, float top, d
 
   double kept = 0.0;
   for (size_t i = 0; i < keep; ++i) kept += probs_[i];
-  const double r = uniform() * kept;
+  const double r = next_uniform() * kept;
   double acc = 0.0;
   for (size_t i = 0; i < keep; ++i) {
     acc += probs_[i];
@@ -169,7 +173,7 @@ int32_t Sampler::draw_untruncated(const float* logits, int64_t vocab, float top,
     total += weights_[t] = std::exp(logits[t] / params_.temperature - top);
   }
   *total_out = total;
-  const double r = uniform() * total;
+  const double r = next_uniform() * total;
   double acc = 0.0;
   int32_t last_possible = -1;
   for (size_t t = 0; t < v; ++t) {

@@ -43,8 +43,15 @@ class Sampler {
 
   const SamplingParams& params() const { return params_; }
 
+  // True when the token can be drawn elsewhere (a backend's device) from the raw logits with
+  // params() and next_uniform(): sampling (temperature > 0) with no penalties and no logprobs.
+  bool draws_from_raw_logits() const;
+  // The uniform number choose() would draw for its next token, [0, 1) with 53 bits (the same on
+  // every standard library): choose() draws exactly one per sampled token, so a token drawn
+  // elsewhere with this keeps the request's stream where choose() would have left it.
+  double next_uniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
+
  private:
-  double uniform();  // [0, 1), 53 bits, the same on every standard library
   int32_t draw_truncated(const float* logits, int64_t vocab, float top, double* total_out);
   int32_t draw_untruncated(const float* logits, int64_t vocab, float top, double* total_out);
   void fill_top(const float* logits, int64_t vocab, double log_norm, TokenChoice& out);

@@ -10,6 +10,7 @@
 #include "model/config.h"
 #include "runtime/forward_batch.h"
 #include "runtime/kv_sizing.h"
+#include "runtime/row_request.h"
 
 namespace kiln {
 
@@ -27,15 +28,18 @@ class StepModel {
   virtual const KvCacheSize& kv_size() const = 0;
   virtual DType kv_dtype() const = 0;
   // True when forward() can give the greedy token of a row without its logits reaching the host
-  // (an argmax on the device); the loop then asks for logits only for rows that sample.
+  // (an argmax on the device): RowWant::Greedy.
   virtual bool greedy_without_logits() const = 0;
+  // True when forward() can also draw a sampled row's token itself, as the host Sampler would for
+  // the same uniform number: RowWant::Sample.
+  virtual bool samples_without_logits() const { return false; }
 
-  // Runs `batch`, writing every slice's keys and values into the cache. For each slice that wants
-  // logits, in slice order: its argmax token to `greedy` (first index on ties) when not null, and
-  // its row of vocab_size logits to `logits` when not null. Where a row wants logits at least one
-  // of them is given (a step of prefill chunks alone may have none); `greedy` only where
-  // greedy_without_logits().
-  virtual void forward(const ForwardBatch& batch, int32_t* greedy, float* logits) = 0;
+  // Runs `batch`, writing every slice's keys and values into the cache. Each slice that wants
+  // logits is a row, in slice order, with its request in `rows`: a Greedy row's argmax token (first
+  // index on ties) and a Sample row's drawn token go to tokens[row]; a Logits row's vocab_size
+  // logits to logits + row * vocab_size (the other rows there are unspecified). `tokens` and
+  // `logits` may be null where no row needs them (a step of prefill chunks alone has no rows).
+  virtual void forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) = 0;
 };
 
 // What a backend needs to build its model and size its cache.

@@ -510,14 +510,26 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   }
 }
 
-void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits) {
+void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits,
+                        const RowRequest* rows) {
   // A step of decode tokens only, with no logits wanted on the host, replays a CUDA graph captured
   // per batch size: one launch instead of ~10 per layer. Block tables then use a fixed stride (the
   // engine's max_seq_len in pages) so every step of that batch size has the same metadata layout;
-  // the kernels read positions, pages and tokens from the metadata the graph copies in first.
+  // the kernels read positions, pages and tokens from the metadata the graph copies in first. The
+  // step's device draws run after the graph, outside it.
   bool decode = use_graphs_ && logits == nullptr;
   for (const SequenceSlice& slice : batch.slices) decode = decode && slice.n == 1 && slice.wants_logits;
   const StepShape shape = check_batch(batch, cache, decode);
+  const auto want = [&](int64_t r) { return rows ? rows[r].want : logits ? RowWant::Logits : RowWant::Greedy; };
+  sample_jobs_.clear();
+  for (int64_t r = 0; r < shape.rows; ++r) {
+    if (want(r) == RowWant::Logits && !logits) {
+      throw Error("forward: row " + std::to_string(r) + " wants logits and none were given room");
+    }
+    if (want(r) != RowWant::Sample) continue;
+    if (!(rows[r].draw.temperature > 0.0f)) throw Error("forward: a device draw needs a temperature above 0");
+    sample_jobs_.push_back(SampleJob{rows[r].draw, static_cast<int32_t>(r)});
+  }
   reserve(shape);
   pack(batch, shape, cache.page_size());
   if (decode) {
@@ -543,14 +555,25 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
     KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   } else {
     enqueue(shape, cache);
-    if (logits && shape.rows > 0) {
-      KILN_CUDA_CHECK(cudaMemcpyAsync(logits, logits_.get(), static_cast<size_t>(shape.rows * config().vocab_size) * 4,
-                                      cudaMemcpyDeviceToHost, stream_));
-    }
   }
+  // Only the rows the host samples from cross to it, each run of consecutive ones in one copy.
+  const int64_t vocab = config().vocab_size;
+  for (int64_t r = 0; r < shape.rows;) {
+    if (want(r) != RowWant::Logits) {
+      ++r;
+      continue;
+    }
+    int64_t end = r + 1;
+    while (end < shape.rows && want(end) == RowWant::Logits) ++end;
+    KILN_CUDA_CHECK(cudaMemcpyAsync(logits + r * vocab, logits_.get<float>() + r * vocab,
+                                    static_cast<size_t>((end - r) * vocab) * 4, cudaMemcpyDeviceToHost, stream_));
+    r = end;
+  }
+  sampler_.enqueue(logits_.get<float>(), vocab, sample_jobs_, stream_);
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   const auto* keys = host_next_.get<unsigned long long>();
   for (int64_t r = 0; r < shape.rows; ++r) next_tokens[r] = argmax_index(keys[r]);
+  for (size_t i = 0; i < sample_jobs_.size(); ++i) next_tokens[sample_jobs_[i].row] = sampler_.tokens()[i];
 }
 
 }  // namespace kiln::cuda

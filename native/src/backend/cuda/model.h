@@ -11,6 +11,7 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/sampling.h"
 #include "engine/engine.h"
 #include "runtime/forward_batch.h"
 
@@ -59,9 +60,13 @@ class CudaModel {
 
   // Runs a mixed batch (prefill chunks and decode tokens of several sequences), the GPU twin of
   // Model::forward: writes every slice's keys and values into `cache`; for each slice that wants
-  // logits, in slice order, the greedy next token goes to `next_tokens` and, when `logits` is not
-  // null, the row of vocab_size fp32 logits to `logits`. Returns after the results are on the host.
-  void forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits = nullptr);
+  // logits (a row), in slice order, its next token goes to `next_tokens`: the argmax, or for a row
+  // whose request is RowWant::Sample the token drawn on the device (sampling.h). A row whose request
+  // is RowWant::Logits also gets its vocab_size fp32 logits at logits + row * vocab_size; only
+  // those rows are copied. `rows` null: every row greedy, with its logits when `logits` is given.
+  // Returns after the results are on the host.
+  void forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits = nullptr,
+               const RowRequest* rows = nullptr);
 
  private:
   // One decoder-layer GEMM: y = alpha · x · wᵀ (+ y); for fp8, x is quantized with input_scale and
@@ -136,6 +141,8 @@ class CudaModel {
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
   PinnedBuffer host_next_;
+  DeviceSampler sampler_;
+  std::vector<SampleJob> sample_jobs_;  // the step's device draws, kept across steps
   bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
   // KILN_CUDA_DECODE_ATTENTION=0: decode steps take the general RoPE / attention / merge kernels too.
   bool decode_attention_ = true;
