@@ -12,6 +12,7 @@
 #include <string>
 
 #include "backend/cuda/check.h"
+#include "backend/cuda/decode_attention.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
@@ -122,6 +123,45 @@ int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, con
     a.tokens = tokens;
     a.partials = partials;
     paged_attention(a, nullptr);
+  });
+}
+
+int kiln_decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim) {
+  return decode_attention_supports(heads, kv_heads, head_dim) ? 1 : 0;
+}
+
+// The decode-only step's fused RoPE + cache write + attention (decode_attention.h).
+int kiln_decode_attention(const float* qkv, const float* bias, int64_t tokens, const int32_t* token_sequence,
+                          const int32_t* token_position, const int32_t* block_tables, int64_t table_stride,
+                          const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
+                          int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
+                          void* out_fp8, float out_scale, int64_t splits, float* partials, int32_t* counters) {
+  return guarded([&] {
+    DecodeAttentionArgs a;
+    a.qkv = qkv;
+    a.bias = bias;
+    a.tokens = tokens;
+    a.token_sequence = token_sequence;
+    a.token_position = token_position;
+    a.block_tables = block_tables;
+    a.table_stride = table_stride;
+    a.cos = cos;
+    a.sin = sin;
+    a.keys = static_cast<bf16*>(keys);
+    a.values = static_cast<bf16*>(values);
+    a.page_size = page_size;
+    a.heads = heads;
+    a.kv_heads = kv_heads;
+    a.head_dim = head_dim;
+    a.window = window;
+    a.scale = scale;
+    a.out = static_cast<bf16*>(out);
+    a.out_fp8 = static_cast<fp8*>(out_fp8);
+    a.out_scale = out_scale;
+    a.splits = splits;
+    a.partials = partials;
+    a.counters = counters;
+    decode_attention(a, nullptr);
   });
 }
 

@@ -52,6 +52,8 @@ SIGNATURES = {
     "kiln_rope_and_write_kv": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64],
     "kiln_paged_attention": [P, I64, P, P, P, I64, P, P, P, I64, I64, I64, I64, I64, I64, F32, P, P, F32, I64, I64,
                              P],
+    "kiln_decode_attention": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I64, F32, P, P, F32, I64, P,
+                              P],
     "kiln_silu_mul": [I32, P, I64, I64, F32, P],
     "kiln_argmax_rows": [P, I64, I64, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32],
@@ -78,7 +80,8 @@ class Kernels:
             fn.argtypes = args
             fn.restype = ctypes.c_int
         self.lib.kiln_abi_last_error.restype = ctypes.c_char_p
-        for name, args in (("kiln_attention_tile_tokens", [I64, I64]), ("kiln_max_attention_splits", [])):
+        for name, args in (("kiln_attention_tile_tokens", [I64, I64]), ("kiln_max_attention_splits", []),
+                           ("kiln_decode_attention_supports", [I64, I64, I64])):
             getattr(self.lib, name).argtypes = args
             getattr(self.lib, name).restype = I64
 
@@ -108,6 +111,15 @@ class Kernels:
         self.call("kiln_paged_attention", ptr(q), q_stride, ptr(keys), ptr(values), ptr(tables), tables.shape[1],
                   ptr(seq), ptr(pos), ptr(tiles), tiles.shape[0], keys.shape[1], heads, kv_heads, head_dim, window,
                   scale, ptr(out), ptr(out_fp8), out_scale, splits, seq.numel(), ptr(partials))
+
+    def decode_supports(self, heads: int, kv_heads: int, head_dim: int) -> bool:
+        return self.lib.kiln_decode_attention_supports(heads, kv_heads, head_dim) != 0
+
+    def decode_attention(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim, window,
+                         scale, out, out_fp8, out_scale, splits, partials, counters):
+        self.call("kiln_decode_attention", ptr(qkv), ptr(bias), qkv.shape[0], ptr(seq), ptr(pos), ptr(tables),
+                  tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads,
+                  head_dim, window, scale, ptr(out), ptr(out_fp8), out_scale, splits, ptr(partials), ptr(counters))
 
     def silu_mul(self, fp8, gate_up, scale, out):
         self.call("kiln_silu_mul", int(fp8), ptr(gate_up), gate_up.shape[0], gate_up.shape[1] // 2, scale, ptr(out))
@@ -431,6 +443,65 @@ def test_attention(k: Kernels) -> None:
                 check_out(kernel, name, out, refs[window], out_scale, atol)
 
 
+def test_decode_attention(k: Kernels) -> None:
+    """The decode step's fused kernel: RoPE of q and the new k, the new k / v written to the cache,
+    attention up to and including the new token. Its cache writes are checked as rope_and_write_kv's;
+    the attention against attention_reference over the cache as the kernel left it (its own bf16 new
+    k and v, checked just before) with q rotated in float64."""
+    max_splits = k.max_splits()
+    decode = [(0, 1), (5, 1), (100, 1), (1000, 1), (37, 1), (16, 1)]  # per sequence: new token's position
+    for heads, kv_heads, head_dim, bias_on in ((32, 8, 64, False), (32, 8, 128, True), (8, 2, 64, True),
+                                               (4, 4, 32, False), (16, 2, 128, False), (24, 12, 64, True)):
+        if not k.decode_supports(heads, kv_heads, head_dim):
+            report("decode_attention", f"heads {heads}/{kv_heads} dim {head_dim}", False, "reported unsupported")
+            continue
+        q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+        batch = Batch(decode, 16, kv_dim)
+        cos, sin = rope_tables(1024, head_dim, 500000.0)
+        qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
+        bias = torch.randn(q_dim + 2 * kv_dim, device=DEV) * 0.5 if bias_on else None
+        slots = batch.slots(batch.seq, batch.pos)
+        base_k = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
+        base_v = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
+        base_k.view(-1, kv_dim)[slots] = math.nan  # the kernel must write the new tokens' rows
+        base_v.view(-1, kv_dim)[slots] = math.nan
+        x = qkv.double() + (bias.double() if bias_on else 0.0)
+        c, s = cos.double()[batch.pos.long()], sin.double()[batch.pos.long()]
+        q = rotate(x[:, :q_dim].view(-1, heads, head_dim), c, s).reshape(batch.tokens, q_dim)
+        kk = x[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim)
+        want_k = rotate(kk, c, s).reshape(-1, kv_dim)
+        k_atol = 2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim)
+        others = torch.ones(batch.pages * 16, dtype=torch.bool, device=DEV)
+        others[slots] = False
+        atol = 2.0**-14 * float(base_v.float().nan_to_num().abs().max())  # as test_attention
+        for splits, window, fp8 in ((1, 0, False), (3, 0, False), (max_splits, 0, False), (1, 24, False),
+                                    (max_splits, 24, False), (max_splits, 0, True)):
+            name = (f"heads {heads}/{kv_heads} dim {head_dim} splits {splits}" + (f" window {window}" if window else "")
+                    + (" bias" if bias_on else ""))
+            kernel = "decode_attn_fp8" if fp8 else "decode_attn_bf16"
+            keys, values = base_k.clone(), base_v.clone()
+            out_scale = 2.5 / E4M3_MAX
+            out = nan_like((batch.tokens, q_dim), torch.float8_e4m3fn if fp8 else torch.bfloat16)
+            partials = nan_like((batch.tokens, heads, splits, head_dim + 2), torch.float32)
+            counters = torch.zeros(batch.tokens, kv_heads, dtype=torch.int32, device=DEV)
+            if not launched(kernel, name, lambda: k.decode_attention(
+                    qkv, bias, batch.seq, batch.pos, batch.tables, cos, sin, keys, values, heads, kv_heads, head_dim,
+                    window, 1.0 / math.sqrt(head_dim), None if fp8 else out, out if fp8 else None, out_scale, splits,
+                    partials, counters)):
+                continue
+            flat_k, flat_v = keys.view(-1, kv_dim), values.view(-1, kv_dim)
+            check("decode_attn_keys", name, flat_k[slots], want_k, BF16_ULP, k_atol)
+            check("decode_attn_values", name, flat_v[slots], x[:, q_dim + kv_dim:], BF16_ULP, 0.0)
+            kept = torch.equal(flat_k[others], base_k.view(-1, kv_dim)[others]) and torch.equal(
+                flat_v[others], base_v.view(-1, kv_dim)[others])
+            zeroed = int(counters.abs().sum()) == 0
+            report("decode_attention", name + " cache kept, counters zero", kept and zeroed,
+                   f"other cache rows {'kept' if kept else 'CHANGED'}, counters {'zero' if zeroed else 'NOT zero'}")
+            ref = attention_reference(batch, q, keys, values, heads, kv_heads, head_dim, window,
+                                      1.0 / math.sqrt(head_dim))
+            check_out(kernel, name, out, ref, out_scale, atol)
+
+
 # ---------------------------------------------------------------- GEMV and GEMM
 
 # (name, n, k): Llama-3.2-1B and Llama-3.1-8B projections, and an odd n with k not a power of two.
@@ -631,8 +702,8 @@ def main() -> int:
     torch.manual_seed(0)
     k = Kernels(args.lib)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_rope, test_attention, test_matmuls,
-                 test_errors):
+    for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_rope, test_attention,
+                 test_decode_attention, test_matmuls, test_errors):
         test(k)
     print(f"{cases - len(failures)} passed, {len(failures)} failed")
     for failure in failures:
