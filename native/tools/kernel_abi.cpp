@@ -10,12 +10,14 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/decode_attention.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/sampling.h"
 
 using namespace kiln::cuda;
 
@@ -174,6 +176,27 @@ int kiln_silu_mul(int use_fp8, const float* gate_up, int64_t rows, int64_t inter
 
 int kiln_argmax_rows(const float* logits, int64_t rows, int64_t vocab, unsigned long long* keys) {
   return guarded([&] { argmax_rows(logits, rows, vocab, keys, nullptr); });
+}
+
+// sample_rows (sampling.h) for n draws whose knobs, uniforms and logits rows come in host arrays
+// (the jobs are uploaded here); the tokens go to device memory.
+int kiln_sample_rows(const float* logits, int64_t vocab, int64_t n, const float* temperature, const int32_t* top_k,
+                     const float* top_p, const float* min_p, const double* u, const int32_t* rows, int32_t* tokens) {
+  return guarded([&] {
+    std::vector<SampleJob> jobs(static_cast<size_t>(n));
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      jobs[i].draw.temperature = temperature[i];
+      jobs[i].draw.top_k = top_k[i];
+      jobs[i].draw.top_p = top_p[i];
+      jobs[i].draw.min_p = min_p[i];
+      jobs[i].draw.u = u[i];
+      jobs[i].row = rows[i];
+    }
+    DeviceBuffer device_jobs(jobs.size() * sizeof(SampleJob), "sample jobs");
+    KILN_CUDA_CHECK(cudaMemcpy(device_jobs.get(), jobs.data(), device_jobs.bytes(), cudaMemcpyHostToDevice));
+    sample_rows(logits, vocab, device_jobs.get<SampleJob>(), n, tokens, nullptr);
+    KILN_CUDA_CHECK(cudaDeviceSynchronize());  // before the jobs' buffer goes
+  });
 }
 
 // kiln-gemv with every option of gemv.h: x, or h (+ gamma, eps, in_scale) for the normed input;

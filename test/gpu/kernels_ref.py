@@ -56,6 +56,7 @@ SIGNATURES = {
                               P],
     "kiln_silu_mul": [I32, P, I64, I64, F32, P],
     "kiln_argmax_rows": [P, I64, I64, P],
+    "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32],
     "kiln_lt_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, ctypes.POINTER(ctypes.c_int)],
     "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32],
@@ -126,6 +127,14 @@ class Kernels:
 
     def argmax_rows(self, logits, keys):
         self.call("kiln_argmax_rows", ptr(logits), logits.shape[0], logits.shape[1], ptr(keys))
+
+    def sample_rows(self, logits, draws, tokens):
+        """draws: (row, temperature, top_k, top_p, min_p, u) per job."""
+        n = len(draws)
+        rows, temperature, top_k, top_p, min_p, u = zip(*draws)
+        self.call("kiln_sample_rows", ptr(logits), logits.shape[1], n, (ctypes.c_float * n)(*temperature),
+                  (ctypes.c_int32 * n)(*top_k), (ctypes.c_float * n)(*top_p), (ctypes.c_float * n)(*min_p),
+                  (ctypes.c_double * n)(*u), (ctypes.c_int32 * n)(*rows), ptr(tokens))
 
     def gemv(self, w, fp8, m, scale, x, h, gamma, eps, in_scale, y, beta, act, act_scale, split):
         self.call("kiln_gemv", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(h), ptr(gamma), eps,
@@ -280,6 +289,68 @@ def test_argmax(k: Kernels) -> None:
         ok = mismatched == 0 and bool(torch.equal(values, max_values))
         report("argmax_rows", name, ok,
                f"index mismatches {mismatched}  values {'equal' if torch.equal(values, max_values) else 'DIFFER'}")
+
+
+# The host Sampler's draw (runtime/sampler.cpp) in float64, and how far apart two samplers that both
+# follow it may land: their normalisers differ in rounding (the device sums in fixed point), so a
+# uniform within this much (relative to the kept mass) of a token boundary may fall either side.
+DRAW_SLACK = 1e-6
+
+
+def sample_reference(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float,
+                     u: float) -> set[int]:
+    """Tokens the host Sampler draws for u and for u +- DRAW_SLACK: temperature alone by inverse CDF
+    in token order; with any cut, over candidates most likely first (ties by lower id) normalised
+    over the vocab (over the top_k alone when top_k cuts), then min_p, then the smallest prefix
+    reaching top_p, the draw over what is kept."""
+    scaled = (logits / temperature).double()  # the fp32 division both samplers make
+    weights = torch.exp(scaled - scaled.max())
+    vocab = weights.numel()
+    if top_k == 0 and top_p >= 1.0 and min_p == 0.0:
+        order, probs = torch.arange(vocab, device=logits.device), weights
+    else:
+        order = torch.sort(scaled, descending=True, stable=True).indices
+        probs = weights[order]
+        if 0 < top_k < vocab:
+            order, probs = order[:top_k], probs[:top_k]
+        probs = probs / probs.sum() if 0 < top_k < vocab else probs / weights.sum()
+        keep = probs.numel()
+        if min_p > 0.0:
+            keep = int((probs >= min_p * probs[0]).sum())
+        if top_p < 1.0:
+            reached = torch.nonzero(torch.cumsum(probs[:keep], 0) >= top_p)
+            if reached.numel():
+                keep = int(reached[0]) + 1
+        order, probs = order[:keep], probs[:keep]
+    cdf = torch.cumsum(probs, 0)
+    kept = float(cdf[-1])
+    tokens = set()
+    for r in (u * kept, (u - DRAW_SLACK) * kept, (u + DRAW_SLACK) * kept):
+        i = int(torch.searchsorted(cdf, torch.tensor([r], dtype=torch.float64, device=cdf.device), right=True))
+        tokens.add(int(order[min(i, order.numel() - 1)]))
+    return tokens
+
+
+def test_sampling(k: Kernels) -> None:
+    knobs = [(1.0, 0, 1.0, 0.0), (0.7, 0, 1.0, 0.0), (1.0, 50, 1.0, 0.0), (0.8, 0, 0.9, 0.0), (1.0, 0, 1.0, 0.05),
+             (1.2, 40, 0.95, 0.02), (1.0, 1 << 20, 1.0, 0.0)]  # the last: top_k beyond the vocab
+    for vocab, rows in ((128256, 4), (32000, 3), (1000, 2)):
+        logits = torch.randn(rows, vocab, device=DEV) * 3.0
+        logits[0, vocab // 3] = -math.inf  # a masked token
+        logits[1, 7] = logits[1, 9] = float(logits[1].max()) + 0.5  # a tie at the top
+        for temperature, top_k, top_p, min_p in knobs:
+            uniforms = torch.rand(4 * rows, dtype=torch.float64).tolist()
+            uniforms[0], uniforms[1] = 0.0, 1.0 - 2.0**-40  # the ends of [0, 1)
+            draws = [(i % rows, temperature, top_k, top_p, min_p, uu) for i, uu in enumerate(uniforms)]
+            tokens = torch.full((len(draws),), -1, dtype=torch.int32, device=DEV)
+            name = f"vocab {vocab} T {temperature} top_k {top_k} top_p {top_p} min_p {min_p}"
+            if not launched("sample_rows", name, lambda: k.sample_rows(logits, draws, tokens)):
+                continue
+            got = tokens.tolist()
+            wrong = [(d[0], d[5], g) for d, g in zip(draws, got)
+                     if g not in sample_reference(logits[d[0]], temperature, top_k, top_p, min_p, d[5])]
+            report("sample_rows", name, not wrong, f"{len(draws)} draws, {len(wrong)} off the host sampler's token"
+                   + (f" (row, u, token) {wrong[:2]}" if wrong else ""))
 
 
 # ---------------------------------------------------------------- RoPE + KV write, attention
@@ -702,7 +773,7 @@ def main() -> int:
     torch.manual_seed(0)
     k = Kernels(args.lib)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_rope, test_attention,
+    for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_sampling, test_rope, test_attention,
                  test_decode_attention, test_matmuls, test_errors):
         test(k)
     print(f"{cases - len(failures)} passed, {len(failures)} failed")
