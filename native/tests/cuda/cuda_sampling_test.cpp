@@ -179,6 +179,7 @@ TEST(CudaSampling, AModelStepCopiesOnlyTheLogitsRowsAndDrawsTheSampledOnesOnTheD
   o.model_dir = dir;
   o.out_path = dir + "/engine.cuda.kiln";
   o.max_seq_len = 128;
+  o.autotune = false;
   o.threads = 2;
   o.target = "cuda";
   std::atomic<bool> cancel{false};
