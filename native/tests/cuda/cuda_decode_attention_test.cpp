@@ -1,7 +1,7 @@
 // The fused decode attention kernel against RoPE + cache write + the CPU backend's paged attention:
 // random unrotated qkv rows, bias, windows, GQA groups 1..8, head_dim 32/64/128, several split
 // counts, bf16 and fp8 outputs; every output element written and the new keys and values in the
-// cache bit for bit. Each launch runs twice, so the split counters must be back at zero.
+// cache. Each launch runs twice, so the split counters must be back at zero.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -165,7 +165,16 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
         EXPECT_EQ(to_host<int32_t>(counters, static_cast<size_t>(n * dc.kv_heads)),
                   std::vector<int32_t>(static_cast<size_t>(n * dc.kv_heads), 0));
       }
-      EXPECT_EQ(to_host<uint16_t>(k_d, keys.size()), want_keys);
+      // Keys within a bf16 step of the reference (absolute where x·cos and y·sin cancel): the host
+      // compiler may fuse the reference's rotation into fmas, the kernel rounds each product. Values
+      // are copied, so bit for bit.
+      const auto got_keys = to_host<uint16_t>(k_d, keys.size());
+      size_t off = 0;
+      for (size_t i = 0; i < got_keys.size(); ++i) {
+        const float g = bf16_to_f32(got_keys[i]), w = bf16_to_f32(want_keys[i]);
+        off += std::fabs(g - w) > 1e-2f * std::fabs(w) + 1e-5f ? 1 : 0;
+      }
+      EXPECT_EQ(off, 0u) << "cached keys off the reference";
       EXPECT_EQ(to_host<uint16_t>(v_d, values.size()), want_values);
     }
   }

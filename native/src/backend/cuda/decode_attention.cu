@@ -11,6 +11,7 @@ namespace kiln::cuda {
 namespace {
 
 constexpr int kThreads = 128;
+constexpr int kWarp = 32;
 constexpr int kVec = 8;  // bf16 per 16-byte load: each lane owns 8 consecutive dimensions of a row
 
 __device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
@@ -54,6 +55,12 @@ __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at,
 // kGroups lane groups take kKeys keys each per round, all loads of a round in flight together. Each
 // group keeps its own online-softmax state for the G query heads; the groups are combined through
 // shared memory at the end.
+//
+// Before wait_for_producer the block already loads the step metadata, its block table and its first
+// round of cached keys and values, overlapping that chain of dependent loads with the QKV projection
+// still running. Those were written by copies or kernels at least two launches back: a kernel only
+// starts once every block of the one before it has passed its own wait (launch.cuh), so they are
+// complete. Only the qkv rows (the projection's output) are read after the wait.
 template <int D, int G>
 __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttentionArgs a) {
   constexpr int kLanes = D / kVec;
@@ -67,11 +74,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   __shared__ float s_m[kGroups][G];
   __shared__ float s_l[kGroups][G];
   __shared__ __align__(16) float s_acc[kGroups][G][D];
-  __shared__ __align__(16) bf16 cur_k[D];
-  __shared__ __align__(16) bf16 cur_v[D];
   __shared__ bool s_last;
-  wait_for_producer();
-  let_consumer_start();
 
   const int t = static_cast<int>(blockIdx.x);
   const int kvh = static_cast<int>(blockIdx.y);
@@ -85,61 +88,47 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   if (z >= splits) return;
   const int chunk = (n + splits - 1) / splits;
   const int lo = first_key + z * chunk;
-  const int hi = min(pos, lo + chunk - 1);
   const bool writer = z == splits - 1;
+  // The new token's key and value come from the qkv row, not the cache.
+  const int cached_hi = writer ? pos - 1 : lo + chunk - 1;
 
-  const int64_t q_dim = a.heads * D;
   const int64_t kv_dim = a.kv_heads * D;
-  const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
   const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
   const int page_size = static_cast<int>(a.page_size);
-  const float* cos_row = a.cos + static_cast<int64_t>(pos) * kHalf;
-  const float* sin_row = a.sin + static_cast<int64_t>(pos) * kHalf;
-
-  if (writer) {
-    // The new token's k (rotated) and v, rounded to bf16 as the cache holds them.
-    const int64_t slot = (static_cast<int64_t>(table[pos / page_size]) * page_size + pos % page_size) * kv_dim + kvh * D;
-    const int64_t k_at = q_dim + kvh * D;
-    const int64_t v_at = q_dim + kv_dim + kvh * D;
-    const int i = threadIdx.x;
-    if (i < kHalf) {
-      float x0 = row[k_at + i];
-      float x1 = row[k_at + i + kHalf];
-      if (a.bias) {
-        x0 += a.bias[k_at + i];
-        x1 += a.bias[k_at + i + kHalf];
-      }
-      const float c = cos_row[i];
-      const float s = sin_row[i];
-      const bf16 r0 = __float2bfloat16(x0 * c - x1 * s);
-      const bf16 r1 = __float2bfloat16(x1 * c + x0 * s);
-      cur_k[i] = r0;
-      cur_k[i + kHalf] = r1;
-      a.keys[slot + i] = r0;
-      a.keys[slot + i + kHalf] = r1;
-    }
-    if (i < D) {
-      float v = row[v_at + i];
-      if (a.bias) v += a.bias[v_at + i];
-      const bf16 vb = __float2bfloat16(v);
-      cur_v[i] = vb;
-      a.values[slot + i] = vb;
-    }
-  }
-
   const int group = threadIdx.x / kLanes;
   const int c = (threadIdx.x % kLanes) * kVec;
-  // rotate_half: dimension i < D/2 pairs with i + D/2, as x_i·cos - x_{i+D/2}·sin, and the upper one
-  // as x·cos + x_{i}·sin.
+  uint4 kr[kKeys], vr[kKeys];
+  bool valid[kKeys];
+  const auto load_round = [&](int base) {
+#pragma unroll
+    for (int k = 0; k < kKeys; ++k) {
+      const int kp = base + k * kGroups + group;  // consecutive keys to neighbouring groups: coalesced
+      valid[k] = kp <= cached_hi;
+      kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+      if (valid[k]) {
+        const int64_t at = (static_cast<int64_t>(table[kp / page_size]) * page_size + kp % page_size) * kv_dim + kvh * D + c;
+        kr[k] = *reinterpret_cast<const uint4*>(a.keys + at);
+        vr[k] = *reinterpret_cast<const uint4*>(a.values + at);
+      }
+    }
+  };
+  load_round(lo);
+  const float* cos_row = a.cos + static_cast<int64_t>(pos) * kHalf;
+  const float* sin_row = a.sin + static_cast<int64_t>(pos) * kHalf;
+  // rotate_half: dimension i < D/2 pairs with i + D/2 as x_i·cos - x_{i+D/2}·sin, the upper one as
+  // x·cos + x_i·sin.
   const int partner = c < kHalf ? c + kHalf : c - kHalf;
   const float sign = c < kHalf ? -1.0f : 1.0f;
   float cs[kVec], sn[kVec];
   load8(cos_row + (c % kHalf), cs);
   load8(sin_row + (c % kHalf), sn);
-  float q[G][kVec];
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    const int64_t at = static_cast<int64_t>(kvh * G + g) * D;
+
+  wait_for_producer();
+  let_consumer_start();
+
+  const int64_t q_dim = a.heads * D;
+  const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
+  const auto load_rotated = [&](int64_t at, float (&out)[kVec]) {
     float x[kVec], y[kVec];
     load8(row + at + c, x);
     load8(row + at + partner, y);
@@ -150,10 +139,17 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[e] += bx[e], y[e] += by[e];
     }
+    // Rounded product by product (no fma): the cached key does not depend on what the compiler fuses.
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) q[g][e] = (x[e] * cs[e] + sign * y[e] * sn[e]) * a.scale;
+    for (int e = 0; e < kVec; ++e) out[e] = __fadd_rn(__fmul_rn(x[e], cs[e]), sign * __fmul_rn(y[e], sn[e]));
+  };
+  float q[G][kVec];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    load_rotated(static_cast<int64_t>(kvh * G + g) * D, q[g]);
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) q[g][e] *= a.scale;
   }
-  if (writer) __syncthreads();  // cur_k / cur_v
 
   float m[G], l[G], acc[G][kVec];
 #pragma unroll
@@ -163,27 +159,36 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
     for (int e = 0; e < kVec; ++e) acc[g][e] = 0.0f;
   }
-
-  for (int base = lo; base <= hi; base += kRound) {
-    uint4 kr[kKeys], vr[kKeys];
-    bool valid[kKeys];
+  // Online softmax over up to kKeys keys (valid[k] implies valid[k - 1]; scores already summed over
+  // the group's lanes).
+  const auto accumulate = [&](const float (&s)[kKeys][G], const float (&vf)[kKeys][kVec], const bool (&ok)[kKeys]) {
 #pragma unroll
-    for (int k = 0; k < kKeys; ++k) {
-      const int kp = base + k * kGroups + group;  // consecutive keys to neighbouring groups: coalesced
-      valid[k] = kp <= hi;
-      kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
-      if (valid[k]) {
-        const bf16* kptr = cur_k + c;
-        const bf16* vptr = cur_v + c;
-        if (kp != pos) {
-          const int64_t at = (static_cast<int64_t>(table[kp / page_size]) * page_size + kp % page_size) * kv_dim + kvh * D + c;
-          kptr = a.keys + at;
-          vptr = a.values + at;
-        }
-        kr[k] = *reinterpret_cast<const uint4*>(kptr);
-        vr[k] = *reinterpret_cast<const uint4*>(vptr);
+    for (int g = 0; g < G; ++g) {
+      float top = s[0][g];
+#pragma unroll
+      for (int k = 1; k < kKeys; ++k) top = ok[k] ? fmaxf(top, s[k][g]) : top;
+      const float m_new = fmaxf(m[g], top);
+      const float correction = __expf(m[g] - m_new);
+      l[g] *= correction;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[g][e] *= correction;
+#pragma unroll
+      for (int k = 0; k < kKeys; ++k) {
+        const float p = ok[k] ? __expf(s[k][g] - m_new) : 0.0f;
+        l[g] += p;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc[g][e] += p * vf[k][e];
       }
+      m[g] = m_new;
     }
+  };
+  const auto group_sum = [](float& v) {
+#pragma unroll
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  };
+
+  for (int base = lo; base <= cached_hi; base += kRound) {
+    if (base != lo) load_round(base);
     float s[kKeys][G];
 #pragma unroll
     for (int k = 0; k < kKeys; ++k) {
@@ -194,39 +199,56 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
         float dot = 0.0f;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
+        group_sum(dot);
         s[k][g] = dot;
       }
     }
-#pragma unroll
-    for (int offset = kLanes / 2; offset > 0; offset /= 2) {
-#pragma unroll
-      for (int k = 0; k < kKeys; ++k) {
-#pragma unroll
-        for (int g = 0; g < G; ++g) s[k][g] += __shfl_xor_sync(0xffffffffu, s[k][g], offset);
-      }
-    }
-    if (!valid[0]) continue;  // the group has no key this round (valid[k] implies valid[k - 1])
+    if (!valid[0]) continue;  // the group has no key this round
     float vf[kKeys][kVec];
 #pragma unroll
     for (int k = 0; k < kKeys; ++k) unpack8(vr[k], vf[k]);
+    accumulate(s, vf, valid);
+  }
+
+  if (writer && threadIdx.x < kWarp) {
+    // The new token, in the first warp: its groups all rotate the key (the shuffles need the whole
+    // warp), group 0 stores k and v in the cache slot and takes the key into its softmax.
+    float kf[kVec], vf[kKeys][kVec] = {};
+    load_rotated(q_dim + kvh * D, kf);
+    const int64_t v_at = q_dim + kv_dim + kvh * D + c;
+    load8(row + v_at, vf[0]);
+    if (a.bias) {
+      float bv[kVec];
+      load8(a.bias + v_at, bv);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) vf[0][e] += bv[e];
+    }
+    union {
+      uint4 raw;
+      __nv_bfloat162 e[kVec / 2];
+    } kb, vb;
+#pragma unroll
+    for (int e = 0; e < kVec / 2; ++e) {
+      kb.e[e] = __floats2bfloat162_rn(kf[2 * e], kf[2 * e + 1]);
+      vb.e[e] = __floats2bfloat162_rn(vf[0][2 * e], vf[0][2 * e + 1]);
+    }
+    unpack8(kb.raw, kf);
+    unpack8(vb.raw, vf[0]);
+    float s[kKeys][G] = {};
 #pragma unroll
     for (int g = 0; g < G; ++g) {
-      float top = s[0][g];
+      float dot = 0.0f;
 #pragma unroll
-      for (int k = 1; k < kKeys; ++k) top = valid[k] ? fmaxf(top, s[k][g]) : top;
-      const float m_new = fmaxf(m[g], top);
-      const float correction = __expf(m[g] - m_new);
-      l[g] *= correction;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) acc[g][e] *= correction;
-#pragma unroll
-      for (int k = 0; k < kKeys; ++k) {
-        const float p = valid[k] ? __expf(s[k][g] - m_new) : 0.0f;
-        l[g] += p;
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[g][e] += p * vf[k][e];
-      }
-      m[g] = m_new;
+      for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
+      group_sum(dot);
+      s[0][g] = dot;
+    }
+    if (group == 0) {
+      const int64_t slot = (static_cast<int64_t>(table[pos / page_size]) * page_size + pos % page_size) * kv_dim + kvh * D + c;
+      *reinterpret_cast<uint4*>(a.keys + slot) = kb.raw;
+      *reinterpret_cast<uint4*>(a.values + slot) = vb.raw;
+      bool ok[kKeys] = {true};
+      accumulate(s, vf, ok);
     }
   }
 
@@ -276,16 +298,20 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       part[D + 1] = sum;
     }
   }
-  __threadfence();  // the partial is visible device-wide before this block counts as arrived
   __syncthreads();
   if (threadIdx.x == 0) {
+    // Cumulative: the fence after the barrier publishes the whole block's partial, so one thread
+    // fences rather than every writer (the pattern of a cooperative grid sync).
+    __threadfence();
     int* counter = a.counters + static_cast<int64_t>(t) * a.kv_heads + kvh;
     s_last = atomicAdd(counter, 1) == splits - 1;
-    if (s_last) *counter = 0;  // every block of this head has arrived: ready for the next launch
+    if (s_last) {
+      *counter = 0;  // every block of this head has arrived: ready for the next launch
+      __threadfence();
+    }
   }
   __syncthreads();
   if (!s_last || threadIdx.x >= kOut) return;
-  __threadfence();
   float M = -FLT_MAX, L = 0.0f, O[kVec] = {};
   for (int j = 0; j < splits; ++j) {
     const float* part = parts + j * part_stride;  // other blocks' writes: read through L2, not L1

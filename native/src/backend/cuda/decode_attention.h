@@ -4,10 +4,11 @@
 // path (kernels.h) runs three: RoPE + cache write, tiled attention, split merge; at batch 1 each is
 // a few microseconds of pure latency per layer. Here each block rotates its own query heads and, in
 // the block whose key range ends at the new token, that token's key; it writes the new key and value
-// into the cache and takes them from shared memory rather than reading them back. Keys and values
-// are read as bf16 vectors straight from the cache, all query heads of a GQA group per block so each
-// row is loaded once, and the split-KV partial states are merged by the last block of a head to
-// finish (an arrival counter it resets, so graph replays find it zero).
+// into the cache and takes them from registers rather than reading them back. Keys and values are
+// read as bf16 vectors straight from the cache (the first round before the kernel waits for the QKV
+// projection), all query heads of a GQA group per block so each row is loaded once, and the split-KV
+// partial states are merged by the last block of a head to finish (an arrival counter it resets, so
+// graph replays find it zero).
 
 #include "backend/cuda/kernels.h"
 
