@@ -180,11 +180,11 @@ def kiln_lines(*args: str, env: dict | None = None) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def write_calibration(path: Path, vocab: int) -> None:
+def write_calibration(path: Path, vocab: int, sequences: int) -> None:
     """Random token ids (the weights are random too: any tokens exercise the same ranges)."""
     g = torch.Generator().manual_seed(5)
     with path.open("w") as f:
-        for _ in range(CALIBRATION["sequences"]):
+        for _ in range(sequences):
             f.write(json.dumps(torch.randint(0, vocab, (CALIBRATION["tokens"],), generator=g).tolist()) + "\n")
 
 
@@ -245,12 +245,15 @@ def hf_measure(cfg: dict) -> dict:
     return res
 
 
-def measure_engine(engine: Path, log_name: str) -> dict:
+def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None = None) -> dict:
     """Every Kiln measurement of one engine: one process for the suite, two more for batch-1 decode
-    without CUDA graphs and without Programmatic Dependent Launch (what each buys)."""
-    suite = {"decode": {"prompt_len": DECODE_PROMPT, "steps": DECODE_STEPS, "batches": list(DECODE_BATCHES)},
-             "prefill": {"lengths": list(PREFILL_LENGTHS), "repeats": 5},
-             "offline": [{k: v for k, v in c.items() if k != "hf_batch"} for c in OFFLINE_CASES]}
+    without CUDA graphs and without Programmatic Dependent Launch (what each buys). With
+    `decode_batches`, only decode at those batches (the issue's target rows, in a short call)."""
+    suite = {"decode": {"prompt_len": DECODE_PROMPT, "steps": DECODE_STEPS,
+                        "batches": decode_batches or list(DECODE_BATCHES)}}
+    if not decode_batches:
+        suite["prefill"] = {"lengths": list(PREFILL_LENGTHS), "repeats": 5}
+        suite["offline"] = [{k: v for k, v in c.items() if k != "hf_batch"} for c in OFFLINE_CASES]
     res = {"decode": {}, "prefill": {}, "offline": {}}
     for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite)):
         if line["mode"] == "decode":
@@ -263,6 +266,8 @@ def measure_engine(engine: Path, log_name: str) -> dict:
             res["offline"][(line["prompt_len"], line["output_len"])] = line
             log(f"{log_name}: offline {line['prompt_len']}/{line['output_len']}: "
                 f"{line['output_tok_per_s']:.0f} output tok/s ({line['seconds']:.1f} s, {line['steps']} steps)")
+    if decode_batches:
+        return res
     one = ["bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps", str(DECODE_STEPS),
            "--batch", "1"]
     res["no_graphs_ms"] = kiln_lines(*one, env={"KILN_CUDA_GRAPHS": "0"})[-1]["decode_step_ms"]
@@ -277,8 +282,7 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
     def ratio(a, b):
         return round(a / b, 2) if b else None
 
-    for batch in DECODE_BATCHES:
-        ms = ours["decode"][batch]
+    for batch, ms in sorted(ours["decode"].items()):
         tok_s = batch * 1e3 / ms
         context = DECODE_PROMPT + DECODE_STEPS // 2 + 2
         floor_s = (weight_bytes(cfg, precision) + kv_bytes(cfg, context * batch)) / bw
@@ -286,11 +290,10 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
         row = dict(model=name, precision=precision, batch=batch, phase="decode", tok_s=round(tok_s, 1),
                    roofline_frac=round(floor_s * 1e3 / ms, 3), vs_transformers=ratio(tok_s, hf), ms=round(ms, 3),
                    prompt_len=DECODE_PROMPT, transformers_tok_s=round(hf, 1) if hf else None)
-        if batch == 1:
+        if batch == 1 and "no_graphs_ms" in ours:
             row.update(no_graphs_ms=round(ours["no_graphs_ms"], 3), no_pdl_ms=round(ours["no_pdl_ms"], 3))
         rows.append(row)
-    for length in PREFILL_LENGTHS:
-        ms = ours["prefill"][length]
+    for length, ms in sorted(ours["prefill"].items()):
         floor_ms = 2 * params(cfg) * length / rate * 1e3
         hf = length * 1e3 / theirs["prefill"][length] if theirs else None
         rows.append(dict(model=name, precision=precision, batch=1, phase="prefill", tok_s=round(length * 1e3 / ms, 1),
@@ -298,6 +301,8 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
                          ms=round(ms, 2), prompt_len=length, transformers_tok_s=round(hf, 1) if hf else None))
     for case in OFFLINE_CASES:
         p, o = case["prompt_len"], case["output_len"]
+        if (p, o) not in ours["offline"]:
+            continue
         r = ours["offline"][(p, o)]
         # Floor: the larger of the arithmetic of every token at the matmul rate and the weight (+ KV)
         # reads of the fewest decode steps the concurrency allows.
@@ -317,6 +322,22 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
             row["vs_trtllm_published"] = round(r["output_tok_per_s"] / TRTLLM_8B_FP8_OFFLINE_128, 3)
         rows.append(row)
     return rows
+
+
+def reuse_hf(rows: list, earlier: dict) -> None:
+    """Rows measured without transformers take its figure from the row they replace (same card type,
+    an earlier call, named in transformers_from)."""
+    def key(r):
+        return r["model"], r["precision"], r["phase"], r["batch"], r.get("prompt_len"), r.get("output_len")
+
+    old = {key(r): r for r in earlier["rows"]}
+    for r in rows:
+        before = old.get(key(r))
+        if not before or not before.get("transformers_tok_s"):
+            continue
+        r["transformers_tok_s"] = before["transformers_tok_s"]
+        r["vs_transformers"] = round(r["tok_s"] / before["transformers_tok_s"], 2)
+        r["transformers_from"] = before.get("transformers_from", f"an earlier call, before {earlier['date']}")
 
 
 def attach_hf(rows: list, name: str, theirs: dict) -> None:
@@ -362,6 +383,11 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
     ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
+    ap.add_argument("--decode-batches", metavar="B1,B2,...",
+                    help="measure only decode at these batches (no prefill, offline or transformers); with --append "
+                         "the earlier rows of everything else are kept")
+    ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
+                    help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",
                     help="instead of the table: batch-1 and batch-8 decode of each engine under each value of one "
                          "environment variable, interleaved over rounds (what a switch buys, side by side)")
@@ -386,12 +412,18 @@ def main() -> None:
     commit = os.environ.get("KILN_COMMIT") or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                                              capture_output=True, text=True).stdout.strip()
     models = args.models.split(",")
+    precisions = args.precisions.split(",")
+    decode_batches = [int(b) for b in args.decode_batches.split(",")] if args.decode_batches else None
     rows, builds = [], {}
     if args.append:
         earlier = json.loads(Path(args.append).read_text())
         keep = (lambda r: True) if args.hf_only else (lambda r: r["model"] not in models)
+        if decode_batches:  # only the rows measured again are replaced
+            keep = (lambda r: not (r["model"] in models and r["precision"] in precisions and r["phase"] == "decode"
+                                   and r["batch"] in decode_batches))
         rows = [r for r in earlier["rows"] if keep(r)]
-        builds = {k: v for k, v in earlier.get("build_s", {}).items() if args.hf_only or k.split(":")[0] not in models}
+        builds = {k: v for k, v in earlier.get("build_s", {}).items()
+                  if args.hf_only or k.split(":")[0] not in models or (decode_batches and k.split(":")[1] not in precisions)}
         # Rows kept from an earlier call name that call's card, commit and date.
         for r in rows:
             r.setdefault("measured", {"commit": earlier["commit"], "date": earlier["date"], "card": earlier["card"]})
@@ -415,12 +447,12 @@ def main() -> None:
         cfg = write_checkpoint(name, ckpt)
         log(f"{name}: checkpoint in {time.time() - t0:.0f} s")
         ours = {}
-        for precision in args.precisions.split(","):
+        for precision in precisions:
             engine = work / f"{name}.{precision}.cuda.kiln"
             cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
                    "--out", str(engine), "--max-seq-len", "4096", "--max-batch", "256"]
             if precision == "fp8":
-                write_calibration(work / "calibration.jsonl", cfg["vocab_size"])
+                write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]
             t0 = time.time()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -429,17 +461,20 @@ def main() -> None:
             if args.ab:
                 ab_compare(engine, f"{name} {precision}", args.ab)
             elif not args.only_profile:
-                ours[precision] = measure_engine(engine, f"{name} {precision}")
+                ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
             if args.profile or args.only_profile:
                 profile_decode(engine, out, f"{name}-{precision}")
             engine.unlink()
         if args.only_profile or args.ab:
             continue
-        theirs = None if args.no_hf else hf_measure(cfg)
+        theirs = None if args.no_hf or decode_batches else hf_measure(cfg)
         if theirs:
             log(f"{name}: transformers {theirs}")
         for precision, measured in ours.items():
-            rows += rows_of(name, precision, cfg, measured, theirs, bw, rates[precision])
+            new = rows_of(name, precision, cfg, measured, theirs, bw, rates[precision])
+            if args.append and not theirs:
+                reuse_hf(new, earlier)
+            rows += new
         # Written after every model, so a run cut short still leaves what it measured.
         table = write_results(out, meta, rows)
     print(table)
