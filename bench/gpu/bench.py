@@ -384,8 +384,8 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
     ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
     ap.add_argument("--decode-batches", metavar="B1,B2,...",
-                    help="measure only decode at these batches (no prefill, offline or transformers); with --append "
-                         "the earlier rows of everything else are kept")
+                    help="measure only decode at these batches (no prefill, offline or transformers; engines built for "
+                         "at most the largest); with --append the earlier rows of everything else are kept")
     ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
                     help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",
@@ -450,7 +450,8 @@ def main() -> None:
         for precision in precisions:
             engine = work / f"{name}.{precision}.cuda.kiln"
             cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
-                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", "256"]
+                   "--out", str(engine), "--max-seq-len", "4096",
+                   "--max-batch", str(max(decode_batches) if decode_batches else 256)]
             if precision == "fp8":
                 write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]
