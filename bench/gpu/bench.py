@@ -337,7 +337,8 @@ def reuse_hf(rows: list, earlier: dict) -> None:
             continue
         r["transformers_tok_s"] = before["transformers_tok_s"]
         r["vs_transformers"] = round(r["tok_s"] / before["transformers_tok_s"], 2)
-        r["transformers_from"] = before.get("transformers_from", f"an earlier call, before {earlier['date']}")
+        r["transformers_from"] = (before.get("transformers_from") or before.get("measured", {}).get("transformers")
+                                  or f"an earlier call, before {earlier['date']}")
 
 
 def attach_hf(rows: list, name: str, theirs: dict) -> None:
