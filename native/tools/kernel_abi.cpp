@@ -220,26 +220,6 @@ int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float
   });
 }
 
-// kiln-gemv with the residual-norm epilogue: y += scale · x · wᵀ (beta = 1), then the RMSNorm of the
-// updated y rows (+ gamma, eps; fp8: divided by norm_scale) into norm_x, counting in `counter`.
-int kiln_gemv_residual_norm(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x,
-                            float* y, const float* gamma, float eps, float norm_scale, void* norm_x, unsigned* counter,
-                            int split) {
-  return guarded([&] {
-    GemvIn in;
-    in.x = x;
-    GemvOut out;
-    out.y = y;
-    out.beta = 1.0f;
-    out.norm_x = norm_x;
-    out.norm_gamma = gamma;
-    out.norm_eps = eps;
-    out.norm_scale = norm_scale;
-    out.counter = counter;
-    gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr);
-  });
-}
-
 // cuBLASLt through LtGemm: runs the `algo`-th of up to `max_algos` heuristic proposals for m rows
 // and stores how many there were in *proposals (so the caller can walk all of them).
 int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta,

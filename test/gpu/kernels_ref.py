@@ -58,7 +58,6 @@ SIGNATURES = {
     "kiln_argmax_rows": [P, I64, I64, P],
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32],
-    "kiln_gemv_residual_norm": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, P, I32],
     "kiln_lt_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, ctypes.POINTER(ctypes.c_int)],
     "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32],
 }
@@ -140,10 +139,6 @@ class Kernels:
     def gemv(self, w, fp8, m, scale, x, h, gamma, eps, in_scale, y, beta, act, act_scale, split):
         self.call("kiln_gemv", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(h), ptr(gamma), eps,
                   in_scale, ptr(y), beta, ptr(act), act_scale, split)
-
-    def gemv_residual_norm(self, w, fp8, scale, x, y, gamma, eps, norm_scale, norm_x, counter, split):
-        self.call("kiln_gemv_residual_norm", ptr(w), int(fp8), x.shape[0], w.shape[0], w.shape[1], scale, ptr(x),
-                  ptr(y), ptr(gamma), eps, norm_scale, ptr(norm_x), ptr(counter), split)
 
     def lt_gemm(self, fp8, w, x, y, beta, alpha, algo) -> int:
         proposals = ctypes.c_int(0)
@@ -698,33 +693,6 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
                       silu_act_bound(ref, DOT_FP32 * mag))
 
 
-def test_gemv_residual_norm(k: Kernels, weights: Weights, shape: str) -> None:
-    """The o / down epilogue: y += x wᵀ, then x_next = RMSNorm of the updated y rows, written by the
-    grid's last block; the arrival counter must be back at zero for the next launch."""
-    n = weights.w.shape[0]
-    fp8 = weights.fp8
-    counter = torch.zeros(1, dtype=torch.int32, device=DEV)
-    norm_scale = 4.0 / E4M3_MAX
-    for i, (m, split) in enumerate(((1, 1), (3, 4), (8, 2), (8, 8))):
-        x = weights.inputs(m)
-        ref, mag = weights.product(x)
-        y0 = torch.randn(m, n, device=DEV) * 2.0
-        y = y0.clone()
-        gamma = None if i == 1 else 1.0 + 0.1 * torch.randn(n, device=DEV)
-        normed = nan_like((m, n), torch.float8_e4m3fn if fp8 else torch.bfloat16)
-        kernel = f"gemv_res_norm_{dtype_name(fp8)}"
-        name = f"{shape} m {m} split {split}" + (" gamma" if gamma is not None else "")
-        if not launched(kernel, name, lambda: k.gemv_residual_norm(weights.w, fp8, weights.scale, x, y, gamma, 1e-5,
-                                                                   norm_scale, normed, counter, split)):
-            continue
-        want = ref + y0.double()
-        check(kernel, name + " y", y, want, 0.0, DOT_FP32 * mag + 2.0**-23 * want.abs())
-        # Normalised from the kernel's own fp32 y (the residual it left), as the norm kernels would.
-        check_out(kernel, name + " x", normed, rms_normed(y, gamma, 1e-5), norm_scale)
-        zero = int(counter.item()) == 0
-        report(kernel, name + " counter zero", zero, f"counter {int(counter.item())}")
-
-
 def test_gemm(k: Kernels, weights: Weights, shape: str) -> None:
     n = weights.w.shape[0]
     dot = DOT_FP8_MMA if weights.fp8 else DOT_FP32
@@ -764,8 +732,6 @@ def test_matmuls(k: Kernels) -> None:
             weights = Weights(n, kdim, fp8)
             test_gemv_plain(k, weights, shape)
             test_gemv_fused(k, weights, shape, gate_up="gate_up" in shape)
-            if shape in ("1B o", "1B down"):
-                test_gemv_residual_norm(k, weights, shape)
             # cuBLASLt's fp8 kernels need 16-byte aligned dimensions (every fp8 GEMM of an engine has
             # them): the odd shape runs in bf16 only.
             if shape in ("1B qkv", "8B gate_up") or (shape == "odd" and not fp8):

@@ -178,11 +178,6 @@ bool TunedGemm::fuses_norm(int64_t m) const {
          (gemm_.n() + rows_per_block - 1) / rows_per_block <= kMaxNormBlocks;
 }
 
-bool TunedGemm::fuses_output_norm(int64_t m) const {
-  const int64_t chunk = gemm_.input() == CUDA_R_8F_E4M3 ? 16 : 8;
-  return gemv_at(m) && m <= kGemvOutputNormMaxRows && gemm_.n() % chunk == 0;
-}
-
 void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out,
                          cudaStream_t stream) {
   gemv(w, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, in, out, choose(m).gemv_split, stream);

@@ -108,9 +108,6 @@ class TunedGemm {
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
-  // Whether m rows run on the GEMV and its residual-norm epilogue (GemvOut::norm_x) may produce the
-  // next projection's input: one block normalises all m rows, so only for a decode step's few.
-  bool fuses_output_norm(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {

@@ -14,16 +14,11 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
           int split, cudaStream_t stream) {
   const bool norm = in.h != nullptr;
   const bool silu = out.act != nullptr;
-  const bool normed_out = out.norm_x != nullptr;
-  const int64_t chunk = fp8 ? 16 : 8;
-  if (!gemv_supports(m, k, fp8, norm) || (silu && n % 2 != 0) || (!norm && !in.x) || (!silu && !out.y) ||
-      (normed_out && (silu || norm || !out.counter || n % chunk != 0))) {
+  if (!gemv_supports(m, k, fp8, norm) || (silu && n % 2 != 0) || (!norm && !in.x) || (!silu && !out.y)) {
     throw Error("kiln-gemv: m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                 (fp8 ? " fp8" : " bf16") + (norm ? " normed input" : "") + (silu ? " SiLU output" : "") +
-                (normed_out ? " normed output" : "") + " is not supported (m <= " +
-                std::to_string(norm ? kGemvNormMaxRows : kGemvMaxRows) + ", k % " + (fp8 ? "16" : "8") +
-                " == 0, n even for SiLU, an input and an output; a normed output needs y, a counter, n % " +
-                std::to_string(chunk) + " == 0 and no normed input or SiLU)");
+                " is not supported (m <= " + std::to_string(norm ? kGemvNormMaxRows : kGemvMaxRows) + ", k % " +
+                (fp8 ? "16" : "8") + " == 0, n even for SiLU, an input and an output)");
   }
   gemv_detail::Args a;
   a.w = static_cast<const uint4*>(w);
@@ -39,14 +34,7 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.beta = out.beta;
   a.act = out.act;
   a.act_inv_scale = 1.0f / out.act_scale;
-  a.next_x = out.norm_x;
-  a.next_gamma = out.norm_gamma;
-  a.next_eps = out.norm_eps;
-  a.next_inv_scale = 1.0f / out.norm_scale;
-  a.counter = out.counter;
-  if (normed_out && fp8) gemv_detail::launch_normed_output_fp8(a, m, split, stream);
-  else if (normed_out) gemv_detail::launch_normed_output_bf16(a, m, split, stream);
-  else if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
+  if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
   else gemv_detail::launch_bf16(a, m, split, norm, silu, stream);
 }
 

@@ -23,14 +23,9 @@ namespace kiln::cuda {
 // - SiLU·mul output (GemvOut::act set): the weight rows come in (gate, up) pairs (the CUDA model
 //   interleaves gate_up at load) and act[i, j] = silu(gate_j) · up_j is stored in the input dtype
 //   (fp8: divided by GemvOut::act_scale), as silu_mul_to_bf16 / _fp8 would from fp32 outputs.
-// - residual norm after the output (GemvOut::norm_x set; the o / down projections, beta = 1 onto
-//   the fp32 residual y): the last block to finish RMS-normalises the m completed rows of y into
-//   norm_x, the next projection's input, as rms_norm_to_bf16 / _fp8 would. One block does it, so
-//   the separate norm kernel goes and the next GEMV reads plain x.
 constexpr int64_t kGemvMaxRows = 8;
 constexpr int64_t kGemvNormMaxRows = 4;
 constexpr int64_t kGemvNormSharedBytes = 40 * 1024;
-constexpr int64_t kGemvOutputNormMaxRows = 8;
 
 struct GemvIn {
   const void* x = nullptr;  // [m, k], bf16 or E4M3 as the weights
@@ -45,14 +40,6 @@ struct GemvOut {
   float beta = 0.0f;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
-  // With y: [m, n] RMSNorm of the final y rows (times norm_gamma when given), bf16 or E4M3 as the
-  // weights (fp8: divided by norm_scale, the next projection's input scale). `counter` is one
-  // zeroed word the blocks count their arrival in; the last block zeroes it again.
-  void* norm_x = nullptr;
-  const float* norm_gamma = nullptr;
-  float norm_eps = 0.0f;
-  float norm_scale = 1.0f;
-  unsigned* counter = nullptr;
 };
 
 // Split factors the autotuner races (warps per row pair), and the weight rows one block of 8 warps

@@ -27,16 +27,7 @@ struct Args {
   float beta = 0.0f;
   void* act = nullptr;
   float act_inv_scale = 1.0f;
-  void* next_x = nullptr;
-  const float* next_gamma = nullptr;
-  float next_eps = 0.0f;
-  float next_inv_scale = 1.0f;
-  unsigned* counter = nullptr;
 };
-
-// What the kernel does with a row pair's sums: store y (= scale · acc + beta · y), the SiLU·mul of
-// (gate, up) into act, or store y and then RMS-normalise the completed y rows into next_x.
-enum Output { kOutY, kOutSilu, kOutNormed };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
 struct Bf16Chunk {
@@ -116,75 +107,7 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   __syncthreads();
 }
 
-// The residual-norm epilogue. y ([M][n], the residual the block just added onto) is complete once
-// every block has counted in; the last block to do so normalises all M rows into next_x, as
-// rms_norm_to_bf16 / rms_norm_to_fp8 would (gamma · (h · inv), same reduction shape per thread).
-// One block of the grid does this, reading M · n floats from L2: cheap for a decode step's few rows,
-// unlike restaging the norm in every block of the consuming GEMV.
-template <typename Chunk, int M>
-__device__ void normalize_completed_rows(const Args& a) {
-  constexpr int E = Chunk::kElements;
-  __shared__ bool last;
-  __shared__ float partial[kWarps][M];
-  __shared__ float inv[M];
-  __threadfence();  // this block's y stores are visible device-wide before it counts in
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(a.counter, 1u) == gridDim.x - 1;
-    if (last) *a.counter = 0;  // every block has counted in: zero again for the next launch (graph replays)
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  const int lane = threadIdx.x % 32;
-  const int warp = threadIdx.x / 32;
-  // __ldcg: the other blocks' y stores are in L2; this SM's L1 may still hold stale lines of y.
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-    const auto* row = reinterpret_cast<const float4*>(a.y + i * a.n);
-    float sq = 0.0f;
-#pragma unroll 4
-    for (int64_t j = threadIdx.x; j < a.n / 4; j += blockDim.x) {
-      const float4 v = __ldcg(row + j);
-      sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, offset);
-    if (lane == 0) partial[warp][i] = sq;
-  }
-  __syncthreads();
-  if (threadIdx.x < M) {
-    float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
-    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.n) + a.next_eps);
-  }
-  __syncthreads();
-  const int64_t chunks = a.n / E;
-  auto* out = static_cast<uint4*>(a.next_x);
-  for (int64_t idx = threadIdx.x; idx < M * chunks; idx += blockDim.x) {
-    const int64_t i = idx / chunks;
-    const int64_t c = idx % chunks;
-    const auto* src = reinterpret_cast<const float4*>(a.y + i * a.n + c * E);
-    float v[E];
-#pragma unroll
-    for (int q = 0; q < E / 4; ++q) {
-      const float4 f = __ldcg(src + q);
-      v[4 * q] = f.x;
-      v[4 * q + 1] = f.y;
-      v[4 * q + 2] = f.z;
-      v[4 * q + 3] = f.w;
-    }
-    typename Chunk::Element packed[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const float normed = v[e] * inv[i];
-      packed[e] = Chunk::convert(a.next_gamma ? a.next_gamma[c * E + e] * normed : normed, a.next_inv_scale);
-    }
-    out[idx] = *reinterpret_cast<const uint4*>(packed);
-  }
-}
-
-template <typename Chunk, int M, int S, bool kNorm, int kOut>
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
 __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   constexpr int E = Chunk::kElements;
   constexpr int P = kWarps / S;  // row pairs per block
@@ -266,9 +189,8 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
       }
     }
   }
-  const bool writer = slice == 0 && lane == 0 && active;
-  if constexpr (kOut == kOutSilu) {
-    if (!writer) return;
+  if (slice != 0 || lane != 0 || !active) return;
+  if constexpr (kSilu) {
     // Rows row0, row0 + 1 are gate_j and up_j (n even, so a pair never straddles the end).
     auto* act = static_cast<typename Chunk::Element*>(a.act);
     const int64_t half = a.n / 2;
@@ -280,75 +202,67 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
       act[i * half + j] = Chunk::convert(g / (1.0f + __expf(-g)) * u, a.act_inv_scale);
     }
   } else {
-    if (writer) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (r == 1 && !second) break;
+    for (int r = 0; r < 2; ++r) {
+      if (r == 1 && !second) break;
 #pragma unroll
-        for (int i = 0; i < M; ++i) {
-          float* out = a.y + i * a.n + row0 + r;
-          *out = a.beta == 0.0f ? a.scale * acc[r][i] : a.scale * acc[r][i] + a.beta * *out;
-        }
+      for (int i = 0; i < M; ++i) {
+        float* out = a.y + i * a.n + row0 + r;
+        *out = a.beta == 0.0f ? a.scale * acc[r][i] : a.scale * acc[r][i] + a.beta * *out;
       }
     }
-    // Every thread of the block takes part (barriers), whether or not it wrote.
-    if constexpr (kOut == kOutNormed) normalize_completed_rows<Chunk, M>(a);
   }
 }
 
-template <typename Chunk, int M, int S, bool kNorm, int kOut>
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
 void launch_one(const Args& a, cudaStream_t stream) {
   constexpr int64_t rows_per_block = gemv_rows_per_block(S);
   static_assert(rows_per_block == 2 * kWarps / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   const size_t shared = kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element) : 0;
-  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kOut>, blocks, dim3(kWarps * 32), shared,
+  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu>, blocks, dim3(kWarps * 32), shared,
                        stream, a);
 }
 
-template <typename Chunk, int S, bool kNorm, int kOut>
+template <typename Chunk, int S, bool kNorm, bool kSilu>
 void launch_rows(const Args& a, int64_t m, cudaStream_t stream) {
   switch (m) {
-    case 1: launch_one<Chunk, 1, S, kNorm, kOut>(a, stream); return;
-    case 2: launch_one<Chunk, 2, S, kNorm, kOut>(a, stream); return;
-    case 3: launch_one<Chunk, 3, S, kNorm, kOut>(a, stream); return;
-    case 4: launch_one<Chunk, 4, S, kNorm, kOut>(a, stream); return;
+    case 1: launch_one<Chunk, 1, S, kNorm, kSilu>(a, stream); return;
+    case 2: launch_one<Chunk, 2, S, kNorm, kSilu>(a, stream); return;
+    case 3: launch_one<Chunk, 3, S, kNorm, kSilu>(a, stream); return;
+    case 4: launch_one<Chunk, 4, S, kNorm, kSilu>(a, stream); return;
   }
   if constexpr (!kNorm) {
     switch (m) {
-      case 5: launch_one<Chunk, 5, S, kNorm, kOut>(a, stream); return;
-      case 6: launch_one<Chunk, 6, S, kNorm, kOut>(a, stream); return;
-      case 7: launch_one<Chunk, 7, S, kNorm, kOut>(a, stream); return;
-      case 8: launch_one<Chunk, 8, S, kNorm, kOut>(a, stream); return;
+      case 5: launch_one<Chunk, 5, S, kNorm, kSilu>(a, stream); return;
+      case 6: launch_one<Chunk, 6, S, kNorm, kSilu>(a, stream); return;
+      case 7: launch_one<Chunk, 7, S, kNorm, kSilu>(a, stream); return;
+      case 8: launch_one<Chunk, 8, S, kNorm, kSilu>(a, stream); return;
     }
   }
   throw Error("kiln-gemv: " + std::to_string(m) + " rows are not supported here");
 }
 
-template <typename Chunk, bool kNorm, int kOut>
-void launch_any_split(const Args& a, int64_t m, int split, cudaStream_t stream) {
-  switch (split) {
-    case 1: launch_rows<Chunk, 1, kNorm, kOut>(a, m, stream); return;
-    case 2: launch_rows<Chunk, 2, kNorm, kOut>(a, m, stream); return;
-    case 4: launch_rows<Chunk, 4, kNorm, kOut>(a, m, stream); return;
-    case 8: launch_rows<Chunk, 8, kNorm, kOut>(a, m, stream); return;
-  }
-  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 2, 4, 8)");
+template <typename Chunk, int S>
+void launch_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream_t stream) {
+  if (norm && silu) launch_rows<Chunk, S, true, true>(a, m, stream);
+  else if (norm) launch_rows<Chunk, S, true, false>(a, m, stream);
+  else if (silu) launch_rows<Chunk, S, false, true>(a, m, stream);
+  else launch_rows<Chunk, S, false, false>(a, m, stream);
 }
 
 template <typename Chunk>
 void launch(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
-  if (norm && silu) launch_any_split<Chunk, true, kOutSilu>(a, m, split, stream);
-  else if (norm) launch_any_split<Chunk, true, kOutY>(a, m, split, stream);
-  else if (silu) launch_any_split<Chunk, false, kOutSilu>(a, m, split, stream);
-  else launch_any_split<Chunk, false, kOutY>(a, m, split, stream);
+  switch (split) {
+    case 1: launch_split<Chunk, 1>(a, m, norm, silu, stream); return;
+    case 2: launch_split<Chunk, 2>(a, m, norm, silu, stream); return;
+    case 4: launch_split<Chunk, 4>(a, m, norm, silu, stream); return;
+    case 8: launch_split<Chunk, 8>(a, m, norm, silu, stream); return;
+  }
+  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 2, 4, 8)");
 }
 
-// The residual-norm epilogue's instantiations (plain input only: gemv() refuses a normed input with
-// it) live in translation units of their own, gemv_normed_*.cu, which compile in parallel.
 void launch_bf16(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
-void launch_normed_output_bf16(const Args& a, int64_t m, int split, cudaStream_t stream);
-void launch_normed_output_fp8(const Args& a, int64_t m, int split, cudaStream_t stream);
 
 }  // namespace kiln::cuda::gemv_detail

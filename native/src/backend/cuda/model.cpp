@@ -156,10 +156,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   use_graphs_ = !(graphs && std::string(graphs) == "0");
   const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
   decode_attention_ = !(fused && std::string(fused) == "0");
-  const char* epilogue = std::getenv("KILN_CUDA_NORM_EPILOGUE");
-  norm_epilogue_ = !(epilogue && std::string(epilogue) == "0");
-  norm_counter_ = DeviceBuffer(sizeof(unsigned), "residual-norm epilogue counter");
-  KILN_CUDA_CHECK(cudaMemset(norm_counter_.get(), 0, norm_counter_.bytes()));
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -457,36 +453,11 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
     else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
-  // o / down: the GEMM adds onto the fp32 residual stream (beta = 1) and, on the GEMV path of small
-  // batches, its epilogue also writes the RMSNorm of the updated rows for the `next` projection into
-  // x (gemv.h); returns whether it did. Every such launch shares the one counter: a kernel's blocks
-  // pass their PDL wait only once the launch before it completed, so two never count at once.
-  const auto residual = [&](const Projection& p, const void* in_x, const float* gamma, const Projection& next) {
-    if (!norm_epilogue_ || !p.gemm->fuses_output_norm(n)) {
-      p.run(in_x, n, h, 1.0f, stream_);
-      return false;
-    }
-    GemvIn in;
-    in.x = in_x;
-    GemvOut out;
-    out.y = h;
-    out.beta = 1.0f;
-    out.norm_x = x_.get();
-    out.norm_gamma = gamma;
-    out.norm_eps = eps;
-    out.norm_scale = next.input_scale;
-    out.counter = norm_counter_.get<unsigned>();
-    p.gemm->run_gemv(p.weight, n, p.alpha, in, out, stream_);
-    return true;
-  };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
-  bool x_ready = false;  // x holds this layer's normed QKV input (the previous down's epilogue)
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
-    if (x_ready) {
-      layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
-    } else if (fuse_norm(layer.qkv, n)) {
+    if (fuse_norm(layer.qkv, n)) {
       GemvOut out;
       out.y = qkv;
       layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, normed(layer.attn_norm, layer.qkv), out, stream_);
@@ -510,27 +481,25 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       attention.out_scale = layer.o.input_scale;
       paged_attention(attention, stream_);
     }
-    const bool mlp_x_ready = residual(layer.o, attn_.get(), layer.mlp_norm, layer.gate_up);
+    // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
+    layer.o.run(attn_.get(), n, h, 1.0f, stream_);
     if (layer.gate_up.gemm->gemv_at(n)) {
-      // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory
-      // (unless o's epilogue wrote x already).
+      // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory.
       GemvIn in;
       in.x = x_.get();
-      if (!mlp_x_ready && fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
-      else if (!mlp_x_ready) norm(layer.mlp_norm, layer.gate_up);
+      if (fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
+      else norm(layer.mlp_norm, layer.gate_up);
       GemvOut out;
       out.act = act_.get();
       out.act_scale = layer.down.input_scale;
       layer.gate_up.gemm->run_gemv(layer.gate_up.weight, n, layer.gate_up.alpha, in, out, stream_);
     } else {
-      if (!mlp_x_ready) norm(layer.mlp_norm, layer.gate_up);
+      norm(layer.mlp_norm, layer.gate_up);
       layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    // The last layer's rows go to the final norm, which picks the logit rows.
-    if (l + 1 < layers_.size()) x_ready = residual(layer.down, act_.get(), layers_[l + 1].attn_norm, layers_[l + 1].qkv);
-    else layer.down.run(act_.get(), n, h, 1.0f, stream_);
+    layer.down.run(act_.get(), n, h, 1.0f, stream_);
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);

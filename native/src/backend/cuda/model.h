@@ -146,10 +146,6 @@ class CudaModel {
   bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
   // KILN_CUDA_DECODE_ATTENTION=0: decode steps take the general RoPE / attention / merge kernels too.
   bool decode_attention_ = true;
-  // KILN_CUDA_NORM_EPILOGUE=0: no residual-norm epilogue on the o / down GEMVs (separate norms, or the
-  // norm restaged in the next GEMV, as before it).
-  bool norm_epilogue_ = true;
-  DeviceBuffer norm_counter_;  // the epilogue's arrival counter (gemv.h), kept zero between launches
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
