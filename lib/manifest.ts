@@ -119,6 +119,7 @@ export const RUNTIME_ENV = {
   modelName: "KILN_MODEL_NAME",
   port: "PORT",
   kvMemoryFraction: "KILN_KV_MEMORY_FRACTION",
+  kvCacheDtype: "KILN_KV_CACHE_DTYPE",
   storeEndpoint: "KILN_STORE_ENDPOINT",
   storeRegion: "KILN_STORE_REGION",
 } as const;

@@ -22,8 +22,12 @@ export interface EngineLoadOptions {
   threads?: number;
   /** Positions per KV page. Default: 16. */
   kvPageSize?: number;
-  /** KV cache element type; bf16 halves its memory (compute stays fp32). Default: fp32. */
-  kvCacheDtype?: "fp32" | "bf16";
+  /**
+   * KV cache element type (compute stays fp32). Default: the backend's, fp32 on the CPU and bf16 on
+   * CUDA. bf16 halves the fp32 cache; fp8 (E4M3) halves it again and is CUDA only. The loader
+   * refuses a type the backend has no cache for, naming the option.
+   */
+  kvCacheDtype?: "fp32" | "bf16" | "fp8";
   /** Longest prompt accepted. Default: the engine's maxSeqLen - 1. */
   maxInputLen?: number;
 }
@@ -106,7 +110,7 @@ export interface KvCacheInfo {
   pages: number;
   pageSize: number;
   bytes: number;
-  dtype: "fp32" | "bf16";
+  dtype: NonNullable<EngineLoadOptions["kvCacheDtype"]>;
   /** How the page count was reached (an option, or a fraction of which memory). */
   sizedBy: string;
 }

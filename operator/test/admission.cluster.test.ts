@@ -69,6 +69,11 @@ describe("InferenceModel admission", () => {
       'spec.engine.precision: Unsupported value: "fp4": supported values: "bf16", "fp16", "fp8", "int8-weight"',
     ],
     [
+      "an fp16 KV cache, which no backend keeps",
+      withSpec({ engine: { kvCache: { dtype: "fp16" as "fp8" } } }),
+      'spec.engine.kvCache.dtype: Unsupported value: "fp16": supported values: "auto", "bf16", "fp8"',
+    ],
+    [
       "negative replicas",
       withSpec({ runtime: { replicas: -1 } }),
       "spec.runtime.replicas: Invalid value: -1: spec.runtime.replicas in body should be greater than or equal to 0",

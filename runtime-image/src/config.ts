@@ -108,10 +108,15 @@ function optional<K extends string>(key: K, value: number | undefined): { [P in 
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: number };
 }
 
+type KvCacheDtype = NonNullable<EngineLoadOptions["kvCacheDtype"]>;
+const KV_CACHE_DTYPES: readonly KvCacheDtype[] = ["fp32", "bf16", "fp8"];
+
+/** Only the spelling is checked here: which types a backend has is the native loader's call. */
 function kvCacheDtype(env: Env): Pick<EngineLoadOptions, "kvCacheDtype"> {
-  const raw = env.KILN_KV_CACHE_DTYPE?.trim();
+  const name = RUNTIME_ENV.kvCacheDtype;
+  const raw = env[name]?.trim();
   if (!raw) return {};
-  if (raw !== "fp32" && raw !== "bf16")
-    throw new ConfigError(`KILN_KV_CACHE_DTYPE must be fp32 or bf16 (got "${raw}")`);
-  return { kvCacheDtype: raw };
+  if (!(KV_CACHE_DTYPES as readonly string[]).includes(raw))
+    throw new ConfigError(`${name} must be one of ${KV_CACHE_DTYPES.join(", ")} (got "${raw}")`);
+  return { kvCacheDtype: raw as KvCacheDtype };
 }

@@ -46,13 +46,19 @@ describe("runtime config from the environment", () => {
     });
   });
 
+  // Whether the backend has that cache is the native loader's call (fp8: CUDA only), not the config's.
+  test.each(["fp32", "bf16", "fp8"])("KILN_KV_CACHE_DTYPE=%s reaches the loader", (dtype) => {
+    expect(loadConfig({ ...base, KILN_KV_CACHE_DTYPE: dtype }).engine).toEqual({ kvCacheDtype: dtype });
+  });
+
   test.each([
     [{ KILN_ENGINE_URI: undefined }, /KILN_ENGINE_URI must be set/],
     [{ KILN_ENGINE_URI: "https://x/engine.kiln" }, /KILN_ENGINE_URI must be an s3:\/\/ or file:\/\/ URI/],
     [{ KILN_ENGINE_SHA256: "abc" }, /KILN_ENGINE_SHA256 must be 64 hex digits/],
     [{ PORT: "http" }, /PORT must be an integer >= 0 \(got "http"\)/],
     [{ KILN_MAX_BATCH_SIZE: "0" }, /KILN_MAX_BATCH_SIZE must be an integer >= 1/],
-    [{ KILN_KV_CACHE_DTYPE: "fp8" }, /KILN_KV_CACHE_DTYPE must be fp32 or bf16/],
+    [{ KILN_KV_CACHE_DTYPE: "fp16" }, /KILN_KV_CACHE_DTYPE must be one of fp32, bf16, fp8 \(got "fp16"\)/],
+    [{ KILN_KV_CACHE_DTYPE: "e4m3" }, /KILN_KV_CACHE_DTYPE must be one of fp32, bf16, fp8 \(got "e4m3"\)/],
     [{ KILN_KV_MEMORY_FRACTION: "0" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\] \(got "0"\)/],
     [{ KILN_KV_MEMORY_FRACTION: "1.5" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\]/],
     [{ KILN_KV_MEMORY_FRACTION: "NaN" }, /KILN_KV_MEMORY_FRACTION must be a number in \(0, 1\]/],

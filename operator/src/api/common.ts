@@ -12,7 +12,9 @@ export const ENGINE_FORMAT_VERSION = 1;
 export const SOURCE_SCHEMES = ["hf://", "s3://", "pvc://"] as const;
 
 export const PRECISIONS = ["bf16", "fp16", "fp8", "int8-weight"] as const;
-export const KV_DTYPES = ["auto", "bf16", "fp16", "fp8"] as const;
+// No fp16: neither backend keeps an fp16 KV cache, so the schema refuses it at apply rather than
+// accept a type no runtime pod could honour.
+export const KV_DTYPES = ["auto", "bf16", "fp8"] as const;
 export const PAGE_SIZES = [8, 16, 32, 64, 128, 256] as const;
 
 const celList = (values: readonly (string | number)[]) =>
@@ -106,7 +108,8 @@ export const pageSizeSchema = integer({
 
 export const kvDtypeSchema = enumOf(KV_DTYPES, {
   default: "auto",
-  description: "KV-cache element type; auto follows the precision (fp8 engines keep a bf16 cache).",
+  description:
+    "KV-cache element type: auto is the backend's default (bf16 on a GPU, fp32 on the CPU); fp8 is E4M3, CUDA only.",
 });
 
 export const memoryFractionSchema = number({

@@ -55,6 +55,7 @@ export function desiredDeployment(
   const port = runtime.port ?? 8000;
   const gpus = spec.gpu.count ?? 1;
   const isGpu = product !== "cpu";
+  const kvDtype = spec.engine?.kvCache?.dtype ?? "auto";
   const labels = {
     ...selectorLabels(name, product),
     [LABELS.managedBy]: MANAGED_BY,
@@ -73,6 +74,8 @@ export function desiredDeployment(
     { name: RUNTIME_ENV.modelName, value: name },
     { name: RUNTIME_ENV.port, value: String(port) },
     { name: RUNTIME_ENV.kvMemoryFraction, value: String(spec.engine?.kvCache?.memoryFraction ?? 0.9) },
+    // auto leaves the variable unset so the runtime takes its backend's default cache type.
+    ...(kvDtype !== "auto" ? [{ name: RUNTIME_ENV.kvCacheDtype, value: kvDtype }] : []),
     ...(config.objectStore.endpoint
       ? [{ name: RUNTIME_ENV.storeEndpoint, value: config.objectStore.endpoint }]
       : []),
