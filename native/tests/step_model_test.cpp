@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "runtime/cpu_step_model.h"
 #include "runtime/engine_loop.h"
+#include "runtime/kv_cache.h"
 #include "sampler_reference.h"
 
 namespace kiln::test {
@@ -255,6 +256,24 @@ TEST(StepModelSeam, TheLimitsReportTheBackendAndTheCacheItSized) {
   }
   o.kv_memory_fraction = 1.5;
   EXPECT_THROW(EngineLoop(engine, o, streams.sink()), Error);
+}
+
+// kvCacheDtype "fp8" parses (the CUDA backend keeps an E4M3 cache, one byte per element) but the CPU
+// backend refuses it, naming the option and itself.
+TEST(StepModelSeam, AnFp8KvCacheIsRefusedOnTheCpuNamingTheOptionAndTheBackend) {
+  EXPECT_EQ(kv_cache_dtype_from_name("fp8"), DType::F8E4M3);
+  EXPECT_EQ(2 * kv_page_bytes(4, 16, 64, DType::F8E4M3), kv_page_bytes(4, 16, 64, DType::BF16));
+  auto engine = tiny_engine("seam_fp8_kv");
+  ServingOptions o = options();
+  o.kv_dtype = DType::F8E4M3;
+  try {
+    make_step_model(engine, step_model_options(*engine, o));
+    ADD_FAILURE() << "an fp8 KV cache was accepted on the CPU";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("kvCacheDtype"), std::string::npos) << m;
+    EXPECT_NE(m.find("CPU backend"), std::string::npos) << m;
+  }
 }
 
 #if !KILN_CUDA

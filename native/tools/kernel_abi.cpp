@@ -46,6 +46,17 @@ const LtContext& lt_context() {
 
 cudaDataType_t gemm_input(int use_fp8) { return use_fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF; }
 
+// kv_fp8 != 0: an E4M3 cache with these scales, else bf16 (scales unused).
+KvCacheArgs kv_cache(void* keys, void* values, int kv_fp8, float k_scale, float v_scale) {
+  KvCacheArgs kv;
+  kv.keys = keys;
+  kv.values = values;
+  kv.dtype = kv_fp8 ? kiln::DType::F8E4M3 : kiln::DType::BF16;
+  kv.k_scale = k_scale;
+  kv.v_scale = v_scale;
+  return kv;
+}
+
 }  // namespace
 
 extern "C" {
@@ -69,10 +80,12 @@ int kiln_rms_norm(int use_fp8, const float* h, const int32_t* row_index, int64_t
   });
 }
 
+// kv_fp8 != 0: the cache is E4M3, holding k / k_scale and v / v_scale; else bf16 (scales unused).
 int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const int32_t* token_sequence,
                            const int32_t* token_position, const int32_t* block_tables, int64_t table_stride,
                            const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
-                           int64_t heads, int64_t kv_heads, int64_t head_dim) {
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, int kv_fp8, float k_scale,
+                           float v_scale) {
   return guarded([&] {
     RopeKvArgs a;
     a.qkv = qkv;
@@ -84,8 +97,7 @@ int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const 
     a.table_stride = table_stride;
     a.cos = cos;
     a.sin = sin;
-    a.keys = static_cast<bf16*>(keys);
-    a.values = static_cast<bf16*>(values);
+    a.kv = kv_cache(keys, values, kv_fp8, k_scale, v_scale);
     a.page_size = page_size;
     a.heads = heads;
     a.kv_heads = kv_heads;
@@ -94,18 +106,19 @@ int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const 
   });
 }
 
-// out_fp8 != null: the fp8 output form (out unused); splits > 1 needs partials.
+// out_fp8 != null: the fp8 output form (out unused); splits > 1 needs partials; kv_fp8 as in
+// kiln_rope_and_write_kv.
 int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, const void* values,
                          const int32_t* block_tables, int64_t table_stride, const int32_t* token_sequence,
                          const int32_t* token_position, const int32_t* tiles, int64_t num_tiles, int64_t page_size,
                          int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
-                         void* out_fp8, float out_scale, int64_t splits, int64_t tokens, float* partials) {
+                         void* out_fp8, float out_scale, int64_t splits, int64_t tokens, float* partials, int kv_fp8,
+                         float k_scale, float v_scale) {
   return guarded([&] {
     AttentionArgs a;
     a.q = q;
     a.q_stride = q_stride;
-    a.keys = static_cast<const bf16*>(keys);
-    a.values = static_cast<const bf16*>(values);
+    a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
     a.block_tables = block_tables;
     a.table_stride = table_stride;
     a.token_sequence = token_sequence;
@@ -137,7 +150,8 @@ int kiln_decode_attention(const float* qkv, const float* bias, int64_t tokens, c
                           const int32_t* token_position, const int32_t* block_tables, int64_t table_stride,
                           const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
-                          void* out_fp8, float out_scale, int64_t splits, float* partials, int32_t* counters) {
+                          void* out_fp8, float out_scale, int64_t splits, float* partials, int32_t* counters,
+                          int kv_fp8, float k_scale, float v_scale) {
   return guarded([&] {
     DecodeAttentionArgs a;
     a.qkv = qkv;
@@ -149,8 +163,7 @@ int kiln_decode_attention(const float* qkv, const float* bias, int64_t tokens, c
     a.table_stride = table_stride;
     a.cos = cos;
     a.sin = sin;
-    a.keys = static_cast<bf16*>(keys);
-    a.values = static_cast<bf16*>(values);
+    a.kv = kv_cache(keys, values, kv_fp8, k_scale, v_scale);
     a.page_size = page_size;
     a.heads = heads;
     a.kv_heads = kv_heads;

@@ -49,11 +49,11 @@ P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "kiln_embed_rows": [P, P, I64, I64, P],
     "kiln_rms_norm": [I32, P, P, I64, I64, P, F32, F32, P],
-    "kiln_rope_and_write_kv": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64],
+    "kiln_rope_and_write_kv": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I32, F32, F32],
     "kiln_paged_attention": [P, I64, P, P, P, I64, P, P, P, I64, I64, I64, I64, I64, I64, F32, P, P, F32, I64, I64,
-                             P],
+                             P, I32, F32, F32],
     "kiln_decode_attention": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I64, F32, P, P, F32, I64, P,
-                              P],
+                              P, I32, F32, F32],
     "kiln_silu_mul": [I32, P, I64, I64, F32, P],
     "kiln_argmax_rows": [P, I64, I64, P],
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
@@ -103,24 +103,30 @@ class Kernels:
     def rms_norm(self, fp8, h, row_index, rows, gamma, eps, scale, y):
         self.call("kiln_rms_norm", int(fp8), ptr(h), ptr(row_index), rows, h.shape[1], ptr(gamma), eps, scale, ptr(y))
 
-    def rope_and_write_kv(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim):
+    # The KV cache entries take the cache's dtype from the tensors: float8_e4m3fn keys and values are
+    # an fp8 cache holding k / k_scale and v / v_scale, bf16 ones a bf16 cache (scales unused).
+    def rope_and_write_kv(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim,
+                          k_scale=1.0, v_scale=1.0):
         self.call("kiln_rope_and_write_kv", ptr(qkv), ptr(bias), qkv.shape[0], ptr(seq), ptr(pos), ptr(tables),
-                  tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads, head_dim)
+                  tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads, head_dim,
+                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
 
     def paged_attention(self, q, q_stride, keys, values, tables, seq, pos, tiles, heads, kv_heads, head_dim, window,
-                        scale, out, out_fp8, out_scale, splits, partials):
+                        scale, out, out_fp8, out_scale, splits, partials, k_scale=1.0, v_scale=1.0):
         self.call("kiln_paged_attention", ptr(q), q_stride, ptr(keys), ptr(values), ptr(tables), tables.shape[1],
                   ptr(seq), ptr(pos), ptr(tiles), tiles.shape[0], keys.shape[1], heads, kv_heads, head_dim, window,
-                  scale, ptr(out), ptr(out_fp8), out_scale, splits, seq.numel(), ptr(partials))
+                  scale, ptr(out), ptr(out_fp8), out_scale, splits, seq.numel(), ptr(partials),
+                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
 
     def decode_supports(self, heads: int, kv_heads: int, head_dim: int) -> bool:
         return self.lib.kiln_decode_attention_supports(heads, kv_heads, head_dim) != 0
 
     def decode_attention(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim, window,
-                         scale, out, out_fp8, out_scale, splits, partials, counters):
+                         scale, out, out_fp8, out_scale, splits, partials, counters, k_scale=1.0, v_scale=1.0):
         self.call("kiln_decode_attention", ptr(qkv), ptr(bias), qkv.shape[0], ptr(seq), ptr(pos), ptr(tables),
                   tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads,
-                  head_dim, window, scale, ptr(out), ptr(out_fp8), out_scale, splits, ptr(partials), ptr(counters))
+                  head_dim, window, scale, ptr(out), ptr(out_fp8), out_scale, splits, ptr(partials), ptr(counters),
+                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
 
     def silu_mul(self, fp8, gate_up, scale, out):
         self.call("kiln_silu_mul", int(fp8), ptr(gate_up), gate_up.shape[0], gate_up.shape[1] // 2, scale, ptr(out))
@@ -419,20 +425,55 @@ class Batch:
 MIXED = [(20, 37), (100, 1), (5, 1), (0, 70), (1000, 1)]
 
 
+# An fp8 KV cache's scales in the tests: powers of two either side of 1, so a kernel that skips or
+# inverts one is off by a factor of 4 or more.
+KV_SCALES = (0.5, 2.0)
+
+
+def check_cache(kernel: str, case: str, got: torch.Tensor, ref: torch.Tensor, scale: float, atol) -> None:
+    """Cache rows written by a kernel: bf16 within one ulp (+ atol, the fp32 rounding of ref's
+    arithmetic), e4m3 (holding value / scale) as check_out's e4m3 outputs."""
+    if got.dtype == torch.float8_e4m3fn:
+        check(kernel, case, got.float(), (ref / scale).clamp(-E4M3_MAX, E4M3_MAX), E4M3_ULP, E4M3_STEP + atol / scale)
+    else:
+        check(kernel, case, got.float(), ref, BF16_ULP, atol)
+
+
+def dequantized(cache: torch.Tensor, scale: float) -> torch.Tensor:
+    """The values an attention kernel reads from a cache: bf16 as stored, e4m3 times its scale."""
+    return cache.float().double() * scale if cache.dtype == torch.float8_e4m3fn else cache.double()
+
+
+def cache_bits(cache: torch.Tensor) -> torch.Tensor:
+    """The cache as integers of its element size: indexed, assigned and compared bit for bit (torch
+    indexes float8 tensors only partly, and NaN rows never equal themselves)."""
+    return cache.view(torch.uint8 if cache.dtype == torch.float8_e4m3fn else torch.int16)
+
+
+def cache_rows(cache: torch.Tensor, kv_dim: int, index: torch.Tensor) -> torch.Tensor:
+    """Rows of the flattened cache [pages * page_size, kv_dim], in the cache's dtype."""
+    return cache_bits(cache).reshape(-1, kv_dim)[index].view(cache.dtype)
+
+
 def test_rope(k: Kernels) -> None:
-    for heads, kv_heads, head_dim, page_size, bias_on in ((32, 8, 64, 16, False), (32, 8, 128, 16, True),
-                                                          (8, 2, 64, 32, True), (4, 4, 32, 16, False)):
+    for heads, kv_heads, head_dim, page_size, bias_on, kv_fp8 in (
+            (32, 8, 64, 16, False, False), (32, 8, 128, 16, True, False), (8, 2, 64, 32, True, False),
+            (4, 4, 32, 16, False, False), (32, 8, 128, 16, True, True), (4, 4, 32, 16, False, True)):
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
         batch = Batch(MIXED, page_size, kv_dim)
         cos, sin = rope_tables(1024, head_dim, 500000.0)
         qkv0 = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
         bias = torch.randn(q_dim + 2 * kv_dim, device=DEV) * 0.5 if bias_on else None
         qkv = qkv0.clone()
-        keys = nan_like((batch.pages, page_size, kv_dim), torch.bfloat16)
-        values = nan_like((batch.pages, page_size, kv_dim), torch.bfloat16)
-        name = f"heads {heads}/{kv_heads} dim {head_dim} page {page_size}{' bias' if bias_on else ''}"
+        cache_dtype = torch.float8_e4m3fn if kv_fp8 else torch.bfloat16
+        k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
+        keys = nan_like((batch.pages, page_size, kv_dim), cache_dtype)
+        values = nan_like((batch.pages, page_size, kv_dim), cache_dtype)
+        name = (f"heads {heads}/{kv_heads} dim {head_dim} page {page_size}{' bias' if bias_on else ''}"
+                + (" fp8 cache" if kv_fp8 else ""))
         if not launched("rope_kv", name, lambda: k.rope_and_write_kv(qkv, bias, batch.seq, batch.pos, batch.tables, cos,
-                                                                     sin, keys, values, heads, kv_heads, head_dim)):
+                                                                     sin, keys, values, heads, kv_heads, head_dim,
+                                                                     k_scale, v_scale)):
             continue
         x = qkv0.double() + (bias.double() if bias_on else 0.0)
         c, s = cos.double()[batch.pos.long()], sin.double()[batch.pos.long()]
@@ -445,13 +486,13 @@ def test_rope(k: Kernels) -> None:
         untouched = torch.equal(qkv[:, q_dim:], qkv0[:, q_dim:])
         report("rope_kv", name + " k/v rows of qkv unchanged", untouched, "" if untouched else "k/v part of qkv changed")
         slots = batch.slots(batch.seq, batch.pos)
-        flat_k, flat_v = keys.view(-1, kv_dim), values.view(-1, kv_dim)
-        check("rope_kv_keys", name, flat_k[slots], rotate(kk, c, s).reshape(-1, kv_dim), BF16_ULP,
-              2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim))
-        check("rope_kv_values", name, flat_v[slots], x[:, q_dim + kv_dim:], BF16_ULP, 0.0)
-        others = torch.ones(flat_k.shape[0], dtype=torch.bool, device=DEV)
+        check_cache("rope_kv_keys", name, cache_rows(keys, kv_dim, slots), rotate(kk, c, s).reshape(-1, kv_dim),
+                    k_scale, 2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim))
+        check_cache("rope_kv_values", name, cache_rows(values, kv_dim, slots), x[:, q_dim + kv_dim:], v_scale, 0.0)
+        others = torch.ones(batch.pages * page_size, dtype=torch.bool, device=DEV)
         others[slots] = False
-        stray = int((~torch.isnan(flat_k[others])).sum() + (~torch.isnan(flat_v[others])).sum())
+        stray = int((~torch.isnan(cache_rows(keys, kv_dim, others).float())).sum()
+                    + (~torch.isnan(cache_rows(values, kv_dim, others).float())).sum())
         report("rope_kv", name + " no write outside the batch's slots", stray == 0, f"stray elements {stray}")
 
 
@@ -484,11 +525,18 @@ def test_attention(k: Kernels) -> None:
     max_splits = k.max_splits()
     # 1B and 8B shapes, a small GQA, MHA at head_dim 32, group 7 (2 tokens a tile), group 32 (two
     # head chunks per KV head).
-    for heads, kv_heads, head_dim in ((32, 8, 64), (32, 8, 128), (8, 2, 64), (4, 4, 32), (28, 4, 128), (64, 2, 64)):
+    # The same shapes again on an fp8 cache (e4m3 of N(0, 1) / scale), against the reference over the
+    # dequantized cache.
+    shapes = ((32, 8, 64), (32, 8, 128), (8, 2, 64), (4, 4, 32), (28, 4, 128), (64, 2, 64))
+    for (heads, kv_heads, head_dim), kv_fp8 in [(shape, False) for shape in shapes] + [(shape, True) for shape in shapes]:
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
         batch = Batch(MIXED, 16, kv_dim)
-        keys = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
-        values = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
+        k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
+        keys = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        values = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        keys = to_e4m3(keys / k_scale) if kv_fp8 else keys.to(torch.bfloat16)
+        values = to_e4m3(values / v_scale) if kv_fp8 else values.to(torch.bfloat16)
+        ref_keys, ref_values = dequantized(keys, k_scale), dequantized(values, v_scale)
         qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)  # q read with the fused row stride
         tiles = batch.tiles(k.tile_tokens(heads, kv_heads))
         scale = 1.0 / math.sqrt(head_dim)
@@ -496,33 +544,36 @@ def test_attention(k: Kernels) -> None:
         # fp32 online softmax over at most 1001 keys (fast exp, rescaled partial sums): its error is
         # far below 2^-14 of the largest |v|, while one key dropped or added moves an output by
         # about 1/1001 of that.
-        atol = 2.0**-14 * float(values.float().abs().max())
+        atol = 2.0**-14 * float(ref_values.abs().max())
         for splits, window, fp8 in ((1, 0, False), (3, 0, False), (max_splits, 0, False), (1, 24, False),
                                     (max_splits, 24, False), (1, 0, True), (max_splits, 0, True)):
             if window not in refs:
-                refs[window] = attention_reference(batch, qkv[:, :q_dim], keys, values, heads, kv_heads, head_dim,
-                                                   window, scale)
+                refs[window] = attention_reference(batch, qkv[:, :q_dim], ref_keys, ref_values, heads, kv_heads,
+                                                   head_dim, window, scale)
             out_scale = 2.5 / E4M3_MAX  # outputs are averages of N(0, 1) values: a few saturate
             out = nan_like((batch.tokens, q_dim), torch.float8_e4m3fn if fp8 else torch.bfloat16)
             partials = nan_like((batch.tokens, heads, splits, head_dim + 2), torch.float32) if splits > 1 else None
             name = (f"heads {heads}/{kv_heads} dim {head_dim} splits {splits}" + (f" window {window}" if window else "")
-                    + f" tiles {tiles.shape[0]}")
+                    + f" tiles {tiles.shape[0]}" + (" fp8 cache" if kv_fp8 else ""))
             kernel = "attention_fp8" if fp8 else "attention_bf16"
             if launched(kernel, name, lambda: k.paged_attention(
                     qkv, q_dim + 2 * kv_dim, keys, values, batch.tables, batch.seq, batch.pos, tiles, heads, kv_heads,
-                    head_dim, window, scale, None if fp8 else out, out if fp8 else None, out_scale, splits, partials)):
+                    head_dim, window, scale, None if fp8 else out, out if fp8 else None, out_scale, splits, partials,
+                    k_scale, v_scale)):
                 check_out(kernel, name, out, refs[window], out_scale, atol)
 
 
 def test_decode_attention(k: Kernels) -> None:
     """The decode step's fused kernel: RoPE of q and the new k, the new k / v written to the cache,
     attention up to and including the new token. Its cache writes are checked as rope_and_write_kv's;
-    the attention against attention_reference over the cache as the kernel left it (its own bf16 new
-    k and v, checked just before) with q rotated in float64."""
+    the attention against attention_reference over the cache as the kernel left it (its own new k and
+    v, checked just before; an fp8 cache dequantized) with q rotated in float64."""
     max_splits = k.max_splits()
     decode = [(0, 1), (5, 1), (100, 1), (1000, 1), (37, 1), (16, 1)]  # per sequence: new token's position
-    for heads, kv_heads, head_dim, bias_on in ((32, 8, 64, False), (32, 8, 128, True), (8, 2, 64, True),
-                                               (4, 4, 32, False), (16, 2, 128, False), (24, 12, 64, True)):
+    shapes = ((32, 8, 64, False), (32, 8, 128, True), (8, 2, 64, True), (4, 4, 32, False), (16, 2, 128, False),
+              (24, 12, 64, True))
+    for (heads, kv_heads, head_dim, bias_on), kv_fp8 in ([(shape, False) for shape in shapes]
+                                                        + [(shape, True) for shape in shapes]):
         if not k.decode_supports(heads, kv_heads, head_dim):
             report("decode_attention", f"heads {heads}/{kv_heads} dim {head_dim}", False, "reported unsupported")
             continue
@@ -532,10 +583,13 @@ def test_decode_attention(k: Kernels) -> None:
         qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
         bias = torch.randn(q_dim + 2 * kv_dim, device=DEV) * 0.5 if bias_on else None
         slots = batch.slots(batch.seq, batch.pos)
-        base_k = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
-        base_v = torch.randn(batch.pages, 16, kv_dim, device=DEV).to(torch.bfloat16)
-        base_k.view(-1, kv_dim)[slots] = math.nan  # the kernel must write the new tokens' rows
-        base_v.view(-1, kv_dim)[slots] = math.nan
+        k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
+        base_k = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        base_v = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        base_k = to_e4m3(base_k / k_scale) if kv_fp8 else base_k.to(torch.bfloat16)
+        base_v = to_e4m3(base_v / v_scale) if kv_fp8 else base_v.to(torch.bfloat16)
+        for base in (base_k, base_v):  # the kernel must write the new tokens' rows (all ones: NaN in both dtypes)
+            cache_bits(base).view(-1, kv_dim)[slots] = 0xFF if kv_fp8 else -1
         x = qkv.double() + (bias.double() if bias_on else 0.0)
         c, s = cos.double()[batch.pos.long()], sin.double()[batch.pos.long()]
         q = rotate(x[:, :q_dim].view(-1, heads, head_dim), c, s).reshape(batch.tokens, q_dim)
@@ -544,11 +598,11 @@ def test_decode_attention(k: Kernels) -> None:
         k_atol = 2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim)
         others = torch.ones(batch.pages * 16, dtype=torch.bool, device=DEV)
         others[slots] = False
-        atol = 2.0**-14 * float(base_v.float().nan_to_num().abs().max())  # as test_attention
+        atol = 2.0**-14 * float(dequantized(base_v, v_scale).nan_to_num().abs().max())  # as test_attention
         for splits, window, fp8 in ((1, 0, False), (3, 0, False), (max_splits, 0, False), (1, 24, False),
                                     (max_splits, 24, False), (max_splits, 0, True)):
             name = (f"heads {heads}/{kv_heads} dim {head_dim} splits {splits}" + (f" window {window}" if window else "")
-                    + (" bias" if bias_on else ""))
+                    + (" bias" if bias_on else "") + (" fp8 cache" if kv_fp8 else ""))
             kernel = "decode_attn_fp8" if fp8 else "decode_attn_bf16"
             keys, values = base_k.clone(), base_v.clone()
             out_scale = 2.5 / E4M3_MAX
@@ -558,18 +612,18 @@ def test_decode_attention(k: Kernels) -> None:
             if not launched(kernel, name, lambda: k.decode_attention(
                     qkv, bias, batch.seq, batch.pos, batch.tables, cos, sin, keys, values, heads, kv_heads, head_dim,
                     window, 1.0 / math.sqrt(head_dim), None if fp8 else out, out if fp8 else None, out_scale, splits,
-                    partials, counters)):
+                    partials, counters, k_scale, v_scale)):
                 continue
-            flat_k, flat_v = keys.view(-1, kv_dim), values.view(-1, kv_dim)
-            check("decode_attn_keys", name, flat_k[slots], want_k, BF16_ULP, k_atol)
-            check("decode_attn_values", name, flat_v[slots], x[:, q_dim + kv_dim:], BF16_ULP, 0.0)
-            kept = torch.equal(flat_k[others], base_k.view(-1, kv_dim)[others]) and torch.equal(
-                flat_v[others], base_v.view(-1, kv_dim)[others])
+            check_cache("decode_attn_keys", name, cache_rows(keys, kv_dim, slots), want_k, k_scale, k_atol)
+            check_cache("decode_attn_values", name, cache_rows(values, kv_dim, slots), x[:, q_dim + kv_dim:], v_scale,
+                        0.0)
+            kept = all(torch.equal(cache_bits(got).view(-1, kv_dim)[others], cache_bits(base).view(-1, kv_dim)[others])
+                       for got, base in ((keys, base_k), (values, base_v)))
             zeroed = int(counters.abs().sum()) == 0
             report("decode_attention", name + " cache kept, counters zero", kept and zeroed,
                    f"other cache rows {'kept' if kept else 'CHANGED'}, counters {'zero' if zeroed else 'NOT zero'}")
-            ref = attention_reference(batch, q, keys, values, heads, kv_heads, head_dim, window,
-                                      1.0 / math.sqrt(head_dim))
+            ref = attention_reference(batch, q, dequantized(keys, k_scale), dequantized(values, v_scale), heads,
+                                      kv_heads, head_dim, window, 1.0 / math.sqrt(head_dim))
             check_out(kernel, name, out, ref, out_scale, atol)
 
 

@@ -12,6 +12,10 @@ int64_t pages_per_sequence(const StepModelOptions& o) { return (o.max_seq_len + 
 
 KvCacheSize size_for(const Engine& engine, const StepModelOptions& o) {
   const DType dtype = o.kv_dtype.value_or(DType::F32);
+  if (dtype != DType::F32 && dtype != DType::BF16) {
+    throw Error(std::string("serving options: kvCacheDtype ") + dtype_name(dtype) +
+                " is not available on the CPU backend, whose KV cache is fp32 or bf16 (fp8 needs the CUDA backend)");
+  }
   const ModelConfig& c = engine.config();
   return size_kv_cache(o.kv, cpu_kv_budget(engine, o), kv_page_bytes(c.num_layers, o.page_size, c.kv_dim(), dtype),
                        pages_per_sequence(o));

@@ -14,6 +14,16 @@ namespace {
 
 constexpr double kDefaultGpuFraction = 0.9;
 
+// bf16 unless kvCacheDtype says fp8 (E4M3: one byte per element, so twice the pages of bf16).
+DType cache_dtype(const StepModelOptions& o) {
+  const DType d = o.kv_dtype.value_or(DType::BF16);
+  if (d != DType::BF16 && d != DType::F8E4M3) {
+    throw Error(std::string("serving options: kvCacheDtype ") + dtype_name(d) +
+                " is not available on the CUDA backend, whose KV cache is bf16 or fp8");
+  }
+  return d;
+}
+
 // Runs one step as large as the scheduler can plan (max_batch_size rows and the step's token
 // budget) on a throw-away cache, so the model's scratch buffers reach their serving size before
 // free memory is measured, and never grow (or fail to) while serving.
@@ -26,7 +36,7 @@ void reserve_largest_step(cuda::CudaModel& model, const StepModelOptions& o) {
     sequences = (tokens + per - 1) / per;
   }
   const int64_t pages_each = (per + o.page_size - 1) / o.page_size;
-  cuda::CudaKvCache cache = model.new_cache(sequences * pages_each, o.page_size);
+  cuda::CudaKvCache cache = model.new_cache(sequences * pages_each, o.page_size, cache_dtype(o));
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(sequences));
   std::vector<int32_t> ids(static_cast<size_t>(per));
   for (int64_t i = 0; i < per; ++i) ids[static_cast<size_t>(i)] = static_cast<int32_t>(i % model.config().vocab_size);
@@ -41,10 +51,6 @@ void reserve_largest_step(cuda::CudaModel& model, const StepModelOptions& o) {
 }
 
 KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
-  if (o.kv_dtype && *o.kv_dtype != DType::BF16) {
-    throw Error(std::string("serving options: kvCacheDtype ") + dtype_name(*o.kv_dtype) +
-                " is not available on the CUDA backend, whose KV cache is bf16");
-  }
   reserve_largest_step(model, o);
   size_t free_bytes = 0, total_bytes = 0;
   KILN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -53,7 +59,7 @@ KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
   b.available_what = "free GPU memory after weights and scratch";
   b.default_fraction = kDefaultGpuFraction;
   const ModelConfig& c = model.config();
-  return size_kv_cache(o.kv, b, kv_page_bytes(c.num_layers, o.page_size, c.kv_dim(), DType::BF16),
+  return size_kv_cache(o.kv, b, kv_page_bytes(c.num_layers, o.page_size, c.kv_dim(), cache_dtype(o)),
                        (o.max_seq_len + o.page_size - 1) / o.page_size);
 }
 
@@ -62,7 +68,7 @@ KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
 CudaStepModel::CudaStepModel(std::shared_ptr<const Engine> engine, const StepModelOptions& o)
     : model_(std::move(engine)),
       size_(size_for(model_, o)),
-      cache_(std::make_unique<cuda::CudaKvCache>(model_.new_cache(size_.pages, o.page_size))) {}
+      cache_(std::make_unique<cuda::CudaKvCache>(model_.new_cache(size_.pages, o.page_size, cache_dtype(o)))) {}
 
 void CudaStepModel::forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) {
   if (!tokens) {

@@ -10,7 +10,7 @@
 
 namespace kiln {
 
-// The CUDA model behind the StepModel seam: weights on the device, a bf16 paged cache sized from
+// The CUDA model behind the StepModel seam: weights on the device, a bf16 or fp8 paged cache sized from
 // the device memory left once the weights and the scratch of the largest step are in place, and
 // greedy and sampled tokens from the device (logits cross to the host only for the rows that need
 // penalties or logprobs).
@@ -21,7 +21,7 @@ class CudaStepModel : public StepModel {
   const ModelConfig& config() const override { return model_.config(); }
   const char* backend() const override { return "cuda"; }
   const KvCacheSize& kv_size() const override { return size_; }
-  DType kv_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return cache_->dtype(); }
   bool greedy_without_logits() const override { return true; }
   bool samples_without_logits() const override { return true; }
   void forward(const ForwardBatch& batch, const RowRequest* rows, int32_t* tokens, float* logits) override;

@@ -32,7 +32,7 @@ struct ServingOptions {
   int64_t kv_cache_bytes = 0;
   double kv_memory_fraction = 0.0;
   int64_t page_size = 16;             // positions per KV page
-  std::optional<DType> kv_dtype;      // CPU: F32 (default) or BF16; CUDA: BF16 only
+  std::optional<DType> kv_dtype;      // CPU: F32 (default) or BF16; CUDA: BF16 (default) or F8E4M3
   int64_t max_queued = 256;           // requests waiting for their first admission
   int64_t max_input_len = 0;          // 0: max_seq_len - 1 (room for one generated token)
   int threads = 0;                    // 0: one per hardware thread

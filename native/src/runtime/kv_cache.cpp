@@ -29,7 +29,8 @@ void KvCache::write(int64_t layer, int32_t page, int64_t slot, const float* key,
 DType kv_cache_dtype_from_name(const std::string& name) {
   if (name == "fp32") return DType::F32;
   if (name == "bf16") return DType::BF16;
-  throw Error("kvCacheDtype: \"" + name + "\" is not supported (fp32 or bf16)");
+  if (name == "fp8") return DType::F8E4M3;  // E4M3; only the CUDA backend's cache holds it
+  throw Error("kvCacheDtype: \"" + name + "\" is not supported (fp32, bf16 or fp8)");
 }
 
 }  // namespace kiln

@@ -41,12 +41,29 @@ std::vector<float> bf16_to_floats(const std::vector<uint16_t>& bits) {
 
 struct AttentionCase {
   int64_t heads, kv_heads, head_dim;
+  bool fp8_cache = false;  // E4M3 keys / values holding k / 0.5 and v / 2 (kernels.h KvCacheArgs)
 };
 
+// One cache element as the CUDA cache stores it (bf16, or e4m3 of v / scale) at dst; returns the
+// value an attention kernel reads back.
+float store_cache_element(bool fp8, float scale, float v, uint8_t* dst) {
+  if (fp8) {
+    *dst = f32_to_f8e4m3(v / scale);
+    return f8e4m3_to_f32(*dst) * scale;
+  }
+  const uint16_t b = f32_to_bf16(v);
+  std::memcpy(dst, &b, 2);
+  return bf16_to_f32(b);
+}
+
+// The fp8-cache cases check the E4M3 read path against the CPU attention over the dequantized cache.
 TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
   SKIP_WITHOUT_GPU();
-  for (const AttentionCase& ac : {AttentionCase{8, 2, 64}, AttentionCase{32, 8, 128}, AttentionCase{4, 4, 32}}) {
-    SCOPED_TRACE("heads " + std::to_string(ac.heads) + "/" + std::to_string(ac.kv_heads) + " dim " + std::to_string(ac.head_dim));
+  for (const AttentionCase& ac : {AttentionCase{8, 2, 64}, AttentionCase{32, 8, 128}, AttentionCase{4, 4, 32},
+                                  AttentionCase{8, 2, 64, true}, AttentionCase{32, 8, 128, true},
+                                  AttentionCase{4, 4, 32, true}}) {
+    SCOPED_TRACE("heads " + std::to_string(ac.heads) + "/" + std::to_string(ac.kv_heads) + " dim " +
+                 std::to_string(ac.head_dim) + (ac.fp8_cache ? " fp8 cache" : ""));
     std::mt19937 rng(static_cast<uint32_t>(ac.heads * 131 + ac.head_dim));
     std::normal_distribution<float> normal(0.0f, 1.0f);
     const int64_t P = 16;
@@ -85,10 +102,17 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
     const auto n = static_cast<int64_t>(sequence.size());
     std::vector<float> q(static_cast<size_t>(n * q_dim));
     for (float& v : q) v = normal(rng);
-    std::vector<uint16_t> keys(static_cast<size_t>(pages * P * kv_dim));
-    std::vector<uint16_t> values(keys.size());
-    for (auto& v : keys) v = f32_to_bf16(normal(rng));
-    for (auto& v : values) v = f32_to_bf16(normal(rng));
+    const size_t elements = static_cast<size_t>(pages * P * kv_dim);
+    const size_t element_bytes = ac.fp8_cache ? 1 : 2;
+    const float k_scale = ac.fp8_cache ? 0.5f : 1.0f, v_scale = ac.fp8_cache ? 2.0f : 1.0f;
+    std::vector<uint8_t> keys(elements * element_bytes), values(keys.size());
+    std::vector<float> ref_keys(elements), ref_values(elements);  // what the kernel reads, for the CPU
+    for (size_t i = 0; i < elements; ++i) {
+      ref_keys[i] = store_cache_element(ac.fp8_cache, k_scale, normal(rng), &keys[i * element_bytes]);
+    }
+    for (size_t i = 0; i < elements; ++i) {
+      ref_values[i] = store_cache_element(ac.fp8_cache, v_scale, normal(rng), &values[i * element_bytes]);
+    }
 
     std::vector<float> want(static_cast<size_t>(n * q_dim));
     PagedAttentionArgs cpu;
@@ -98,9 +122,9 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
     cpu.token_sequence = sequence.data();
     cpu.token_position = position.data();
     cpu.block_tables = table_ptrs.data();
-    cpu.keys = reinterpret_cast<const uint8_t*>(keys.data());
-    cpu.values = reinterpret_cast<const uint8_t*>(values.data());
-    cpu.kv_dtype = DType::BF16;
+    cpu.keys = reinterpret_cast<const uint8_t*>(ref_keys.data());
+    cpu.values = reinterpret_cast<const uint8_t*>(ref_values.data());
+    cpu.kv_dtype = DType::F32;
     cpu.page_size = P;
     cpu.heads = ac.heads;
     cpu.kv_heads = ac.kv_heads;
@@ -121,8 +145,11 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
       cuda::AttentionArgs a;
       a.q = q_d.get<float>();
       a.q_stride = q_dim;
-      a.keys = k_d.get<bf16>();
-      a.values = v_d.get<bf16>();
+      a.kv.keys = k_d.get();
+      a.kv.values = v_d.get();
+      a.kv.dtype = ac.fp8_cache ? DType::F8E4M3 : DType::BF16;
+      a.kv.k_scale = k_scale;
+      a.kv.v_scale = v_scale;
       a.block_tables = t_d.get<int32_t>();
       a.table_stride = stride;
       a.token_sequence = s_d.get<int32_t>();
@@ -365,6 +392,47 @@ TEST(CudaModel, Fp8EngineMostlyKeepsTheReferenceTopOneToken) {
   double top1 = 0;
   EXPECT_LT(model_error(build_cuda_engine(dir, true, Precision::FP8, dir + "/calib.jsonl"), spec, tensors, &top1), 0.25);
   EXPECT_GE(top1, 0.8);
+}
+
+// An fp8 KV cache (E4M3, scale 1) against the bf16 one on the same bf16 engine, teacher-forced: each
+// step of the fp8-cache run is fed the bf16-cache run's token, so one flip does not derail the rest.
+// Prefill goes through RoPE + tiled attention, decode through the fused decode attention, both
+// reading and writing e4m3. Random weights give flat logits, so top-1 may flip on small errors; the
+// bound is the fp8 engine's.
+TEST(CudaModel, Fp8KvCacheMostlyKeepsTheBf16KvCacheTopOneTokens) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 128;
+  spec.intermediate = 256;
+  spec.heads = 4;
+  spec.kv_heads = 2;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_fp8_kv");
+  write_checkpoint(dir, spec, tensors);
+  cuda::CudaModel model(Engine::load(build_cuda_engine(dir, true)));
+  const int64_t steps = 40;
+  int64_t same = 0, total = 0;
+  for (const std::vector<int32_t>& prompt : {std::vector<int32_t>{5, 9, 13, 2, 77, 31, 8, 60, 19, 4, 44, 23, 90, 3, 11,
+                                                                  70, 52, 36},
+                                             std::vector<int32_t>{1}, std::vector<int32_t>{40, 41, 42, 43, 44}}) {
+    const std::vector<int32_t> want = cuda::generate_greedy(model, prompt, steps, {}, DType::BF16).tokens;
+    ASSERT_EQ(static_cast<int64_t>(want.size()), steps);
+    auto cache = model.new_cache(8, 16, DType::F8E4M3);
+    const std::vector<int32_t> table{0, 1, 2, 3, 4, 5, 6, 7};
+    int32_t next = -1;
+    ForwardBatch prefill;
+    prefill.add(prompt.data(), static_cast<int64_t>(prompt.size()), 0, table.data(), true);
+    model.forward(prefill, cache, &next);
+    for (int64_t step = 0; step < steps; ++step) {
+      same += next == want[static_cast<size_t>(step)] ? 1 : 0;
+      ++total;
+      if (step + 1 == steps) break;
+      ForwardBatch decode;
+      decode.add(&want[static_cast<size_t>(step)], 1, static_cast<int64_t>(prompt.size()) + step, table.data(), true);
+      model.forward(decode, cache, &next);
+    }
+  }
+  EXPECT_GE(static_cast<double>(same) / static_cast<double>(total), 0.8) << same << " of " << total;
 }
 
 TEST(CudaModel, BatchedSequencesGetTheirAloneTokens) {

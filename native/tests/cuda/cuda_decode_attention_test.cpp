@@ -1,11 +1,13 @@
 // The fused decode attention kernel against RoPE + cache write + the CPU backend's paged attention:
 // random unrotated qkv rows, bias, windows, GQA groups 1..8, head_dim 32/64/128, several split
-// counts, bf16 and fp8 outputs; every output element written and the new keys and values in the
-// cache. Each launch runs twice, so the split counters must be back at zero.
+// counts, bf16 and fp8 outputs, bf16 and fp8 (E4M3, scaled) caches; every output element written
+// and the new keys and values in the cache. Each launch runs twice, so the split counters must be
+// back at zero.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "backend/cpu/paged_attention.h"
@@ -22,16 +24,51 @@ using cuda::DeviceBuffer;
 struct DecodeCase {
   int64_t heads, kv_heads, head_dim, window;
   bool bias, fp8_out;
+  bool fp8_cache = false;
+};
+
+// An fp8 cache's scales: powers of two either side of 1 (so quantizing is exact division, and a
+// kernel that skips or inverts a scale is off by a factor of 4).
+constexpr float kKeyScale = 0.5f, kValueScale = 2.0f;
+
+// A cache of bf16 or e4m3 elements as bytes; e4m3 holds value / scale.
+struct HostCache {
+  bool fp8;
+  float scale;
+  std::vector<uint8_t> bytes;
+  size_t element() const { return fp8 ? 1 : 2; }
+  void put(int64_t i, float v) {
+    if (fp8) {
+      bytes[static_cast<size_t>(i)] = f32_to_f8e4m3(v / scale);
+    } else {
+      const uint16_t b = f32_to_bf16(v);
+      std::memcpy(&bytes[static_cast<size_t>(i) * 2], &b, 2);
+    }
+  }
+  float get(int64_t i) const {
+    if (fp8) return f8e4m3_to_f32(bytes[static_cast<size_t>(i)]) * scale;
+    uint16_t b;
+    std::memcpy(&b, &bytes[static_cast<size_t>(i) * 2], 2);
+    return bf16_to_f32(b);
+  }
+  std::vector<float> dequantized() const {
+    std::vector<float> out(bytes.size() / element());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = get(static_cast<int64_t>(i));
+    return out;
+  }
 };
 
 TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
   SKIP_WITHOUT_GPU();
-  const std::vector<DecodeCase> cases{{32, 8, 128, 0, false, false}, {8, 2, 64, 0, true, false},
-                                      {4, 4, 32, 24, false, true},   {16, 2, 64, 100, true, false},
-                                      {8, 4, 128, 5, false, true},   {32, 8, 128, 0, true, true}};
+  const std::vector<DecodeCase> cases{{32, 8, 128, 0, false, false},      {8, 2, 64, 0, true, false},
+                                      {4, 4, 32, 24, false, true},        {16, 2, 64, 100, true, false},
+                                      {8, 4, 128, 5, false, true},        {32, 8, 128, 0, true, true},
+                                      {32, 8, 128, 0, false, false, true}, {8, 2, 64, 0, true, true, true},
+                                      {4, 4, 32, 24, false, false, true},  {16, 2, 64, 100, true, false, true}};
   for (const DecodeCase& dc : cases) {
     SCOPED_TRACE("heads " + std::to_string(dc.heads) + "/" + std::to_string(dc.kv_heads) + " dim " +
-                 std::to_string(dc.head_dim) + " window " + std::to_string(dc.window) + (dc.fp8_out ? " fp8" : ""));
+                 std::to_string(dc.head_dim) + " window " + std::to_string(dc.window) + (dc.fp8_out ? " fp8" : "") +
+                 (dc.fp8_cache ? " fp8 cache" : ""));
     ASSERT_TRUE(cuda::decode_attention_supports(dc.heads, dc.kv_heads, dc.head_dim));
     std::mt19937 rng(static_cast<uint32_t>(dc.heads * 131 + dc.head_dim + dc.window));
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -61,13 +98,18 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
       cos[i] = std::cos(a);
       sin[i] = std::sin(a);
     }
-    std::vector<uint16_t> keys(static_cast<size_t>(pages * P * kv_dim)), values(keys.size());
-    for (auto& v : keys) v = f32_to_bf16(normal(rng));
-    for (auto& v : values) v = f32_to_bf16(normal(rng));
+    const int64_t cache_elements = pages * P * kv_dim;
+    HostCache keys{dc.fp8_cache, dc.fp8_cache ? kKeyScale : 1.0f, {}};
+    HostCache values{dc.fp8_cache, dc.fp8_cache ? kValueScale : 1.0f, {}};
+    for (HostCache* c : {&keys, &values}) {
+      c->bytes.resize(static_cast<size_t>(cache_elements) * c->element());
+      for (int64_t i = 0; i < cache_elements; ++i) c->put(i, normal(rng));
+    }
 
-    // The reference: rotate (rotate_half), write k and v as bf16 into the slot, attend on the CPU.
+    // The reference: rotate (rotate_half), write k and v in the cache's dtype into the slot, attend
+    // on the CPU over the cache as fp32 (dequantized).
     std::vector<float> q(static_cast<size_t>(n * q_dim));
-    std::vector<uint16_t> want_keys = keys, want_values = values;
+    HostCache want_keys = keys, want_values = values;
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = position[static_cast<size_t>(t)];
       const float* row = qkv.data() + t * width;
@@ -83,13 +125,14 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
             q[static_cast<size_t>(t * q_dim + at)] = r0;
             q[static_cast<size_t>(t * q_dim + at + half)] = r1;
           } else {
-            want_keys[static_cast<size_t>(slot + at - q_dim)] = f32_to_bf16(r0);
-            want_keys[static_cast<size_t>(slot + at - q_dim + half)] = f32_to_bf16(r1);
+            want_keys.put(slot + at - q_dim, r0);
+            want_keys.put(slot + at - q_dim + half, r1);
           }
         }
       }
-      for (int64_t j = 0; j < kv_dim; ++j) want_values[static_cast<size_t>(slot + j)] = f32_to_bf16(x(q_dim + kv_dim + j));
+      for (int64_t j = 0; j < kv_dim; ++j) want_values.put(slot + j, x(q_dim + kv_dim + j));
     }
+    const std::vector<float> ref_keys = want_keys.dequantized(), ref_values = want_values.dequantized();
     std::vector<float> want(static_cast<size_t>(n * q_dim));
     PagedAttentionArgs cpu;
     cpu.q = q.data();
@@ -98,9 +141,9 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
     cpu.token_sequence = sequence.data();
     cpu.token_position = position.data();
     cpu.block_tables = table_ptrs.data();
-    cpu.keys = reinterpret_cast<const uint8_t*>(want_keys.data());
-    cpu.values = reinterpret_cast<const uint8_t*>(want_values.data());
-    cpu.kv_dtype = DType::BF16;
+    cpu.keys = reinterpret_cast<const uint8_t*>(ref_keys.data());
+    cpu.values = reinterpret_cast<const uint8_t*>(ref_values.data());
+    cpu.kv_dtype = DType::F32;
     cpu.page_size = P;
     cpu.heads = dc.heads;
     cpu.kv_heads = dc.kv_heads;
@@ -116,7 +159,7 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
     const float out_scale = 0.05f;
     for (int64_t splits : {int64_t{1}, int64_t{3}, cuda::kMaxAttentionSplits}) {
       SCOPED_TRACE("splits " + std::to_string(splits));
-      const DeviceBuffer k_d = to_device(keys), v_d = to_device(values);
+      const DeviceBuffer k_d = to_device(keys.bytes), v_d = to_device(values.bytes);
       DeviceBuffer partials(static_cast<size_t>(n * dc.heads * splits * (D + 2)) * 4, "partials");
       DeviceBuffer counters(static_cast<size_t>(n * dc.kv_heads) * 4, "counters");
       KILN_CUDA_CHECK(cudaMemset(counters.get(), 0, counters.bytes()));
@@ -132,8 +175,11 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
       a.table_stride = stride;
       a.cos = cos_d.get<float>();
       a.sin = sin_d.get<float>();
-      a.keys = k_d.get<cuda::bf16>();
-      a.values = v_d.get<cuda::bf16>();
+      a.kv.keys = k_d.get();
+      a.kv.values = v_d.get();
+      a.kv.dtype = dc.fp8_cache ? DType::F8E4M3 : DType::BF16;
+      a.kv.k_scale = keys.scale;
+      a.kv.v_scale = values.scale;
       a.page_size = P;
       a.heads = dc.heads;
       a.kv_heads = dc.kv_heads;
@@ -160,22 +206,25 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
           for (size_t i = 0; i < got.size(); ++i) got[i] = bf16_to_f32(raw[i]);
         }
         for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(std::isfinite(got[i])) << "element " << i << " not written";
-        // E4M3 keeps 3 mantissa bits: up to 1/16 relative per element.
-        EXPECT_LT(relative_norm_error(got, want), dc.fp8_out ? 6e-2 : 5e-3);
+        // E4M3 keeps 3 mantissa bits: up to 1/16 relative per element. With an fp8 cache the new
+        // token's key may sit one e4m3 step from the reference's (see the key check below).
+        EXPECT_LT(relative_norm_error(got, want), dc.fp8_out ? 6e-2 : dc.fp8_cache ? 1e-2 : 5e-3);
         EXPECT_EQ(to_host<int32_t>(counters, static_cast<size_t>(n * dc.kv_heads)),
                   std::vector<int32_t>(static_cast<size_t>(n * dc.kv_heads), 0));
       }
-      // Keys within a bf16 step of the reference (absolute where x·cos and y·sin cancel): the host
-      // compiler may fuse the reference's rotation into fmas, the kernel rounds each product. Values
-      // are copied, so bit for bit.
-      const auto got_keys = to_host<uint16_t>(k_d, keys.size());
+      // Keys within a step of the cache's dtype from the reference (absolute where x·cos and y·sin
+      // cancel): the host compiler may fuse the reference's rotation into fmas, the kernel rounds
+      // each product. Values are copied (and divided by a power of two), so bit for bit.
+      HostCache got_keys = keys;
+      got_keys.bytes = to_host<uint8_t>(k_d, keys.bytes.size());
+      const float rel_tol = dc.fp8_cache ? 0.13f : 1e-2f, abs_tol = dc.fp8_cache ? 0x1p-9f * kKeyScale : 1e-5f;
       size_t off = 0;
-      for (size_t i = 0; i < got_keys.size(); ++i) {
-        const float g = bf16_to_f32(got_keys[i]), w = bf16_to_f32(want_keys[i]);
-        off += std::fabs(g - w) > 1e-2f * std::fabs(w) + 1e-5f ? 1 : 0;
+      for (int64_t i = 0; i < cache_elements; ++i) {
+        const float g = got_keys.get(i), w = want_keys.get(i);
+        off += std::fabs(g - w) > rel_tol * std::fabs(w) + abs_tol ? 1 : 0;
       }
       EXPECT_EQ(off, 0u) << "cached keys off the reference";
-      EXPECT_EQ(to_host<uint16_t>(v_d, values.size()), want_values);
+      EXPECT_EQ(to_host<uint8_t>(v_d, values.bytes.size()), want_values.bytes);
     }
   }
 }

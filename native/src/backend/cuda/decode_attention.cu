@@ -2,6 +2,7 @@
 
 #include <cfloat>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/launch.cuh"
@@ -12,7 +13,11 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kWarp = 32;
-constexpr int kVec = 8;  // bf16 per 16-byte load: each lane owns 8 consecutive dimensions of a row
+constexpr int kVec = 8;  // each lane owns 8 consecutive dimensions of a row: one 16-byte bf16 load
+
+// One lane's 8 cached elements as one load: 16 bytes of bf16, 8 of e4m3.
+template <typename Kv>
+using KvRaw = std::conditional_t<std::is_same_v<Kv, bf16>, uint4, uint2>;
 
 __device__ __forceinline__ void load8(const float* p, float (&v)[kVec]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0];
@@ -28,6 +33,30 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&v)[kVec]) {
     v[2 * e] = f.x;
     v[2 * e + 1] = f.y;
   }
+}
+
+// Cached elements as fp32: bf16 as they are, e4m3 times the cache scale.
+__device__ __forceinline__ void unpack8(const uint4& raw, float (&v)[kVec], float) { unpack8(raw, v); }
+__device__ __forceinline__ void unpack8(const uint2& raw, float (&v)[kVec], float scale) {
+  const auto* p = reinterpret_cast<const __nv_fp8x2_e4m3*>(&raw);
+#pragma unroll
+  for (int e = 0; e < kVec / 2; ++e) {
+    const float2 f = static_cast<float2>(p[e]);
+    v[2 * e] = f.x * scale;
+    v[2 * e + 1] = f.y * scale;
+  }
+}
+
+// e4m3(v / scale), saturating as the CPU's conversion.
+__device__ __forceinline__ uint2 pack8_fp8(const float (&v)[kVec], float scale) {
+  const float inv = 1.0f / scale;
+  union {
+    uint2 raw;
+    __nv_fp8x2_e4m3 e[kVec / 2];
+  } pack;
+#pragma unroll
+  for (int e = 0; e < kVec / 2; ++e) pack.e[e] = __nv_fp8x2_e4m3(make_float2(v[2 * e] * inv, v[2 * e + 1] * inv));
+  return pack.raw;
 }
 
 __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at, const float (&o)[kVec], float inv) {
@@ -61,7 +90,10 @@ __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at,
 // still running. Those were written by copies or kernels at least two launches back: a kernel only
 // starts once every block of the one before it has passed its own wait (launch.cuh), so they are
 // complete. Only the qkv rows (the projection's output) are read after the wait.
-template <int D, int G>
+//
+// Kv: the cache's element type, a separate instantiation per dtype (the bf16 one is the kernel as it
+// was before fp8 caches).
+template <int D, int G, typename Kv>
 __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttentionArgs a) {
   constexpr int kLanes = D / kVec;
   constexpr int kGroups = kThreads / kLanes;
@@ -97,18 +129,19 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   const int page_size = static_cast<int>(a.page_size);
   const int group = threadIdx.x / kLanes;
   const int c = (threadIdx.x % kLanes) * kVec;
-  uint4 kr[kKeys], vr[kKeys];
+  using Raw = KvRaw<Kv>;
+  Raw kr[kKeys], vr[kKeys];
   bool valid[kKeys];
   const auto load_round = [&](int base) {
 #pragma unroll
     for (int k = 0; k < kKeys; ++k) {
       const int kp = base + k * kGroups + group;  // consecutive keys to neighbouring groups: coalesced
       valid[k] = kp <= cached_hi;
-      kr[k] = vr[k] = make_uint4(0, 0, 0, 0);
+      kr[k] = vr[k] = Raw{};
       if (valid[k]) {
         const int64_t at = (static_cast<int64_t>(table[kp / page_size]) * page_size + kp % page_size) * kv_dim + kvh * D + c;
-        kr[k] = *reinterpret_cast<const uint4*>(a.keys + at);
-        vr[k] = *reinterpret_cast<const uint4*>(a.values + at);
+        kr[k] = *reinterpret_cast<const Raw*>(static_cast<const Kv*>(a.kv.keys) + at);
+        vr[k] = *reinterpret_cast<const Raw*>(static_cast<const Kv*>(a.kv.values) + at);
       }
     }
   };
@@ -193,7 +226,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
     for (int k = 0; k < kKeys; ++k) {
       float kf[kVec];
-      unpack8(kr[k], kf);
+      unpack8(kr[k], kf, a.kv.k_scale);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float dot = 0.0f;
@@ -206,7 +239,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
     if (!valid[0]) continue;  // the group has no key this round
     float vf[kKeys][kVec];
 #pragma unroll
-    for (int k = 0; k < kKeys; ++k) unpack8(vr[k], vf[k]);
+    for (int k = 0; k < kKeys; ++k) unpack8(vr[k], vf[k], a.kv.v_scale);
     accumulate(s, vf, valid);
   }
 
@@ -223,17 +256,27 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
       for (int e = 0; e < kVec; ++e) vf[0][e] += bv[e];
     }
-    union {
-      uint4 raw;
-      __nv_bfloat162 e[kVec / 2];
-    } kb, vb;
+    // Rounded to the cache's dtype and back: the new token enters this step's softmax exactly as later
+    // steps will read it.
+    Raw k_raw, v_raw;
+    if constexpr (std::is_same_v<Kv, bf16>) {
+      union {
+        uint4 raw;
+        __nv_bfloat162 e[kVec / 2];
+      } kb, vb;
 #pragma unroll
-    for (int e = 0; e < kVec / 2; ++e) {
-      kb.e[e] = __floats2bfloat162_rn(kf[2 * e], kf[2 * e + 1]);
-      vb.e[e] = __floats2bfloat162_rn(vf[0][2 * e], vf[0][2 * e + 1]);
+      for (int e = 0; e < kVec / 2; ++e) {
+        kb.e[e] = __floats2bfloat162_rn(kf[2 * e], kf[2 * e + 1]);
+        vb.e[e] = __floats2bfloat162_rn(vf[0][2 * e], vf[0][2 * e + 1]);
+      }
+      k_raw = kb.raw;
+      v_raw = vb.raw;
+    } else {
+      k_raw = pack8_fp8(kf, a.kv.k_scale);
+      v_raw = pack8_fp8(vf[0], a.kv.v_scale);
     }
-    unpack8(kb.raw, kf);
-    unpack8(vb.raw, vf[0]);
+    unpack8(k_raw, kf, a.kv.k_scale);
+    unpack8(v_raw, vf[0], a.kv.v_scale);
     float s[kKeys][G] = {};
 #pragma unroll
     for (int g = 0; g < G; ++g) {
@@ -245,8 +288,8 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
     }
     if (group == 0) {
       const int64_t slot = (static_cast<int64_t>(table[pos / page_size]) * page_size + pos % page_size) * kv_dim + kvh * D + c;
-      *reinterpret_cast<uint4*>(a.keys + slot) = kb.raw;
-      *reinterpret_cast<uint4*>(a.values + slot) = vb.raw;
+      *reinterpret_cast<Raw*>(static_cast<Kv*>(a.kv.keys) + slot) = k_raw;
+      *reinterpret_cast<Raw*>(static_cast<Kv*>(a.kv.values) + slot) = v_raw;
       bool ok[kKeys] = {true};
       accumulate(s, vf, ok);
     }
@@ -329,15 +372,24 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   store8(a, out_at, O, 1.0f / L);
 }
 
-template <int D>
+template <int D, typename Kv>
 void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
   const char* what = "decode_attention_kernel";
   switch (a.heads / a.kv_heads) {
-    case 1: launch_kernel(what, decode_attention_kernel<D, 1>, grid, dim3(kThreads), stream, a); break;
-    case 2: launch_kernel(what, decode_attention_kernel<D, 2>, grid, dim3(kThreads), stream, a); break;
-    case 4: launch_kernel(what, decode_attention_kernel<D, 4>, grid, dim3(kThreads), stream, a); break;
-    case 8: launch_kernel(what, decode_attention_kernel<D, 8>, grid, dim3(kThreads), stream, a); break;
+    case 1: launch_kernel(what, decode_attention_kernel<D, 1, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 2: launch_kernel(what, decode_attention_kernel<D, 2, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 4: launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 8: launch_kernel(what, decode_attention_kernel<D, 8, Kv>, grid, dim3(kThreads), stream, a); break;
     default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.heads / a.kv_heads));
+  }
+}
+
+template <typename Kv>
+void launch_for_dim(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
+  switch (a.head_dim) {
+    case 32: launch_for_group<32, Kv>(a, grid, stream); break;
+    case 64: launch_for_group<64, Kv>(a, grid, stream); break;
+    default: launch_for_group<128, Kv>(a, grid, stream); break;
   }
 }
 
@@ -360,12 +412,13 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     throw Error("CUDA decode attention: " + std::to_string(a.splits) + " splits (1.." +
                 std::to_string(kMaxAttentionSplits) + ", more than 1 with partials and counters)");
   }
-  const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(a.splits));
-  switch (a.head_dim) {
-    case 32: launch_for_group<32>(a, grid, stream); break;
-    case 64: launch_for_group<64>(a, grid, stream); break;
-    default: launch_for_group<128>(a, grid, stream); break;
+  if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F8E4M3) {
+    throw Error(std::string("CUDA decode attention: KV cache dtype ") + dtype_name(a.kv.dtype) +
+                " is not supported (bf16, f8e4m3)");
   }
+  const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(a.splits));
+  if (a.kv.dtype == DType::F8E4M3) launch_for_dim<fp8>(a, grid, stream);
+  else launch_for_dim<bf16>(a, grid, stream);
 }
 
 }  // namespace kiln::cuda

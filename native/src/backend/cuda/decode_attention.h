@@ -5,10 +5,12 @@
 // a few microseconds of pure latency per layer. Here each block rotates its own query heads and, in
 // the block whose key range ends at the new token, that token's key; it writes the new key and value
 // into the cache and takes them from registers rather than reading them back. Keys and values are
-// read as bf16 vectors straight from the cache (the first round before the kernel waits for the QKV
-// projection), all query heads of a GQA group per block so each row is loaded once, and the split-KV
-// partial states are merged by the last block of a head to finish (an arrival counter it resets, so
-// graph replays find it zero).
+// read as vectors of 8 elements straight from the cache (the first round before the kernel waits for
+// the QKV projection), all query heads of a GQA group per block so each row is loaded once, and the
+// split-KV partial states are merged by the last block of a head to finish (an arrival counter it
+// resets, so graph replays find it zero). An fp8 cache is read 8 bytes per lane rather than 16: each
+// lane keeps its 8 dimensions, so the kernel keeps the bf16 layout's registers (16 e4m3 per lane
+// would double q and acc, past the register file at a GQA group of 8).
 
 #include "backend/cuda/kernels.h"
 
@@ -24,8 +26,7 @@ struct DecodeAttentionArgs {
   int64_t table_stride = 0;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;
-  bf16* keys = nullptr;  // this layer's pages
-  bf16* values = nullptr;
+  KvCacheArgs kv;  // this layer's pages
   int64_t page_size = 0;
   int64_t heads = 0;
   int64_t kv_heads = 0;

@@ -109,7 +109,9 @@ __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_
 }
 
 // One block per (token, head) of q and k: each thread rotates one (i, i + head_dim/2) pair; the
-// blocks of k heads also store that head's k and v rows in the token's cache slot.
+// blocks of k heads also store that head's k and v rows in the token's cache slot (Kv: the cache's
+// element type; store() quantizes e4m3 with 1 / the cache scale, bf16 ignores it).
+template <typename Kv>
 __global__ void rope_kv_kernel(RopeKvArgs a) {
   wait_for_producer();
   let_consumer_start();
@@ -144,12 +146,12 @@ __global__ void rope_kv_kernel(RopeKvArgs a) {
   const int page_size = static_cast<int>(a.page_size);
   const int64_t slot = (static_cast<int64_t>(table[p32 / page_size]) * a.page_size + p32 % page_size) * kv_dim;
   const int64_t k_head = (head - a.heads) * D;
-  a.keys[slot + k_head + i] = __float2bfloat16(r0);
-  a.keys[slot + k_head + i + half] = __float2bfloat16(r1);
+  store(static_cast<Kv*>(a.kv.keys) + slot + k_head + i, r0, 1.0f / a.kv.k_scale);
+  store(static_cast<Kv*>(a.kv.keys) + slot + k_head + i + half, r1, 1.0f / a.kv.k_scale);
   for (int64_t j = k_head + i; j < k_head + D; j += half) {
     float v = row[q_dim + kv_dim + j];
     if (a.bias) v += a.bias[q_dim + kv_dim + j];
-    a.values[slot + j] = __float2bfloat16(v);
+    store(static_cast<Kv*>(a.kv.values) + slot + j, v, 1.0f / a.kv.v_scale);
   }
 }
 
@@ -161,7 +163,27 @@ constexpr int kAttnRowsPerWarp = 4;
 constexpr int kAttnRows = kAttnWarps * kAttnRowsPerWarp;
 constexpr int kAttnKeys = kWarp;
 
-template <int D>
+// 16 cached bytes as fp32: 8 bf16 (the scale does not apply), or 16 e4m3 times the cache scale.
+__device__ __forceinline__ void unpack_kv(const uint4& raw, float (&v)[8], float) {
+  const auto* p = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(p[e]);
+    v[2 * e] = f.x;
+    v[2 * e + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void unpack_kv(const uint4& raw, float (&v)[16], float scale) {
+  const auto* p = reinterpret_cast<const __nv_fp8x2_e4m3*>(&raw);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float2 f = static_cast<float2>(p[e]);
+    v[2 * e] = f.x * scale;
+    v[2 * e + 1] = f.y * scale;
+  }
+}
+
+template <int D, typename Kv>
 __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionArgs a, int heads_per_block) {
   constexpr int kLaneDims = D / kWarp;
   __shared__ float q_s[kAttnRows][D];
@@ -214,7 +236,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
     for (int i = 0; i < kLaneDims; ++i) acc[rr][i] = 0.0f;
   }
 
-  constexpr int kVec = 8;  // bf16 per 16-byte load
+  constexpr int kVec = 16 / sizeof(Kv);  // elements per 16-byte load
   for (int64_t kb = lo; kb <= hi; kb += kAttnKeys) {
     __syncthreads();  // q_s written (first pass) / previous tile consumed
     for (int idx = threadIdx.x; idx < kAttnKeys * (D / kVec); idx += blockDim.x) {
@@ -227,19 +249,10 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       if (kp <= hi) {
         const int64_t at = (static_cast<int64_t>(table[kp32 / page_size]) * a.page_size + kp32 % page_size) * kv_dim +
                            kv_head * D + c;
-        const uint4 kraw = *reinterpret_cast<const uint4*>(a.keys + at);
-        const uint4 vraw = *reinterpret_cast<const uint4*>(a.values + at);
-        const auto* k2 = reinterpret_cast<const __nv_bfloat162*>(&kraw);
-        const auto* v2 = reinterpret_cast<const __nv_bfloat162*>(&vraw);
-#pragma unroll
-        for (int e = 0; e < kVec / 2; ++e) {
-          const float2 kk = __bfloat1622float2(k2[e]);
-          const float2 vv = __bfloat1622float2(v2[e]);
-          kf[2 * e] = kk.x;
-          kf[2 * e + 1] = kk.y;
-          vf[2 * e] = vv.x;
-          vf[2 * e + 1] = vv.y;
-        }
+        const uint4 kraw = *reinterpret_cast<const uint4*>(static_cast<const Kv*>(a.kv.keys) + at);
+        const uint4 vraw = *reinterpret_cast<const uint4*>(static_cast<const Kv*>(a.kv.values) + at);
+        unpack_kv(kraw, kf, a.kv.k_scale);
+        unpack_kv(vraw, vf, a.kv.v_scale);
       } else {
 #pragma unroll
         for (int e = 0; e < kVec; ++e) kf[e] = vf[e] = 0.0f;  // zeros: masked keys must not bring NaN into P·V
@@ -408,10 +421,34 @@ void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int
   rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f / scale, y, stream);
 }
 
+namespace {
+
+void check_kv_dtype(const KvCacheArgs& kv, const char* what) {
+  if (kv.dtype != DType::BF16 && kv.dtype != DType::F8E4M3) {
+    throw Error(std::string(what) + ": KV cache dtype " + dtype_name(kv.dtype) + " is not supported (bf16, f8e4m3)");
+  }
+}
+
+template <typename Kv>
+void launch_attention(const AttentionArgs& a, dim3 grid, int heads_per_block, cudaStream_t stream) {
+  const dim3 threads(kAttnWarps * kWarp);
+  switch (a.head_dim) {
+    case 32: launch_kernel("attention_kernel", attention_kernel<32, Kv>, grid, threads, stream, a, heads_per_block); break;
+    case 64: launch_kernel("attention_kernel", attention_kernel<64, Kv>, grid, threads, stream, a, heads_per_block); break;
+    case 128: launch_kernel("attention_kernel", attention_kernel<128, Kv>, grid, threads, stream, a, heads_per_block); break;
+    default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
+  }
+}
+
+}  // namespace
+
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.tokens == 0) return;
+  check_kv_dtype(args.kv, "CUDA RoPE");
   const dim3 grid(static_cast<unsigned>(args.tokens), static_cast<unsigned>(args.heads + args.kv_heads));
-  launch_kernel("rope_kv_kernel", rope_kv_kernel, grid, dim3(static_cast<unsigned>(args.head_dim / 2)), stream, args);
+  const dim3 threads(static_cast<unsigned>(args.head_dim / 2));
+  if (args.kv.dtype == DType::F8E4M3) launch_kernel("rope_kv_kernel", rope_kv_kernel<fp8>, grid, threads, stream, args);
+  else launch_kernel("rope_kv_kernel", rope_kv_kernel<bf16>, grid, threads, stream, args);
 }
 
 int64_t attention_tile_tokens(int64_t heads, int64_t kv_heads) {
@@ -439,13 +476,9 @@ void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
                   static_cast<unsigned>(a.splits));
-  const dim3 threads(kAttnWarps * kWarp);
-  switch (a.head_dim) {
-    case 32: launch_kernel("attention_kernel", attention_kernel<32>, grid, threads, stream, a, heads_per_block); break;
-    case 64: launch_kernel("attention_kernel", attention_kernel<64>, grid, threads, stream, a, heads_per_block); break;
-    case 128: launch_kernel("attention_kernel", attention_kernel<128>, grid, threads, stream, a, heads_per_block); break;
-    default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
-  }
+  check_kv_dtype(a.kv, "CUDA attention");
+  if (a.kv.dtype == DType::F8E4M3) launch_attention<fp8>(a, grid, heads_per_block, stream);
+  else launch_attention<bf16>(a, grid, heads_per_block, stream);
   if (a.splits > 1) {
     launch_kernel("merge_splits_kernel", merge_splits_kernel, dim3(static_cast<unsigned>(a.tokens * a.heads)),
                   dim3(static_cast<unsigned>(a.head_dim)), stream, a.partials, a.heads, a.head_dim, a.splits, a.out,

@@ -3,7 +3,7 @@
 // The CUDA backend's own kernels (everything of a decoder step except the GEMMs, which are cuBLASLt).
 // Activations: the residual stream is fp32, GEMM inputs bf16 (fp8 engines: E4M3, quantized with the
 // GEMM's calibrated per-tensor input scale by the kernel that produces them), GEMM outputs fp32;
-// weights bf16 or E4M3; the KV cache bf16 in the page layout of runtime/kv_cache.h. Each launcher
+// weights bf16 or E4M3; the KV cache bf16 or E4M3 (KvCacheArgs) in the page layout of runtime/kv_cache.h. Each launcher
 // checks its launch; every kernel is launched with Programmatic Dependent Launch (launch.cuh).
 
 #include <cuda_bf16.h>
@@ -12,10 +12,23 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
+
 namespace kiln::cuda {
 
 using bf16 = __nv_bfloat16;
 using fp8 = __nv_fp8_e4m3;
+
+// One layer's cached keys and values as a kernel sees them. BF16: the values themselves. F8E4M3:
+// e4m3(x / scale), saturating at ±448, read back as e4m3 · scale; each launcher runs a separate
+// instantiation per dtype, so the bf16 kernels are the same code as before fp8 caches existed.
+struct KvCacheArgs {
+  void* keys = nullptr;
+  void* values = nullptr;
+  DType dtype = DType::BF16;  // BF16 or F8E4M3
+  float k_scale = 1.0f;       // F8E4M3 only
+  float v_scale = 1.0f;
+};
 
 // h[t] = float(table[tokens[t]]) for t < n.
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
@@ -29,7 +42,7 @@ void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int
                      float eps, float scale, fp8* y, cudaStream_t stream);
 
 // Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
-// convention) in place in the fp32 qkv rows, and writes k and v as bf16 into the token's cache slot
+// convention) in place in the fp32 qkv rows, and writes k and v in the cache's dtype into the token's cache slot
 // (page block_tables[seq][pos / page_size], slot pos % page_size).
 struct RopeKvArgs {
   float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim]
@@ -41,8 +54,7 @@ struct RopeKvArgs {
   int64_t table_stride = 0;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;
-  bf16* keys = nullptr;  // this layer's pages
-  bf16* values = nullptr;
+  KvCacheArgs kv;  // this layer's pages
   int64_t page_size = 0;
   int64_t heads = 0;
   int64_t kv_heads = 0;
@@ -50,15 +62,15 @@ struct RopeKvArgs {
 };
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream);
 
-// Causal attention of a mixed batch through the block tables, fp32 softmax (online, flash-style).
+// Causal attention of a mixed batch through the block tables, fp32 softmax (online, flash-style);
+// cached rows are read 16 bytes at a time (8 bf16 or 16 e4m3 elements) and dequantized to fp32.
 // Work is split into tiles of consecutive query tokens of one sequence (`tiles` holds first token and
 // count per tile, at most tokens_per_tile(group) tokens); each block handles one tile for one KV head
 // and the query heads that share it, so every key and value row is loaded once per tile.
 struct AttentionArgs {
   const float* q = nullptr;  // token t, head h at q + t * q_stride + h * head_dim
   int64_t q_stride = 0;
-  const bf16* keys = nullptr;
-  const bf16* values = nullptr;
+  KvCacheArgs kv;  // read only
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   const int32_t* token_sequence = nullptr;

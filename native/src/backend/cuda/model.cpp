@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
@@ -32,14 +33,34 @@ int64_t round_up_pow2(int64_t v) {
 
 }  // namespace
 
-CudaKvCache::CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim)
-    : layers_(layers), pages_(pages), page_size_(page_size), kv_dim_(kv_dim) {
+CudaKvCache::CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim, DType dtype,
+                         std::vector<float> k_scales, std::vector<float> v_scales)
+    : layers_(layers),
+      pages_(pages),
+      page_size_(page_size),
+      kv_dim_(kv_dim),
+      dtype_(dtype),
+      k_scales_(std::move(k_scales)),
+      v_scales_(std::move(v_scales)) {
   if (layers < 1 || pages < 1 || page_size < 1 || kv_dim < 1) {
     throw Error("CUDA KV cache: layers (" + std::to_string(layers) + "), pages (" + std::to_string(pages) +
                 "), page size (" + std::to_string(page_size) + ") and kv_dim (" + std::to_string(kv_dim) +
                 ") must all be positive");
   }
-  const size_t bytes = static_cast<size_t>(layers * pages * page_size * kv_dim) * sizeof(bf16);
+  if (dtype != DType::BF16 && dtype != DType::F8E4M3) {
+    throw Error(std::string("CUDA KV cache: dtype ") + dtype_name(dtype) + " is not supported (bf16, f8e4m3)");
+  }
+  for (auto* scales : {&k_scales_, &v_scales_}) {
+    if (scales->empty()) scales->assign(static_cast<size_t>(layers), 1.0f);
+    if (static_cast<int64_t>(scales->size()) != layers) {
+      throw Error("CUDA KV cache: " + std::to_string(scales->size()) + " KV scales for " + std::to_string(layers) +
+                  " layers");
+    }
+    for (float s : *scales) {
+      if (!(s > 0.0f) || !std::isfinite(s)) throw Error("CUDA KV cache: KV scales must be positive and finite");
+    }
+  }
+  const size_t bytes = static_cast<size_t>(layers * layer_bytes());
   keys_ = DeviceBuffer(bytes, "KV cache keys (" + std::to_string(pages) + " pages)");
   values_ = DeviceBuffer(bytes, "KV cache values (" + std::to_string(pages) + " pages)");
 }
@@ -220,8 +241,18 @@ CudaModel::~CudaModel() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
-CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size) const {
-  return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim());
+KvCacheArgs CudaKvCache::layer(int64_t layer) const {
+  KvCacheArgs a;
+  a.keys = keys_.get<uint8_t>() + layer * layer_bytes();
+  a.values = values_.get<uint8_t>() + layer * layer_bytes();
+  a.dtype = dtype_;
+  a.k_scale = k_scales_[static_cast<size_t>(layer)];
+  a.v_scale = v_scales_[static_cast<size_t>(layer)];
+  return a;
+}
+
+CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size, DType dtype) const {
+  return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim(), dtype);
 }
 
 void CudaModel::reserve(const StepShape& shape) {
@@ -467,17 +498,14 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     }
     if (shape.decode) {
       decode.bias = layer.qkv_bias;
-      decode.keys = cache.keys(li);
-      decode.values = cache.values(li);
+      decode.kv = cache.layer(li);
       decode.out_scale = layer.o.input_scale;
       decode_attention(decode, stream_);
     } else {
       rope.bias = layer.qkv_bias;
-      rope.keys = cache.keys(li);
-      rope.values = cache.values(li);
+      rope.kv = cache.layer(li);
       rope_and_write_kv(rope, stream_);
-      attention.keys = cache.keys(li);
-      attention.values = cache.values(li);
+      attention.kv = rope.kv;
       attention.out_scale = layer.o.input_scale;
       paged_attention(attention, stream_);
     }
@@ -533,7 +561,8 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
   reserve(shape);
   pack(batch, shape, cache.page_size());
   if (decode) {
-    const GraphKey key{shape.sequences, cache.keys(0), cache.values(0), cache.pages(), cache.page_size()};
+    const KvCacheArgs first = cache.layer(0);
+    const GraphKey key{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));

@@ -17,23 +17,31 @@
 
 namespace kiln::cuda {
 
-// Keys and values of every sequence in device memory, bf16, with the page layout of
-// runtime/kv_cache.h: per layer [page][slot][kv_heads * head_dim].
+// Keys and values of every sequence in device memory, with the page layout of runtime/kv_cache.h:
+// per layer [page][slot][kv_heads * head_dim]. BF16, or F8E4M3 (half the memory, so twice the
+// pages): each layer's keys stored as e4m3(k / k_scale), values as e4m3(v / v_scale) (KvCacheArgs).
+// Empty scale vectors mean 1.0 for every layer: engines carry no calibrated KV scales yet, and the
+// e4m3 range (±448, 3 mantissa bits) holds the post-RoPE keys and the values of ordinary models
+// (magnitudes of a few tens at most) unscaled; a model with larger activations would saturate.
 class CudaKvCache {
  public:
-  CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim);
+  CudaKvCache(int64_t layers, int64_t pages, int64_t page_size, int64_t kv_dim, DType dtype = DType::BF16,
+              std::vector<float> k_scales = {}, std::vector<float> v_scales = {});
 
   int64_t layers() const { return layers_; }
   int64_t pages() const { return pages_; }
   int64_t page_size() const { return page_size_; }
   int64_t kv_dim() const { return kv_dim_; }
-  bf16* keys(int64_t layer) const { return keys_.get<bf16>() + layer * layer_elements(); }
-  bf16* values(int64_t layer) const { return values_.get<bf16>() + layer * layer_elements(); }
+  DType dtype() const { return dtype_; }
+  // The kernels' view of one layer (pointers, dtype, scales).
+  KvCacheArgs layer(int64_t layer) const;
 
  private:
-  int64_t layer_elements() const { return pages_ * page_size_ * kv_dim_; }
+  int64_t layer_bytes() const { return pages_ * page_size_ * kv_dim_ * static_cast<int64_t>(dtype_size(dtype_)); }
 
   int64_t layers_, pages_, page_size_, kv_dim_;
+  DType dtype_;
+  std::vector<float> k_scales_, v_scales_;
   DeviceBuffer keys_;
   DeviceBuffer values_;
 };
@@ -44,7 +52,7 @@ class CudaKvCache {
 // scratch buffers). Supported now: the Llama family (no QK norm, no o/MLP biases), head_dim 32/64/128;
 // bf16 engines, and fp8 engines (E4M3 decoder-layer weights with per-tensor weight scales, their
 // inputs quantized with the calibrated per-tensor input scales by the kernels that produce them;
-// embedding, lm_head, norms and the KV cache stay high precision).
+// embedding, lm_head and norms stay high precision). Either runs on a bf16 or an fp8 KV cache.
 class CudaModel {
  public:
   explicit CudaModel(std::shared_ptr<const Engine> engine);
@@ -56,7 +64,8 @@ class CudaModel {
   int64_t max_seq_len() const { return max_seq_len_; }
   cudaStream_t stream() const { return stream_; }
 
-  CudaKvCache new_cache(int64_t pages, int64_t page_size = 16) const;
+  // dtype: BF16 or F8E4M3 (CudaKvCache).
+  CudaKvCache new_cache(int64_t pages, int64_t page_size = 16, DType dtype = DType::BF16) const;
 
   // Runs a mixed batch (prefill chunks and decode tokens of several sequences), the GPU twin of
   // Model::forward: writes every slice's keys and values into `cache`; for each slice that wants
@@ -99,7 +108,8 @@ class CudaModel {
     int64_t splits = 1;  // attention split-KV
     bool decode = false;  // every slice one token: attention runs as one decode_attention kernel
   };
-  using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t>;
+  // Sequences, the cache's buffers, pages, page size and dtype (a graph's kernels are the dtype's).
+  using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t, DType>;
   using GemmKey = std::tuple<int64_t, int64_t, std::string>;  // n, k, input dtype name
 
   // `interleave`: a [2I, k] gate_up weight is stored with its rows as (gate_0, up_0, gate_1, ...), so
