@@ -18,6 +18,7 @@
 #include "engine/engine.h"
 #include "engine/reader.h"
 #include "runtime/generate.h"
+#include "runtime/kv_cache.h"
 #if KILN_CUDA
 #include "backend/cuda/generate.h"
 #include "backend/cuda/offline.h"
@@ -37,7 +38,9 @@ constexpr const char* kUsage =
     "                    [--toolchain-version V] [--no-autotune] [--threads N] [--target cpu|cuda]\n"
     "  kiln-native inspect <engine.kiln>\n"
     "  kiln-native generate --engine <engine.kiln> --tokens 1,2,3 --steps N [--logits-out <file.bin>] [--threads N]\n"
+    "                       [--kv-dtype bf16|fp8 (CUDA engines)]\n"
     "  kiln-native bench --engine <engine.kiln> --prompt-len N --steps M [--threads N] [--batch B (CUDA engines)]\n"
+    "                    [--kv-dtype bf16|fp8 (CUDA engines)]\n"
     "  kiln-native bench --engine <engine.kiln> --offline --requests R --prompt-len N --output-len M\n"
     "                    [--concurrency C] [--token-budget T]   (CUDA engines: offline throughput)\n"
     "  kiln-native bench --engine <engine.kiln> --suite '<json>'   (CUDA engines: several measurements, one load)\n";
@@ -161,8 +164,15 @@ std::vector<int32_t> parse_tokens(const std::string& text) {
   return out;
 }
 
+#if KILN_CUDA
+// --kv-dtype as kvCacheDtype spells it; bf16 when not given.
+kiln::DType cuda_kv_dtype(const Args& args) {
+  return args.has("--kv-dtype") ? kiln::kv_cache_dtype_from_name(args.get("--kv-dtype")) : kiln::DType::BF16;
+}
+#endif
+
 int run_generate(const Args& args) {
-  args.only({"--engine", "--tokens", "--steps", "--logits-out", "--threads"});
+  args.only({"--engine", "--tokens", "--steps", "--logits-out", "--threads", "--kv-dtype"});
   kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
   auto engine = kiln::Engine::load(args.get("--engine"), &pool);
   const std::vector<int32_t> prompt = parse_tokens(args.get("--tokens"));
@@ -183,9 +193,10 @@ int run_generate(const Args& args) {
   if (is_cuda_engine(*engine)) {
 #if KILN_CUDA
     kiln::cuda::CudaModel model(engine);
-    r = kiln::cuda::generate_greedy(model, prompt, steps, on_logits);
+    r = kiln::cuda::generate_greedy(model, prompt, steps, on_logits, cuda_kv_dtype(args));
 #endif
   } else {
+    if (args.has("--kv-dtype")) throw Error("--kv-dtype is only supported for CUDA engines");
     kiln::Model model(engine, pool);
     r = kiln::generate_greedy(model, prompt, steps, on_logits);
   }
@@ -275,7 +286,7 @@ int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine>
 
 int run_bench(const Args& args) {
   args.only({"--engine", "--prompt-len", "--steps", "--threads", "--batch", "--offline", "--requests", "--output-len",
-             "--concurrency", "--token-budget", "--suite"});
+             "--concurrency", "--token-budget", "--suite", "--kv-dtype"});
   kiln::ThreadPool pool(static_cast<int>(args.integer("--threads", 0)));
   auto engine = kiln::Engine::load(args.get("--engine"), &pool);
   const int64_t prompt_len = args.integer("--prompt-len", 128);
@@ -285,12 +296,15 @@ int run_bench(const Args& args) {
   if ((args.has("--offline") || args.has("--suite")) && !is_cuda_engine(*engine)) {
     throw Error("--offline and --suite are only supported for CUDA engines");
   }
+  if (args.has("--kv-dtype") && (args.has("--offline") || args.has("--suite") || !is_cuda_engine(*engine))) {
+    throw Error("--kv-dtype is only supported for single CUDA benchmarks (not --offline or --suite)");
+  }
   if (is_cuda_engine(*engine)) {
 #if KILN_CUDA
     if (args.has("--offline")) return run_offline_bench(args, engine);
     if (args.has("--suite")) return run_bench_suite(args.get("--suite"), engine);
     kiln::cuda::CudaModel model(engine);
-    const auto r = kiln::cuda::bench(model, prompt_len, steps, batch);
+    const auto r = kiln::cuda::bench(model, prompt_len, steps, batch, cuda_kv_dtype(args));
     print_line(Json{{"backend", "cuda"},
                     {"prompt_len", prompt_len},
                     {"steps", steps},

@@ -19,7 +19,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& prompt, int64_t steps,
-                             const std::function<void(const float*, int64_t)>& on_logits) {
+                             const std::function<void(const float*, int64_t)>& on_logits, DType kv_dtype) {
   if (prompt.empty()) throw Error("generate: the prompt has no tokens");
   if (steps < 1) throw Error("generate: steps must be at least 1");
   const int64_t total = static_cast<int64_t>(prompt.size()) + steps - 1;
@@ -30,7 +30,7 @@ GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& promp
   using clock = std::chrono::steady_clock;
   const int64_t vocab = model.config().vocab_size;
   const int64_t pages = (total + kPageSize - 1) / kPageSize;
-  CudaKvCache cache = model.new_cache(pages, kPageSize);
+  CudaKvCache cache = model.new_cache(pages, kPageSize, kv_dtype);
   std::vector<int32_t> table(static_cast<size_t>(pages));
   for (int64_t p = 0; p < pages; ++p) table[static_cast<size_t>(p)] = static_cast<int32_t>(p);
   std::vector<float> logits(on_logits ? static_cast<size_t>(vocab) : 0);
@@ -60,7 +60,7 @@ GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& promp
   return r;
 }
 
-BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch) {
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype) {
   constexpr int64_t kWarmupSteps = 2;
   if (prompt_len < 1 || steps < 1 || batch < 1) throw Error("bench: prompt length, steps and batch must be positive");
   const int64_t total = prompt_len + steps + kWarmupSteps;
@@ -71,7 +71,7 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
   using clock = std::chrono::steady_clock;
   const int64_t vocab = model.config().vocab_size;
   const int64_t pages_per_sequence = (total + kPageSize - 1) / kPageSize;
-  CudaKvCache cache = model.new_cache(pages_per_sequence * batch, kPageSize);
+  CudaKvCache cache = model.new_cache(pages_per_sequence * batch, kPageSize, kv_dtype);
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(batch));
   std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(batch));
   for (int64_t b = 0; b < batch; ++b) {

@@ -10,9 +10,10 @@ namespace kiln::cuda {
 
 // Greedy generation on the GPU with the same contract as kiln::generate_greedy (argmax on the
 // device, first index on ties); `on_logits`, when given, sees every step's logits (copied to host
-// only then).
+// only then). kv_dtype: the KV cache's, BF16 or F8E4M3.
 GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& prompt, int64_t steps,
-                             const std::function<void(const float*, int64_t)>& on_logits = {});
+                             const std::function<void(const float*, int64_t)>& on_logits = {},
+                             DType kv_dtype = DType::BF16);
 
 struct BenchResult {
   double prefill_ms = 0.0;         // one prompt alone, median over the batch's sequences
@@ -21,8 +22,8 @@ struct BenchResult {
 };
 
 // `batch` sequences of `prompt_len` tokens: each prefilled alone (timed), then `steps` decode steps
-// of all of them in one batched forward per step (timed after two warm-up steps).
-BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch);
+// of all of them in one batched forward per step (timed after two warm-up steps), on a kv_dtype cache.
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype = DType::BF16);
 
 // Time to first token of one `prompt_len` prompt into a fresh cache: median of `repeats` forwards
 // (after one warm-up), each ending with the greedy token on the host.
