@@ -7,6 +7,7 @@
 #include "compiler/precision.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "runtime/linear.h"
 
 namespace kiln {
 namespace {
@@ -113,6 +114,23 @@ TEST(Precision, EachRoleGetsTheDtypeItsPrecisionPromises) {
   EXPECT_FLOAT_EQ(fp8.quantization["scales"]["layers.0.qkv.weight"]["input_scale"].get<float>(), 0.01f);
   EXPECT_EQ(fp8.quantization["activations"], "f8e4m3");
   EXPECT_THROW(quantize(g, Precision::FP8, {}), Error);  // no calibration for a quantized input
+}
+
+// Calibration's amax of each layer's cached keys and values becomes that layer's fp8 KV scales
+// (amax / 448); without them (every layer needed) the header has none and an fp8 cache uses 1.0.
+TEST(Precision, Fp8EnginesRecordKvCacheScalesWhenCalibrationObservedThem) {
+  Graph g = small_graph(false);
+  g.config.num_layers = 1;
+  const std::map<std::string, float> gemm_only{{"layers.0.qkv.weight", 4.48f}};
+  EXPECT_FALSE(quantize(g, Precision::FP8, gemm_only).quantization.contains("kv_scales"));
+  std::map<std::string, float> amax = gemm_only;
+  amax[kv_cache_observation_name(0, false)] = 44.8f;
+  amax[kv_cache_observation_name(0, true)] = 2.24f;
+  const Json kv = quantize(g, Precision::FP8, amax).quantization["kv_scales"];
+  ASSERT_EQ(kv.size(), 1u);
+  EXPECT_FLOAT_EQ(kv[0]["k_scale"].get<float>(), 0.1f);
+  EXPECT_FLOAT_EQ(kv[0]["v_scale"].get<float>(), 0.005f);
+  EXPECT_FLOAT_EQ(kv[0]["k_amax"].get<float>(), 44.8f);
 }
 
 TEST(Precision, PrecisionNamesAreTheCliSpellings) {

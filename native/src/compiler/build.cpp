@@ -200,7 +200,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
     calibration = Json{{"file", fs::path(o.calibration_path).filename().string()},
                        {"sequences", sequences.size()},
                        {"tokens", tokens},
-                       {"statistic", "amax of each GEMM input over all calibration tokens"}};
+                       {"statistic", "amax of each GEMM input and of each layer's cached keys and values over all calibration tokens"}};
   } else if (!o.calibration_path.empty()) {
     report.say(kCalibrate, 1, std::string("calibration not needed for ") + precision_name(o.precision) + ", skipped");
   }

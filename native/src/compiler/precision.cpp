@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "runtime/linear.h"
 
 namespace kiln {
 
@@ -59,6 +60,24 @@ TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype) {
   TensorBlob b{name, dtype, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size() * dtype_size(dtype))};
   encode_from_f32(dtype, w.data.data(), b.bytes.data(), w.data.size());
   return b;
+}
+
+// Per layer {k_scale, k_amax, v_scale, v_amax} for an fp8 KV cache (stored e4m3(x / scale), so the
+// calibrated amax lands on 448) when calibration observed every layer's keys and values; null
+// otherwise (the cache then uses 1.0).
+Json kv_cache_scales(int64_t layers, const std::map<std::string, float>& amax) {
+  if (layers < 1) return nullptr;
+  Json out = Json::array();
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto k = amax.find(kv_cache_observation_name(l, false));
+    const auto v = amax.find(kv_cache_observation_name(l, true));
+    if (k == amax.end() || v == amax.end()) return nullptr;
+    out.push_back(Json{{"k_scale", fp8_scale_for(k->second)},
+                       {"k_amax", k->second},
+                       {"v_scale", fp8_scale_for(v->second)},
+                       {"v_amax", v->second}});
+  }
+  return out;
 }
 
 }  // namespace
@@ -135,7 +154,10 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
                           {"embedding_lm_head_dtype", dtype_name(high_dtype)},
                           {"norm_bias_dtype", "f32"},
                           {"activations", quantizes_activations(precision) ? "f8e4m3" : "f32"}};
-  if (precision == Precision::FP8) out.quantization["scales"] = scales;
+  if (precision == Precision::FP8) {
+    out.quantization["scales"] = scales;
+    if (Json kv = kv_cache_scales(g.config.num_layers, input_amax); !kv.is_null()) out.quantization["kv_scales"] = kv;
+  }
   return out;
 }
 

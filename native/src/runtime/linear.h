@@ -9,12 +9,18 @@
 
 namespace kiln {
 
-// Sees the input of every linear during a forward; calibration records amax through it.
+// Sees the input of every linear during a forward, and each layer's keys (after RoPE) and values as
+// the KV cache receives them (under kv_cache_observation_name); calibration records amax through it.
 class ActivationObserver {
  public:
   virtual ~ActivationObserver() = default;
   virtual void observe(const std::string& weight, const float* x, int64_t count) = 0;
 };
+
+// "kv_cache.<layer>.k" / ".v": the observation names of a layer's cached keys and values.
+inline std::string kv_cache_observation_name(int64_t layer, bool values) {
+  return "kv_cache." + std::to_string(layer) + (values ? ".v" : ".k");
+}
 
 // One projection of the engine bound to its tensors, scales and tuned tactics.
 class Linear {

@@ -180,6 +180,10 @@ void Model::forward(const ForwardBatch& batch, KvCache& cache, float* logits, Ac
       apply_rope(k, c.num_kv_heads, c.head_dim, rope_->cos(pos), rope_->sin(pos));
       const int32_t* table = block_tables_[static_cast<size_t>(token_sequence_[static_cast<size_t>(i)])];
       cache.write(layer_index, table[pos / P], pos % P, k, v);
+      if (observer) {
+        observer->observe(kv_cache_observation_name(layer_index, false), k, c.kv_dim());
+        observer->observe(kv_cache_observation_name(layer_index, true), v, c.kv_dim());
+      }
     }
     args.q = qkv;
     args.keys = cache.layer_keys(layer_index);

@@ -252,7 +252,22 @@ KvCacheArgs CudaKvCache::layer(int64_t layer) const {
 }
 
 CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size, DType dtype) const {
-  return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim(), dtype);
+  // An fp8 cache takes the calibrated per-layer scales of an fp8 engine (quantization.kv_scales,
+  // compiler/precision.cpp); other engines carry none, and the cache keeps 1.0.
+  std::vector<float> k_scales, v_scales;
+  const Json& h = engine_->header();
+  if (dtype == DType::F8E4M3 && h.contains("quantization") && h["quantization"].contains("kv_scales")) {
+    const Json& kv = h["quantization"]["kv_scales"];
+    if (!kv.is_array() || static_cast<int64_t>(kv.size()) != config().num_layers) {
+      throw Error(engine_->source() + ": quantization.kv_scales must hold one entry per layer");
+    }
+    for (const Json& layer : kv) {
+      k_scales.push_back(layer.at("k_scale").get<float>());
+      v_scales.push_back(layer.at("v_scale").get<float>());
+    }
+  }
+  return CudaKvCache(config().num_layers, pages, page_size, config().kv_dim(), dtype, std::move(k_scales),
+                     std::move(v_scales));
 }
 
 void CudaModel::reserve(const StepShape& shape) {

@@ -20,7 +20,8 @@ namespace kiln::cuda {
 // Keys and values of every sequence in device memory, with the page layout of runtime/kv_cache.h:
 // per layer [page][slot][kv_heads * head_dim]. BF16, or F8E4M3 (half the memory, so twice the
 // pages): each layer's keys stored as e4m3(k / k_scale), values as e4m3(v / v_scale) (KvCacheArgs).
-// Empty scale vectors mean 1.0 for every layer: engines carry no calibrated KV scales yet, and the
+// CudaModel::new_cache passes the per-layer scales an fp8 engine's calibration recorded (the
+// observed amax maps to 448); empty vectors mean 1.0 for every layer, what bf16 engines get: the
 // e4m3 range (±448, 3 mantissa bits) holds the post-RoPE keys and the values of ordinary models
 // (magnitudes of a few tens at most) unscaled; a model with larger activations would saturate.
 class CudaKvCache {
@@ -64,7 +65,7 @@ class CudaModel {
   int64_t max_seq_len() const { return max_seq_len_; }
   cudaStream_t stream() const { return stream_; }
 
-  // dtype: BF16 or F8E4M3 (CudaKvCache).
+  // dtype: BF16 or F8E4M3 (CudaKvCache), with the engine's calibrated KV scales where it has them.
   CudaKvCache new_cache(int64_t pages, int64_t page_size = 16, DType dtype = DType::BF16) const;
 
   // Runs a mixed batch (prefill chunks and decode tokens of several sequences), the GPU twin of
