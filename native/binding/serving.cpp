@@ -41,17 +41,6 @@ const char* reason_name(kiln::FinishReason r) {
   return "stop";
 }
 
-// The kvCacheDtype spelling the loader accepts, so info() reports what the option asked for
-// (kiln::dtype_name spells the element types f32 / f8e4m3).
-const char* kv_dtype_option_name(kiln::DType d) {
-  switch (d) {
-    case kiln::DType::BF16: return "bf16";
-    case kiln::DType::F8E4M3: return "fp8";
-    case kiln::DType::F32: return "fp32";
-    default: return kiln::dtype_name(d);  // no cache is kept in any other type
-  }
-}
-
 Napi::Object choice_logprob(Napi::Env env, int32_t token, float logprob) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("token", token);
@@ -148,7 +137,7 @@ class ServingHandle : public Napi::ObjectWrap<ServingHandle> {
                     {{"maxInputLen", l.max_input_len}, {"maxSeqLen", l.max_seq_len}, {"maxBatchSize", l.max_batch_size},
                      {"maxNumBatchedTokens", l.max_batched_tokens}, {"maxQueuedRequests", l.max_queued},
                      {"kvPageSize", l.page_size}, {"kvCachePages", l.kv_pages}, {"kvCacheBytes", l.kv_bytes},
-                     {"kvCacheSizedBy", l.kv_basis}, {"kvCacheDtype", kv_dtype_option_name(l.kv_dtype)},
+                     {"kvCacheSizedBy", l.kv_basis}, {"kvCacheDtype", kiln::kv_cache_dtype_name(l.kv_dtype)},
                      {"backend", l.backend}}},
                    {"eosTokenIds", l.eos_token_ids}};
     if (l.bos_token_id >= 0) out["bosTokenId"] = l.bos_token_id;

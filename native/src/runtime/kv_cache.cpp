@@ -33,4 +33,13 @@ DType kv_cache_dtype_from_name(const std::string& name) {
   throw Error("kvCacheDtype: \"" + name + "\" is not supported (fp32, bf16 or fp8)");
 }
 
+const char* kv_cache_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "fp32";
+    case DType::BF16: return "bf16";
+    case DType::F8E4M3: return "fp8";
+    default: return dtype_name(dtype);  // no cache is kept in any other type
+  }
+}
+
 }  // namespace kiln

@@ -42,7 +42,9 @@ class KvCache {
   std::vector<uint8_t> values_;
 };
 
-// "fp32" or "bf16"; throws an Error naming the option otherwise.
+// "fp32", "bf16" or "fp8" (E4M3); throws an Error naming the option otherwise.
 DType kv_cache_dtype_from_name(const std::string& name);
+// The inverse: the kvCacheDtype spelling of a cache's type (dtype_name spells them f32 / f8e4m3).
+const char* kv_cache_dtype_name(DType dtype);
 
 }  // namespace kiln
