@@ -76,12 +76,6 @@ ServingLimits with_cache(ServingLimits l, const StepModel& model) {
   return l;
 }
 
-// A plain greedy request can take the backend's argmax; penalties and logprobs need the logits.
-bool plain_greedy(const SamplingParams& p) {
-  return p.temperature == 0.0f && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
-         p.presence_penalty == 0.0f && p.logprobs < 0;
-}
-
 }  // namespace
 
 StepModelOptions step_model_options(const Engine& engine, const ServingOptions& options) {
@@ -278,10 +272,11 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   for (size_t r = 0; r < row_seq.size(); ++r) {
     Sampler& sampler = row_seq[r]->sampler;
     RowRequest& q = row_requests_[r];
-    if (device_greedy && plain_greedy(sampler.params())) {
+    const SamplingParams& p = sampler.params();
+    const bool raw = sampler.raw_logits_suffice();
+    if (raw && device_greedy && p.temperature == 0.0f) {
       q.want = RowWant::Greedy;
-    } else if (device_sample && sampler.draws_from_raw_logits()) {
-      const SamplingParams& p = sampler.params();
+    } else if (raw && device_sample && p.temperature > 0.0f) {
       q.want = RowWant::Sample;
       q.draw = SampleDraw{p.temperature, p.top_k, p.top_p, p.min_p, sampler.next_uniform()};
     } else {

@@ -21,10 +21,9 @@ Sampler::Sampler(SamplingParams params, uint64_t seed_fallback)
   }
 }
 
-bool Sampler::draws_from_raw_logits() const {
+bool Sampler::raw_logits_suffice() const {
   const SamplingParams& p = params_;
-  return p.temperature > 0.0f && p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f &&
-         p.presence_penalty == 0.0f && p.logprobs < 0;
+  return p.repetition_penalty == 1.0f && p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f && p.logprobs < 0;
 }
 
 namespace {

@@ -43,9 +43,10 @@ class Sampler {
 
   const SamplingParams& params() const { return params_; }
 
-  // True when the token can be drawn elsewhere (a backend's device) from the raw logits with
-  // params() and next_uniform(): sampling (temperature > 0) with no penalties and no logprobs.
-  bool draws_from_raw_logits() const;
+  // True when no penalty and no logprobs apply, so the token can be picked elsewhere (a backend's
+  // device) from the raw logits alone: the argmax at temperature 0, else a draw with params() and
+  // next_uniform(). The one place that knows which knobs need the logits on the host.
+  bool raw_logits_suffice() const;
   // The uniform number choose() would draw for its next token, [0, 1) with 53 bits (the same on
   // every standard library): choose() draws exactly one per sampled token, so a token drawn
   // elsewhere with this keeps the request's stream where choose() would have left it.
