@@ -294,18 +294,19 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
   }
   // A throw escaping a pool worker would end the process, so each row's error is kept and the
   // first in row order is rethrown on the loop thread, before any row's token is applied.
-  std::vector<std::exception_ptr>& errors = sample_errors_;
-  errors.assign(sampled.size(), nullptr);
-  sample_pool_.run(static_cast<int>(sampled.size()), sample_pool_.size(), [&](int i) {
-    const auto r = static_cast<size_t>(sampled[static_cast<size_t>(i)]);
-    Sequence* s = row_seq[r];
+  // The job captures only `this` and vocab (the rest are members) so that it fits std::function's
+  // small buffer: a wider capture would allocate once per step.
+  sample_errors_.assign(sampled.size(), nullptr);
+  sample_pool_.run(static_cast<int>(sampled.size()), sample_pool_.size(), [this, vocab](int i) {
+    const auto r = static_cast<size_t>(sampled_rows_[static_cast<size_t>(i)]);
+    Sequence* s = row_sequences_[r];
     try {
       choices_[r] = s->sampler.choose(logits_.data() + static_cast<int64_t>(r) * vocab, vocab, s->tokens, s->prompt_len);
     } catch (...) {
-      errors[static_cast<size_t>(i)] = std::current_exception();
+      sample_errors_[static_cast<size_t>(i)] = std::current_exception();
     }
   });
-  for (const std::exception_ptr& e : errors) {
+  for (const std::exception_ptr& e : sample_errors_) {
     if (e) std::rethrow_exception(e);
   }
 
@@ -315,11 +316,11 @@ void EngineLoop::run_step(std::vector<TokenEvent>& events) {
     ev.id = s->id;
     ev.with_logprobs = s->sampler.params().logprobs >= 0;
     if (s->generated() == 0) ev.cached_prompt_tokens = s->cached_prompt_tokens;
-    const TokenChoice choice = std::move(choices_[row++]);
-    s->tokens.push_back(choice.token);
-    ev.tokens.push_back(choice);
+    const int32_t token = choices_[row].token;
+    ev.tokens.push_back(std::move(choices_[row++]));  // moved, not copied: `top` holds the logprobs
+    s->tokens.push_back(token);
     ++stats_generated_;
-    const bool stop = std::find(s->stop_token_ids.begin(), s->stop_token_ids.end(), choice.token) != s->stop_token_ids.end();
+    const bool stop = std::find(s->stop_token_ids.begin(), s->stop_token_ids.end(), token) != s->stop_token_ids.end();
     if (stop) {
       finish(s, FinishReason::Stop, events, &ev);
     } else if (s->generated() >= s->max_tokens || static_cast<int64_t>(s->tokens.size()) >= limits_.max_seq_len) {
