@@ -258,6 +258,11 @@ TEST(StepModelSeam, TheLimitsReportTheBackendAndTheCacheItSized) {
   EXPECT_THROW(EngineLoop(engine, o, streams.sink()), Error);
 }
 
+// info() reports the cache type in the spelling kvCacheDtype takes, so a reported type can be passed back.
+TEST(StepModelSeam, KvCacheDtypeNamesRoundTrip) {
+  for (const char* name : {"fp32", "bf16", "fp8"}) EXPECT_STREQ(kv_cache_dtype_name(kv_cache_dtype_from_name(name)), name);
+}
+
 // kvCacheDtype "fp8" parses (the CUDA backend keeps an E4M3 cache, one byte per element) but the CPU
 // backend refuses it, naming the option and itself.
 TEST(StepModelSeam, AnFp8KvCacheIsRefusedOnTheCpuNamingTheOptionAndTheBackend) {
