@@ -57,6 +57,23 @@ KvCacheArgs kv_cache(void* keys, void* values, int kv_fp8, float k_scale, float 
   return kv;
 }
 
+// The step geometry the RoPE/KV and attention entries take as flat C arguments.
+PagedStep paged_step(int64_t tokens, const int32_t* token_sequence, const int32_t* token_position,
+                     const int32_t* block_tables, int64_t table_stride, int64_t page_size, int64_t heads,
+                     int64_t kv_heads, int64_t head_dim) {
+  PagedStep s;
+  s.tokens = tokens;
+  s.token_sequence = token_sequence;
+  s.token_position = token_position;
+  s.block_tables = block_tables;
+  s.table_stride = table_stride;
+  s.page_size = page_size;
+  s.heads = heads;
+  s.kv_heads = kv_heads;
+  s.head_dim = head_dim;
+  return s;
+}
+
 }  // namespace
 
 extern "C" {
@@ -90,18 +107,11 @@ int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const 
     RopeKvArgs a;
     a.qkv = qkv;
     a.bias = bias;
-    a.tokens = tokens;
-    a.token_sequence = token_sequence;
-    a.token_position = token_position;
-    a.block_tables = block_tables;
-    a.table_stride = table_stride;
+    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
+                        head_dim);
     a.cos = cos;
     a.sin = sin;
     a.kv = kv_cache(keys, values, kv_fp8, k_scale, v_scale);
-    a.page_size = page_size;
-    a.heads = heads;
-    a.kv_heads = kv_heads;
-    a.head_dim = head_dim;
     rope_and_write_kv(a, nullptr);
   });
 }
@@ -119,23 +129,16 @@ int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, con
     a.q = q;
     a.q_stride = q_stride;
     a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
-    a.block_tables = block_tables;
-    a.table_stride = table_stride;
-    a.token_sequence = token_sequence;
-    a.token_position = token_position;
+    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
+                        head_dim);
     a.tiles = tiles;
     a.num_tiles = num_tiles;
-    a.page_size = page_size;
-    a.heads = heads;
-    a.kv_heads = kv_heads;
-    a.head_dim = head_dim;
     a.window = window;
     a.scale = scale;
     a.out = static_cast<bf16*>(out);
     a.out_fp8 = static_cast<fp8*>(out_fp8);
     a.out_scale = out_scale;
     a.splits = splits;
-    a.tokens = tokens;
     a.partials = partials;
     paged_attention(a, nullptr);
   });
@@ -156,18 +159,11 @@ int kiln_decode_attention(const float* qkv, const float* bias, int64_t tokens, c
     DecodeAttentionArgs a;
     a.qkv = qkv;
     a.bias = bias;
-    a.tokens = tokens;
-    a.token_sequence = token_sequence;
-    a.token_position = token_position;
-    a.block_tables = block_tables;
-    a.table_stride = table_stride;
+    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
+                        head_dim);
     a.cos = cos;
     a.sin = sin;
     a.kv = kv_cache(keys, values, kv_fp8, k_scale, v_scale);
-    a.page_size = page_size;
-    a.heads = heads;
-    a.kv_heads = kv_heads;
-    a.head_dim = head_dim;
     a.window = window;
     a.scale = scale;
     a.out = static_cast<bf16*>(out);

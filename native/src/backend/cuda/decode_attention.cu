@@ -111,7 +111,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   const int t = static_cast<int>(blockIdx.x);
   const int kvh = static_cast<int>(blockIdx.y);
   const int z = static_cast<int>(blockIdx.z);
-  const int pos = a.token_position[t];
+  const int pos = a.step.token_position[t];
   const int first_key = a.window > 0 ? max(0, pos - static_cast<int>(a.window) + 1) : 0;
   const int n = pos - first_key + 1;
   // Whole rounds per block: (splits - 1) · chunk < n holds (kRound >= kMaxAttentionSplits - 1), so
@@ -124,9 +124,9 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   // The new token's key and value come from the qkv row, not the cache.
   const int cached_hi = writer ? pos - 1 : lo + chunk - 1;
 
-  const int64_t kv_dim = a.kv_heads * D;
-  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
-  const int page_size = static_cast<int>(a.page_size);
+  const int64_t kv_dim = a.step.kv_heads * D;
+  const int32_t* table = a.step.block_tables + static_cast<int64_t>(a.step.token_sequence[t]) * a.step.table_stride;
+  const int page_size = static_cast<int>(a.step.page_size);
   const int group = threadIdx.x / kLanes;
   const int c = (threadIdx.x % kLanes) * kVec;
   using Raw = KvRaw<Kv>;
@@ -159,7 +159,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   wait_for_producer();
   let_consumer_start();
 
-  const int64_t q_dim = a.heads * D;
+  const int64_t q_dim = a.step.heads * D;
   const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
   const auto load_rotated = [&](int64_t at, float (&out)[kVec]) {
     float x[kVec], y[kVec];
@@ -324,14 +324,14 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       for (int e = 0; e < kVec; ++e) o[e] += w * src[e];
     }
   }
-  const int64_t out_at = (static_cast<int64_t>(t) * a.heads + h) * D + oc;
+  const int64_t out_at = (static_cast<int64_t>(t) * a.step.heads + h) * D + oc;
   if (splits == 1) {
     if (threadIdx.x < kOut) store8(a, out_at, o, 1.0f / sum);  // sum > 0: the block has the new token
     return;
   }
 
   const int64_t part_stride = D + 2;
-  float* parts = a.partials + (static_cast<int64_t>(t) * a.heads + h) * gridDim.z * part_stride;
+  float* parts = a.partials + (static_cast<int64_t>(t) * a.step.heads + h) * gridDim.z * part_stride;
   if (threadIdx.x < kOut) {
     float* part = parts + z * part_stride;
 #pragma unroll
@@ -346,7 +346,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
     // Cumulative: the fence after the barrier publishes the whole block's partial, so one thread
     // fences rather than every writer (the pattern of a cooperative grid sync).
     __threadfence();
-    int* counter = a.counters + static_cast<int64_t>(t) * a.kv_heads + kvh;
+    int* counter = a.counters + static_cast<int64_t>(t) * a.step.kv_heads + kvh;
     s_last = atomicAdd(counter, 1) == splits - 1;
     if (s_last) {
       *counter = 0;  // every block of this head has arrived: ready for the next launch
@@ -375,18 +375,18 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 template <int D, typename Kv>
 void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
   const char* what = "decode_attention_kernel";
-  switch (a.heads / a.kv_heads) {
+  switch (a.step.heads / a.step.kv_heads) {
     case 1: launch_kernel(what, decode_attention_kernel<D, 1, Kv>, grid, dim3(kThreads), stream, a); break;
     case 2: launch_kernel(what, decode_attention_kernel<D, 2, Kv>, grid, dim3(kThreads), stream, a); break;
     case 4: launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a); break;
     case 8: launch_kernel(what, decode_attention_kernel<D, 8, Kv>, grid, dim3(kThreads), stream, a); break;
-    default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.heads / a.kv_heads));
+    default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.step.heads / a.step.kv_heads));
   }
 }
 
 template <typename Kv>
 void launch_for_dim(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
-  switch (a.head_dim) {
+  switch (a.step.head_dim) {
     case 32: launch_for_group<32, Kv>(a, grid, stream); break;
     case 64: launch_for_group<64, Kv>(a, grid, stream); break;
     default: launch_for_group<128, Kv>(a, grid, stream); break;
@@ -403,10 +403,10 @@ bool decode_attention_supports(int64_t heads, int64_t kv_heads, int64_t head_dim
 }
 
 void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
-  if (a.tokens == 0) return;
-  if (!decode_attention_supports(a.heads, a.kv_heads, a.head_dim)) {
-    throw Error("CUDA decode attention: " + std::to_string(a.heads) + "/" + std::to_string(a.kv_heads) +
-                " heads of dim " + std::to_string(a.head_dim) + " are not supported");
+  if (a.step.tokens == 0) return;
+  if (!decode_attention_supports(a.step.heads, a.step.kv_heads, a.step.head_dim)) {
+    throw Error("CUDA decode attention: " + std::to_string(a.step.heads) + "/" + std::to_string(a.step.kv_heads) +
+                " heads of dim " + std::to_string(a.step.head_dim) + " are not supported");
   }
   if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && (!a.partials || !a.counters))) {
     throw Error("CUDA decode attention: " + std::to_string(a.splits) + " splits (1.." +
@@ -416,7 +416,7 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     throw Error(std::string("CUDA decode attention: KV cache dtype ") + dtype_name(a.kv.dtype) +
                 " is not supported (bf16, f8e4m3)");
   }
-  const dim3 grid(static_cast<unsigned>(a.tokens), static_cast<unsigned>(a.kv_heads), static_cast<unsigned>(a.splits));
+  const dim3 grid(static_cast<unsigned>(a.step.tokens), static_cast<unsigned>(a.step.kv_heads), static_cast<unsigned>(a.splits));
   if (a.kv.dtype == DType::F8E4M3) launch_for_dim<fp8>(a, grid, stream);
   else launch_for_dim<bf16>(a, grid, stream);
 }

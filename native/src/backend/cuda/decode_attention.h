@@ -19,18 +19,10 @@ namespace kiln::cuda {
 struct DecodeAttentionArgs {
   const float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim] as the QKV projection wrote it (unrotated)
   const float* bias = nullptr;
-  int64_t tokens = 0;
-  const int32_t* token_sequence = nullptr;
-  const int32_t* token_position = nullptr;
-  const int32_t* block_tables = nullptr;  // [sequences, table_stride]
-  int64_t table_stride = 0;
+  PagedStep step;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;
   KvCacheArgs kv;  // this layer's pages
-  int64_t page_size = 0;
-  int64_t heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
   int64_t window = 0;  // 0 = the whole prefix
   float scale = 1.0f;
   bf16* out = nullptr;  // [tokens, heads * head_dim]

@@ -117,12 +117,12 @@ __global__ void rope_kv_kernel(RopeKvArgs a) {
   let_consumer_start();
   const int64_t t = blockIdx.x;
   const int64_t head = blockIdx.y;
-  const int64_t D = a.head_dim;
+  const int64_t D = a.step.head_dim;
   const int64_t half = D / 2;
-  const int64_t q_dim = a.heads * D;
-  const int64_t kv_dim = a.kv_heads * D;
+  const int64_t q_dim = a.step.heads * D;
+  const int64_t kv_dim = a.step.kv_heads * D;
   float* row = a.qkv + t * (q_dim + 2 * kv_dim);
-  const int64_t pos = a.token_position[t];
+  const int64_t pos = a.step.token_position[t];
   const int64_t i = threadIdx.x;
   const int64_t at = head * D + i;  // q heads first, then k heads, as the fused qkv rows are laid out
   float x0 = row[at];
@@ -135,17 +135,17 @@ __global__ void rope_kv_kernel(RopeKvArgs a) {
   const float s = a.sin[pos * half + i];
   const float r0 = x0 * c - x1 * s;
   const float r1 = x1 * c + x0 * s;
-  if (head < a.heads) {
+  if (head < a.step.heads) {
     row[at] = r0;
     row[at + half] = r1;
     return;
   }
-  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[t]) * a.table_stride;
+  const int32_t* table = a.step.block_tables + static_cast<int64_t>(a.step.token_sequence[t]) * a.step.table_stride;
   // 32-bit division: positions and page sizes are small, and a 64-bit divide costs dozens of instructions.
   const int p32 = static_cast<int>(pos);
-  const int page_size = static_cast<int>(a.page_size);
-  const int64_t slot = (static_cast<int64_t>(table[p32 / page_size]) * a.page_size + p32 % page_size) * kv_dim;
-  const int64_t k_head = (head - a.heads) * D;
+  const int page_size = static_cast<int>(a.step.page_size);
+  const int64_t slot = (static_cast<int64_t>(table[p32 / page_size]) * a.step.page_size + p32 % page_size) * kv_dim;
+  const int64_t k_head = (head - a.step.heads) * D;
   store(static_cast<Kv*>(a.kv.keys) + slot + k_head + i, r0, 1.0f / a.kv.k_scale);
   store(static_cast<Kv*>(a.kv.keys) + slot + k_head + i + half, r1, 1.0f / a.kv.k_scale);
   for (int64_t j = k_head + i; j < k_head + D; j += half) {
@@ -196,7 +196,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   const int warp = threadIdx.x / kWarp;
   const int64_t first = a.tiles[2 * blockIdx.x];
   const int64_t count = a.tiles[2 * blockIdx.x + 1];
-  const int64_t group = a.heads / a.kv_heads;
+  const int64_t group = a.step.heads / a.step.kv_heads;
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
   const int64_t kv_head = blockIdx.y / head_chunks;
   const int64_t chunk = blockIdx.y % head_chunks;
@@ -205,10 +205,10 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
   // instruction sequence, and this kernel is latency-bound at decode).
   const int nh = static_cast<int>(min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block));
   const int rows = static_cast<int>(count) * nh;
-  const int page_size = static_cast<int>(a.page_size);
-  const int64_t kv_dim = a.kv_heads * D;
-  const int32_t* table = a.block_tables + static_cast<int64_t>(a.token_sequence[first]) * a.table_stride;
-  const int64_t p0 = a.token_position[first];
+  const int page_size = static_cast<int>(a.step.page_size);
+  const int64_t kv_dim = a.step.kv_heads * D;
+  const int32_t* table = a.step.block_tables + static_cast<int64_t>(a.step.token_sequence[first]) * a.step.table_stride;
+  const int64_t p0 = a.step.token_position[first];
   const int64_t last = p0 + count - 1;
   const int64_t first_key = a.window > 0 ? max(int64_t{0}, p0 - a.window + 1) : 0;
   // This block's share of the keys: whole 32-key steps, split `splits` ways.
@@ -247,7 +247,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       float kf[kVec];
       float vf[kVec];
       if (kp <= hi) {
-        const int64_t at = (static_cast<int64_t>(table[kp32 / page_size]) * a.page_size + kp32 % page_size) * kv_dim +
+        const int64_t at = (static_cast<int64_t>(table[kp32 / page_size]) * a.step.page_size + kp32 % page_size) * kv_dim +
                            kv_head * D + c;
         const uint4 kraw = *reinterpret_cast<const uint4*>(static_cast<const Kv*>(a.kv.keys) + at);
         const uint4 vraw = *reinterpret_cast<const uint4*>(static_cast<const Kv*>(a.kv.values) + at);
@@ -302,7 +302,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
     const int64_t h = head0 + r % nh;
     if (gridDim.z == 1) {
       const float inv = 1.0f / l[rr];  // l > 0: every query sees at least its own position
-      const int64_t at = t * a.heads * D + h * D;
+      const int64_t at = t * a.step.heads * D + h * D;
       if (a.out_fp8) {
         const float inv_scale = 1.0f / a.out_scale;
 #pragma unroll
@@ -313,7 +313,7 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
       }
     } else {
       // Written even for an empty share (l = 0): the merge reads every split.
-      float* part = a.partials + ((t * a.heads + h) * gridDim.z + blockIdx.z) * (D + 2);
+      float* part = a.partials + ((t * a.step.heads + h) * gridDim.z + blockIdx.z) * (D + 2);
 #pragma unroll
       for (int i = 0; i < kLaneDims; ++i) part[lane + i * kWarp] = acc[rr][i];
       if (lane == 0) {
@@ -432,21 +432,21 @@ void check_kv_dtype(const KvCacheArgs& kv, const char* what) {
 template <typename Kv>
 void launch_attention(const AttentionArgs& a, dim3 grid, int heads_per_block, cudaStream_t stream) {
   const dim3 threads(kAttnWarps * kWarp);
-  switch (a.head_dim) {
+  switch (a.step.head_dim) {
     case 32: launch_kernel("attention_kernel", attention_kernel<32, Kv>, grid, threads, stream, a, heads_per_block); break;
     case 64: launch_kernel("attention_kernel", attention_kernel<64, Kv>, grid, threads, stream, a, heads_per_block); break;
     case 128: launch_kernel("attention_kernel", attention_kernel<128, Kv>, grid, threads, stream, a, heads_per_block); break;
-    default: throw Error("CUDA attention: head_dim " + std::to_string(a.head_dim) + " is not supported (32, 64, 128)");
+    default: throw Error("CUDA attention: head_dim " + std::to_string(a.step.head_dim) + " is not supported (32, 64, 128)");
   }
 }
 
 }  // namespace
 
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
-  if (args.tokens == 0) return;
+  if (args.step.tokens == 0) return;
   check_kv_dtype(args.kv, "CUDA RoPE");
-  const dim3 grid(static_cast<unsigned>(args.tokens), static_cast<unsigned>(args.heads + args.kv_heads));
-  const dim3 threads(static_cast<unsigned>(args.head_dim / 2));
+  const dim3 grid(static_cast<unsigned>(args.step.tokens), static_cast<unsigned>(args.step.heads + args.step.kv_heads));
+  const dim3 threads(static_cast<unsigned>(args.step.head_dim / 2));
   if (args.kv.dtype == DType::F8E4M3) launch_kernel("rope_kv_kernel", rope_kv_kernel<fp8>, grid, threads, stream, args);
   else launch_kernel("rope_kv_kernel", rope_kv_kernel<bf16>, grid, threads, stream, args);
 }
@@ -467,21 +467,21 @@ bool attention_supports_head_dim(int64_t head_dim) { return head_dim == 32 || he
 
 void paged_attention(const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_tiles == 0) return;
-  const int64_t group = a.heads / a.kv_heads;
+  const int64_t group = a.step.heads / a.step.kv_heads;
   const int heads_per_block = static_cast<int>(std::min<int64_t>(group, kAttnRows));
   if (a.splits < 1 || a.splits > kMaxAttentionSplits || (a.splits > 1 && !a.partials)) {
     throw Error("CUDA attention: " + std::to_string(a.splits) + " splits (1.." + std::to_string(kMaxAttentionSplits) +
                 ", more than 1 with a partials buffer)");
   }
   const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
-  const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.kv_heads * head_chunks),
+  const dim3 grid(static_cast<unsigned>(a.num_tiles), static_cast<unsigned>(a.step.kv_heads * head_chunks),
                   static_cast<unsigned>(a.splits));
   check_kv_dtype(a.kv, "CUDA attention");
   if (a.kv.dtype == DType::F8E4M3) launch_attention<fp8>(a, grid, heads_per_block, stream);
   else launch_attention<bf16>(a, grid, heads_per_block, stream);
   if (a.splits > 1) {
-    launch_kernel("merge_splits_kernel", merge_splits_kernel, dim3(static_cast<unsigned>(a.tokens * a.heads)),
-                  dim3(static_cast<unsigned>(a.head_dim)), stream, a.partials, a.heads, a.head_dim, a.splits, a.out,
+    launch_kernel("merge_splits_kernel", merge_splits_kernel, dim3(static_cast<unsigned>(a.step.tokens * a.step.heads)),
+                  dim3(static_cast<unsigned>(a.step.head_dim)), stream, a.partials, a.step.heads, a.step.head_dim, a.splits, a.out,
                   a.out_fp8, a.out_scale);
   }
 }

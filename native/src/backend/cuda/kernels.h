@@ -30,6 +30,21 @@ struct KvCacheArgs {
   float v_scale = 1.0f;
 };
 
+// Where each token of a step sits: its sequence's block table and its position (page
+// block_tables[seq][pos / page_size], slot pos % page_size; RoPE angle pos), and the head geometry.
+// The RoPE/KV writer and both attention kernels read a step through this.
+struct PagedStep {
+  int64_t tokens = 0;
+  const int32_t* token_sequence = nullptr;
+  const int32_t* token_position = nullptr;
+  const int32_t* block_tables = nullptr;  // [sequences, table_stride]
+  int64_t table_stride = 0;
+  int64_t page_size = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+};
+
 // h[t] = float(table[tokens[t]]) for t < n.
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
 
@@ -42,23 +57,15 @@ void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int
                      float eps, float scale, fp8* y, cudaStream_t stream);
 
 // Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
-// convention) in place in the fp32 qkv rows, and writes k and v in the cache's dtype into the token's cache slot
-// (page block_tables[seq][pos / page_size], slot pos % page_size).
+// convention) in place in the fp32 qkv rows, and writes k and v in the cache's dtype into the
+// token's cache slot.
 struct RopeKvArgs {
   float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim]
   const float* bias = nullptr;
-  int64_t tokens = 0;
-  const int32_t* token_sequence = nullptr;
-  const int32_t* token_position = nullptr;
-  const int32_t* block_tables = nullptr;  // [sequences, table_stride]
-  int64_t table_stride = 0;
+  PagedStep step;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;
   KvCacheArgs kv;  // this layer's pages
-  int64_t page_size = 0;
-  int64_t heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
 };
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream);
 
@@ -71,16 +78,9 @@ struct AttentionArgs {
   const float* q = nullptr;  // token t, head h at q + t * q_stride + h * head_dim
   int64_t q_stride = 0;
   KvCacheArgs kv;  // read only
-  const int32_t* block_tables = nullptr;
-  int64_t table_stride = 0;
-  const int32_t* token_sequence = nullptr;
-  const int32_t* token_position = nullptr;
+  PagedStep step;  // tokens: of the whole batch (the merge runs over all of them)
   const int32_t* tiles = nullptr;  // [num_tiles][2]
   int64_t num_tiles = 0;
-  int64_t page_size = 0;
-  int64_t heads = 0;
-  int64_t kv_heads = 0;
-  int64_t head_dim = 0;
   int64_t window = 0;  // 0 = the whole prefix
   float scale = 1.0f;
   bf16* out = nullptr;  // [tokens, heads * head_dim]
@@ -93,7 +93,6 @@ struct AttentionArgs {
   // floats per token, head and split) go to `partials` and are merged by a second kernel. Decode
   // tiles hold one token, so without splitting a batch-1 step would run on kv_heads blocks only.
   int64_t splits = 1;
-  int64_t tokens = 0;         // of the whole batch (the merge runs over all of them)
   float* partials = nullptr;  // [tokens, heads, splits, head_dim + 2]
 };
 void paged_attention(const AttentionArgs& args, cudaStream_t stream);
