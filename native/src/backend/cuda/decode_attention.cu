@@ -215,9 +215,15 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       m[g] = m_new;
     }
   };
-  const auto group_sum = [](float& v) {
+  // Query head g's score against one key: each lane's share of the dot product, summed over the
+  // lanes that hold the key.
+  const auto score = [&](const float (&kf)[kVec], int g) {
+    float dot = 0.0f;
 #pragma unroll
-    for (int offset = kLanes / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
+#pragma unroll
+    for (int offset = kLanes / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    return dot;
   };
 
   for (int base = lo; base <= cached_hi; base += kRound) {
@@ -228,13 +234,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       float kf[kVec];
       unpack8(kr[k], kf, a.kv.k_scale);
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        float dot = 0.0f;
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
-        group_sum(dot);
-        s[k][g] = dot;
-      }
+      for (int g = 0; g < G; ++g) s[k][g] = score(kf, g);
     }
     if (!valid[0]) continue;  // the group has no key this round
     float vf[kKeys][kVec];
@@ -279,13 +279,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
     unpack8(v_raw, vf[0], a.kv.v_scale);
     float s[kKeys][G] = {};
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      float dot = 0.0f;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) dot += q[g][e] * kf[e];
-      group_sum(dot);
-      s[0][g] = dot;
-    }
+    for (int g = 0; g < G; ++g) s[0][g] = score(kf, g);
     if (group == 0) {
       const int64_t slot = (static_cast<int64_t>(table[pos / page_size]) * page_size + pos % page_size) * kv_dim + kvh * D + c;
       *reinterpret_cast<Raw*>(static_cast<Kv*>(a.kv.keys) + slot) = k_raw;
