@@ -12,7 +12,6 @@
 #include <random>
 
 #include "architectures.h"
-#include "backend/cpu/paged_attention.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
@@ -114,25 +113,8 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
       ref_values[i] = store_cache_element(ac.fp8_cache, v_scale, normal(rng), &values[i * element_bytes]);
     }
 
-    std::vector<float> want(static_cast<size_t>(n * q_dim));
-    PagedAttentionArgs cpu;
-    cpu.q = q.data();
-    cpu.q_stride = q_dim;
-    cpu.tokens = n;
-    cpu.token_sequence = sequence.data();
-    cpu.token_position = position.data();
-    cpu.block_tables = table_ptrs.data();
-    cpu.keys = reinterpret_cast<const uint8_t*>(ref_keys.data());
-    cpu.values = reinterpret_cast<const uint8_t*>(ref_values.data());
-    cpu.kv_dtype = DType::F32;
-    cpu.page_size = P;
-    cpu.heads = ac.heads;
-    cpu.kv_heads = ac.kv_heads;
-    cpu.head_dim = ac.head_dim;
-    cpu.scale = 1.0f / std::sqrt(static_cast<float>(ac.head_dim));
-    cpu.out = want.data();
-    ThreadPool pool(2);
-    paged_attention(cpu, pool);
+    const std::vector<float> want = cpu_attention(
+        {&sequence, &position, &table_ptrs, P, ac.heads, ac.kv_heads, ac.head_dim}, q, ref_keys, ref_values);
 
     const DeviceBuffer q_d = to_device(q), k_d = to_device(keys), v_d = to_device(values), t_d = to_device(tables),
                        s_d = to_device(sequence), p_d = to_device(position32), tiles_d = to_device(tiles);
@@ -160,7 +142,7 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
       a.step.heads = ac.heads;
       a.step.kv_heads = ac.kv_heads;
       a.step.head_dim = ac.head_dim;
-      a.scale = cpu.scale;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(ac.head_dim));
       a.out = out_d.get<bf16>();
       a.splits = splits;
       a.step.tokens = n;

@@ -10,10 +10,8 @@
 #include <cstring>
 #include <random>
 
-#include "backend/cpu/paged_attention.h"
 #include "backend/cuda/decode_attention.h"
 #include "core/dtype.h"
-#include "core/thread_pool.h"
 #include "device_helpers.h"
 
 namespace kiln::test {
@@ -133,26 +131,8 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
       for (int64_t j = 0; j < kv_dim; ++j) want_values.put(slot + j, x(q_dim + kv_dim + j));
     }
     const std::vector<float> ref_keys = want_keys.dequantized(), ref_values = want_values.dequantized();
-    std::vector<float> want(static_cast<size_t>(n * q_dim));
-    PagedAttentionArgs cpu;
-    cpu.q = q.data();
-    cpu.q_stride = q_dim;
-    cpu.tokens = n;
-    cpu.token_sequence = sequence.data();
-    cpu.token_position = position.data();
-    cpu.block_tables = table_ptrs.data();
-    cpu.keys = reinterpret_cast<const uint8_t*>(ref_keys.data());
-    cpu.values = reinterpret_cast<const uint8_t*>(ref_values.data());
-    cpu.kv_dtype = DType::F32;
-    cpu.page_size = P;
-    cpu.heads = dc.heads;
-    cpu.kv_heads = dc.kv_heads;
-    cpu.head_dim = D;
-    cpu.window = dc.window;
-    cpu.scale = 1.0f / std::sqrt(static_cast<float>(D));
-    cpu.out = want.data();
-    ThreadPool pool(2);
-    paged_attention(cpu, pool);
+    const std::vector<float> want = cpu_attention(
+        {&sequence, &position, &table_ptrs, P, dc.heads, dc.kv_heads, D, dc.window}, q, ref_keys, ref_values);
 
     const DeviceBuffer qkv_d = to_device(qkv), bias_d = to_device(bias), cos_d = to_device(cos), sin_d = to_device(sin),
                        t_d = to_device(ids), s_d = to_device(sequence), p_d = to_device(position32);
@@ -185,7 +165,7 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
       a.step.kv_heads = dc.kv_heads;
       a.step.head_dim = D;
       a.window = dc.window;
-      a.scale = cpu.scale;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(D));
       if (dc.fp8_out) a.out_fp8 = out_d.get<cuda::fp8>();
       else a.out = out_d.get<cuda::bf16>();
       a.out_scale = out_scale;

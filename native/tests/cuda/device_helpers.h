@@ -7,8 +7,10 @@
 #include <cmath>
 #include <vector>
 
+#include "backend/cpu/paged_attention.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
+#include "core/thread_pool.h"
 
 namespace kiln::test {
 
@@ -39,6 +41,44 @@ inline double relative_norm_error(const std::vector<float>& got, const std::vect
     norm += static_cast<double>(want[i]) * want[i];
   }
   return std::sqrt(diff / norm);
+}
+
+// What the CUDA attention kernels must reproduce: the CPU backend's paged attention of q (n rows of
+// heads * head_dim) over fp32 copies of the cache as the kernels see it (bf16 or e4m3 dequantized).
+struct AttentionReference {
+  const std::vector<int32_t>* sequence = nullptr;
+  const std::vector<int64_t>* position = nullptr;
+  const std::vector<const int32_t*>* tables = nullptr;
+  int64_t page_size = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t window = 0;
+};
+inline std::vector<float> cpu_attention(const AttentionReference& r, const std::vector<float>& q,
+                                        const std::vector<float>& keys, const std::vector<float>& values) {
+  const auto n = static_cast<int64_t>(r.sequence->size());
+  std::vector<float> out(static_cast<size_t>(n * r.heads * r.head_dim));
+  PagedAttentionArgs cpu;
+  cpu.q = q.data();
+  cpu.q_stride = r.heads * r.head_dim;
+  cpu.tokens = n;
+  cpu.token_sequence = r.sequence->data();
+  cpu.token_position = r.position->data();
+  cpu.block_tables = r.tables->data();
+  cpu.keys = reinterpret_cast<const uint8_t*>(keys.data());
+  cpu.values = reinterpret_cast<const uint8_t*>(values.data());
+  cpu.kv_dtype = DType::F32;
+  cpu.page_size = r.page_size;
+  cpu.heads = r.heads;
+  cpu.kv_heads = r.kv_heads;
+  cpu.head_dim = r.head_dim;
+  cpu.window = r.window;
+  cpu.scale = 1.0f / std::sqrt(static_cast<float>(r.head_dim));
+  cpu.out = out.data();
+  ThreadPool pool(2);
+  paged_attention(cpu, pool);
+  return out;
 }
 
 }  // namespace kiln::test
