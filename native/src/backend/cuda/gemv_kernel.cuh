@@ -27,6 +27,7 @@ struct Args {
   float beta = 0.0f;
   void* act = nullptr;
   float act_inv_scale = 1.0f;
+  bool preload = true;
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
@@ -123,11 +124,19 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   const bool second = row0 + 1 < a.n;
   const uint4* w0 = a.w + (active ? row0 : 0) * chunks;
   const uint4* w1 = a.w + (second ? row0 + 1 : (active ? row0 : 0)) * chunks;
+  // The first kPrefetchChunks chunks of each row go to registers (or only L2, a.preload off) before
+  // the wait: weights are read-only, so their latency overlaps the previous kernel's tail.
+  uint4 first0[kPrefetchChunks];
+  uint4 first1[kPrefetchChunks];
   if (active) {
 #pragma unroll
     for (int u = 0; u < kPrefetchChunks; ++u) {
       const int64_t c = (static_cast<int64_t>(u) * S + slice) * 32 + lane;
-      if (c < chunks) {
+      if (c >= chunks) break;
+      if (a.preload) {
+        first0[u] = __ldcs(w0 + c);
+        first1[u] = __ldcs(w1 + c);
+      } else {
         prefetch_l2(w0 + c);
         prefetch_l2(w1 + c);
       }
@@ -141,24 +150,33 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   float acc[2][M];
 #pragma unroll
   for (int i = 0; i < M; ++i) acc[0][i] = acc[1][i] = 0.0f;
-  if (active) {
-#pragma unroll 4
-    for (int64_t c = slice * 32 + lane; c < chunks; c += 32 * S) {
-      float wa[E];
-      float wb[E];
-      Chunk::unpack(__ldcs(w0 + c), wa);
-      Chunk::unpack(__ldcs(w1 + c), wb);
+  const auto apply = [&](int64_t c, const uint4& v0, const uint4& v1) {
+    float wa[E];
+    float wb[E];
+    Chunk::unpack(v0, wa);
+    Chunk::unpack(v1, wb);
 #pragma unroll
-      for (int i = 0; i < M; ++i) {
-        float xf[E];
-        Chunk::unpack(x[i * chunks + c], xf);
+    for (int i = 0; i < M; ++i) {
+      float xf[E];
+      Chunk::unpack(x[i * chunks + c], xf);
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-          acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
-          acc[1][i] = fmaf(wb[e], xf[e], acc[1][i]);
-        }
+      for (int e = 0; e < E; ++e) {
+        acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
+        acc[1][i] = fmaf(wb[e], xf[e], acc[1][i]);
       }
     }
+  };
+  if (active) {
+    int64_t c = slice * 32 + lane;
+    if (a.preload) {
+#pragma unroll
+      for (int u = 0; u < kPrefetchChunks; ++u, c += 32 * S) {
+        if (c >= chunks) break;
+        apply(c, first0[u], first1[u]);
+      }
+    }
+#pragma unroll 4
+    for (; c < chunks; c += 32 * S) apply(c, __ldcs(w0 + c), __ldcs(w1 + c));
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
