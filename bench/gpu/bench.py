@@ -363,9 +363,12 @@ def write_results(out: Path, meta: dict, rows: list) -> str:
              "|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         shape = f"{r.get('prompt_len', '')}/{r.get('output_len', '')}" if r["phase"] == "offline" else str(r.get("prompt_len", ""))
+        # Rows of a call that measured no transformers figure (--decode-batches, --no-hf) say so.
+        theirs, ratio = r.get("transformers_tok_s"), r.get("vs_transformers")
         lines.append(f"| {r['model']} | {r['precision']} | {r['phase']} | {r['batch']} | {shape} | {r['tok_s']} | "
-                     f"{r.get('ms', r.get('seconds', ''))} | {r['roofline_frac']} | {r['transformers_tok_s']} | "
-                     f"{r['vs_transformers']}x |")
+                     f"{r.get('ms', r.get('seconds', ''))} | {r['roofline_frac']} | "
+                     f"{theirs if theirs is not None else 'not measured'} | "
+                     f"{f'{ratio}x' if ratio is not None else '-'} |")
     table = "\n".join(lines)
     (out / "gpu-section.md").write_text(
         f"Measured {meta['date']} at commit `{meta['commit']}` by `bench/gpu/run.sh` on {meta['card']}: copy bandwidth "
