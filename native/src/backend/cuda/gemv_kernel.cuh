@@ -64,22 +64,23 @@ struct Fp8Chunk {
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
 // x_s[i][c] = the normed (and, for fp8, quantized) chunk c of row i, for all M rows; one pass for the
-// sums of squares, one to scale (the row is then in L1).
+// sums of squares, one to scale (the row is then in L1). Both passes move a float4 of the row (and of
+// gamma) per thread and step, so every thread of the block has work even for E4M3's 16-element chunks.
 template <typename Chunk, int M>
 __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
-  constexpr int E = Chunk::kElements;
+  using Element = typename Chunk::Element;
   __shared__ float partial[kWarps][M];
   __shared__ float inv[M];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int64_t chunks = a.k / E;
+  const int quads = static_cast<int>(a.k / 4);
+  const auto* h4 = reinterpret_cast<const float4*>(a.h);
   float sq[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) {
     sq[i] = 0.0f;
-    const auto* row = reinterpret_cast<const float4*>(a.h + i * a.k);
-    for (int64_t j = threadIdx.x; j < a.k / 4; j += blockDim.x) {
-      const float4 v = row[j];
+    for (int j = threadIdx.x; j < quads; j += blockDim.x) {
+      const float4 v = h4[i * quads + j];
       sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
 #pragma unroll
@@ -93,17 +94,25 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
     inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
   }
   __syncthreads();
-  for (int64_t idx = threadIdx.x; idx < M * chunks; idx += blockDim.x) {
-    const int64_t i = idx / chunks;
-    const int64_t c = idx % chunks;
-    const float* x = a.h + i * a.k + c * E;
-    typename Chunk::Element packed[E];
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const float normed = x[e] * inv[i];
-      packed[e] = Chunk::convert(a.gamma ? a.gamma[c * E + e] * normed : normed, a.in_inv_scale);
-    }
-    x_s[idx] = *reinterpret_cast<const uint4*>(packed);
+  // gamma 1 when absent: 1 · normed is normed exactly, as the norm kernels store it.
+  const auto* g4 = reinterpret_cast<const float4*>(a.gamma);
+  auto* out = reinterpret_cast<Element*>(x_s);
+  for (int idx = threadIdx.x; idx < M * quads; idx += blockDim.x) {
+    const int i = M == 1 ? 0 : idx / quads;
+    const int q = M == 1 ? idx : idx - i * quads;
+    const float4 v = h4[idx];
+    const float4 g = a.gamma ? g4[q] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    const float r = inv[i];
+    union {
+      Element e[4];
+      uint32_t u[sizeof(Element)];
+    } packed;
+    packed.e[0] = Chunk::convert(g.x * (v.x * r), a.in_inv_scale);
+    packed.e[1] = Chunk::convert(g.y * (v.y * r), a.in_inv_scale);
+    packed.e[2] = Chunk::convert(g.z * (v.z * r), a.in_inv_scale);
+    packed.e[3] = Chunk::convert(g.w * (v.w * r), a.in_inv_scale);
+    if constexpr (sizeof(Element) == 2) *reinterpret_cast<uint2*>(out + 4 * idx) = make_uint2(packed.u[0], packed.u[1]);
+    else *reinterpret_cast<uint32_t*>(out + 4 * idx) = packed.u[0];
   }
   __syncthreads();
 }
