@@ -17,6 +17,7 @@
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/prefill_attention.h"
 #include "backend/cuda/sampling.h"
 
 using namespace kiln::cuda;
@@ -82,6 +83,9 @@ const char* kiln_abi_last_error() { return last_error.c_str(); }
 
 int64_t kiln_attention_tile_tokens(int64_t heads, int64_t kv_heads) { return attention_tile_tokens(heads, kv_heads); }
 int64_t kiln_max_attention_splits() { return kMaxAttentionSplits; }
+int64_t kiln_prefill_attention_tile_tokens(int64_t heads, int64_t kv_heads) {
+  return prefill_attention_tile_tokens(heads, kv_heads);
+}
 int64_t kiln_gemv_max_rows(int normed) { return normed ? kGemvNormMaxRows : kGemvMaxRows; }
 
 int kiln_embed_rows(const void* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h) {
@@ -141,6 +145,31 @@ int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, con
     a.splits = splits;
     a.partials = partials;
     paged_attention(a, nullptr);
+  });
+}
+
+// The tensor-core prefill attention (prefill_attention.h): kiln_paged_attention's arguments less the
+// split-KV ones, with tiles of at most kiln_prefill_attention_tile_tokens tokens.
+int kiln_prefill_attention(const float* q, int64_t q_stride, const void* keys, const void* values,
+                           const int32_t* block_tables, int64_t table_stride, const int32_t* token_sequence,
+                           const int32_t* token_position, const int32_t* tiles, int64_t num_tiles, int64_t page_size,
+                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
+                           void* out_fp8, float out_scale, int64_t tokens, int kv_fp8, float k_scale, float v_scale) {
+  return guarded([&] {
+    AttentionArgs a;
+    a.q = q;
+    a.q_stride = q_stride;
+    a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
+    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
+                        head_dim);
+    a.tiles = tiles;
+    a.num_tiles = num_tiles;
+    a.window = window;
+    a.scale = scale;
+    a.out = static_cast<bf16*>(out);
+    a.out_fp8 = static_cast<fp8*>(out_fp8);
+    a.out_scale = out_scale;
+    prefill_attention(a, nullptr);
   });
 }
 

@@ -54,6 +54,8 @@ SIGNATURES = {
                              P, I32, F32, F32],
     "kiln_decode_attention": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I64, F32, P, P, F32, I64, P,
                               P, I32, F32, F32],
+    "kiln_prefill_attention": [P, I64, P, P, P, I64, P, P, P, I64, I64, I64, I64, I64, I64, F32, P, P, F32, I64, I32,
+                               F32, F32],
     "kiln_silu_mul": [I32, P, I64, I64, F32, P],
     "kiln_argmax_rows": [P, I64, I64, P],
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
@@ -82,7 +84,8 @@ class Kernels:
             fn.restype = ctypes.c_int
         self.lib.kiln_abi_last_error.restype = ctypes.c_char_p
         for name, args in (("kiln_attention_tile_tokens", [I64, I64]), ("kiln_max_attention_splits", []),
-                           ("kiln_decode_attention_supports", [I64, I64, I64])):
+                           ("kiln_decode_attention_supports", [I64, I64, I64]),
+                           ("kiln_prefill_attention_tile_tokens", [I64, I64])):
             getattr(self.lib, name).argtypes = args
             getattr(self.lib, name).restype = I64
 
@@ -117,6 +120,16 @@ class Kernels:
                   ptr(seq), ptr(pos), ptr(tiles), tiles.shape[0], keys.shape[1], heads, kv_heads, head_dim, window,
                   scale, ptr(out), ptr(out_fp8), out_scale, splits, seq.numel(), ptr(partials),
                   int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
+
+    def prefill_tile_tokens(self, heads: int, kv_heads: int) -> int:
+        return self.lib.kiln_prefill_attention_tile_tokens(heads, kv_heads)
+
+    def prefill_attention(self, q, q_stride, keys, values, tables, seq, pos, tiles, heads, kv_heads, head_dim, window,
+                          scale, out, out_fp8, out_scale, k_scale=1.0, v_scale=1.0):
+        self.call("kiln_prefill_attention", ptr(q), q_stride, ptr(keys), ptr(values), ptr(tables), tables.shape[1],
+                  ptr(seq), ptr(pos), ptr(tiles), tiles.shape[0], keys.shape[1], heads, kv_heads, head_dim, window,
+                  scale, ptr(out), ptr(out_fp8), out_scale, seq.numel(), int(keys.dtype == torch.float8_e4m3fn),
+                  k_scale, v_scale)
 
     def decode_supports(self, heads: int, kv_heads: int, head_dim: int) -> bool:
         return self.lib.kiln_decode_attention_supports(heads, kv_heads, head_dim) != 0
@@ -496,29 +509,51 @@ def test_rope(k: Kernels) -> None:
         report("rope_kv", name + " no write outside the batch's slots", stray == 0, f"stray elements {stray}")
 
 
+def sequence_rows(batch: Batch, s: int, cache: torch.Tensor, heads, kv_heads, head_dim) -> torch.Tensor:
+    """Sequence s's cached rows [start + n, heads, head_dim] (each KV head repeated for its query
+    heads), float64."""
+    start, n = batch.slices[s]
+    key_pos = torch.arange(start + n, device=DEV)
+    rows = cache.view(-1, kv_heads, head_dim).double()[batch.slots(torch.full_like(key_pos, s), key_pos)]
+    return rows.repeat_interleave(heads // kv_heads, dim=1)
+
+
+def attention_weights(batch: Batch, s: int, q, keys, heads, kv_heads, head_dim, window, scale) -> torch.Tensor:
+    """Causal (optionally windowed) softmax weights [heads, n, start + n] of sequence s's n queries
+    (q: those rows) over its keys, float64, GQA."""
+    start, n = batch.slices[s]
+    qq = q.double().reshape(n, heads, head_dim)
+    scores = torch.einsum("nhd,lhd->hnl", qq, sequence_rows(batch, s, keys, heads, kv_heads, head_dim)) * scale
+    key_pos = torch.arange(start + n, device=DEV)
+    query_pos = torch.arange(start, start + n, device=DEV)[:, None]
+    allowed = key_pos[None, :] <= query_pos
+    if window:
+        allowed &= key_pos[None, :] > query_pos - window
+    return torch.softmax(scores.masked_fill(~allowed[None], -math.inf), dim=-1)
+
+
 def attention_reference(batch: Batch, q, keys, values, heads, kv_heads, head_dim, window, scale) -> torch.Tensor:
     """Causal (optionally windowed) softmax attention per sequence over its pages, float64, GQA."""
     out = torch.empty(batch.tokens, heads, head_dim, dtype=torch.float64, device=DEV)
-    flat_k = keys.view(-1, kv_heads, head_dim).double()
-    flat_v = values.view(-1, kv_heads, head_dim).double()
-    group = heads // kv_heads
     first = 0
-    for s, (start, n) in enumerate(batch.slices):
-        length = start + n
-        key_pos = torch.arange(length, device=DEV)
-        slots = batch.slots(torch.full_like(key_pos, s), key_pos)
-        kk = flat_k[slots].repeat_interleave(group, dim=1)  # [length, heads, D]
-        vv = flat_v[slots].repeat_interleave(group, dim=1)
-        qq = q[first:first + n].double().reshape(n, heads, head_dim)
-        scores = torch.einsum("nhd,lhd->hnl", qq, kk) * scale
-        query_pos = torch.arange(start, length, device=DEV)[:, None]
-        allowed = key_pos[None, :] <= query_pos
-        if window:
-            allowed &= key_pos[None, :] > query_pos - window
-        scores = scores.masked_fill(~allowed[None], -math.inf)
-        out[first:first + n] = torch.einsum("hnl,lhd->nhd", torch.softmax(scores, dim=-1), vv)
+    for s, (_, n) in enumerate(batch.slices):
+        p = attention_weights(batch, s, q[first:first + n], keys, heads, kv_heads, head_dim, window, scale)
+        out[first:first + n] = torch.einsum("hnl,lhd->nhd", p, sequence_rows(batch, s, values, heads, kv_heads,
+                                                                             head_dim))
         first += n
     return out.reshape(batch.tokens, heads * head_dim)
+
+
+def attention_spread(batch: Batch, q, keys, heads, kv_heads, head_dim, window, scale) -> torch.Tensor:
+    """sqrt(sum_j p_j^2) of each (token, head)'s softmax weights, [tokens, heads]: how far independent
+    relative errors of its weights carry into its output (1 for one key, 1/sqrt(L) for L equal ones)."""
+    spread = torch.empty(batch.tokens, heads, dtype=torch.float64, device=DEV)
+    first = 0
+    for s, (_, n) in enumerate(batch.slices):
+        p = attention_weights(batch, s, q[first:first + n], keys, heads, kv_heads, head_dim, window, scale)
+        spread[first:first + n] = p.pow(2).sum(dim=-1).sqrt().transpose(0, 1)
+        first += n
+    return spread
 
 
 def test_attention(k: Kernels) -> None:
@@ -561,6 +596,46 @@ def test_attention(k: Kernels) -> None:
                     head_dim, window, scale, None if fp8 else out, out if fp8 else None, out_scale, splits, partials,
                     k_scale, v_scale)):
                 check_out(kernel, name, out, refs[window], out_scale, atol)
+
+
+def test_prefill_attention(k: Kernels) -> None:
+    """The tensor-core prefill attention over the mixed batch plus a long chunk after a cached prefix
+    (several 64-token tiles, several 64-key steps), against attention_reference. It rounds q * scale
+    and the softmax weights P to bf16 for its MMAs (an fp8 cache's elements convert exactly): a score
+    moves by about 2^-9 of scale * sqrt(sum q_i^2 k_i^2) (~2^-9 for N(0, 1) inputs), a weight by about
+    that plus its own rounding, relative, both random in sign (at most 2^-8 each). An output, a
+    weighted mean of values, then moves by about 2^-8.5 * sqrt(sum_j p_j^2) * |v| (attention_spread);
+    the bound, 2^-7 of that with the largest |v|, is over ten of those standard deviations, while one
+    key dropped or added moves the output by about p_j * |v_j - o| (for L equal weights, 1 / L against
+    the bound's 2^-7 / sqrt(L))."""
+    shapes = ((32, 8, 64), (32, 8, 128), (8, 2, 64), (8, 8, 128), (28, 4, 128), (64, 2, 64), (192, 2, 64))
+    for (heads, kv_heads, head_dim), kv_fp8 in [(shape, False) for shape in shapes] + [(shape, True) for shape in shapes]:
+        q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+        batch = Batch(MIXED + [(130, 150)], 16, kv_dim)
+        k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
+        keys = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        values = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+        keys = to_e4m3(keys / k_scale) if kv_fp8 else keys.to(torch.bfloat16)
+        values = to_e4m3(values / v_scale) if kv_fp8 else values.to(torch.bfloat16)
+        ref_keys, ref_values = dequantized(keys, k_scale), dequantized(values, v_scale)
+        qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
+        tiles = batch.tiles(k.prefill_tile_tokens(heads, kv_heads))
+        scale = 1.0 / math.sqrt(head_dim)
+        v_max = float(ref_values.abs().max())
+        for window, fp8 in ((0, False), (24, False), (0, True), (24, True)):
+            ref = attention_reference(batch, qkv[:, :q_dim], ref_keys, ref_values, heads, kv_heads, head_dim, window,
+                                      scale)
+            spread = attention_spread(batch, qkv[:, :q_dim], ref_keys, heads, kv_heads, head_dim, window, scale)
+            atol = (2.0**-7 * spread * v_max)[:, :, None].expand(-1, -1, head_dim).reshape(batch.tokens, q_dim)
+            out_scale = 2.5 / E4M3_MAX
+            out = nan_like((batch.tokens, q_dim), torch.float8_e4m3fn if fp8 else torch.bfloat16)
+            name = (f"heads {heads}/{kv_heads} dim {head_dim}" + (f" window {window}" if window else "")
+                    + f" tiles {tiles.shape[0]}" + (" fp8 cache" if kv_fp8 else ""))
+            kernel = "prefill_attn_fp8" if fp8 else "prefill_attn_bf16"
+            if launched(kernel, name, lambda: k.prefill_attention(
+                    qkv, q_dim + 2 * kv_dim, keys, values, batch.tables, batch.seq, batch.pos, tiles, heads, kv_heads,
+                    head_dim, window, scale, None if fp8 else out, out if fp8 else None, out_scale, k_scale, v_scale)):
+                check_out(kernel, name, out, ref, out_scale, atol + 2.0**-14 * v_max)
 
 
 def test_decode_attention(k: Kernels) -> None:
@@ -807,6 +882,8 @@ def test_errors(k: Kernels) -> None:
     attempts = {
         "attention head_dim 48": lambda: k.paged_attention(q, 48, kv, kv, one.view(1, 1), one, one, tiles, 1, 1, 48, 0,
                                                            1.0, out, None, 1.0, 1, None),
+        "prefill attention head_dim 48": lambda: k.prefill_attention(q, 48, kv, kv, one.view(1, 1), one, one, tiles, 1,
+                                                                     1, 48, 0, 1.0, out, None, 1.0),
         "gemv k 1032 fp8 (k % 16 != 0)": lambda: k.gemv(torch.zeros(16, 1032, dtype=torch.uint8, device=DEV), True, 1,
                                                         1.0, torch.zeros(1, 1032, dtype=torch.uint8, device=DEV), None,
                                                         None, 0.0, 1.0, torch.zeros(1, 16, device=DEV), 0.0, None,
@@ -828,7 +905,7 @@ def main() -> int:
     k = Kernels(args.lib)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_sampling, test_rope, test_attention,
-                 test_decode_attention, test_matmuls, test_errors):
+                 test_prefill_attention, test_decode_attention, test_matmuls, test_errors):
         test(k)
     print(f"{cases - len(failures)} passed, {len(failures)} failed")
     for failure in failures:
