@@ -395,6 +395,8 @@ def main() -> None:
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",
                     help="instead of the table: batch-1 and batch-8 decode of each engine under each value of one "
                          "environment variable, interleaved over rounds (what a switch buys, side by side)")
+    ap.add_argument("--ab-prefill", action="store_true",
+                    help="with --ab: also time each prefill length's first token under every value")
     ap.add_argument("--hf-only", action="store_true",
                     help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
@@ -464,7 +466,7 @@ def main() -> None:
             builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
             log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
             if args.ab:
-                ab_compare(engine, f"{name} {precision}", args.ab)
+                ab_compare(engine, f"{name} {precision}", args.ab, args.ab_prefill)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
             if args.profile or args.only_profile:
@@ -486,19 +488,24 @@ def main() -> None:
 
 
 
-def ab_compare(engine: Path, log_name: str, spec: str, rounds: int = 3) -> None:
-    """Decode step time of one engine under each value of one environment variable. The values take
-    turns within every round, so a drift of the card (clocks, heat) lands on all of them alike."""
+def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, rounds: int = 3) -> None:
+    """Decode step time (and with `prefill`, time to first token of each PREFILL_LENGTHS prompt) of
+    one engine under each value of one environment variable. The values take turns within every
+    round, so a drift of the card (clocks, heat) lands on all of them alike."""
     var, _, values = spec.partition("=")
-    times: dict[tuple[str, int], list[float]] = {}
+    times: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
         for value in values.split(","):
             for batch in (1, 8):
                 line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
                                   str(DECODE_STEPS), "--batch", str(batch), env={var: value})[-1]
-                times.setdefault((value, batch), []).append(line["decode_step_ms"])
-    for (value, batch), ms in times.items():
-        log(f"{log_name}: {var}={value} batch {batch}: median {sorted(ms)[len(ms) // 2]:.3f} ms/step "
+                times.setdefault((value, f"decode batch {batch}"), []).append(line["decode_step_ms"])
+            if prefill:
+                suite = {"prefill": {"lengths": list(PREFILL_LENGTHS), "repeats": 3}}
+                for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite), env={var: value}):
+                    times.setdefault((value, f"prefill {line['prompt_len']}"), []).append(line["prefill_ms"])
+    for (value, what), ms in times.items():
+        log(f"{log_name}: {var}={value} {what}: median {sorted(ms)[len(ms) // 2]:.3f} ms "
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
 
 
