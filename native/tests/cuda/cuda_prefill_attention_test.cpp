@@ -2,19 +2,27 @@
 // prefill chunks after cached prefixes, a fresh prompt and decode tokens over shuffled pages; GQA
 // groups 1 to 96 (two head chunks), head_dim 64 and 128, windows, bf16 and fp8 (E4M3, scaled)
 // caches, bf16 and fp8 outputs. Cache slots past each sequence's last position hold NaN, so a key
-// read past a tile's end shows; outputs start as NaN, so an unwritten element fails.
+// read past a tile's end shows; outputs start as NaN, so an unwritten element fails. Then the model
+// with KILN_CUDA_PREFILL_MMA=1 against itself without it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <numeric>
 #include <random>
 
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/model.h"
 #include "backend/cuda/prefill_attention.h"
+#include "compiler/build.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "device_helpers.h"
+#include "engine/engine.h"
+#include "tiny_checkpoint.h"
 
 namespace kiln::test {
 namespace {
@@ -219,6 +227,64 @@ TEST(CudaPrefillAttention, RefusesWhatItDoesNotRun) {
   a.step.head_dim = 128;
   a.splits = 2;
   EXPECT_THROW(cuda::prefill_attention(a, nullptr), Error);
+}
+
+// Logits of two rows of one mixed step: a 1280-token prompt (160 of paged_attention's 8-token tiles
+// times 2 KV heads: past twice the 132 multiprocessors of an H100/H200, so the step runs unsplit and
+// the switch takes prefill_attention) and the decode token of a sequence with 300 cached positions.
+std::vector<float> mixed_step_logits(const std::string& engine_path, bool prefill_mma, int64_t vocab) {
+  if (prefill_mma) setenv("KILN_CUDA_PREFILL_MMA", "1", 1);  // read once, by the constructor
+  cuda::CudaModel model(Engine::load(engine_path));
+  unsetenv("KILN_CUDA_PREFILL_MMA");
+  auto cache = model.new_cache(128, 16);
+  std::vector<int32_t> pages(128);
+  std::iota(pages.begin(), pages.end(), 0);
+  std::shuffle(pages.begin(), pages.end(), std::mt19937(3));
+  const int32_t* long_table = pages.data();
+  const int32_t* short_table = pages.data() + 96;
+  std::vector<int32_t> prompt(1280), prefix(301);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 11) % vocab);
+  for (size_t i = 0; i < prefix.size(); ++i) prefix[i] = static_cast<int32_t>((i * 13 + 5) % vocab);
+  int32_t next[2];
+  ForwardBatch first;
+  first.add(prefix.data(), 300, 0, short_table, false);
+  model.forward(first, cache, next);
+  ForwardBatch mixed;
+  mixed.add(prompt.data(), 1280, 0, long_table, true);
+  mixed.add(&prefix[300], 1, 300, short_table, true);
+  std::vector<float> logits(static_cast<size_t>(2 * vocab));
+  model.forward(mixed, cache, next, logits.data());
+  return logits;
+}
+
+TEST(CudaPrefillAttention, SwitchedOnTheModelKeepsItsLogits) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 256;  // head_dim 64, the smallest prefill_attention takes
+  spec.intermediate = 512;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_prefill_mma");
+  write_checkpoint(dir, spec, tensors);
+  BuildOptions o;
+  o.model_dir = dir;
+  o.out_path = dir + "/engine.cuda.kiln";
+  o.max_seq_len = 2048;
+  o.autotune = false;
+  o.threads = 2;
+  o.target = "cuda";
+  std::atomic<bool> cancel{false};
+  build(o, {}, cancel);
+  const std::vector<float> off = mixed_step_logits(o.out_path, false, spec.vocab);
+  const std::vector<float> on = mixed_step_logits(o.out_path, true, spec.vocab);
+  // The kernels differ by the bf16 rounding of q and P (about 1e-2 of an attention row at most, see
+  // above), carried through two layers; the bf16 engine's bound against the double reference is 2e-2.
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < off.size(); ++i) {
+    err = std::max(err, static_cast<double>(std::fabs(on[i] - off[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(off[i])));
+  }
+  EXPECT_LT(err / scale, 2e-2);
+  EXPECT_NE(on, off) << "bit-identical logits: the switch did not take prefill_attention";
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/decode_attention.h"
+#include "backend/cuda/prefill_attention.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -177,6 +178,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   use_graphs_ = !(graphs && std::string(graphs) == "0");
   const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
   decode_attention_ = !(fused && std::string(fused) == "0");
+  const char* mma = std::getenv("KILN_CUDA_PREFILL_MMA");
+  prefill_mma_ = mma && std::string(mma) == "1" && prefill_attention_supports_head_dim(c.head_dim);
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -329,8 +332,11 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
   }
   const int64_t P = cache.page_size();
   const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
+  const int64_t mma_tile_tokens = prefill_attention_tile_tokens(c.num_heads, c.num_kv_heads);
   shape.table_stride = fixed_tables ? (max_seq_len_ + P - 1) / P : 1;
   int64_t total = 0;
+  int64_t mma_tiles = 0;
+  bool prefill = false;
   shape.decode = decode_attention_ && decode_attention_supports(c.num_heads, c.num_kv_heads, c.head_dim);
   for (size_t s = 0; s < batch.slices.size(); ++s) {
     const SequenceSlice& slice = batch.slices[s];
@@ -350,6 +356,8 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
     }
     shape.table_stride = std::max(shape.table_stride, pages);
     shape.tiles += (slice.n + tile_tokens - 1) / tile_tokens;
+    mma_tiles += (slice.n + mma_tile_tokens - 1) / mma_tile_tokens;
+    prefill = prefill || slice.n > 1;
     shape.rows += slice.wants_logits ? 1 : 0;
     shape.decode = shape.decode && slice.n == 1;
     total += slice.n;
@@ -360,6 +368,16 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
   }
   shape.sequences = static_cast<int64_t>(batch.slices.size());
   shape.splits = attention_splits(shape.tiles, c.num_heads, c.num_kv_heads, multiprocessors_);
+  // prefill_attention has no split-KV: it takes a step with a prefill chunk only where paged_attention's
+  // tiles fill the GPU unsplit, so a step of few tiles (a short chunk among decode tokens, whose long
+  // contexts want splitting) keeps paged_attention. Its decode tokens are 1-token tiles otherwise.
+  // Decode-only steps never take it (their graphs, and decode_attention, stay as they are).
+  shape.prefill_mma = prefill_mma_ && prefill && shape.splits == 1;
+  shape.tile_tokens = tile_tokens;
+  if (shape.prefill_mma) {
+    shape.tiles = mma_tiles;
+    shape.tile_tokens = mma_tile_tokens;
+  }
   shape.meta_count = 3 * shape.tokens + 2 * shape.tiles + shape.rows + shape.sequences * shape.table_stride;
   return shape;
 }
@@ -367,7 +385,7 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
 void CudaModel::pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size) {
   const ModelConfig& c = config();
   const int64_t n = shape.tokens;
-  const int64_t tile_tokens = attention_tile_tokens(c.num_heads, c.num_kv_heads);
+  const int64_t tile_tokens = shape.tile_tokens;
   int32_t* tokens_h = host_meta_.get<int32_t>();
   int32_t* position_h = tokens_h + n;
   int32_t* sequence_h = position_h + n;
@@ -509,7 +527,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       rope_and_write_kv(rope, stream_);
       attention.kv = rope.kv;
       attention.out_scale = layer.o.input_scale;
-      paged_attention(attention, stream_);
+      if (shape.prefill_mma) prefill_attention(attention, stream_);
+      else paged_attention(attention, stream_);
     }
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
     layer.o.run(attn_.get(), n, h, 1.0f, stream_);

@@ -108,6 +108,8 @@ class CudaModel {
     int64_t meta_count = 0;
     int64_t splits = 1;  // attention split-KV
     bool decode = false;  // every slice one token: attention runs as one decode_attention kernel
+    bool prefill_mma = false;  // attention runs as prefill_attention, on tiles of its size
+    int64_t tile_tokens = 0;  // at most this many tokens per attention tile
   };
   // Sequences, the cache's buffers, pages, page size and dtype (a graph's kernels are the dtype's).
   using GraphKey = std::tuple<int64_t, const void*, const void*, int64_t, int64_t, DType>;
@@ -157,6 +159,9 @@ class CudaModel {
   bool use_graphs_ = true;  // KILN_CUDA_GRAPHS=0 switches decode graphs off (to measure what they buy)
   // KILN_CUDA_DECODE_ATTENTION=0: decode steps take the general RoPE / attention / merge kernels too.
   bool decode_attention_ = true;
+  // KILN_CUDA_PREFILL_MMA=1 (and head_dim 64 or 128): steps with a prefill chunk take the tensor-core
+  // prefill_attention where paged_attention would run unsplit. Off by default until it is measured.
+  bool prefill_mma_ = false;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
