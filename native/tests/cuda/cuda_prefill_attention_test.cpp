@@ -188,10 +188,11 @@ TEST(CudaPrefillAttention, MatchesPagedAttentionOnAMixedBatch) {
     }
 
     // Tolerances: paged_attention keeps q·scale and the softmax weights P in fp32; this kernel rounds
-    // both to bf16 (2^-9 relative each) for the MMAs. A score then moves by about 2^-9 of |q·k|·scale
-    // (~2^-9 here), so each weight by about 2^-9 relative, and an output (a weighted mean of values)
-    // by a few 2^-9 of its row's magnitude; both sides then round to bf16 (2^-9 again). Per (token,
-    // head) row 3e-2 leaves several times that, while a dropped or extra key, a wrong row or head
+    // both to bf16 (at most 2^-8 relative each, about 2^-9 typically) for the MMAs. A score then moves
+    // by about 2^-9 of scale·sqrt(sum q_i² k_i²) (~2^-9 for these N(0, 1) inputs), so each weight by
+    // about 2^-9 relative, and an output (a weighted mean of values) by a few 2^-9 of its row's
+    // magnitude; both sides then round to bf16 (2^-9 again). Per (token, head) row 3e-2 leaves
+    // several times that, while a dropped or extra key, a wrong row or head
     // moves a row by 1/length of the context or more (0.3% for the longest, 377 keys, on average,
     // but whole rows for the short ones: the decode token at position 5, a fresh prompt's first
     // tokens). An e4m3 output has 3 mantissa bits: the two kernels' values round to neighbouring
