@@ -205,7 +205,9 @@ __global__ __launch_bounds__(kThreads) void prefill_attention_kernel(AttentionAr
     }
 
     // Online softmax per row: mask (causal, window; keys past `last` are past every valid row's
-    // position), the step's row maximum over the quad that shares the row, rescale.
+    // position), the step's row maximum over the quad that shares the row, rescale. A step whose keys
+    // every row of the tile sees (all of a long prefix's but the last) skips the mask.
+    const bool unmasked = kb + kKeys - 1 <= p0 && (window == 0 || kb > last - window);
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       float step_max = -INFINITY;
@@ -214,9 +216,8 @@ __global__ __launch_bounds__(kThreads) void prefill_attention_kernel(AttentionAr
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int kp = kb + n * 8 + 2 * (lane % 4) + e;
-          const bool valid = kp <= pos[i] && (window == 0 || kp > pos[i] - window);
           float& v = s[n][2 * i + e];
-          v = valid ? v : -INFINITY;
+          if (!unmasked && !(kp <= pos[i] && (window == 0 || kp > pos[i] - window))) v = -INFINITY;
           step_max = fmaxf(step_max, v);
         }
       }
