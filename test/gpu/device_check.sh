@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in one device call: the stages named in STAGES (default: build tests parity
-# bench; also kernels, bench2), each under its own time limit, each stage's full log in
+# bench; also kernels, serve, bench2), each under its own time limit, each stage's full log in
 # $OUT/<stage>.log and its last lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh /
 # test/gpu/parity.py; stage bench2 runs bench/gpu/run.sh a second time with BENCH2_ARGS (e.g.
 # --hf-only for another model).
@@ -31,6 +31,8 @@ for s in ${STAGES:-build tests parity bench}; do
     # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
     kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
     parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
+    # the serving runtime through Node on the GPU (needs `bash test/gpu/serve.sh prepare` here first)
+    serve) stage serve 400 bash test/gpu/serve.sh ${SERVE_SHAPES:-tiny} ;;
     bench) stage bench 590 bash bench/gpu/run.sh --out "$out" ${BENCH_ARGS:-} ;;
     bench2) stage bench2 590 bash bench/gpu/run.sh --out "$out" ${BENCH2_ARGS:-} ;;
     *) echo "unknown stage $s" >&2; exit 2 ;;
