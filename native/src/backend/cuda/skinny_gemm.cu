@@ -1,0 +1,298 @@
+#include "backend/cuda/skinny_gemm.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/launch.cuh"
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+// Three steps in flight while one is multiplied: at a 128-row tile that is 48 KiB of weights per
+// block, about twice what one SM's share of HBM bandwidth times the memory latency asks for.
+constexpr int kStages = 4;
+// One pipeline step holds 128 bytes of every row (weights and x alike): 8 chunks of 16 bytes, and
+// 4 MMA k-steps of 32 bytes (16 bf16 or 32 E4M3, one m16n8k16 / m16n8k32 each).
+constexpr int kStepBytes = 128;
+constexpr int kChunks = kStepBytes / 16;
+constexpr int kMaxSplits = 8;
+
+struct Args {
+  const uint8_t* w = nullptr;  // [n, row_bytes]
+  const uint8_t* x = nullptr;  // [m, row_bytes]
+  int m = 0;
+  int n = 0;
+  int64_t row_bytes = 0;
+  int steps = 0;  // ceil(row_bytes / kStepBytes)
+  int steps_per_split = 0;
+  float scale = 1.0f;
+  float* y = nullptr;
+  float beta = 0.0f;
+  float* partials = nullptr;
+  int32_t* counters = nullptr;
+};
+
+__device__ __forceinline__ uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Chunk c of row r sits at chunk c ^ (r % 8) of the row: the 8 rows one ldmatrix phase reads (same
+// logical chunk, consecutive rows from a multiple of 8) then fall in 8 different 16-byte bank groups.
+__device__ __forceinline__ uint32_t swizzled(int row, int chunk) {
+  return static_cast<uint32_t>(row * kStepBytes + ((chunk ^ (row & 7)) << 4));
+}
+
+// A 16-byte copy to shared memory that writes zeros instead where `valid` is false (past n, m or k):
+// the padding rows multiply as zeros and are never stored.
+__device__ __forceinline__ void copy_chunk(uint32_t dst, const uint8_t* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// c += a · b on one 16 x 8 tile. An E4M3 k32 fragment has the byte layout of a bf16 k16 one (each
+// 32-bit register holds 4 consecutive k instead of 2), so both read their operands the same way.
+template <bool kFp8>
+__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (kFp8) {
+    asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Step `step` of `rows` rows (from `first`, `limit` of them real) into a stage buffer.
+template <int kRows>
+__device__ __forceinline__ void load_step(uint32_t stage, const uint8_t* base, int64_t first, int64_t limit,
+                                          int64_t row_bytes, int step) {
+  for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+    const int row = i / kChunks;
+    const int chunk = i % kChunks;
+    const int64_t byte = static_cast<int64_t>(step) * kStepBytes + chunk * 16;
+    const bool valid = first + row < limit && byte < row_bytes;
+    copy_chunk(stage + swizzled(row, chunk), valid ? base + (first + row) * row_bytes + byte : base, valid);
+  }
+}
+
+// Block (tile, split): weight rows [tile · kTileN, +kTileN) over the split's steps of k, times all
+// kMTiles · 16 (padded) rows of x. Warp w owns weight rows [w · kTileN / 4, +kTileN / 4) of the tile.
+template <bool kFp8, int kTileN, int kMTiles>
+__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
+  constexpr int kRows = kMTiles * 16;
+  constexpr int kWarpN = kTileN / kWarps;
+  constexpr int kNTiles = kWarpN / 8;
+  static_assert(kNTiles % 2 == 0, "one ldmatrix.x4 loads two 8-row weight tiles");
+  extern __shared__ __align__(128) uint8_t shared[];
+  const uint32_t w_stages = shared_address(shared);
+  const uint32_t x_stages = w_stages + kStages * kTileN * kStepBytes;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  const int split = blockIdx.y;
+  const int first = split * a.steps_per_split;
+  const int count = max(0, min(a.steps, first + a.steps_per_split) - first);
+
+  // Weights are no kernel's output: their first steps stream in while the previous kernel finishes.
+  for (int s = 0; s < kStages - 1 && s < count; ++s) {
+    load_step<kTileN>(w_stages + s * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + s);
+  }
+  wait_for_producer();
+  let_consumer_start();
+  // Group s holds step s's x (group 0 also every prologue weight step); a group per step, empty
+  // ones included, so "all but kStages - 2 groups done" always means "step i has landed".
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < count) load_step<kRows>(x_stages + s * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + s);
+    commit_copies();
+  }
+
+  float acc[kMTiles][kNTiles][4] = {};
+  for (int i = 0; i < count; ++i) {
+    wait_copies<kStages - 2>();
+    // Step i is visible to every warp, and every warp is done with step i - 1, whose buffers the
+    // loads below refill.
+    __syncthreads();
+    const int next = i + kStages - 1;
+    if (next < count) {
+      const int slot = next % kStages;
+      load_step<kTileN>(w_stages + slot * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + next);
+      load_step<kRows>(x_stages + slot * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + next);
+    }
+    commit_copies();
+
+    const uint32_t w_s = w_stages + (i % kStages) * kTileN * kStepBytes;
+    const uint32_t x_s = x_stages + (i % kStages) * kRows * kStepBytes;
+#pragma unroll
+    for (int kk = 0; kk < kChunks / 2; ++kk) {
+      // A (x rows): matrices (rows 0-7, chunk 2kk), (rows 8-15, 2kk), (rows 0-7, 2kk+1),
+      // (rows 8-15, 2kk+1) = a0..a3; lanes 8j..8j+7 address matrix j's rows.
+      uint32_t a_frag[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        ldmatrix_x4(a_frag[mt], x_s + swizzled(mt * 16 + lane % 16, 2 * kk + lane / 16));
+      }
+      // B (weight rows = n, "col" = k-contiguous): matrices (n 0-7, chunk 2kk), (n 0-7, 2kk+1),
+      // (n 8-15, 2kk), (n 8-15, 2kk+1) = b0, b1 of two 8-row tiles.
+      uint32_t b_frag[kNTiles][2];
+#pragma unroll
+      for (int p = 0; p < kNTiles / 2; ++p) {
+        uint32_t r[4];
+        ldmatrix_x4(r, w_s + swizzled(warp * kWarpN + p * 16 + lane % 8 + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+        b_frag[2 * p][0] = r[0];
+        b_frag[2 * p][1] = r[1];
+        b_frag[2 * p + 1][0] = r[2];
+        b_frag[2 * p + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) mma<kFp8>(acc[mt][nt], a_frag[mt], b_frag[nt][0], b_frag[nt][1]);
+      }
+    }
+  }
+
+  // Accumulator element e of tile (mt, nt): x row mt·16 + lane/4 (+8 for e ≥ 2), weight row
+  // nt·8 + 2·(lane%4) + e%2 of the warp's rows.
+  const auto for_each_output = [&](auto&& f) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = mt * 16 + lane / 4 + (e / 2) * 8;
+          const int64_t col = n0 + warp * kWarpN + nt * 8 + 2 * (lane % 4) + e % 2;
+          if (row < a.m && col < a.n) f(static_cast<int64_t>(row) * a.n + col, acc[mt][nt][e]);
+        }
+      }
+    }
+  };
+  if (gridDim.y == 1) {
+    for_each_output([&](int64_t at, float v) {
+      a.y[at] = a.beta == 0.0f ? a.scale * v : a.scale * v + a.beta * a.y[at];
+    });
+    return;
+  }
+
+  float* part = a.partials + static_cast<int64_t>(split) * a.m * a.n;
+  for_each_output([&](int64_t at, float v) { part[at] = v; });
+  __shared__ bool s_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    // One fence after the barrier publishes the whole block's partial (decode_attention.cu).
+    __threadfence();
+    int32_t* counter = a.counters + blockIdx.x;
+    s_last = atomicAdd(counter, 1) == static_cast<int>(gridDim.y) - 1;
+    if (s_last) {
+      *counter = 0;  // every split of this tile has arrived: ready for the next launch
+      __threadfence();
+    }
+  }
+  __syncthreads();
+  if (!s_last) return;
+  const int64_t plane = static_cast<int64_t>(a.m) * a.n;
+  for (int i = threadIdx.x; i < a.m * kTileN; i += kThreads) {
+    const int64_t col = n0 + i % kTileN;
+    if (col >= a.n) continue;
+    const int64_t at = static_cast<int64_t>(i / kTileN) * a.n + col;
+    float sum = 0.0f;
+    // In split order whichever block came last; other blocks' writes are read through L2.
+    for (int s = 0; s < static_cast<int>(gridDim.y); ++s) sum += __ldcg(a.partials + s * plane + at);
+    a.y[at] = a.beta == 0.0f ? a.scale * sum : a.scale * sum + a.beta * a.y[at];
+  }
+}
+
+template <bool kFp8, int kTileN, int kMTiles>
+void launch_tiles(const Args& a, dim3 grid, cudaStream_t stream) {
+  constexpr size_t shared = static_cast<size_t>(kStages) * (kTileN + kMTiles * 16) * kStepBytes;
+  const auto kernel = skinny_gemm_kernel<kFp8, kTileN, kMTiles>;
+  // Past 48 KiB a kernel must ask for its dynamic shared memory; per launch (a host-side attribute
+  // write, not captured into graphs) rather than once per process, which would hold for one device only.
+  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  launch_kernel_shared("skinny_gemm_kernel", kernel, grid, dim3(kThreads), shared, stream, a);
+}
+
+template <bool kFp8, int kTileN>
+void launch_rows(const Args& a, dim3 grid, cudaStream_t stream) {
+  switch ((a.m + 15) / 16) {
+    case 1: launch_tiles<kFp8, kTileN, 1>(a, grid, stream); break;
+    case 2: launch_tiles<kFp8, kTileN, 2>(a, grid, stream); break;
+    case 3: launch_tiles<kFp8, kTileN, 3>(a, grid, stream); break;
+    default: launch_tiles<kFp8, kTileN, 4>(a, grid, stream); break;
+  }
+}
+
+template <bool kFp8>
+void launch_dtype(const Args& a, int tile_n, dim3 grid, cudaStream_t stream) {
+  if (tile_n == 64) launch_rows<kFp8, 64>(a, grid, stream);
+  else launch_rows<kFp8, 128>(a, grid, stream);
+}
+
+}  // namespace
+
+size_t skinny_partial_bytes(int64_t m, int64_t n, int splits) {
+  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(m * n) * sizeof(float) : 0;
+}
+
+bool skinny_supports(int64_t m, int64_t n, int64_t k, bool fp8, int tile_n, int splits,
+                     const SkinnyWorkspace& workspace) {
+  const int64_t row_bytes = k * (fp8 ? 1 : 2);
+  const bool tile_ok = std::find(std::begin(kSkinnyTiles), std::end(kSkinnyTiles), tile_n) != std::end(kSkinnyTiles);
+  if (m < 1 || m > kSkinnyMaxRows || n < 1 || n > INT32_MAX || k < 1 || row_bytes % 16 != 0 || !tile_ok) return false;
+  if (splits == 1) return true;
+  const int64_t tiles = (n + tile_n - 1) / tile_n;
+  return splits > 1 && splits <= kMaxSplits && workspace.partials && workspace.counters &&
+         skinny_partial_bytes(m, n, splits) <= workspace.partial_bytes && tiles <= workspace.counter_count;
+}
+
+void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
+                 float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (!skinny_supports(m, n, k, fp8, tile_n, splits, workspace) || !aligned(w) || !aligned(x) || !y) {
+    throw Error("kiln-skinny: m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                (fp8 ? " fp8" : " bf16") + " tile " + std::to_string(tile_n) + " splits " + std::to_string(splits) +
+                " is not supported (1 <= m <= " + std::to_string(kSkinnyMaxRows) + ", k % " + (fp8 ? "16" : "8") +
+                " == 0, 16-byte aligned w and x, tile 64 or 128, 1.." + std::to_string(kMaxSplits) +
+                " splits whose " + std::to_string(skinny_partial_bytes(m, n, splits)) + " partial bytes and " +
+                std::to_string((n + tile_n - 1) / std::max(tile_n, 1)) + " counters fit the workspace's " +
+                std::to_string(workspace.partial_bytes) + " and " + std::to_string(workspace.counter_count) + ")");
+  }
+  Args a;
+  a.w = static_cast<const uint8_t*>(w);
+  a.x = static_cast<const uint8_t*>(x);
+  a.m = static_cast<int>(m);
+  a.n = static_cast<int>(n);
+  a.row_bytes = k * (fp8 ? 1 : 2);
+  a.steps = static_cast<int>((a.row_bytes + kStepBytes - 1) / kStepBytes);
+  a.steps_per_split = (a.steps + splits - 1) / splits;
+  a.scale = scale;
+  a.y = y;
+  a.beta = beta;
+  a.partials = workspace.partials;
+  a.counters = workspace.counters;
+  const dim3 grid(static_cast<unsigned>((n + tile_n - 1) / tile_n), static_cast<unsigned>(splits));
+  if (fp8) launch_dtype<true>(a, tile_n, grid, stream);
+  else launch_dtype<false>(a, tile_n, grid, stream);
+}
+
+}  // namespace kiln::cuda
