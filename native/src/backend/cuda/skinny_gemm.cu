@@ -1,6 +1,7 @@
 #include "backend/cuda/skinny_gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -95,6 +96,55 @@ __device__ __forceinline__ void load_step(uint32_t stage, const uint8_t* base, i
   }
 }
 
+// The 4 MMA k-steps of one pipeline step, onto c: a warp multiplies all x rows with its weight rows.
+template <bool kFp8, int kTileN, int kMTiles>
+__device__ __forceinline__ void multiply_step(uint32_t w_s, uint32_t x_s, float (&c)[kMTiles][kTileN / kWarps / 8][4]) {
+  constexpr int kWarpN = kTileN / kWarps;
+  constexpr int kNTiles = kWarpN / 8;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int kk = 0; kk < kChunks / 2; ++kk) {
+    // A (x rows): matrices (rows 0-7, chunk 2kk), (rows 8-15, 2kk), (rows 0-7, 2kk+1),
+    // (rows 8-15, 2kk+1) = a0..a3; lanes 8j..8j+7 address matrix j's rows.
+    uint32_t a_frag[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      ldmatrix_x4(a_frag[mt], x_s + swizzled(mt * 16 + lane % 16, 2 * kk + lane / 16));
+    }
+    // B (weight rows = n, "col" = k-contiguous): matrices (n 0-7, chunk 2kk), (n 0-7, 2kk+1),
+    // (n 8-15, 2kk), (n 8-15, 2kk+1) = b0, b1 of two 8-row tiles.
+    uint32_t b_frag[kNTiles][2];
+#pragma unroll
+    for (int p = 0; p < kNTiles / 2; ++p) {
+      uint32_t r[4];
+      ldmatrix_x4(r, w_s + swizzled(warp * kWarpN + p * 16 + lane % 8 + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
+      b_frag[2 * p][0] = r[0];
+      b_frag[2 * p][1] = r[1];
+      b_frag[2 * p + 1][0] = r[2];
+      b_frag[2 * p + 1][1] = r[3];
+    }
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        if constexpr (kFp8) {
+          // The E4M3 MMA keeps only 13 mantissa bits of the accumulator it adds to, truncating the
+          // rest on every instruction (SageAttention2 and the DeepSeek-V3 report measured this on
+          // Ada and Hopper): each one starts from zero and its 32 products are added in fp32, so
+          // the truncation does not compound over k.
+          float d[4] = {};
+          mma<kFp8>(d, a_frag[mt], b_frag[nt][0], b_frag[nt][1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) c[mt][nt][e] += d[e];
+        } else {
+          mma<kFp8>(c[mt][nt], a_frag[mt], b_frag[nt][0], b_frag[nt][1]);
+        }
+      }
+    }
+  }
+}
+
 // Block (tile, split): weight rows [tile · kTileN, +kTileN) over the split's steps of k, times all
 // kMTiles · 16 (padded) rows of x. Warp w owns weight rows [w · kTileN / 4, +kTileN / 4) of the tile.
 template <bool kFp8, int kTileN, int kMTiles>
@@ -142,33 +192,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
 
     const uint32_t w_s = w_stages + (i % kStages) * kTileN * kStepBytes;
     const uint32_t x_s = x_stages + (i % kStages) * kRows * kStepBytes;
-#pragma unroll
-    for (int kk = 0; kk < kChunks / 2; ++kk) {
-      // A (x rows): matrices (rows 0-7, chunk 2kk), (rows 8-15, 2kk), (rows 0-7, 2kk+1),
-      // (rows 8-15, 2kk+1) = a0..a3; lanes 8j..8j+7 address matrix j's rows.
-      uint32_t a_frag[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        ldmatrix_x4(a_frag[mt], x_s + swizzled(mt * 16 + lane % 16, 2 * kk + lane / 16));
-      }
-      // B (weight rows = n, "col" = k-contiguous): matrices (n 0-7, chunk 2kk), (n 0-7, 2kk+1),
-      // (n 8-15, 2kk), (n 8-15, 2kk+1) = b0, b1 of two 8-row tiles.
-      uint32_t b_frag[kNTiles][2];
-#pragma unroll
-      for (int p = 0; p < kNTiles / 2; ++p) {
-        uint32_t r[4];
-        ldmatrix_x4(r, w_s + swizzled(warp * kWarpN + p * 16 + lane % 8 + (lane / 16) * 8, 2 * kk + (lane / 8) % 2));
-        b_frag[2 * p][0] = r[0];
-        b_frag[2 * p][1] = r[1];
-        b_frag[2 * p + 1][0] = r[2];
-        b_frag[2 * p + 1][1] = r[3];
-      }
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mma<kFp8>(acc[mt][nt], a_frag[mt], b_frag[nt][0], b_frag[nt][1]);
-      }
-    }
+    multiply_step<kFp8, kTileN, kMTiles>(w_s, x_s, acc);
   }
 
   // Accumulator element e of tile (mt, nt): x row mt·16 + lane/4 (+8 for e ≥ 2), weight row
@@ -226,9 +250,15 @@ template <bool kFp8, int kTileN, int kMTiles>
 void launch_tiles(const Args& a, dim3 grid, cudaStream_t stream) {
   constexpr size_t shared = static_cast<size_t>(kStages) * (kTileN + kMTiles * 16) * kStepBytes;
   const auto kernel = skinny_gemm_kernel<kFp8, kTileN, kMTiles>;
-  // Past 48 KiB a kernel must ask for its dynamic shared memory; per launch (a host-side attribute
-  // write, not captured into graphs) rather than once per process, which would hold for one device only.
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  // Past 48 KiB a kernel must ask for its dynamic shared memory, once on each device it runs on.
+  static std::atomic<uint64_t> configured{0};
+  int device = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&device));
+  const uint64_t bit = uint64_t{1} << (device % 64);
+  if (!(configured.load() & bit)) {
+    KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+    configured.fetch_or(bit);
+  }
   launch_kernel_shared("skinny_gemm_kernel", kernel, grid, dim3(kThreads), shared, stream, a);
 }
 
