@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <random>
 #include <tuple>
@@ -10,6 +11,7 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/skinny_gemm.h"
 #include "compiler/precision.h"
 #include "core/error.h"
 
@@ -74,6 +76,29 @@ class EventPair {
 
 double round2(double v) { return std::round(v * 100) / 100; }
 
+// KILN_AUTOTUNE_SKINNY=1 at build time races kiln-skinny (skinny_gemm.h) in the buckets of 9..64
+// rows. Off by default until it has been measured on a GPU: without it the table, and so the
+// engine, is what it was before the kernel existed.
+bool skinny_enabled() {
+  const char* v = std::getenv("KILN_AUTOTUNE_SKINNY");
+  return v && std::string(v) == "1";
+}
+
+// The median of kRepeats event-timed runs of `launch`, each after flushing the L2.
+template <typename Launch>
+double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream, Launch&& launch) {
+  std::vector<double> times;
+  for (int rep = 0; rep < kRepeats; ++rep) {
+    KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
+    KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
+    launch();
+    KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
+    times.push_back(events.elapsed_us());
+  }
+  std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
+  return times[kRepeats / 2];
+}
+
 }  // namespace
 
 std::vector<int64_t> gemm_buckets(int64_t max_batch, int64_t max_seq_len) {
@@ -113,6 +138,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
   size_t done = 0;
 
   LtContext context;
+  const bool skinny = skinny_enabled();
   cudaStream_t stream = nullptr;
   KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   struct StreamGuard {
@@ -169,16 +195,8 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
           candidates.push_back(Json{{"config", algo_config(algo)}, {"us", nullptr}});
           continue;
         }
-        std::vector<double> times;
-        for (int rep = 0; rep < kRepeats; ++rep) {
-          KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
-          KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
-          gemm.run(algo, w.get(), x.get(), m, y.get<float>(), 0.0f, stream);
-          KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
-          times.push_back(events.elapsed_us());
-        }
-        std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
-        const double median = times[kRepeats / 2];
+        const double median = median_us(flush, events, stream,
+                                        [&] { gemm.run(algo, w.get(), x.get(), m, y.get<float>(), 0.0f, stream); });
         candidates.push_back(Json{{"config", algo_config(algo)}, {"us", round2(median)}});
         if (best < 0 || median < best_us) {
           best = static_cast<int>(i);
@@ -191,45 +209,68 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       const cublasLtMatmulAlgo_t& winner = proposals[static_cast<size_t>(best)].algo;
       const double best_lt_us = best_us;
-      bool gemv_wins = false;
+      std::string tactic = "cublaslt";
       int gemv_split = 1;
       Json gemv_us = Json::object();
       if (gemv_supports(m, g.k, g.fp8)) {
         for (int split : kGemvSplits) {
-          std::vector<double> times;
-          for (int rep = 0; rep < kRepeats; ++rep) {
-            KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
-            KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
-            run_gemv(m, split);
-            KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
-            times.push_back(events.elapsed_us());
-          }
-          std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
-          gemv_us["split" + std::to_string(split)] = round2(times[kRepeats / 2]);
-          if (times[kRepeats / 2] < best_us) {
-            gemv_wins = true;
+          const double us = median_us(flush, events, stream, [&] { run_gemv(m, split); });
+          gemv_us["split" + std::to_string(split)] = round2(us);
+          if (us < best_us) {
+            tactic = "kiln-gemv";
             gemv_split = split;
-            best_us = times[kRepeats / 2];
+            best_us = us;
           }
         }
       }
-      entries.push_back(Json{{"op", "gemm"},
-                             {"backend", "cuda"},
-                             {"n", g.n},
-                             {"k", g.k},
-                             {"dtype", g.fp8 ? "f8e4m3" : "bf16"},
-                             {"layout", "row"},
-                             {"bucket", m},
-                             {"tactic", gemv_wins ? "kiln-gemv" : "cublaslt"},
-                             {"gemv_split", gemv_split},
-                             {"algo", algo_to_hex(winner)},
-                             {"config", algo_config(winner)},
-                             {"us", round2(best_us)},
-                             {"cublaslt_us", round2(best_lt_us)},
-                             {"kiln_gemv_us", gemv_us},
-                             {"heuristic_first_us", candidates[0]["us"]},
-                             {"weights", g.members.size()},
-                             {"candidates", candidates}});
+      // The bucket's rows are the most a batch it serves has (m = 64 serves 9..64).
+      const bool race_skinny = skinny && m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
+      int skinny_tile = 0, skinny_splits = 0;
+      Json skinny_us = Json::object();
+      for (int tile : kSkinnyTiles) {
+        for (int splits : kSkinnySplits) {
+          // Splits whose partials the workspace cannot hold are not offered (skinny_gemm.h).
+          if (!race_skinny || !skinny_supports(m, g.n, g.k, g.fp8, tile, splits, context.skinny_workspace())) {
+            continue;
+          }
+          const double us = median_us(flush, events, stream, [&] {
+            skinny_gemm(w.get(), x.get(), g.fp8, m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, tile, splits,
+                        context.skinny_workspace(), stream);
+          });
+          skinny_us["tile" + std::to_string(tile) + "_splits" + std::to_string(splits)] = round2(us);
+          if (us < best_us) {
+            tactic = "kiln-skinny";
+            skinny_tile = tile;
+            skinny_splits = splits;
+            best_us = us;
+          }
+        }
+      }
+      Json entry{{"op", "gemm"},
+                 {"backend", "cuda"},
+                 {"n", g.n},
+                 {"k", g.k},
+                 {"dtype", g.fp8 ? "f8e4m3" : "bf16"},
+                 {"layout", "row"},
+                 {"bucket", m},
+                 {"tactic", tactic},
+                 {"gemv_split", gemv_split},
+                 {"algo", algo_to_hex(winner)},
+                 {"config", algo_config(winner)},
+                 {"us", round2(best_us)},
+                 {"cublaslt_us", round2(best_lt_us)},
+                 {"kiln_gemv_us", gemv_us},
+                 {"heuristic_first_us", candidates[0]["us"]},
+                 {"weights", g.members.size()},
+                 {"candidates", candidates}};
+      if (race_skinny) {
+        entry["kiln_skinny_us"] = skinny_us;
+        if (tactic == "kiln-skinny") {
+          entry["skinny_tile"] = skinny_tile;
+          entry["skinny_splits"] = skinny_splits;
+        }
+      }
+      entries.push_back(std::move(entry));
       if (on_step) on_step(++done, total);
     }
   }
@@ -242,7 +283,9 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"device", target_fingerprint()},
                       {"buckets", buckets},
                       {"selection", "per (n, k) and bucket: the fastest of up to " + std::to_string(kCandidates) +
-                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv; median of " + std::to_string(kRepeats) +
+                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv" +
+                                        (skinny ? std::string(", for 9 <= m <= 64, kiln-skinny") : std::string()) +
+                                        "; median of " + std::to_string(kRepeats) +
                                         " event-timed runs with the L2 flushed before each"},
                       {"entries", entries}};
   return result;

@@ -10,15 +10,19 @@
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/skinny_gemm.h"
 #include "core/json.h"
 
 namespace kiln::cuda {
 
 // The cuBLASLt handle, the one matmul description every GEMM of the backend shares (bf16 inputs,
 // fp32 output, fp32 accumulation and scale, y = x · wᵀ), and the workspace algorithms may use.
+// The GEMMs of one context run one after another on one stream (they share the workspace).
 class LtContext {
  public:
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+  // kiln-skinny's split counters: one per weight tile, so n up to 4096 · 64 rows.
+  static constexpr int64_t kSkinnyCounters = 4096;
 
   LtContext();
   ~LtContext();
@@ -28,11 +32,18 @@ class LtContext {
   cublasLtHandle_t handle() const { return handle_; }
   cublasLtMatmulDesc_t desc() const { return desc_; }
   void* workspace() const { return workspace_.get(); }
+  // kiln-skinny (skinny_gemm.h) keeps its split partials in the cuBLASLt workspace rather than a
+  // buffer of its own: no two GEMMs of a context overlap (a skinny GEMM touches the partials only
+  // after its PDL wait, when the GEMM before it has finished), and 32 MiB holds splits · 64 rows ·
+  // n fp32 partials up to splits · n = 131072, which covers every split the autotuner offers on the
+  // Llama-3-8B QKV / o / down projections (8 · 6144 at most) and up to 4 on its gate_up.
+  SkinnyWorkspace skinny_workspace() const;
 
  private:
   cublasLtHandle_t handle_ = nullptr;
   cublasLtMatmulDesc_t desc_ = nullptr;
   DeviceBuffer workspace_;
+  DeviceBuffer skinny_counters_;  // zero, and left zero by every skinny GEMM
 };
 
 // A stored algorithm: cuBLASLt documents cublasLtMatmulAlgo_t as plain data that can be saved and
@@ -54,6 +65,7 @@ class LtGemm {
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
+  const LtContext& context() const { return context_; }
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   cudaDataType_t input() const { return input_; }
@@ -86,13 +98,18 @@ class LtGemm {
 // "bf16" or "f8e4m3" (the engine's dtype names) to cuBLASLt's input type; throws on anything else.
 cudaDataType_t gemm_input_type(const std::string& dtype);
 
-// What the autotuner chose for one bucket: cuBLASLt's algorithm, or Kiln's GEMV kernel (gemv.h)
-// where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm, used for row
-// counts beyond the GEMV's limit.
+// The GEMM kernels an autotune table entry may name ("cublaslt", "kiln-gemv", "kiln-skinny").
+enum class GemmTactic { CublasLt, KilnGemv, KilnSkinny };
+
+// What the autotuner chose for one bucket: cuBLASLt's algorithm, or one of Kiln's kernels (gemv.h,
+// skinny_gemm.h) where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm,
+// used for row counts beyond the kernel's limit.
 struct GemmChoice {
-  bool gemv = false;
+  GemmTactic tactic = GemmTactic::CublasLt;
   cublasLtMatmulAlgo_t algo{};
   int gemv_split = 1;  // warps per row pair of the GEMV (gemv.h)
+  int skinny_tile = 128;  // weight rows per block of the skinny GEMM (skinny_gemm.h)
+  int skinny_splits = 1;  // its split-K factor
 };
 
 // The tuned tactics of one GEMM shape: the choice of the smallest tuned bucket that holds m rows,
@@ -107,6 +124,7 @@ class TunedGemm {
   // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;
+  bool skinny_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {

@@ -125,7 +125,7 @@ TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k, const std::string& dtype) {
     // An engine built without autotuning: cuBLASLt's first proposal per bucket, chosen here once.
     LtGemm probe(lt_, n, k, input);
     for (int64_t m : gemm_buckets(header_limit(*engine_, "max_batch"), max_seq_len_)) {
-      algos.emplace_back(m, GemmChoice{false, probe.heuristic(m, 1).front().algo});
+      algos.emplace_back(m, GemmChoice{GemmTactic::CublasLt, probe.heuristic(m, 1).front().algo});
     }
   }
   slot = std::make_unique<TunedGemm>(lt_, n, k, std::move(algos), input);
@@ -195,13 +195,22 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
                       "\" in an engine for the CUDA backend");
         }
         const std::string tactic = entry.at("tactic").get<std::string>();
-        if (tactic != "cublaslt" && tactic != "kiln-gemv") {
+        GemmChoice choice;
+        if (tactic == "kiln-gemv") {
+          choice.tactic = GemmTactic::KilnGemv;
+        } else if (tactic == "kiln-skinny") {
+          choice.tactic = GemmTactic::KilnSkinny;
+        } else if (tactic != "cublaslt") {
           throw Error(e.source() + ": autotune table names GEMM tactic " + tactic + ", which this build does not have");
         }
+        choice.algo = algo_from_hex(entry.at("algo").get<std::string>());
+        choice.gemv_split = entry.value("gemv_split", 1);
+        if (choice.tactic == GemmTactic::KilnSkinny) {
+          choice.skinny_tile = entry.at("skinny_tile").get<int>();
+          choice.skinny_splits = entry.at("skinny_splits").get<int>();
+        }
         tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>(), entry.value("dtype", "bf16")}].emplace_back(
-            entry.at("bucket").get<int64_t>(),
-            GemmChoice{tactic == "kiln-gemv", algo_from_hex(entry.at("algo").get<std::string>()),
-                       entry.value("gemv_split", 1)});
+            entry.at("bucket").get<int64_t>(), choice);
       }
     } catch (const Json::exception& ex) {
       throw Error(e.source() + ": autotune table is malformed: " + ex.what());

@@ -1,0 +1,217 @@
+// kiln-skinny (skinny_gemm.h) against a double-precision CPU reference on the Llama-3.2-1B and
+// Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, both tiles, every split that fits
+// the workspace, beta 0 (the output NaN before, so an element left unwritten fails) and 1, bf16 and
+// E4M3; repeated runs bit-identical; and TunedGemm's dispatch to it.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/gemm.h"
+#include "backend/cuda/skinny_gemm.h"
+#include "compiler/precision.h"
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "device_helpers.h"
+
+namespace kiln::test {
+namespace {
+
+using cuda::DeviceBuffer;
+
+struct Shape {
+  const char* name;
+  int64_t n, k;
+};
+
+// n 1001: the last tile is partial for both tile sizes; n 40: one partial tile; k 1040 and 272 are
+// not whole 128-byte pipeline steps in either dtype.
+constexpr Shape kShapes[] = {{"1B qkv", 3072, 2048},     {"1B o", 2048, 2048},  {"1B gate_up", 16384, 2048},
+                             {"1B down", 2048, 8192},    {"8B qkv", 6144, 4096}, {"8B o", 4096, 4096},
+                             {"8B gate_up", 28672, 4096}, {"8B down", 4096, 14336}, {"odd n", 1001, 1040},
+                             {"one partial tile", 40, 272}};
+constexpr int64_t kRowCounts[] = {9, 17, 33, 64};
+
+// Random operands as the GEMM reads them (bf16 bits or E4M3 bytes), the scale that keeps fp8
+// outputs O(1), and the float64 reference scale · x · wᵀ for the first kSkinnyMaxRows rows of x.
+struct Problem {
+  bool fp8 = false;
+  int64_t n = 0, k = 0;
+  float scale = 1.0f;
+  std::vector<uint8_t> w, x;
+  std::vector<double> product;  // [kSkinnyMaxRows, n]
+
+  Problem(const Shape& s, bool use_fp8, std::mt19937& rng) : fp8(use_fp8), n(s.n), k(s.k) {
+    const auto operand = [&](int64_t count, float spread) {
+      std::normal_distribution<float> normal(0.0f, spread);
+      std::vector<float> f(static_cast<size_t>(count));
+      for (float& v : f) v = normal(rng);
+      std::vector<uint8_t> out(f.size() * (fp8 ? 1 : 2));
+      if (fp8) quantize_fp8(f.data(), f.size(), 1.0f, out.data());
+      else encode_from_f32(DType::BF16, f.data(), out.data(), f.size());
+      return out;
+    };
+    w = operand(n * k, fp8 ? 30.0f : 1.0f);
+    x = operand(cuda::kSkinnyMaxRows * k, fp8 ? 100.0f : 1.0f);
+    scale = fp8 ? static_cast<float>(1.0 / (30.0 * 100.0 * std::sqrt(static_cast<double>(k)))) : 1.0f;
+    const std::vector<float> xf = decoded(x.data(), cuda::kSkinnyMaxRows * k);
+    product.assign(static_cast<size_t>(cuda::kSkinnyMaxRows * n), 0.0);
+    ThreadPool pool;
+    constexpr int64_t kRowsPerChunk = 64;
+    pool.run(static_cast<int>((n + kRowsPerChunk - 1) / kRowsPerChunk), pool.size(), [&](int chunk) {
+      for (int64_t j = chunk * kRowsPerChunk; j < std::min(n, (chunk + 1) * kRowsPerChunk); ++j) {
+        const std::vector<float> row = decoded(w.data() + j * k * (fp8 ? 1 : 2), k);
+        for (int64_t i = 0; i < cuda::kSkinnyMaxRows; ++i) {
+          double s = 0;
+          for (int64_t c = 0; c < k; ++c) s += static_cast<double>(xf[static_cast<size_t>(i * k + c)]) * row[static_cast<size_t>(c)];
+          product[static_cast<size_t>(i * n + j)] = s * scale;
+        }
+      }
+    });
+  }
+
+  std::vector<float> decoded(const uint8_t* bytes, int64_t count) const {
+    std::vector<float> out(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      if (fp8) {
+        out[static_cast<size_t>(i)] = f8e4m3_to_f32(bytes[i]);
+      } else {
+        uint16_t bits = 0;
+        std::memcpy(&bits, bytes + 2 * i, 2);
+        out[static_cast<size_t>(i)] = bf16_to_f32(bits);
+      }
+    }
+    return out;
+  }
+
+  // scale · x · wᵀ + beta · y0 for the first m rows.
+  std::vector<float> want(int64_t m, float beta, const std::vector<float>& y0) const {
+    std::vector<float> out(static_cast<size_t>(m * n));
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(product[i] + beta * y0[i]);
+    return out;
+  }
+};
+
+// bf16 products are exact in fp32 and the MMA adds them in fp32. The E4M3 MMA aligns its 32
+// products to the largest before adding (about 14 bits kept), as cuBLASLt's fp8 GEMMs do.
+double tolerance(bool fp8) { return fp8 ? 1e-3 : 1e-5; }
+
+std::vector<float> run_skinny(const cuda::LtContext& context, const Problem& p, const DeviceBuffer& w,
+                              const DeviceBuffer& x, int64_t m, const std::vector<float>& start, float beta, int tile,
+                              int splits) {
+  DeviceBuffer y = to_device(start);
+  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, y.get<float>(), beta, tile, splits,
+                    context.skinny_workspace(), nullptr);
+  return to_host<float>(y, start.size());
+}
+
+TEST(CudaSkinnyGemm, ComputesTheScaledProductPlusBetaYForEveryTileAndSplitOnModelShapes) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(31);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  cuda::LtContext context;
+  for (bool fp8 : {false, true}) {
+    for (const Shape& shape : kShapes) {
+      const Problem p(shape, fp8, rng);
+      const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+      std::vector<float> y0(static_cast<size_t>(cuda::kSkinnyMaxRows * p.n));
+      for (float& v : y0) v = normal(rng);
+      int cases = 0;
+      for (int64_t m : kRowCounts) {
+        for (int tile : cuda::kSkinnyTiles) {
+          for (int splits : cuda::kSkinnySplits) {
+            if (!cuda::skinny_supports(m, p.n, p.k, fp8, tile, splits, context.skinny_workspace())) continue;
+            const float beta = (cases++ % 2) ? 1.0f : 0.0f;
+            SCOPED_TRACE(std::string(shape.name) + (fp8 ? " fp8" : " bf16") + " m " + std::to_string(m) + " tile " +
+                         std::to_string(tile) + " splits " + std::to_string(splits) + " beta " + std::to_string(beta));
+            std::vector<float> start(y0.begin(), y0.begin() + m * p.n);
+            if (beta == 0.0f) std::fill(start.begin(), start.end(), std::nanf(""));  // beta 0 must not read y
+            const auto got = run_skinny(context, p, w, x, m, start, beta, tile, splits);
+            EXPECT_LT(relative_norm_error(got, p.want(m, beta, y0)), tolerance(fp8));
+          }
+        }
+      }
+      // Every model shape runs split 1 and 2 at least, at m = 64 too (the workspace holds them).
+      EXPECT_GE(cases, 4 * 2 * 2) << shape.name;
+    }
+  }
+}
+
+TEST(CudaSkinnyGemm, RepeatedRunsAreBitIdenticalAndLeaveTheSplitCountersZero) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(37);
+  cuda::LtContext context;
+  const cuda::SkinnyWorkspace workspace = context.skinny_workspace();
+  for (bool fp8 : {false, true}) {
+    const Problem p(Shape{"8B down", 4096, 14336}, fp8, rng);
+    const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+    const std::vector<float> start(static_cast<size_t>(64 * p.n), std::nanf(""));
+    for (int splits : {1, 8}) {
+      SCOPED_TRACE(std::string(fp8 ? "fp8" : "bf16") + " splits " + std::to_string(splits));
+      const auto first = run_skinny(context, p, w, x, 64, start, 0.0f, 64, splits);
+      for (int again = 0; again < 3; ++again) {
+        const auto next = run_skinny(context, p, w, x, 64, start, 0.0f, 64, splits);
+        EXPECT_EQ(std::memcmp(first.data(), next.data(), first.size() * sizeof(float)), 0) << "run " << again + 1;
+      }
+      std::vector<int32_t> counters(static_cast<size_t>(workspace.counter_count));
+      KILN_CUDA_CHECK(cudaMemcpy(counters.data(), workspace.counters, counters.size() * sizeof(int32_t),
+                                 cudaMemcpyDeviceToHost));
+      EXPECT_EQ(std::count(counters.begin(), counters.end(), 0), workspace.counter_count);
+    }
+  }
+}
+
+TEST(CudaSkinnyGemm, RefusesWhatItDoesNotRun) {
+  SKIP_WITHOUT_GPU();
+  cuda::LtContext context;
+  const auto ws = context.skinny_workspace();
+  DeviceBuffer w(4096 * 1024, "w"), x(65 * 1024, "x"), y(65 * 4096 * 4, "y");
+  const auto run = [&](int64_t m, int64_t n, int64_t k, bool fp8, int tile, int splits) {
+    cuda::skinny_gemm(w.get(), x.get(), fp8, m, n, k, 1.0f, y.get<float>(), 0.0f, tile, splits, ws, nullptr);
+  };
+  EXPECT_THROW(run(65, 256, 512, false, 64, 1), Error);  // more rows than kSkinnyMaxRows
+  EXPECT_THROW(run(16, 256, 1028, false, 64, 1), Error);  // k % 8 != 0 (bf16)
+  EXPECT_THROW(run(16, 256, 1032, true, 64, 1), Error);  // k % 16 != 0 (E4M3)
+  EXPECT_THROW(run(16, 256, 512, false, 96, 1), Error);  // not a tile size
+  EXPECT_THROW(run(16, 256, 512, false, 64, 9), Error);  // more splits than 8
+  EXPECT_FALSE(cuda::skinny_supports(64, 131072, 512, false, 128, 8, ws));  // partials past the workspace
+  EXPECT_THROW(cuda::skinny_gemm(static_cast<uint8_t*>(w.get()) + 2, x.get(), false, 16, 256, 512, 1.0f,
+                                 y.get<float>(), 0.0f, 64, 1, ws, nullptr),
+               Error);  // weights not 16-byte aligned
+}
+
+TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(41);
+  cuda::LtContext context;
+  const Problem p(Shape{"odd n", 1001, 1040}, false, rng);
+  const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+  cuda::LtGemm probe(context, p.n, p.k);
+  cuda::GemmChoice choice;
+  choice.tactic = cuda::GemmTactic::KilnSkinny;
+  choice.algo = probe.heuristic(64, 1).front().algo;
+  choice.skinny_tile = 64;
+  choice.skinny_splits = 3;
+  cuda::TunedGemm gemm(context, p.n, p.k, {{64, choice}});
+  EXPECT_TRUE(gemm.skinny_at(9));
+  EXPECT_TRUE(gemm.skinny_at(64));
+  EXPECT_FALSE(gemm.skinny_at(65));  // past the kernel's rows: the bucket's cuBLASLt algorithm
+  const std::vector<float> start(static_cast<size_t>(33 * p.n), std::nanf(""));
+  DeviceBuffer y = to_device(start);
+  gemm.run(w.get(), x.get(), 33, y.get<float>(), 0.0f, nullptr);
+  const auto direct = run_skinny(context, p, w, x, 33, start, 0.0f, 64, 3);
+  const auto tuned = to_host<float>(y, start.size());
+  EXPECT_EQ(std::memcmp(tuned.data(), direct.data(), tuned.size() * sizeof(float)), 0);
+
+  cuda::GemmChoice bad = choice;
+  bad.skinny_splits = 9;
+  EXPECT_THROW(cuda::TunedGemm(context, p.n, p.k, {{64, bad}}), Error);  // a corrupt table entry
+}
+
+}  // namespace
+}  // namespace kiln::test
