@@ -834,7 +834,7 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
 
 # kiln-skinny (skinny_gemm.h): its tactic parameters, and the cuBLASLt workspace its split partials
 # ([splits, m, n] fp32) must fit (LtContext::kWorkspaceBytes).
-SKINNY_TILES = (64, 128)
+SKINNY_TILES = (64, 128, 256)
 SKINNY_SPLITS = (1, 2, 3, 4, 6, 8)
 SKINNY_WORKSPACE = 32 << 20
 

@@ -1,5 +1,5 @@
 // kiln-skinny (skinny_gemm.h) against a double-precision CPU reference on the Llama-3.2-1B and
-// Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, both tiles, every split that fits
+// Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, every tile and split that fits
 // the workspace, beta 0 (the output NaN before, so an element left unwritten fails) and 1, bf16 and
 // E4M3; repeated runs bit-identical; and TunedGemm's dispatch to it.
 #include <gtest/gtest.h>
@@ -29,7 +29,7 @@ struct Shape {
   int64_t n, k;
 };
 
-// n 1001: the last tile is partial for both tile sizes; n 40: one partial tile; k 1040 and 272 are
+// n 1001: the last tile is partial for every tile size; n 40: one partial tile; k 1040 and 272 are
 // not whole 128-byte pipeline steps in either dtype.
 constexpr Shape kShapes[] = {{"1B qkv", 3072, 2048},     {"1B o", 2048, 2048},  {"1B gate_up", 16384, 2048},
                              {"1B down", 2048, 8192},    {"8B qkv", 6144, 4096}, {"8B o", 4096, 4096},

@@ -12,10 +12,12 @@ namespace kiln::cuda {
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
+// A warp multiplies 32 weight rows with all x rows (16 at the 64-row tile, which keeps 4 warps to
+// issue its loads): 4, 4 and 8 warps for tiles of 64, 128 and 256 rows.
+__host__ __device__ constexpr int warps_for(int tile_n) { return tile_n == 256 ? 8 : 4; }
 // Three steps in flight while one is multiplied: at a 128-row tile that is 48 KiB of weights per
-// block, about twice what one SM's share of HBM bandwidth times the memory latency asks for.
+// block, about twice what one SM's share of HBM bandwidth times the memory latency asks for. (At 64
+// rows of x a 256-row tile takes 160 KiB of shared memory, one block per SM.)
 constexpr int kStages = 4;
 // One pipeline step holds 128 bytes of every row (weights and x alike): 8 chunks of 16 bytes, and
 // 4 MMA k-steps of 32 bytes (16 bf16 or 32 E4M3, one m16n8k16 / m16n8k32 each).
@@ -84,7 +86,7 @@ __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint3
 }
 
 // Step `step` of `rows` rows (from `first`, `limit` of them real) into a stage buffer.
-template <int kRows>
+template <int kRows, int kThreads>
 __device__ __forceinline__ void load_step(uint32_t stage, const uint8_t* base, int64_t first, int64_t limit,
                                           int64_t row_bytes, int step) {
   for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
@@ -98,8 +100,9 @@ __device__ __forceinline__ void load_step(uint32_t stage, const uint8_t* base, i
 
 // The 4 MMA k-steps of one pipeline step, onto c: a warp multiplies all x rows with its weight rows.
 template <bool kFp8, int kTileN, int kMTiles>
-__device__ __forceinline__ void multiply_step(uint32_t w_s, uint32_t x_s, float (&c)[kMTiles][kTileN / kWarps / 8][4]) {
-  constexpr int kWarpN = kTileN / kWarps;
+__device__ __forceinline__ void multiply_step(uint32_t w_s, uint32_t x_s,
+                                              float (&c)[kMTiles][kTileN / warps_for(kTileN) / 8][4]) {
+  constexpr int kWarpN = kTileN / warps_for(kTileN);
   constexpr int kNTiles = kWarpN / 8;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -146,11 +149,12 @@ __device__ __forceinline__ void multiply_step(uint32_t w_s, uint32_t x_s, float 
 }
 
 // Block (tile, split): weight rows [tile · kTileN, +kTileN) over the split's steps of k, times all
-// kMTiles · 16 (padded) rows of x. Warp w owns weight rows [w · kTileN / 4, +kTileN / 4) of the tile.
+// kMTiles · 16 (padded) rows of x. Warp w owns weight rows [w · kWarpN, +kWarpN) of the tile.
 template <bool kFp8, int kTileN, int kMTiles>
-__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
+__global__ void __launch_bounds__(warps_for(kTileN) * 32) skinny_gemm_kernel(Args a) {
+  constexpr int kThreads = warps_for(kTileN) * 32;
   constexpr int kRows = kMTiles * 16;
-  constexpr int kWarpN = kTileN / kWarps;
+  constexpr int kWarpN = kTileN / warps_for(kTileN);
   constexpr int kNTiles = kWarpN / 8;
   static_assert(kNTiles % 2 == 0, "one ldmatrix.x4 loads two 8-row weight tiles");
   extern __shared__ __align__(128) uint8_t shared[];
@@ -165,14 +169,14 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
 
   // Weights are no kernel's output: their first steps stream in while the previous kernel finishes.
   for (int s = 0; s < kStages - 1 && s < count; ++s) {
-    load_step<kTileN>(w_stages + s * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + s);
+    load_step<kTileN, kThreads>(w_stages + s * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + s);
   }
   wait_for_producer();
   let_consumer_start();
   // Group s holds step s's x (group 0 also every prologue weight step); a group per step, empty
   // ones included, so "all but kStages - 2 groups done" always means "step i has landed".
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < count) load_step<kRows>(x_stages + s * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + s);
+    if (s < count) load_step<kRows, kThreads>(x_stages + s * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + s);
     commit_copies();
   }
 
@@ -185,8 +189,8 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(Args a) {
     const int next = i + kStages - 1;
     if (next < count) {
       const int slot = next % kStages;
-      load_step<kTileN>(w_stages + slot * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + next);
-      load_step<kRows>(x_stages + slot * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + next);
+      load_step<kTileN, kThreads>(w_stages + slot * kTileN * kStepBytes, a.w, n0, a.n, a.row_bytes, first + next);
+      load_step<kRows, kThreads>(x_stages + slot * kRows * kStepBytes, a.x, 0, a.m, a.row_bytes, first + next);
     }
     commit_copies();
 
@@ -259,7 +263,7 @@ void launch_tiles(const Args& a, dim3 grid, cudaStream_t stream) {
     KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
     configured.fetch_or(bit);
   }
-  launch_kernel_shared("skinny_gemm_kernel", kernel, grid, dim3(kThreads), shared, stream, a);
+  launch_kernel_shared("skinny_gemm_kernel", kernel, grid, dim3(warps_for(kTileN) * 32), shared, stream, a);
 }
 
 template <bool kFp8, int kTileN>
@@ -274,8 +278,11 @@ void launch_rows(const Args& a, dim3 grid, cudaStream_t stream) {
 
 template <bool kFp8>
 void launch_dtype(const Args& a, int tile_n, dim3 grid, cudaStream_t stream) {
-  if (tile_n == 64) launch_rows<kFp8, 64>(a, grid, stream);
-  else launch_rows<kFp8, 128>(a, grid, stream);
+  switch (tile_n) {
+    case 64: launch_rows<kFp8, 64>(a, grid, stream); break;
+    case 128: launch_rows<kFp8, 128>(a, grid, stream); break;
+    default: launch_rows<kFp8, 256>(a, grid, stream); break;
+  }
 }
 
 }  // namespace
@@ -302,7 +309,7 @@ void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, i
     throw Error("kiln-skinny: m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
                 (fp8 ? " fp8" : " bf16") + " tile " + std::to_string(tile_n) + " splits " + std::to_string(splits) +
                 " is not supported (1 <= m <= " + std::to_string(kSkinnyMaxRows) + ", k % " + (fp8 ? "16" : "8") +
-                " == 0, 16-byte aligned w and x, tile 64 or 128, 1.." + std::to_string(kMaxSplits) +
+                " == 0, 16-byte aligned w and x, tile 64, 128 or 256, 1.." + std::to_string(kMaxSplits) +
                 " splits whose " + std::to_string(skinny_partial_bytes(m, n, splits)) + " partial bytes and " +
                 std::to_string((n + tile_n - 1) / std::max(tile_n, 1)) + " counters fit the workspace's " +
                 std::to_string(workspace.partial_bytes) + " and " + std::to_string(workspace.counter_count) + ")");

@@ -24,7 +24,9 @@ constexpr int64_t kSkinnyMaxRows = 64;
 // Decode batches below this run on kiln-gemv or cuBLASLt; the autotuner races the skinny GEMM only
 // in buckets that hold such batches (the m = 64 bucket).
 constexpr int64_t kSkinnyMinRows = 9;
-constexpr int kSkinnyTiles[] = {64, 128};
+// Wider tiles read x from shared memory fewer times per weight byte (at 64 rows and a 64-row tile,
+// as many x bytes as weight bytes); narrower ones make more blocks of a small n.
+constexpr int kSkinnyTiles[] = {64, 128, 256};
 constexpr int kSkinnySplits[] = {1, 2, 3, 4, 6, 8};
 
 // Where split partials go. `partials` may be scratch another GEMM of the same stream also uses
