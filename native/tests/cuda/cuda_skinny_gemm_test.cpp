@@ -1,23 +1,31 @@
 // kiln-skinny (skinny_gemm.h) against a double-precision CPU reference on the Llama-3.2-1B and
 // Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, every tile and split that fits
 // the workspace, beta 0 (the output NaN before, so an element left unwritten fails) and 1, bf16 and
-// E4M3; repeated runs bit-identical; and TunedGemm's dispatch to it.
+// E4M3; repeated runs bit-identical; TunedGemm's dispatch to it; and an engine tuned with
+// KILN_AUTOTUNE_SKINNY=1.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/gemm.h"
+#include "backend/cuda/generate.h"
+#include "backend/cuda/model.h"
 #include "backend/cuda/skinny_gemm.h"
+#include "compiler/build.h"
 #include "compiler/precision.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
 #include "device_helpers.h"
+#include "engine/engine.h"
+#include "tiny_checkpoint.h"
 
 namespace kiln::test {
 namespace {
@@ -211,6 +219,74 @@ TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
   cuda::GemmChoice bad = choice;
   bad.skinny_splits = 9;
   EXPECT_THROW(cuda::TunedGemm(context, p.n, p.k, {{64, bad}}), Error);  // a corrupt table entry
+}
+
+// The switch is read by the build; the guard puts the environment back even when the build throws.
+struct SkinnySwitchOn {
+  SkinnySwitchOn() { setenv("KILN_AUTOTUNE_SKINNY", "1", 1); }
+  ~SkinnySwitchOn() { unsetenv("KILN_AUTOTUNE_SKINNY"); }
+};
+
+TEST(CudaSkinnyGemm, AnEngineTunedWithTheSwitchRacesItAtSixtyFourRowsAndDecodesABatchAsAlone) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_skinny_engine");
+  write_checkpoint(dir, spec, tensors);
+  BuildOptions o;
+  o.model_dir = dir;
+  o.out_path = dir + "/engine.cuda.kiln";
+  o.max_seq_len = 128;
+  o.max_batch = 16;  // buckets 1, 8, 64: batches of 9..16 run the m = 64 choice
+  o.threads = 2;
+  o.target = "cuda";
+  {
+    const SkinnySwitchOn on;
+    std::atomic<bool> cancel{false};
+    build(o, {}, cancel);
+  }
+  const auto engine = Engine::load(o.out_path);
+  int raced = 0, won = 0;
+  for (const auto& entry : engine->header().at("autotune").at("entries")) {
+    const bool sixty_four = entry.at("bucket").get<int64_t>() == 64;
+    EXPECT_EQ(entry.contains("kiln_skinny_us"), sixty_four) << entry.at("bucket");
+    if (sixty_four) raced += !entry.at("kiln_skinny_us").empty();
+    won += entry.at("tactic") == "kiln-skinny";
+  }
+  EXPECT_GT(raced, 0);
+  RecordProperty("kiln_skinny_wins", won);  // the decode below runs skinny GEMMs only where it won
+
+  cuda::CudaModel model(engine);
+  constexpr int64_t kSequences = 12, kSteps = 16;
+  std::vector<std::vector<int32_t>> prompts, alone, tables;
+  for (int64_t s = 0; s < kSequences; ++s) {
+    std::vector<int32_t> prompt;
+    for (int64_t i = 0; i <= s % 5; ++i) prompt.push_back(static_cast<int32_t>((s * 13 + i * 7 + 1) % spec.vocab));
+    prompts.push_back(prompt);
+    alone.push_back(cuda::generate_greedy(model, prompt, kSteps).tokens);
+    tables.push_back({static_cast<int32_t>(2 * s), static_cast<int32_t>(2 * s + 1)});
+  }
+  auto cache = model.new_cache(2 * kSequences, 16);
+  ForwardBatch prefill;
+  for (int64_t s = 0; s < kSequences; ++s) {
+    prefill.add(prompts[s].data(), static_cast<int64_t>(prompts[s].size()), 0, tables[s].data(), true);
+  }
+  std::vector<int32_t> next(kSequences);
+  model.forward(prefill, cache, next.data());
+  std::vector<std::vector<int32_t>> got(kSequences);
+  for (int64_t step = 1; step <= kSteps; ++step) {
+    for (int64_t s = 0; s < kSequences; ++s) got[s].push_back(next[s]);
+    if (step == kSteps) break;
+    ForwardBatch batch;
+    const std::vector<int32_t> tokens = next;
+    for (int64_t s = 0; s < kSequences; ++s) {
+      batch.add(&tokens[s], 1, static_cast<int64_t>(prompts[s].size()) + step - 1, tables[s].data(), true);
+    }
+    model.forward(batch, cache, next.data());  // decode steps of 12 rows: a graph of the m = 64 choices
+  }
+  for (int64_t s = 0; s < kSequences; ++s) EXPECT_EQ(got[s], alone[s]) << "sequence " << s;
 }
 
 }  // namespace
