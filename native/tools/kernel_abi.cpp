@@ -76,6 +76,29 @@ PagedStep paged_step(int64_t tokens, const int32_t* token_sequence, const int32_
   return s;
 }
 
+// What kiln_paged_attention and kiln_prefill_attention share: the query rows, the cache, the step's
+// tokens and pages, the tiles and the output.
+AttentionArgs attention_args(const float* q, int64_t q_stride, const void* keys, const void* values,
+                             const int32_t* block_tables, int64_t table_stride, const int32_t* token_sequence,
+                             const int32_t* token_position, const int32_t* tiles, int64_t num_tiles, int64_t page_size,
+                             int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
+                             void* out_fp8, float out_scale, int64_t tokens, int kv_fp8, float k_scale, float v_scale) {
+  AttentionArgs a;
+  a.q = q;
+  a.q_stride = q_stride;
+  a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
+  a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
+                      head_dim);
+  a.tiles = tiles;
+  a.num_tiles = num_tiles;
+  a.window = window;
+  a.scale = scale;
+  a.out = static_cast<bf16*>(out);
+  a.out_fp8 = static_cast<fp8*>(out_fp8);
+  a.out_scale = out_scale;
+  return a;
+}
+
 }  // namespace
 
 extern "C" {
@@ -130,19 +153,9 @@ int kiln_paged_attention(const float* q, int64_t q_stride, const void* keys, con
                          void* out_fp8, float out_scale, int64_t splits, int64_t tokens, float* partials, int kv_fp8,
                          float k_scale, float v_scale) {
   return guarded([&] {
-    AttentionArgs a;
-    a.q = q;
-    a.q_stride = q_stride;
-    a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
-    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
-                        head_dim);
-    a.tiles = tiles;
-    a.num_tiles = num_tiles;
-    a.window = window;
-    a.scale = scale;
-    a.out = static_cast<bf16*>(out);
-    a.out_fp8 = static_cast<fp8*>(out_fp8);
-    a.out_scale = out_scale;
+    AttentionArgs a = attention_args(q, q_stride, keys, values, block_tables, table_stride, token_sequence,
+                                     token_position, tiles, num_tiles, page_size, heads, kv_heads, head_dim, window,
+                                     scale, out, out_fp8, out_scale, tokens, kv_fp8, k_scale, v_scale);
     a.splits = splits;
     a.partials = partials;
     paged_attention(a, nullptr);
@@ -157,20 +170,10 @@ int kiln_prefill_attention(const float* q, int64_t q_stride, const void* keys, c
                            int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
                            void* out_fp8, float out_scale, int64_t tokens, int kv_fp8, float k_scale, float v_scale) {
   return guarded([&] {
-    AttentionArgs a;
-    a.q = q;
-    a.q_stride = q_stride;
-    a.kv = kv_cache(const_cast<void*>(keys), const_cast<void*>(values), kv_fp8, k_scale, v_scale);  // only read
-    a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
-                        head_dim);
-    a.tiles = tiles;
-    a.num_tiles = num_tiles;
-    a.window = window;
-    a.scale = scale;
-    a.out = static_cast<bf16*>(out);
-    a.out_fp8 = static_cast<fp8*>(out_fp8);
-    a.out_scale = out_scale;
-    prefill_attention(a, nullptr);
+    prefill_attention(attention_args(q, q_stride, keys, values, block_tables, table_stride, token_sequence,
+                                     token_position, tiles, num_tiles, page_size, heads, kv_heads, head_dim, window,
+                                     scale, out, out_fp8, out_scale, tokens, kv_fp8, k_scale, v_scale),
+                      nullptr);
   });
 }
 

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cfloat>
 
+#include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/launch.cuh"
@@ -194,16 +195,13 @@ __global__ __launch_bounds__(kAttnWarps* kWarp) void attention_kernel(AttentionA
 
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const int64_t first = a.tiles[2 * blockIdx.x];
-  const int64_t count = a.tiles[2 * blockIdx.x + 1];
-  const int64_t group = a.step.heads / a.step.kv_heads;
-  const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
-  const int64_t kv_head = blockIdx.y / head_chunks;
-  const int64_t chunk = blockIdx.y % head_chunks;
-  const int64_t head0 = kv_head * group + chunk * heads_per_block;
-  // Row, position and page arithmetic below divides in 32 bits (all small; a 64-bit divide is a long
-  // instruction sequence, and this kernel is latency-bound at decode).
-  const int nh = static_cast<int>(min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block));
+  const TileHeads tile = tile_heads(a, heads_per_block);
+  const int64_t first = tile.first;
+  const int64_t count = tile.count;
+  const int64_t kv_head = tile.kv_head;
+  const int64_t head0 = tile.head0;
+  // Row, position and page arithmetic below divides in 32 bits (all small).
+  const int nh = tile.nh;
   const int rows = static_cast<int>(count) * nh;
   const int page_size = static_cast<int>(a.step.page_size);
   const int64_t kv_dim = a.step.kv_heads * D;

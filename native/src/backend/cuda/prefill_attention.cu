@@ -6,6 +6,7 @@
 #include <string>
 #include <type_traits>
 
+#include "backend/cuda/attention_tile.cuh"
 #include "backend/cuda/check.h"
 #include "backend/cuda/launch.cuh"
 
@@ -128,16 +129,13 @@ __global__ __launch_bounds__(kThreads) void prefill_attention_kernel(AttentionAr
 
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const int64_t first = a.tiles[2 * blockIdx.x];
-  const int count = a.tiles[2 * blockIdx.x + 1];
-  const int64_t group = a.step.heads / a.step.kv_heads;
-  const int64_t head_chunks = (group + heads_per_block - 1) / heads_per_block;
-  const int64_t kv_head = blockIdx.y / head_chunks;
-  const int64_t chunk = blockIdx.y % head_chunks;
-  const int64_t head0 = kv_head * group + chunk * heads_per_block;
-  // Rows, positions and pages in 32 bits (all below max_seq_len times the group; a 64-bit divide is
-  // a long instruction sequence).
-  const int nh = static_cast<int>(min(static_cast<int64_t>(heads_per_block), group - chunk * heads_per_block));
+  const TileHeads tile = tile_heads(a, heads_per_block);
+  const int64_t first = tile.first;
+  // Rows, positions and pages in 32 bits (all below max_seq_len times the group).
+  const int count = static_cast<int>(tile.count);
+  const int64_t kv_head = tile.kv_head;
+  const int64_t head0 = tile.head0;
+  const int nh = tile.nh;
   const int rows = count * nh;
   const int32_t* table = a.step.block_tables + static_cast<int64_t>(a.step.token_sequence[first]) * a.step.table_stride;
   const int p0 = a.step.token_position[first];
