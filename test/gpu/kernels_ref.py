@@ -562,6 +562,17 @@ def attention_spread(batch: Batch, q, keys, heads, kv_heads, head_dim, window, s
     return spread
 
 
+def random_kv_cache(batch: Batch, kv_dim: int, kv_fp8: bool):
+    """N(0, 1) keys and values in the batch's pages, bf16 or e4m3 of value / KV_SCALES, and the float
+    values the kernels should see (dequantized)."""
+    k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
+    keys = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+    values = torch.randn(batch.pages, 16, kv_dim, device=DEV)
+    keys = to_e4m3(keys / k_scale) if kv_fp8 else keys.to(torch.bfloat16)
+    values = to_e4m3(values / v_scale) if kv_fp8 else values.to(torch.bfloat16)
+    return keys, values, dequantized(keys, k_scale), dequantized(values, v_scale)
+
+
 def test_attention(k: Kernels) -> None:
     max_splits = k.max_splits()
     # 1B and 8B shapes, a small GQA, MHA at head_dim 32, group 7 (2 tokens a tile), group 32 (two
@@ -573,11 +584,7 @@ def test_attention(k: Kernels) -> None:
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
         batch = Batch(MIXED, 16, kv_dim)
         k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
-        keys = torch.randn(batch.pages, 16, kv_dim, device=DEV)
-        values = torch.randn(batch.pages, 16, kv_dim, device=DEV)
-        keys = to_e4m3(keys / k_scale) if kv_fp8 else keys.to(torch.bfloat16)
-        values = to_e4m3(values / v_scale) if kv_fp8 else values.to(torch.bfloat16)
-        ref_keys, ref_values = dequantized(keys, k_scale), dequantized(values, v_scale)
+        keys, values, ref_keys, ref_values = random_kv_cache(batch, kv_dim, kv_fp8)
         qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)  # q read with the fused row stride
         tiles = batch.tiles(k.tile_tokens(heads, kv_heads))
         scale = 1.0 / math.sqrt(head_dim)
@@ -619,11 +626,7 @@ def test_prefill_attention(k: Kernels) -> None:
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
         batch = Batch(MIXED + [(130, 150)], 16, kv_dim)
         k_scale, v_scale = KV_SCALES if kv_fp8 else (1.0, 1.0)
-        keys = torch.randn(batch.pages, 16, kv_dim, device=DEV)
-        values = torch.randn(batch.pages, 16, kv_dim, device=DEV)
-        keys = to_e4m3(keys / k_scale) if kv_fp8 else keys.to(torch.bfloat16)
-        values = to_e4m3(values / v_scale) if kv_fp8 else values.to(torch.bfloat16)
-        ref_keys, ref_values = dequantized(keys, k_scale), dequantized(values, v_scale)
+        keys, values, ref_keys, ref_values = random_kv_cache(batch, kv_dim, kv_fp8)
         qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
         tiles = batch.tiles(k.prefill_tile_tokens(heads, kv_heads))
         scale = 1.0 / math.sqrt(head_dim)
