@@ -5,10 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <random>
 
 #include "architectures.h"
@@ -21,6 +19,7 @@
 #include "backend/cuda/model.h"
 #include "compiler/build.h"
 #include "compiler/precision.h"
+#include "cuda_engine_builds.h"
 #include "device_helpers.h"
 #include "core/error.h"
 #include "engine/engine.h"
@@ -316,22 +315,6 @@ double model_error(const std::string& engine_path, const TinySpec& spec, const T
   return worst;
 }
 
-std::string build_cuda_engine(const std::string& dir, bool autotune, Precision precision = Precision::BF16,
-                              const std::string& calibration = "") {
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.cuda.kiln";
-  o.precision = precision;
-  o.calibration_path = calibration;
-  o.max_seq_len = 128;
-  o.autotune = autotune;
-  o.threads = 2;
-  o.target = "cuda";
-  std::atomic<bool> cancel{false};
-  build(o, {}, cancel);
-  return o.out_path;
-}
-
 TEST(CudaModel, Bf16EngineMatchesTheReferenceForEveryArchitectureItRuns) {
   SKIP_WITHOUT_GPU();
   for (auto c : tiny_architectures()) {
@@ -360,19 +343,12 @@ TEST(CudaModel, Fp8EngineMostlyKeepsTheReferenceTopOneToken) {
   const TensorMap tensors = tiny_tensors(spec);
   const std::string dir = temp_dir("cuda_fp8");
   write_checkpoint(dir, spec, tensors);
-  {
-    std::ofstream calib(dir + "/calib.jsonl");
-    for (int s = 0; s < 8; ++s) {
-      Json seq = Json::array();
-      for (int i = 0; i < 32; ++i) seq.push_back((s * 31 + i * 7 + 5) % spec.vocab);
-      calib << seq.dump() << "\n";
-    }
-  }
   // The CPU fp8 engine's bounds on this kind of checkpoint (runtime_test.cpp): E4M3 keeps 3 mantissa
   // bits of weights and activations; random weights give flat logits, so top-1 flips on small errors.
   // Autotuned, so the fp8 GEMV and cuBLASLt fp8 GEMMs both run (decode rows, 4-token prefill).
   double top1 = 0;
-  EXPECT_LT(model_error(build_cuda_engine(dir, true, Precision::FP8, dir + "/calib.jsonl"), spec, tensors, &top1), 0.25);
+  const std::string engine = build_cuda_engine(dir, true, Precision::FP8, write_calibration(dir, spec.vocab));
+  EXPECT_LT(model_error(engine, spec, tensors, &top1), 0.25);
   EXPECT_GE(top1, 0.8);
 }
 
@@ -423,15 +399,7 @@ TEST(CudaModel, Fp8KvCacheMostlyKeepsTheBf16KvCacheTopOneTokens) {
     cuda::CudaModel model(Engine::load(build_cuda_engine(dir, true)));
     EXPECT_GE(fp8_kv_top1_agreement(model), 0.8) << "bf16 engine";
   }
-  {
-    std::ofstream calib(dir + "/calib.jsonl");
-    for (int s = 0; s < 8; ++s) {
-      Json seq = Json::array();
-      for (int i = 0; i < 32; ++i) seq.push_back((s * 31 + i * 7 + 5) % spec.vocab);
-      calib << seq.dump() << "\n";
-    }
-  }
-  auto engine = Engine::load(build_cuda_engine(dir, true, Precision::FP8, dir + "/calib.jsonl"));
+  auto engine = Engine::load(build_cuda_engine(dir, true, Precision::FP8, write_calibration(dir, spec.vocab)));
   ASSERT_EQ(engine->header()["quantization"]["kv_scales"].size(), static_cast<size_t>(spec.layers));
   cuda::CudaModel model(engine);
   EXPECT_GE(fp8_kv_top1_agreement(model), 0.8) << "fp8 engine, calibrated KV scales";

@@ -7,7 +7,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +19,7 @@
 #include "compiler/build.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "cuda_engine_builds.h"
 #include "device_helpers.h"
 #include "engine/engine.h"
 #include "tiny_checkpoint.h"
@@ -266,17 +266,11 @@ TEST(CudaPrefillAttention, SwitchedOnTheModelKeepsItsLogits) {
   const TensorMap tensors = tiny_tensors(spec);
   const std::string dir = temp_dir("cuda_prefill_mma");
   write_checkpoint(dir, spec, tensors);
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.cuda.kiln";
+  BuildOptions o = cuda_build_options(dir);
   o.max_seq_len = 2048;
-  o.autotune = false;
-  o.threads = 2;
-  o.target = "cuda";
-  std::atomic<bool> cancel{false};
-  build(o, {}, cancel);
-  const std::vector<float> off = mixed_step_logits(o.out_path, false, spec.vocab);
-  const std::vector<float> on = mixed_step_logits(o.out_path, true, spec.vocab);
+  const std::string engine = build_cuda_engine(o);
+  const std::vector<float> off = mixed_step_logits(engine, false, spec.vocab);
+  const std::vector<float> on = mixed_step_logits(engine, true, spec.vocab);
   // The kernels differ by the bf16 rounding of q and P (about 1e-2 of an attention row at most, see
   // above), carried through two layers; the bf16 engine's bound against the double reference is 2e-2.
   double err = 0, scale = 0;

@@ -9,7 +9,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +18,7 @@
 #include "backend/cuda/sampling.h"
 #include "compiler/build.h"
 #include "core/thread_pool.h"
+#include "cuda_engine_builds.h"
 #include "device_helpers.h"
 #include "engine/engine.h"
 #include "runtime/sampler.h"
@@ -175,16 +175,7 @@ TEST(CudaSampling, AModelStepCopiesOnlyTheLogitsRowsAndDrawsTheSampledOnesOnTheD
   spec.kv_heads = 2;
   const std::string dir = temp_dir("cuda_device_draws");
   write_checkpoint(dir, spec, tiny_tensors(spec));
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.cuda.kiln";
-  o.max_seq_len = 128;
-  o.autotune = false;
-  o.threads = 2;
-  o.target = "cuda";
-  std::atomic<bool> cancel{false};
-  build(o, {}, cancel);
-  cuda::CudaModel model(Engine::load(o.out_path));
+  cuda::CudaModel model(Engine::load(build_cuda_engine(dir, false)));
   const int64_t vocab = model.config().vocab_size;
   auto cache = model.new_cache(12, 16);
   std::vector<std::vector<int32_t>> tables{{0, 1, 2, 3}, {4, 5, 6, 7}, {8, 9, 10, 11}};

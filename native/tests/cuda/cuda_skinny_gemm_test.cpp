@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +22,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "cuda_engine_builds.h"
 #include "device_helpers.h"
 #include "engine/engine.h"
 #include "tiny_checkpoint.h"
@@ -242,17 +242,12 @@ TEST(CudaSkinnyGemm, AnEngineTunedWithTheSwitchRacesItAtSixtyFourRowsAndDecodesA
   const TensorMap tensors = tiny_tensors(spec);
   const std::string dir = temp_dir("cuda_skinny_engine");
   write_checkpoint(dir, spec, tensors);
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.cuda.kiln";
-  o.max_seq_len = 128;
+  BuildOptions o = cuda_build_options(dir);
+  o.autotune = true;
   o.max_batch = 16;  // buckets 1, 8, 64: batches of 9..16 run the m = 64 choice
-  o.threads = 2;
-  o.target = "cuda";
   {
     const SkinnySwitchOn on;
-    std::atomic<bool> cancel{false};
-    build(o, {}, cancel);
+    build_cuda_engine(o);
   }
   const auto engine = Engine::load(o.out_path);
   int raced = 0, won = 0;
