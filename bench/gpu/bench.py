@@ -397,6 +397,10 @@ def main() -> None:
                          "environment variable, interleaved over rounds (what a switch buys, side by side)")
     ap.add_argument("--ab-prefill", action="store_true",
                     help="with --ab: also time each prefill length's first token under every value")
+    ap.add_argument("--keep-engines", action="store_true",
+                    help="leave the engines in --work and use one already there instead of building it (an --ab run "
+                         "and the table rows of its winner from one build; the engine must have been built for the "
+                         "same --decode-batches)")
     ap.add_argument("--hf-only", action="store_true",
                     help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
@@ -461,17 +465,21 @@ def main() -> None:
             if precision == "fp8":
                 write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]
-            t0 = time.time()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
-            log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
+            if args.keep_engines and engine.exists():
+                log(f"{name} {precision}: engine kept from an earlier run ({engine})")
+            else:
+                t0 = time.time()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
+                log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
             if args.ab:
                 ab_compare(engine, f"{name} {precision}", args.ab, args.ab_prefill)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
             if args.profile or args.only_profile:
                 profile_decode(engine, out, f"{name}-{precision}")
-            engine.unlink()
+            if not args.keep_engines:
+                engine.unlink()
         if args.only_profile or args.ab:
             continue
         theirs = None if args.no_hf or decode_batches else hf_measure(cfg)
