@@ -3,7 +3,7 @@
 // groups 1 to 96 (two head chunks), head_dim 64 and 128, windows, bf16 and fp8 (E4M3, scaled)
 // caches, bf16 and fp8 outputs. Cache slots past each sequence's last position hold NaN, so a key
 // read past a tile's end shows; outputs start as NaN, so an unwritten element fails. Then the model
-// with KILN_CUDA_PREFILL_MMA=1 against itself without it.
+// with the tensor-core prefill (the default) against itself with KILN_CUDA_PREFILL_MMA=0.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -234,7 +234,7 @@ TEST(CudaPrefillAttention, RefusesWhatItDoesNotRun) {
 // times 2 KV heads: past twice the 132 multiprocessors of an H100/H200, so the step runs unsplit and
 // the switch takes prefill_attention) and the decode token of a sequence with 300 cached positions.
 std::vector<float> mixed_step_logits(const std::string& engine_path, bool prefill_mma, int64_t vocab) {
-  if (prefill_mma) setenv("KILN_CUDA_PREFILL_MMA", "1", 1);  // read once, by the constructor
+  if (!prefill_mma) setenv("KILN_CUDA_PREFILL_MMA", "0", 1);  // read once, by the constructor
   cuda::CudaModel model(Engine::load(engine_path));
   unsetenv("KILN_CUDA_PREFILL_MMA");
   auto cache = model.new_cache(128, 16);

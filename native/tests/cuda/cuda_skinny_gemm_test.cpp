@@ -1,8 +1,8 @@
 // kiln-skinny (skinny_gemm.h) against a double-precision CPU reference on the Llama-3.2-1B and
 // Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, every tile and split that fits
 // the workspace, beta 0 (the output NaN before, so an element left unwritten fails) and 1, bf16 and
-// E4M3; repeated runs bit-identical; TunedGemm's dispatch to it; and an engine tuned with
-// KILN_AUTOTUNE_SKINNY=1.
+// E4M3; repeated runs bit-identical; TunedGemm's dispatch to it; and an autotuned engine that
+// races it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -230,13 +230,7 @@ TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
   EXPECT_THROW(cuda::TunedGemm(context, p.n, p.k, {{64, bad}}), Error);  // a corrupt table entry
 }
 
-// The switch is read by the build; the guard puts the environment back even when the build throws.
-struct SkinnySwitchOn {
-  SkinnySwitchOn() { setenv("KILN_AUTOTUNE_SKINNY", "1", 1); }
-  ~SkinnySwitchOn() { unsetenv("KILN_AUTOTUNE_SKINNY"); }
-};
-
-TEST(CudaSkinnyGemm, AnEngineTunedWithTheSwitchRacesItAtSixtyFourRowsAndDecodesABatchAsAlone) {
+TEST(CudaSkinnyGemm, AnAutotunedEngineRacesItAtSixtyFourRowsAndDecodesABatchAsAlone) {
   SKIP_WITHOUT_GPU();
   TinySpec spec;
   spec.hidden = 256;
@@ -247,10 +241,7 @@ TEST(CudaSkinnyGemm, AnEngineTunedWithTheSwitchRacesItAtSixtyFourRowsAndDecodesA
   BuildOptions o = cuda_build_options(dir);
   o.autotune = true;
   o.max_batch = 16;  // buckets 1, 8, 64: batches of 9..16 run the m = 64 choice
-  {
-    const SkinnySwitchOn on;
-    build_cuda_engine(o);
-  }
+  build_cuda_engine(o);
   const auto engine = Engine::load(o.out_path);
   int raced = 0, won = 0;
   for (const auto& entry : engine->header().at("autotune").at("entries")) {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <random>
 #include <tuple>
@@ -76,14 +75,6 @@ class EventPair {
 
 double round2(double v) { return std::round(v * 100) / 100; }
 
-// KILN_AUTOTUNE_SKINNY=1 at build time races kiln-skinny (skinny_gemm.h) in the buckets of 9..64
-// rows. Off by default until it has been measured on a GPU: without it the table, and so the
-// engine, is what it was before the kernel existed.
-bool skinny_enabled() {
-  const char* v = std::getenv("KILN_AUTOTUNE_SKINNY");
-  return v && std::string(v) == "1";
-}
-
 // The median of kRepeats event-timed runs of `launch`, each after flushing the L2.
 template <typename Launch>
 double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream, Launch&& launch) {
@@ -138,7 +129,6 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
   size_t done = 0;
 
   LtContext context;
-  const bool skinny = skinny_enabled();
   cudaStream_t stream = nullptr;
   KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   struct StreamGuard {
@@ -224,7 +214,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
         }
       }
       // The bucket's rows are the most a batch it serves has (m = 64 serves 9..64).
-      const bool race_skinny = skinny && m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
+      const bool race_skinny = m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
       int skinny_tile = 0, skinny_splits = 0;
       Json skinny_us = Json::object();
       for (int tile : kSkinnyTiles) {
@@ -283,8 +273,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"device", target_fingerprint()},
                       {"buckets", buckets},
                       {"selection", "per (n, k) and bucket: the fastest of up to " + std::to_string(kCandidates) +
-                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv" +
-                                        (skinny ? std::string(", for 9 <= m <= 64, kiln-skinny") : std::string()) +
+                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv, for 9 <= m <= 64, kiln-skinny"
                                         "; median of " + std::to_string(kRepeats) +
                                         " event-timed runs with the L2 flushed before each"},
                       {"entries", entries}};

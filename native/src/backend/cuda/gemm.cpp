@@ -1,7 +1,6 @@
 #include "backend/cuda/gemm.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/check.h"
@@ -201,19 +200,14 @@ bool TunedGemm::fuses_norm(int64_t m) const {
   // Every block normalises the rows again, so the fusion only pays with few blocks: measured on an
   // H200 (Llama-3.2-1B shapes, batch 1), the 1B QKV GEMV (768 blocks) with the norm inside took
   // 8.5 us against 11.1 for norm kernel + GEMV, gate_up (4096 blocks) 28 us against 25; E4M3
-  // staging cost more still (the 1B QKV GEMV 11.7 us against about 8 unfused).
-  // KILN_GEMV_NORM_BLOCKS=N (for A/B runs of the staging): fuse wherever a GEMV has at most N
-  // blocks, E4M3 included.
+  // staging cost more still (the 1B QKV GEMV 11.7 us against about 8 unfused). With the staging
+  // vectorized (a float4 of row and gamma per thread), fusing E4M3 too where a GEMV has at most 1024
+  // blocks was even (H200, 8B fp8 batch 1: 2.661 against 2.666 ms), and fusing every GEMV lost (3.084).
   constexpr int64_t kMaxNormBlocks = 1024;
-  static const int64_t max_blocks_override = [] {
-    const char* v = std::getenv("KILN_GEMV_NORM_BLOCKS");
-    return v ? std::atoll(v) : 0;
-  }();
   const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
   const int64_t rows_per_block = gemv_rows_per_block(choose(m).gemv_split);
   if (!gemv_at(m) || !gemv_supports(m, gemm_.k(), fp8, true)) return false;
   const int64_t blocks = (gemm_.n() + rows_per_block - 1) / rows_per_block;
-  if (max_blocks_override > 0) return blocks <= max_blocks_override;
   return !fp8 && blocks <= kMaxNormBlocks;
 }
 

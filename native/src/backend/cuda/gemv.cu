@@ -1,24 +1,9 @@
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/gemv_kernel.cuh"
 
-#include <cstdlib>
 #include <string>
 
 namespace kiln::cuda {
-
-namespace {
-
-// KILN_GEMV_PRELOAD=0: the first weight chunks go only to L2 before the PDL wait, as before the
-// register preload (kept for A/B runs).
-bool preload_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_GEMV_PRELOAD");
-    return !(v && std::string(v) == "0");
-  }();
-  return on;
-}
-
-}  // namespace
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;
@@ -51,7 +36,6 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.beta = out.beta;
   a.act = out.act;
   a.act_inv_scale = 1.0f / out.act_scale;
-  a.preload = preload_enabled();
   if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
   else gemv_detail::launch_bf16(a, m, split, norm, silu, stream);
 }

@@ -13,8 +13,8 @@ namespace kiln::cuda {
 // two weight rows (a slice of k: `split` warps share a row pair, so small n still fills the GPU) with
 // 16-byte cache-streaming loads and applies them to all m input rows, so the weight bytes are read
 // once whatever m is. Before waiting for the previous kernel (launch.cuh) each lane already loads
-// its first weight chunks into registers (KILN_GEMV_PRELOAD=0: only into L2, for A/B runs). bf16: weights and inputs bf16 (scale 1). fp8: weights and inputs
-// E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32.
+// its first weight chunks into registers. bf16: weights and inputs bf16 (scale 1). fp8: weights
+// and inputs E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32.
 //
 // Two fusions remove the small kernels around a decode GEMM:
 // - normed input (GemvIn::h set, m ≤ kGemvNormMaxRows): each block RMS-normalises the fp32

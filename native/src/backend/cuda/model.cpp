@@ -179,7 +179,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
   decode_attention_ = !(fused && std::string(fused) == "0");
   const char* mma = std::getenv("KILN_CUDA_PREFILL_MMA");
-  prefill_mma_ = mma && std::string(mma) == "1" && prefill_attention_supports_head_dim(c.head_dim);
+  prefill_mma_ = !(mma && std::string(mma) == "0") && prefill_attention_supports_head_dim(c.head_dim);
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);

@@ -8,7 +8,7 @@
 namespace kiln::cuda {
 
 // Kiln's tensor-core GEMM for decode batches of 9..64 rows, raced against cuBLASLt by the
-// autotuner (KILN_AUTOTUNE_SKINNY=1): y[m, n] (fp32) = scale · x[m, k] · w[n, k]ᵀ + beta · y, the
+// autotuner: y[m, n] (fp32) = scale · x[m, k] · w[n, k]ᵀ + beta · y, the
 // contract of gemv.h's plain form (bf16 x and w with scale 1, or E4M3 x and w with scale = weight
 // scale · input scale; beta 0 or 1). At these m the projections are bound by reading the weights,
 // and cuBLASLt's tiles leave SMs idle (e.g. 112 tiles on 132 SMs); here a block owns `tile_n` weight
