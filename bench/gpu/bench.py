@@ -385,7 +385,10 @@ def main() -> None:
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
     ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models are kept")
     ap.add_argument("--no-hf", action="store_true")
-    ap.add_argument("--profile", action="store_true", help="also profile a batch-1 decode step with Nsight Compute")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile a decode step with Nsight Compute (per kernel: time, launches, DRAM GB/s)")
+    ap.add_argument("--profile-batches", default="1", metavar="B1,B2,...",
+                    help="the decode batches --profile looks at (each at most the engine's largest batch)")
     ap.add_argument("--only-profile", action="store_true", help="build and profile, measure nothing else")
     ap.add_argument("--decode-batches", metavar="B1,B2,...",
                     help="measure only decode at these batches (no prefill, offline or transformers; engines built for "
@@ -477,7 +480,8 @@ def main() -> None:
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
             if args.profile or args.only_profile:
-                profile_decode(engine, out, f"{name}-{precision}")
+                for batch in (int(b) for b in args.profile_batches.split(",")):
+                    profile_decode(engine, out, f"{name}-{precision}-b{batch}", batch)
             if not args.keep_engines:
                 engine.unlink()
         if args.only_profile or args.ab:
@@ -517,9 +521,10 @@ def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, ro
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
 
 
-def profile_decode(engine: Path, out: Path, name: str) -> None:
-    """Per-kernel GPU time of about one batch-1 decode step (Nsight Compute, direct launches, clocks
-    left alone), summed by kernel name: where the step's time goes."""
+def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
+    """Per-kernel GPU time and DRAM traffic of about one decode step of `batch` sequences (Nsight
+    Compute, direct launches, clocks left alone), summed by kernel name: where the step's time goes,
+    and how far each kernel is from the card's bandwidth."""
     import csv
     import shutil
 
@@ -527,35 +532,47 @@ def profile_decode(engine: Path, out: Path, name: str) -> None:
     if not Path(ncu).exists():
         log("profile: ncu not found")
         return
+    bench_cmd = [str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps", "24",
+                 "--batch", str(batch)]
+    env = {**os.environ, "KILN_CUDA_GRAPHS": "0"}
     # --cache-control none: caches stay as the step left them (the next kernel's input is often in L2).
-    cmd = [ncu, "--clock-control", "none", "--cache-control", "none", "--metrics", "gpu__time_duration.sum", "--csv", "--launch-skip", "1200",
-           "--launch-count", "400", str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
-           "--steps", "24", "--batch", "1"]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
+    # The skipped launches cover the prefill and a few decode steps of the 8B shape.
+    cmd = [ncu, "--clock-control", "none", "--cache-control", "none", "--metrics",
+           "gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum", "--csv", "--launch-skip", "1200",
+           "--launch-count", "400", *bench_cmd]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (out / f"ncu-{name}.csv").write_text(run.stdout)
     rows = [r for r in csv.reader(line for line in run.stdout.splitlines() if line.startswith('"'))]
     if len(rows) < 2:
         log(f"profile: ncu gave no rows (rc {run.returncode}): {run.stderr.strip()[-300:]}")
         return
     head = rows[0]
-    k_name, k_unit, k_value = head.index("Kernel Name"), head.index("Metric Unit"), head.index("Metric Value")
-    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
-    totals: dict[str, list[float]] = {}
+    k_id, k_name = head.index("ID"), head.index("Kernel Name")
+    k_metric, k_unit, k_value = head.index("Metric Name"), head.index("Metric Unit"), head.index("Metric Value")
+    to_us = {"ns": 1e-3, "us": 1.0, "ms": 1e3, "nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}
+    to_bytes = {"byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9, "KB": 1e3, "MB": 1e6, "GB": 1e9}
+    launches: dict[str, dict] = {}
     for r in rows[1:]:
-        us = float(r[k_value].replace(",", "")) * scale.get(r[k_unit], 1.0)
-        key = r[k_name][:60]
-        totals.setdefault(key, []).append(us)
+        launch = launches.setdefault(r[k_id], {"name": r[k_name][:60], "us": 0.0, "bytes": 0.0})
+        value = float(r[k_value].replace(",", ""))
+        if r[k_metric].startswith("gpu__time_duration"):
+            launch["us"] = value * to_us.get(r[k_unit], 1.0)
+        else:
+            launch["bytes"] += value * to_bytes.get(r[k_unit], 1.0)
+    totals: dict[str, list[dict]] = {}
+    for launch in launches.values():
+        totals.setdefault(launch["name"], []).append(launch)
     steps = max(1, sum(len(v) for k, v in totals.items() if "argmax" in k))
-    log(f"profile {name}: GPU time per decode step by kernel ({steps} steps seen)")
-    for key, v in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
-        log(f"  {sum(v) / steps:9.1f} us  {len(v) / steps:5.1f} launches  {key}")
-    # One launch of each small kernel in detail: what bounds it (throughput, occupancy, stalls).
+    log(f"profile {name}: GPU time per decode step by kernel ({steps} steps seen; GB/s = DRAM read + write)")
+    for key, v in sorted(totals.items(), key=lambda kv: -sum(x["us"] for x in kv[1])):
+        us, traffic = sum(x["us"] for x in v), sum(x["bytes"] for x in v)
+        log(f"  {us / steps:9.1f} us  {len(v) / steps:5.1f} launches  {traffic / max(us, 1e-9) / 1e3:7.0f} GB/s  {key}")
+    # One launch of each kernel kind in detail: what bounds it (throughput, occupancy, stalls).
     detail = [ncu, "--clock-control", "none", "--cache-control", "none", "--section", "SpeedOfLight", "--section",
               "Occupancy", "--section", "LaunchStats", "--section", "WarpStateStats", "-k",
-              "regex:attention_kernel|merge_splits|rms_norm|rope_kv|silu_mul|gemv_kernel", "--launch-skip", "400",
-              "--launch-count", "8", str(KILN), "bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT),
-              "--steps", "24", "--batch", "1"]
-    run = subprocess.run(detail, capture_output=True, text=True, env={**os.environ, "KILN_CUDA_GRAPHS": "0"})
+              "regex:attention|merge_splits|rms_norm|rope_kv|silu_mul|gemv_kernel|skinny|gemm|nvjet", "--launch-skip",
+              "400", "--launch-count", "12", *bench_cmd]
+    run = subprocess.run(detail, capture_output=True, text=True, env=env)
     (out / f"ncu-detail-{name}.txt").write_text(run.stdout + run.stderr[-2000:])
 
 
