@@ -480,6 +480,7 @@ def main() -> None:
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
             if args.profile or args.only_profile:
+                write_tactics(engine, out / f"tactics-{name}-{precision}.txt")
                 for batch in (int(b) for b in args.profile_batches.split(",")):
                     profile_decode(engine, out, f"{name}-{precision}-b{batch}", batch)
             if not args.keep_engines:
@@ -519,6 +520,22 @@ def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, ro
     for (value, what), ms in times.items():
         log(f"{log_name}: {var}={value} {what}: median {sorted(ms)[len(ms) // 2]:.3f} ms "
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
+
+
+def write_tactics(engine: Path, path: Path) -> None:
+    """The engine's autotune table as one line per (shape, bucket): the tactic taken and the time of
+    each contender, so a profile can be read against what the build chose."""
+    header = json.loads(subprocess.run([str(KILN), "inspect", str(engine)], check=True, capture_output=True,
+                                       text=True).stdout)
+    lines = []
+    for e in header.get("autotune", {}).get("entries", []):
+        gemv = e.get("kiln_gemv_us") or {}
+        skinny = e.get("kiln_skinny_us") or {}
+        best = lambda d: f"{min(d.values()):.1f}" if d else "-"
+        lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:11} {e['us']:8.1f} us "
+                     f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)}, best kiln-skinny {best(skinny)})")
+    path.write_text("\n".join(lines) + "\n")
+    log(f"tactics: {len(lines)} entries in {path.name}")
 
 
 def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
