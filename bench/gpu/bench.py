@@ -584,9 +584,11 @@ def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
     for key, v in sorted(totals.items(), key=lambda kv: -sum(x["us"] for x in kv[1])):
         us, traffic = sum(x["us"] for x in v), sum(x["bytes"] for x in v)
         log(f"  {us / steps:9.1f} us  {len(v) / steps:5.1f} launches  {traffic / max(us, 1e-9) / 1e3:7.0f} GB/s  {key}")
-    # One launch of each kernel kind in detail: what bounds it (throughput, occupancy, stalls).
+    # One launch of each kernel kind in detail: what bounds it (throughput, pipe use, occupancy, stalls;
+    # the fp8 GEMV spends ~1.5 conversion instructions per weight byte, so its pipes matter).
     detail = [ncu, "--clock-control", "none", "--cache-control", "none", "--section", "SpeedOfLight", "--section",
-              "Occupancy", "--section", "LaunchStats", "--section", "WarpStateStats", "-k",
+              "ComputeWorkloadAnalysis", "--section", "Occupancy", "--section", "LaunchStats", "--section",
+              "WarpStateStats", "-k",
               "regex:attention|merge_splits|rms_norm|rope_kv|silu_mul|gemv_kernel|skinny|gemm|nvjet", "--launch-skip",
               "400", "--launch-count", "12", *bench_cmd]
     run = subprocess.run(detail, capture_output=True, text=True, env=env)
