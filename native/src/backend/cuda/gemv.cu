@@ -1,9 +1,24 @@
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/gemv_kernel.cuh"
 
+#include <cstdlib>
 #include <string>
 
 namespace kiln::cuda {
+
+namespace gemv_detail {
+
+// KILN_GEMV_FP8_STAGED=0 converts the input chunk in every warp, as before the staging (kept for
+// the A/B that decides it; the products are the same either way).
+bool stages_fp8_input(int64_t k) {
+  static const bool on = [] {
+    const char* v = std::getenv("KILN_GEMV_FP8_STAGED");
+    return !(v && std::string(v) == "0");
+  }();
+  return on && k * static_cast<int64_t>(sizeof(float)) <= kStagedInputBytes;
+}
+
+}  // namespace gemv_detail
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;

@@ -12,6 +12,9 @@ namespace kiln::cuda::gemv_detail {
 
 constexpr int kWarps = 8;
 constexpr int kPrefetchChunks = 4;  // per lane and row, issued before the wait on the previous kernel
+// The most fp32 input bytes a block stages (one row of k ≤ 12288): under the 48 KB a kernel gets
+// without raising its shared-memory limit.
+constexpr int64_t kStagedInputBytes = 48 * 1024;
 
 struct Args {
   const uint4* w = nullptr;
@@ -115,11 +118,30 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   __syncthreads();
 }
 
-template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
+// x_f[q * chunks + c] = elements 4q..4q+3 of the single input row's chunk c, as fp32 (E4M3 widens
+// exactly): converted once per block instead of once per warp and chunk. Consecutive lanes read
+// consecutive float4s, so the reads in the loop are free of bank conflicts.
+template <typename Chunk>
+__device__ void stage_input_row(const Args& a, int64_t chunks, float4* x_f) {
+  constexpr int E = Chunk::kElements;
+  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
+    float f[E];
+    Chunk::unpack(a.x[c], f);
+#pragma unroll
+    for (int q = 0; q < E / 4; ++q) x_f[q * chunks + c] = make_float4(f[4 * q], f[4 * q + 1], f[4 * q + 2], f[4 * q + 3]);
+  }
+  __syncthreads();
+}
+
+// kStaged (one input row, no normed input): the row is widened to fp32 in shared memory first. For
+// E4M3 that halves the conversions in the loop (the two weight chunks' only): F2FP and HADD2
+// conversions, not FFMAs, are most of an fp8 GEMV's instructions (24 + 48 against 32 per apply).
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
 __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   constexpr int E = Chunk::kElements;
   constexpr int P = kWarps / S;  // row pairs per block
-  extern __shared__ uint4 x_s[];  // normed input: [M][k / E]
+  static_assert(!kStaged || (M == 1 && !kNorm));
+  extern __shared__ uint4 x_s[];  // normed input: [M][k / E]; staged: the fp32 row
   __shared__ float reduced[kWarps][2][M];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -148,6 +170,8 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Chunk, M>(a, x_s);
+  const auto* x_f = reinterpret_cast<const float4*>(x_s);
+  if constexpr (kStaged) stage_input_row<Chunk>(a, chunks, reinterpret_cast<float4*>(x_s));
   const uint4* x = kNorm ? x_s : a.x;
 
   float acc[2][M];
@@ -161,7 +185,18 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       float xf[E];
-      Chunk::unpack(x[i * chunks + c], xf);
+      if constexpr (kStaged) {
+#pragma unroll
+        for (int q = 0; q < E / 4; ++q) {
+          const float4 t = x_f[q * chunks + c];
+          xf[4 * q] = t.x;
+          xf[4 * q + 1] = t.y;
+          xf[4 * q + 2] = t.z;
+          xf[4 * q + 3] = t.w;
+        }
+      } else {
+        Chunk::unpack(x[i * chunks + c], xf);
+      }
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
@@ -233,18 +268,29 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   }
 }
 
-template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
 void launch_one(const Args& a, cudaStream_t stream) {
   constexpr int64_t rows_per_block = gemv_rows_per_block(S);
   static_assert(rows_per_block == 2 * kWarps / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
-  const size_t shared = kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element) : 0;
-  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu>, blocks, dim3(kWarps * 32), shared,
-                       stream, a);
+  const size_t shared = kStaged ? static_cast<size_t>(a.k) * sizeof(float)
+                        : kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element)
+                                : 0;
+  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu, kStaged>, blocks, dim3(kWarps * 32),
+                       shared, stream, a);
 }
+
+// Whether a plain one-row E4M3 GEMV widens its input in shared memory first (gemv_kernel's kStaged).
+bool stages_fp8_input(int64_t k);
 
 template <typename Chunk, int S, bool kNorm, bool kSilu>
 void launch_rows(const Args& a, int64_t m, cudaStream_t stream) {
+  if constexpr (Chunk::kElements == 16 && !kNorm) {
+    if (m == 1 && stages_fp8_input(a.k)) {
+      launch_one<Chunk, 1, S, kNorm, kSilu, true>(a, stream);
+      return;
+    }
+  }
   switch (m) {
     case 1: launch_one<Chunk, 1, S, kNorm, kSilu>(a, stream); return;
     case 2: launch_one<Chunk, 2, S, kNorm, kSilu>(a, stream); return;
