@@ -277,11 +277,17 @@ int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n
   });
 }
 
-// kiln-skinny (skinny_gemm.h) with the process's LtContext workspace, as TunedGemm runs it.
+// kiln-skinny (skinny_gemm.h) with the process's LtContext workspace, as TunedGemm runs it: y (+ beta),
+// or act (+ act_scale) for the SiLU·mul output.
 int kiln_skinny_gemm(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x, float* y,
-                     float beta, int tile_n, int splits) {
+                     float beta, void* act, float act_scale, int tile_n, int splits) {
   return guarded([&] {
-    skinny_gemm(w, x, use_fp8 != 0, m, n, k, scale, y, beta, tile_n, splits, lt_context().skinny_workspace(), nullptr);
+    GemvOut out;
+    out.y = y;
+    out.beta = beta;
+    out.act = act;
+    out.act_scale = act_scale;
+    skinny_gemm(w, x, use_fp8 != 0, m, n, k, scale, out, tile_n, splits, lt_context().skinny_workspace(), nullptr);
   });
 }
 

@@ -61,7 +61,7 @@ SIGNATURES = {
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32],
     "kiln_lt_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, ctypes.POINTER(ctypes.c_int)],
-    "kiln_skinny_gemm": [P, I32, I64, I64, I64, F32, P, P, F32, I32, I32],
+    "kiln_skinny_gemm": [P, I32, I64, I64, I64, F32, P, P, F32, P, F32, I32, I32],
     "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, I32, I32],
 }
 
@@ -166,9 +166,10 @@ class Kernels:
                   algo, 8, ctypes.byref(proposals))
         return proposals.value
 
-    def skinny_gemm(self, w, fp8, m, scale, x, y, beta, tile, splits):
-        self.call("kiln_skinny_gemm", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(y), beta, tile,
-                  splits)
+    def skinny_gemm(self, w, fp8, m, scale, x, y, beta, tile, splits, act=None, act_scale=1.0):
+        """y (+ beta), or with act the SiLU·mul output (act_scale for E4M3)."""
+        self.call("kiln_skinny_gemm", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(y), beta,
+                  ptr(act), act_scale, tile, splits)
 
     def tuned_gemm(self, fp8, w, x, y, beta, scale, tactic, split, tile=128, splits=1):
         """tactic: TACTIC_CUBLASLT, TACTIC_GEMV (split) or TACTIC_SKINNY (tile, splits)."""
@@ -881,6 +882,47 @@ def test_skinny(k: Kernels, weights: Weights, shape: str) -> None:
         report(kernel, name, same, "bit-identical" if same else "runs DIFFER")
 
 
+def test_skinny_silu(k: Kernels, weights: Weights, shape: str) -> None:
+    """The SiLU·mul output of (gate, up) row pairs, every tile and split at m 9 / 17 / 33 / 64:
+    against silu(g) · u of the float64 product (bound: the skinny GEMM's own, carried through the
+    SiLU·mul as for the GEMV's), and byte-identical to silu_mul of the plain output, which the
+    unfused step runs."""
+    n = weights.w.shape[0]
+    fp8 = weights.fp8
+    dot = DOT_FP8_MMA if fp8 else DOT_FP32
+    act_dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
+    act_scale = 2.0 / E4M3_MAX  # SiLU·mul outputs past 2 saturate in the fp8 form
+    kernel = f"skinny_silu_{dtype_name(fp8)}"
+    same, compared = 0, 0
+    for m in (9, 17, 33, 64):
+        x = weights.inputs(m)
+        ref, mag = weights.product(x)
+        want = silu(ref[:, 0::2]) * ref[:, 1::2]
+        bound = silu_act_bound(ref, dot * mag + 2.0**-23 * ref.abs())
+        for tile in SKINNY_TILES:
+            for splits in SKINNY_SPLITS:
+                if not skinny_fits(m, n, splits):
+                    continue
+                act = nan_like((m, n // 2), act_dtype)
+                name = f"{shape} m {m} tile {tile} splits {splits}"
+                if not launched(kernel, name, lambda: k.skinny_gemm(weights.w, fp8, m, weights.scale, x, None, 0.0,
+                                                                    tile, splits, act, act_scale)):
+                    continue
+                check_out(kernel, name, act, want, act_scale, bound)
+                y, unfused = nan_like((m, n), torch.float32), nan_like((m, n // 2), act_dtype)
+
+                def run_unfused() -> None:
+                    k.skinny_gemm(weights.w, fp8, m, weights.scale, x, y, 0.0, tile, splits)
+                    k.silu_mul(fp8, y, act_scale, unfused)
+
+                if launched(kernel, name + " unfused", run_unfused):
+                    compared += 1
+                    same += torch.equal(act.view(torch.uint8 if fp8 else torch.int16),
+                                        unfused.view(torch.uint8 if fp8 else torch.int16))
+    report(kernel, f"{shape} = silu_mul of the plain output", compared > 0 and same == compared,
+           f"{same} of {compared} cases byte-identical")
+
+
 TACTIC_CUBLASLT, TACTIC_GEMV, TACTIC_SKINNY = 0, 1, 2
 
 
@@ -933,12 +975,16 @@ def test_matmuls(k: Kernels) -> None:
             if shape in ("1B qkv", "8B gate_up") or (shape == "odd" and not fp8):
                 test_gemm(k, weights, shape)
             test_skinny(k, weights, shape)
+            if "gate_up" in shape:
+                test_skinny_silu(k, weights, shape)
             del weights
             torch.cuda.empty_cache()
         # The 8B projections SHAPES lacks, for the skinny GEMM only (its decode batches run them).
         for shape, n, kdim in (("8B o", 4096, 4096), ("8B down", 4096, 14336)):
             test_skinny(k, Weights(n, kdim, fp8), shape)
             torch.cuda.empty_cache()
+        # An even n whose last tile is partial at every tile size, n / 2 odd.
+        test_skinny_silu(k, Weights(1002, 1040, fp8), "even n")
 
 
 # ---------------------------------------------------------------- errors come back as errors
@@ -968,6 +1014,10 @@ def test_errors(k: Kernels) -> None:
     attempts["skinny splits 9"] = lambda: k.skinny_gemm(w16, False, 16, 1.0, torch.zeros(16, 512, dtype=torch.bfloat16,
                                                                                           device=DEV),
                                                         torch.zeros(16, 256, device=DEV), 0.0, 64, 9)
+    x16 = torch.zeros(16, 512, dtype=torch.bfloat16, device=DEV)
+    act16 = torch.zeros(16, 128, dtype=torch.bfloat16, device=DEV)
+    attempts["skinny SiLU odd n"] = lambda: k.skinny_gemm(w16[:255], False, 16, 1.0, x16, None, 0.0, 64, 1, act16)
+    attempts["skinny SiLU beta 1"] = lambda: k.skinny_gemm(w16, False, 16, 1.0, x16, None, 1.0, 64, 1, act16)
     for name, attempt in attempts.items():
         try:
             attempt()

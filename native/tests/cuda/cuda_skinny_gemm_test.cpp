@@ -1,8 +1,8 @@
 // kiln-skinny (skinny_gemm.h) against a double-precision CPU reference on the Llama-3.2-1B and
 // Llama-3-8B projection shapes and odd ones: m 9 / 17 / 33 / 64, every tile and split that fits
 // the workspace, beta 0 (the output NaN before, so an element left unwritten fails) and 1, bf16 and
-// E4M3; repeated runs bit-identical; TunedGemm's dispatch to it; and an autotuned engine that
-// races it.
+// E4M3; the SiLU·mul output on the gate_up shapes; repeated runs bit-identical; TunedGemm's dispatch
+// to it; and an autotuned engine that races it (gate_up with the SiLU·mul credited).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +15,7 @@
 
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/generate.h"
+#include "backend/cuda/kernels.h"
 #include "backend/cuda/model.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "compiler/build.h"
@@ -127,6 +128,92 @@ std::vector<float> run_skinny(const cuda::LtContext& context, const Problem& p, 
   return to_host<float>(y, start.size());
 }
 
+// A buffer of 0xff bytes: NaN in fp32, bf16 and E4M3, so an element a kernel leaves unwritten fails.
+DeviceBuffer nan_buffer(size_t bytes) {
+  DeviceBuffer b(bytes, "test output");
+  KILN_CUDA_CHECK(cudaMemset(b.get(), 0xff, bytes));
+  return b;
+}
+
+size_t act_bytes(const Problem& p, int64_t m) { return static_cast<size_t>(m * (p.n / 2)) * (p.fp8 ? 1 : 2); }
+
+// The SiLU·mul output (GemvOut::act) of m rows.
+std::vector<uint8_t> run_skinny_silu(const cuda::LtContext& context, const Problem& p, const DeviceBuffer& w,
+                                     const DeviceBuffer& x, int64_t m, float act_scale, int tile, int splits) {
+  // A row more than m, which must stay 0xff: the zero padding rows of the MMA are not stored.
+  DeviceBuffer act = nan_buffer(act_bytes(p, m + 1));
+  cuda::GemvOut out;
+  out.act = act.get();
+  out.act_scale = act_scale;
+  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, out, tile, splits, context.skinny_workspace(),
+                    nullptr);
+  std::vector<uint8_t> got = to_host<uint8_t>(act, act_bytes(p, m + 1));
+  EXPECT_TRUE(std::all_of(got.begin() + static_cast<int64_t>(act_bytes(p, m)), got.end(),
+                          [](uint8_t b) { return b == 0xff; }))
+      << "row " << m << " written";
+  got.resize(act_bytes(p, m));
+  return got;
+}
+
+// What the unfused step makes of the same GEMM: its fp32 output, then silu_mul_to_bf16 / _fp8.
+std::vector<uint8_t> run_skinny_then_silu(const cuda::LtContext& context, const Problem& p, const DeviceBuffer& w,
+                                          const DeviceBuffer& x, int64_t m, float act_scale, int tile, int splits) {
+  DeviceBuffer y = nan_buffer(static_cast<size_t>(m * p.n) * sizeof(float));
+  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, y.get<float>(), 0.0f, tile, splits,
+                    context.skinny_workspace(), nullptr);
+  DeviceBuffer act = nan_buffer(act_bytes(p, m));
+  if (p.fp8) cuda::silu_mul_to_fp8(y.get<float>(), m, p.n / 2, act_scale, act.get<cuda::fp8>(), nullptr);
+  else cuda::silu_mul_to_bf16(y.get<float>(), m, p.n / 2, act.get<cuda::bf16>(), nullptr);
+  return to_host<uint8_t>(act, act_bytes(p, m));
+}
+
+// Bytes that differ (EXPECT_EQ on the vectors would print megabytes of them).
+int64_t differing(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  if (a.size() != b.size()) return -1;
+  int64_t count = 0;
+  for (size_t i = 0; i < a.size(); ++i) count += a[i] != b[i];
+  return count;
+}
+
+// The act bytes as values: bf16, or E4M3 times act_scale (NaN stays NaN).
+std::vector<float> act_values(const std::vector<uint8_t>& bytes, bool fp8, float act_scale) {
+  std::vector<float> out(bytes.size() / (fp8 ? 1 : 2));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (fp8) {
+      out[i] = f8e4m3_to_f32(bytes[i]) * act_scale;
+    } else {
+      uint16_t bits = 0;
+      std::memcpy(&bits, bytes.data() + 2 * i, 2);
+      out[i] = bf16_to_f32(bits);
+    }
+  }
+  return out;
+}
+
+// silu(gate) · up of the float64 product's column pairs (2j, 2j + 1) for m rows; for E4M3 saturated
+// at ±448 · act_scale, as the kernel's store saturates.
+std::vector<float> want_act(const Problem& p, int64_t m, float act_scale) {
+  const int64_t half = p.n / 2;
+  std::vector<float> out(static_cast<size_t>(m * half));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < half; ++j) {
+      const double g = p.product[static_cast<size_t>(i * p.n + 2 * j)];
+      const double u = p.product[static_cast<size_t>(i * p.n + 2 * j + 1)];
+      double v = g / (1.0 + std::exp(-g)) * u;
+      if (p.fp8) v = std::clamp(v, -448.0 * act_scale, 448.0 * act_scale);
+      out[static_cast<size_t>(i * half + j)] = static_cast<float>(v);
+    }
+  }
+  return out;
+}
+
+// Rounding to the output dtype moves a value by at most half an ulp: 2^-9 of it in bf16 (8-bit
+// significand), 2^-4 in E4M3 (3-bit mantissa; subnormals by at most 2^-10 · act_scale, nothing
+// in the norm of O(1) values), so the norm-wise error stays below that. On top comes the GEMM's own
+// error (tolerance()), which silu(g) · u passes on about unchanged in norm: 2^-8 leaves bf16 a
+// rounding's worth of room for it (its 2e-5 at most is far below), E4M3 gets four times it.
+double act_tolerance(bool fp8, int64_t k) { return fp8 ? 0x1p-4 + 4.0 * tolerance(true, k) : 0x1p-8; }
+
 TEST(CudaSkinnyGemm, ComputesTheScaledProductPlusBetaYForEveryTileAndSplitOnModelShapes) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(31);
@@ -157,6 +244,66 @@ TEST(CudaSkinnyGemm, ComputesTheScaledProductPlusBetaYForEveryTileAndSplitOnMode
       EXPECT_GE(cases, 4 * 2 * 2) << shape.name;
     }
   }
+}
+
+// The (gate, up)-interleaved gate_up shapes of the 1B and 8B models, and small even n with a partial
+// last tile for every tile size (n / 2 odd: act rows start at odd elements).
+constexpr Shape kGateUpShapes[] = {{"1B gate_up", 16384, 2048}, {"8B gate_up", 28672, 4096},
+                                   {"even n", 1002, 1040}, {"one partial tile", 40, 272}};
+
+TEST(CudaSkinnyGemm, WritesTheSiLUMulOfGateUpPairsAsTheSiLUKernelWouldForEveryTileAndSplit) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(43);
+  cuda::LtContext context;
+  for (bool fp8 : {false, true}) {
+    // fp8: products are O(1) (Problem's scale), so SiLU·mul values past 4 saturate, as a
+    // calibrated down projection's input scale would clip outliers.
+    const float act_scale = fp8 ? 4.0f / 448.0f : 1.0f;
+    for (const Shape& shape : kGateUpShapes) {
+      const Problem p(shape, fp8, rng);
+      const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+      int cases = 0;
+      for (int64_t m : kRowCounts) {
+        const std::vector<float> want = want_act(p, m, act_scale);
+        for (int tile : cuda::kSkinnyTiles) {
+          for (int splits : cuda::kSkinnySplits) {
+            if (!cuda::skinny_supports(m, p.n, p.k, fp8, tile, splits, context.skinny_workspace(), true)) continue;
+            ++cases;
+            SCOPED_TRACE(std::string(shape.name) + (fp8 ? " fp8" : " bf16") + " m " + std::to_string(m) + " tile " +
+                         std::to_string(tile) + " splits " + std::to_string(splits));
+            const auto fused = run_skinny_silu(context, p, w, x, m, act_scale, tile, splits);
+            EXPECT_LT(relative_norm_error(act_values(fused, fp8, act_scale), want), act_tolerance(fp8, p.k));
+            const auto unfused = run_skinny_then_silu(context, p, w, x, m, act_scale, tile, splits);
+            EXPECT_EQ(differing(fused, unfused), 0) << "bytes where silu_mul_to_* of the plain output differs";
+            EXPECT_EQ(differing(run_skinny_silu(context, p, w, x, m, act_scale, tile, splits), fused), 0)
+                << "bytes where a second run differs";
+          }
+        }
+      }
+      EXPECT_GE(cases, 4 * 2 * 2) << shape.name;
+    }
+  }
+}
+
+TEST(CudaSkinnyGemm, TunedGemmRunsTheSiLUMulOutputOfItsSkinnyChoice) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(47);
+  cuda::LtContext context;
+  const Problem p(kGateUpShapes[2], false, rng);
+  const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+  cuda::LtGemm probe(context, p.n, p.k);
+  cuda::GemmChoice choice;
+  choice.tactic = cuda::GemmTactic::KilnSkinny;
+  choice.algo = probe.heuristic(64, 1).front().algo;
+  choice.skinny_tile = 64;
+  choice.skinny_splits = 3;
+  cuda::TunedGemm gemm(context, p.n, p.k, {{64, choice}});
+  DeviceBuffer act = nan_buffer(act_bytes(p, 33));
+  cuda::GemvOut out;
+  out.act = act.get();
+  gemm.run_skinny(w.get(), x.get(), 33, p.scale, out, nullptr);
+  EXPECT_EQ(differing(to_host<uint8_t>(act, act_bytes(p, 33)), run_skinny_silu(context, p, w, x, 33, 1.0f, 64, 3)), 0);
+  EXPECT_THROW(gemm.run_skinny(w.get(), x.get(), 65, p.scale, out, nullptr), Error);  // past its rows: cuBLASLt's
 }
 
 TEST(CudaSkinnyGemm, RepeatedRunsAreBitIdenticalAndLeaveTheSplitCountersZero) {
@@ -200,6 +347,19 @@ TEST(CudaSkinnyGemm, RefusesWhatItDoesNotRun) {
   EXPECT_THROW(cuda::skinny_gemm(static_cast<uint8_t*>(w.get()) + 2, x.get(), false, 16, 256, 512, 1.0f,
                                  y.get<float>(), 0.0f, 64, 1, ws, nullptr),
                Error);  // weights not 16-byte aligned
+  const auto run_silu = [&](int64_t n, float beta) {
+    cuda::GemvOut out;
+    out.act = y.get();
+    out.beta = beta;
+    cuda::skinny_gemm(w.get(), x.get(), false, 16, n, 512, 1.0f, out, 64, 2, ws, nullptr);
+  };
+  EXPECT_NO_THROW(run_silu(256, 0.0f));
+  EXPECT_THROW(run_silu(255, 0.0f), Error);  // odd n: the last gate has no up
+  EXPECT_THROW(run_silu(256, 1.0f), Error);  // the SiLU·mul output accumulates onto nothing
+  EXPECT_TRUE(cuda::skinny_supports(16, 255, 512, false, 64, 2, ws));
+  EXPECT_FALSE(cuda::skinny_supports(16, 255, 512, false, 64, 2, ws, true));
+  EXPECT_THROW(cuda::skinny_gemm(w.get(), x.get(), false, 16, 256, 512, 1.0f, cuda::GemvOut{}, 64, 1, ws, nullptr),
+               Error);  // no output
 }
 
 TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
@@ -243,14 +403,32 @@ TEST(CudaSkinnyGemm, AnAutotunedEngineRacesItAtSixtyFourRowsAndDecodesABatchAsAl
   o.max_batch = 16;  // buckets 1, 8, 64: batches of 9..16 run the m = 64 choice
   build_cuda_engine(o);
   const auto engine = Engine::load(o.out_path);
-  int raced = 0, won = 0;
+  int raced = 0, won = 0, gate_up_raced = 0;
   for (const auto& entry : engine->header().at("autotune").at("entries")) {
     const bool sixty_four = entry.at("bucket").get<int64_t>() == 64;
     EXPECT_EQ(entry.contains("kiln_skinny_us"), sixty_four) << entry.at("bucket");
     if (sixty_four) raced += !entry.at("kiln_skinny_us").empty();
     won += entry.at("tactic") == "kiln-skinny";
+    // gate_up (its own shape here) races with the SiLU·mul: cuBLASLt credited the SiLU kernel's time.
+    const bool gate_up = entry.at("n") == 2 * spec.intermediate && entry.at("k") == spec.hidden;
+    EXPECT_EQ(entry.contains("silu_us"), gate_up && sixty_four) << entry.at("n") << " bucket " << entry.at("bucket");
+    if (!(gate_up && sixty_four)) continue;
+    ++gate_up_raced;
+    EXPECT_TRUE(entry.contains("note"));
+    const double silu_us = entry.at("silu_us").get<double>(), us = entry.at("us").get<double>();
+    EXPECT_GT(silu_us, 0.0);
+    constexpr double kRounding = 0.016;  // three values, each rounded to 0.01
+    if (entry.at("tactic") == "cublaslt") {
+      EXPECT_NEAR(us, entry.at("cublaslt_us").get<double>() + silu_us, kRounding);
+    } else {
+      double fastest = 1e30;
+      for (const auto& [name, t] : entry.at("kiln_skinny_us").items()) fastest = std::min(fastest, t.get<double>());
+      EXPECT_DOUBLE_EQ(us, fastest);
+      EXPECT_LE(us, entry.at("cublaslt_us").get<double>() + silu_us + kRounding);
+    }
   }
   EXPECT_GT(raced, 0);
+  EXPECT_EQ(gate_up_raced, 1);
   RecordProperty("kiln_skinny_wins", won);  // the decode below runs skinny GEMMs only where it won
 
   cuda::CudaModel model(engine);

@@ -27,8 +27,17 @@ struct ShapeGroup {
   bool fp8 = false;
   const TensorBlob* weight = nullptr;
   bool logits = false;
+  // Every member is an MLP gate_up weight, whose output the model passes through SiLU·mul (a shape
+  // shared with another projection races as a plain GEMM: one choice serves both).
+  bool gate_up = false;
   std::vector<std::string> members;
 };
+
+bool is_gate_up(const std::string& weight_name) {
+  const std::string suffix = "gate_up.weight";
+  return weight_name.size() >= suffix.size() &&
+         weight_name.compare(weight_name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
 
 // The weight as the GEMM reads it: fp8 bytes as stored, anything else as bf16.
 std::vector<uint8_t> device_weight(const TensorBlob& w) {
@@ -75,12 +84,15 @@ class EventPair {
 
 double round2(double v) { return std::round(v * 100) / 100; }
 
-// The median of kRepeats event-timed runs of `launch`, each after flushing the L2.
-template <typename Launch>
-double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream, Launch&& launch) {
+// The median of kRepeats event-timed runs of `launch`, each after flushing the L2 and then running
+// `before` (untimed: what leaves the launch's input where a step would have it).
+template <typename Launch, typename Before>
+double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream, Launch&& launch,
+                 Before&& before) {
   std::vector<double> times;
   for (int rep = 0; rep < kRepeats; ++rep) {
     KILN_CUDA_CHECK(cudaMemsetAsync(flush.get(), rep, flush.bytes(), stream));
+    before();
     KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream));
     launch();
     KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream));
@@ -88,6 +100,11 @@ double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_
   }
   std::nth_element(times.begin(), times.begin() + kRepeats / 2, times.end());
   return times[kRepeats / 2];
+}
+
+template <typename Launch>
+double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream, Launch&& launch) {
+  return median_us(flush, events, stream, launch, [] {});
 }
 
 }  // namespace
@@ -113,8 +130,9 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
     const TensorBlob& w = *it->second;
     const bool fp8 = w.dtype == DType::F8E4M3;
     ShapeGroup& g = groups[{w.shape[0], w.shape[1], fp8}];
-    if (!g.weight) g = ShapeGroup{w.shape[0], w.shape[1], fp8, &w, false, {}};
+    if (!g.weight) g = ShapeGroup{w.shape[0], w.shape[1], fp8, &w, false, true, {}};
     g.logits = g.logits || name == logits_weight;
+    g.gate_up = g.gate_up && is_gate_up(name);
     g.members.push_back(name);
   }
   const auto buckets_of = [&](const ShapeGroup& g) {
@@ -215,16 +233,37 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       // The bucket's rows are the most a batch it serves has (m = 64 serves 9..64).
       const bool race_skinny = m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
+      // There a gate_up step runs kiln-skinny with the SiLU·mul in its epilogue, or cuBLASLt and then
+      // silu_mul_to_* on its output (timed with that output just written, in L2 as in a step): the
+      // race compares those. kiln-gemv, whose SiLU·mul is fused too, never races at these rows.
+      static_assert(kGemvMaxRows < kSkinnyMinRows);
+      const bool silu = race_skinny && g.gate_up;
+      double silu_us = 0;
+      DeviceBuffer act;
+      if (silu) {
+        act = DeviceBuffer(static_cast<size_t>(m * (g.n / 2)) * (g.fp8 ? 1 : 2), "autotune SiLU·mul output");
+        silu_us = median_us(
+            flush, events, stream,
+            [&] {
+              if (g.fp8) silu_mul_to_fp8(y.get<float>(), m, g.n / 2, 1.0f, act.get<fp8>(), stream);
+              else silu_mul_to_bf16(y.get<float>(), m, g.n / 2, act.get<bf16>(), stream);
+            },
+            [&] { gemm.run(winner, w.get(), x.get(), m, y.get<float>(), 0.0f, stream); });
+        best_us += silu_us;
+      }
+      GemvOut skinny_out;
+      if (silu) skinny_out.act = act.get();
+      else skinny_out.y = y.get<float>();
       int skinny_tile = 0, skinny_splits = 0;
       Json skinny_us = Json::object();
       for (int tile : kSkinnyTiles) {
         for (int splits : kSkinnySplits) {
           // Splits whose partials the workspace cannot hold are not offered (skinny_gemm.h).
-          if (!race_skinny || !skinny_supports(m, g.n, g.k, g.fp8, tile, splits, context.skinny_workspace())) {
+          if (!race_skinny || !skinny_supports(m, g.n, g.k, g.fp8, tile, splits, context.skinny_workspace(), silu)) {
             continue;
           }
           const double us = median_us(flush, events, stream, [&] {
-            skinny_gemm(w.get(), x.get(), g.fp8, m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, tile, splits,
+            skinny_gemm(w.get(), x.get(), g.fp8, m, g.n, g.k, 1.0f, skinny_out, tile, splits,
                         context.skinny_workspace(), stream);
           });
           skinny_us["tile" + std::to_string(tile) + "_splits" + std::to_string(splits)] = round2(us);
@@ -260,6 +299,12 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
           entry["skinny_splits"] = skinny_splits;
         }
       }
+      if (silu) {
+        entry["silu_us"] = round2(silu_us);
+        entry["note"] = "gate_up: kiln_skinny_us include the SiLU·mul in its epilogue; cuBLASLt raced as cublaslt_us "
+                        "(the GEMM alone, as its candidates) + silu_us (the silu_mul kernel after it); us is the "
+                        "winner's time with the SiLU·mul";
+      }
       entries.push_back(std::move(entry));
       if (on_step) on_step(++done, total);
     }
@@ -274,6 +319,8 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"buckets", buckets},
                       {"selection", "per (n, k) and bucket: the fastest of up to " + std::to_string(kCandidates) +
                                         " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv, for 9 <= m <= 64, kiln-skinny"
+                                        " (gate_up shapes: with its SiLU·mul epilogue against cuBLASLt plus the"
+                                        " silu_mul kernel)"
                                         "; median of " + std::to_string(kRepeats) +
                                         " event-timed runs with the L2 flushed before each"},
                       {"entries", entries}};

@@ -216,6 +216,17 @@ void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in
   gemv(w, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, in, out, choose(m).gemv_split, stream);
 }
 
+void TunedGemm::run_skinny(const void* w, const void* x, int64_t m, float scale, const GemvOut& out,
+                           cudaStream_t stream) {
+  if (!skinny_at(m)) {
+    throw Error("GEMM n=" + std::to_string(gemm_.n()) + " k=" + std::to_string(gemm_.k()) + ": " + std::to_string(m) +
+                " rows do not run on kiln-skinny in this engine's autotune table");
+  }
+  const GemmChoice& c = choose(m);
+  skinny_gemm(w, x, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, out, c.skinny_tile,
+              c.skinny_splits, gemm_.context().skinny_workspace(), stream);
+}
+
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale) {
   if (gemv_at(m)) {
     GemvIn in;
@@ -226,13 +237,14 @@ void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float bet
     run_gemv(w, m, scale, in, out, stream);
     return;
   }
-  const GemmChoice& c = choose(m);
   if (skinny_at(m)) {
-    skinny_gemm(w, x, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, y, beta, c.skinny_tile,
-                c.skinny_splits, gemm_.context().skinny_workspace(), stream);
+    GemvOut out;
+    out.y = y;
+    out.beta = beta;
+    run_skinny(w, x, m, scale, out, stream);
     return;
   }
-  gemm_.run(c.algo, w, x, m, y, beta, stream, scale);
+  gemm_.run(choose(m).algo, w, x, m, y, beta, stream, scale);
 }
 
 }  // namespace kiln::cuda

@@ -124,9 +124,13 @@ class TunedGemm {
   // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;
+  // Whether m rows run on kiln-skinny (the tuned tactic), which can then write the SiLU·mul of its
+  // output (GemvOut::act) through run_skinny.
   bool skinny_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
+  // Throws kiln::Error where skinny_at(m) is false.
+  void run_skinny(const void* w, const void* x, int64_t m, float scale, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

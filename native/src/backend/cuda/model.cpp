@@ -551,6 +551,13 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       out.act = act_.get();
       out.act_scale = layer.down.input_scale;
       layer.gate_up.gemm->run_gemv(layer.gate_up.weight, n, layer.gate_up.alpha, in, out, stream_);
+    } else if (layer.gate_up.gemm->skinny_at(n)) {
+      // SiLU·mul in the skinny GEMM's epilogue: no fp32 [n, 2I] round trip and no SiLU kernel.
+      norm(layer.mlp_norm, layer.gate_up);
+      GemvOut out;
+      out.act = act_.get();
+      out.act_scale = layer.down.input_scale;
+      layer.gate_up.gemm->run_skinny(layer.gate_up.weight, x_.get(), n, layer.gate_up.alpha, out, stream_);
     } else {
       norm(layer.mlp_norm, layer.gate_up);
       layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);

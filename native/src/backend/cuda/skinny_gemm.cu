@@ -36,6 +36,8 @@ struct Args {
   float scale = 1.0f;
   float* y = nullptr;
   float beta = 0.0f;
+  void* act = nullptr;  // or: the SiLU·mul output, bf16 or E4M3 as the weights
+  float act_inv_scale = 1.0f;
   float* partials = nullptr;
   int32_t* counters = nullptr;
 };
@@ -148,6 +150,15 @@ __device__ __forceinline__ void multiply_step(uint32_t w_s, uint32_t x_s,
   }
 }
 
+// act[at] = silu(g) · u with the operations and the conversion of silu_mul_to_bf16 / _fp8
+// (kernels.cu) on the fp32 values y would have held: fused and unfused outputs are bit-identical.
+template <bool kFp8>
+__device__ __forceinline__ void store_act(const Args& a, int64_t at, float g, float u) {
+  const float v = g / (1.0f + __expf(-g)) * u;
+  if constexpr (kFp8) static_cast<fp8*>(a.act)[at] = fp8(v * a.act_inv_scale);  // saturates at ±448
+  else static_cast<bf16*>(a.act)[at] = __float2bfloat16(v);
+}
+
 // Block (tile, split): weight rows [tile · kTileN, +kTileN) over the split's steps of k, times all
 // kMTiles · 16 (padded) rows of x. Warp w owns weight rows [w · kWarpN, +kWarpN) of the tile.
 template <bool kFp8, int kTileN, int kMTiles>
@@ -199,31 +210,45 @@ __global__ void __launch_bounds__(warps_for(kTileN) * 32) skinny_gemm_kernel(Arg
     multiply_step<kFp8, kTileN, kMTiles>(w_s, x_s, acc);
   }
 
-  // Accumulator element e of tile (mt, nt): x row mt·16 + lane/4 (+8 for e ≥ 2), weight row
-  // nt·8 + 2·(lane%4) + e%2 of the warp's rows.
-  const auto for_each_output = [&](auto&& f) {
+  // Accumulator elements 2h and 2h + 1 of tile (mt, nt): x row mt·16 + lane/4 + 8h, weight rows col
+  // and col + 1, col = nt·8 + 2·(lane%4) of the warp's rows. col is even (tiles and warps start at
+  // even rows), so with SiLU·mul the two are a (gate, up) pair; f gets the offset of col in y.
+  const auto for_each_pair = [&](auto&& f) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int row = mt * 16 + lane / 4 + (e / 2) * 8;
-          const int64_t col = n0 + warp * kWarpN + nt * 8 + 2 * (lane % 4) + e % 2;
-          if (row < a.m && col < a.n) f(static_cast<int64_t>(row) * a.n + col, acc[mt][nt][e]);
+        for (int h = 0; h < 2; ++h) {
+          const int row = mt * 16 + lane / 4 + h * 8;
+          const int64_t col = n0 + warp * kWarpN + nt * 8 + 2 * (lane % 4);
+          if (row < a.m && col < a.n) {
+            f(static_cast<int64_t>(row) * a.n + col, col + 1 < a.n, acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+          }
         }
       }
     }
   };
+  const auto store_y = [&](int64_t at, float sum) {
+    a.y[at] = a.beta == 0.0f ? a.scale * sum : a.scale * sum + a.beta * a.y[at];
+  };
   if (gridDim.y == 1) {
-    for_each_output([&](int64_t at, float v) {
-      a.y[at] = a.beta == 0.0f ? a.scale * v : a.scale * v + a.beta * a.y[at];
+    for_each_pair([&](int64_t at, bool second, float v0, float v1) {
+      if (a.act) {
+        store_act<kFp8>(a, at / 2, a.scale * v0, a.scale * v1);  // at / 2 = row · n/2 + col/2: n, col even
+        return;
+      }
+      store_y(at, v0);
+      if (second) store_y(at + 1, v1);
     });
     return;
   }
 
   float* part = a.partials + static_cast<int64_t>(split) * a.m * a.n;
-  for_each_output([&](int64_t at, float v) { part[at] = v; });
+  for_each_pair([&](int64_t at, bool second, float v0, float v1) {
+    part[at] = v0;
+    if (second) part[at + 1] = v1;
+  });
   __shared__ bool s_last;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -239,14 +264,28 @@ __global__ void __launch_bounds__(warps_for(kTileN) * 32) skinny_gemm_kernel(Arg
   __syncthreads();
   if (!s_last) return;
   const int64_t plane = static_cast<int64_t>(a.m) * a.n;
+  // In split order whichever block came last; other blocks' writes are read through L2.
+  const auto split_sum = [&](int64_t at) {
+    float sum = 0.0f;
+    for (int s = 0; s < static_cast<int>(gridDim.y); ++s) sum += __ldcg(a.partials + s * plane + at);
+    return sum;
+  };
+  if (a.act) {
+    // A thread per (gate, up) pair, so the SiLU·mul sees both sums.
+    constexpr int kPairs = kTileN / 2;
+    for (int i = threadIdx.x; i < a.m * kPairs; i += kThreads) {
+      const int64_t col = n0 + 2 * (i % kPairs);
+      if (col >= a.n) continue;
+      const int64_t at = static_cast<int64_t>(i / kPairs) * a.n + col;
+      store_act<kFp8>(a, at / 2, a.scale * split_sum(at), a.scale * split_sum(at + 1));
+    }
+    return;
+  }
   for (int i = threadIdx.x; i < a.m * kTileN; i += kThreads) {
     const int64_t col = n0 + i % kTileN;
     if (col >= a.n) continue;
     const int64_t at = static_cast<int64_t>(i / kTileN) * a.n + col;
-    float sum = 0.0f;
-    // In split order whichever block came last; other blocks' writes are read through L2.
-    for (int s = 0; s < static_cast<int>(gridDim.y); ++s) sum += __ldcg(a.partials + s * plane + at);
-    a.y[at] = a.beta == 0.0f ? a.scale * sum : a.scale * sum + a.beta * a.y[at];
+    store_y(at, split_sum(at));
   }
 }
 
@@ -292,25 +331,30 @@ size_t skinny_partial_bytes(int64_t m, int64_t n, int splits) {
 }
 
 bool skinny_supports(int64_t m, int64_t n, int64_t k, bool fp8, int tile_n, int splits,
-                     const SkinnyWorkspace& workspace) {
+                     const SkinnyWorkspace& workspace, bool silu) {
   const int64_t row_bytes = k * (fp8 ? 1 : 2);
   const bool tile_ok = std::find(std::begin(kSkinnyTiles), std::end(kSkinnyTiles), tile_n) != std::end(kSkinnyTiles);
   if (m < 1 || m > kSkinnyMaxRows || n < 1 || n > INT32_MAX || k < 1 || row_bytes % 16 != 0 || !tile_ok) return false;
+  if (silu && n % 2 != 0) return false;
   if (splits == 1) return true;
   const int64_t tiles = (n + tile_n - 1) / tile_n;
   return splits > 1 && splits <= kMaxSplits && workspace.partials && workspace.counters &&
          skinny_partial_bytes(m, n, splits) <= workspace.partial_bytes && tiles <= workspace.counter_count;
 }
 
-void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
-                 float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream) {
+void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
+                 const GemvOut& out, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (!skinny_supports(m, n, k, fp8, tile_n, splits, workspace) || !aligned(w) || !aligned(x) || !y) {
+  const bool silu = out.act != nullptr;
+  if (!skinny_supports(m, n, k, fp8, tile_n, splits, workspace, silu) || !aligned(w) || !aligned(x) ||
+      (silu ? out.beta != 0.0f : !out.y)) {
     throw Error("kiln-skinny: m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
-                (fp8 ? " fp8" : " bf16") + " tile " + std::to_string(tile_n) + " splits " + std::to_string(splits) +
-                " is not supported (1 <= m <= " + std::to_string(kSkinnyMaxRows) + ", k % " + (fp8 ? "16" : "8") +
-                " == 0, 16-byte aligned w and x, tile 64, 128 or 256, 1.." + std::to_string(kMaxSplits) +
-                " splits whose " + std::to_string(skinny_partial_bytes(m, n, splits)) + " partial bytes and " +
+                (fp8 ? " fp8" : " bf16") + (silu ? " SiLU output beta " + std::to_string(out.beta) : "") + " tile " +
+                std::to_string(tile_n) + " splits " + std::to_string(splits) + " is not supported (1 <= m <= " +
+                std::to_string(kSkinnyMaxRows) + ", k % " + (fp8 ? "16" : "8") +
+                " == 0, 16-byte aligned w and x, an output, n even and beta 0 for the SiLU output, tile 64, 128 or "
+                "256, 1.." + std::to_string(kMaxSplits) + " splits whose " +
+                std::to_string(skinny_partial_bytes(m, n, splits)) + " partial bytes and " +
                 std::to_string((n + tile_n - 1) / std::max(tile_n, 1)) + " counters fit the workspace's " +
                 std::to_string(workspace.partial_bytes) + " and " + std::to_string(workspace.counter_count) + ")");
   }
@@ -323,13 +367,23 @@ void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, i
   a.steps = static_cast<int>((a.row_bytes + kStepBytes - 1) / kStepBytes);
   a.steps_per_split = (a.steps + splits - 1) / splits;
   a.scale = scale;
-  a.y = y;
-  a.beta = beta;
+  a.y = out.y;
+  a.beta = out.beta;
+  a.act = out.act;
+  a.act_inv_scale = 1.0f / out.act_scale;  // as silu_mul_to_fp8 computes it
   a.partials = workspace.partials;
   a.counters = workspace.counters;
   const dim3 grid(static_cast<unsigned>((n + tile_n - 1) / tile_n), static_cast<unsigned>(splits));
   if (fp8) launch_dtype<true>(a, tile_n, grid, stream);
   else launch_dtype<false>(a, tile_n, grid, stream);
+}
+
+void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
+                 float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream) {
+  GemvOut out;
+  out.y = y;
+  out.beta = beta;
+  skinny_gemm(w, x, fp8, m, n, k, scale, out, tile_n, splits, workspace, stream);
 }
 
 }  // namespace kiln::cuda

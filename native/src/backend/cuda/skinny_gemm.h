@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "backend/cuda/gemv.h"
+
 namespace kiln::cuda {
 
 // Kiln's tensor-core GEMM for decode batches of 9..64 rows, raced against cuBLASLt by the
@@ -20,6 +22,13 @@ namespace kiln::cuda {
 // last block of a weight tile to arrive (an arrival counter it resets, as decode_attention does)
 // adds them in split order and applies scale and beta: the result does not depend on which block
 // finishes last, so runs are bit-identical.
+//
+// Its output is gemv.h's GemvOut: fp32 y (+ beta · y), or the SiLU·mul of (gate, up) row pairs
+// into act[m, n / 2] (n even, beta 0, y unwritten), each value exactly what silu_mul_to_bf16 /
+// silu_mul_to_fp8 (act_scale) would make of the fp32 y, so the gate_up GEMM of a decode batch needs
+// no [m, n] fp32 round trip and no SiLU kernel. A thread's MMA accumulators hold adjacent output
+// columns (2t, 2t + 1) of an 8-column tile, so each holds whole pairs; with splits the last block
+// applies it after adding the partials.
 constexpr int64_t kSkinnyMaxRows = 64;
 // Decode batches below this run on kiln-gemv or cuBLASLt; the autotuner races the skinny GEMM only
 // in buckets that hold such batches (the m = 64 bucket).
@@ -41,10 +50,15 @@ struct SkinnyWorkspace {
 // The partial bytes `splits` need for m rows of n outputs (0 for one split).
 size_t skinny_partial_bytes(int64_t m, int64_t n, int splits);
 // Whether the kernel runs this problem: 1 ≤ m ≤ kSkinnyMaxRows, whole 16-byte chunks per row of k,
-// a tile of kSkinnyTiles, 1..8 splits whose partials and counters fit `workspace`.
+// a tile of kSkinnyTiles, 1..8 splits whose partials and counters fit `workspace`; with `silu`
+// (the SiLU·mul output) n even.
 bool skinny_supports(int64_t m, int64_t n, int64_t k, bool fp8, int tile_n, int splits,
-                     const SkinnyWorkspace& workspace);
-// Throws kiln::Error naming the problem where skinny_supports is false or w / x are not 16-byte aligned.
+                     const SkinnyWorkspace& workspace, bool silu = false);
+// Throws kiln::Error naming the problem where skinny_supports is false, w / x are not 16-byte
+// aligned, `out` has no output, or beta is not 0 with act.
+void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
+                 const GemvOut& out, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream);
+// The plain form (fp32 y out).
 void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
                  float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream);
 
