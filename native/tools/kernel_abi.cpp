@@ -262,6 +262,39 @@ int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float
   });
 }
 
+// bench/gpu/gemv_bench.py: `launches` back-to-back one-row GEMVs on a stream of their own (with
+// PDL, as in a decode step), cycling over `copies` weight buffers so each streams from HBM; *us =
+// microseconds per launch between two events. act set: the SiLU·mul output instead of y.
+int kiln_gemv_bench(const void* const* ws, int64_t copies, int use_fp8, int64_t n, int64_t k, const void* x, float* y,
+                    void* act, int split, int64_t launches, float* us) {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  const int status = guarded([&] {
+    if (copies < 1 || launches < 1) throw kiln::Error("gemv bench: copies and launches must be at least 1");
+    KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    KILN_CUDA_CHECK(cudaEventCreate(&start));
+    KILN_CUDA_CHECK(cudaEventCreate(&stop));
+    GemvIn in;
+    in.x = x;
+    GemvOut out;
+    out.y = act ? nullptr : y;
+    out.act = act;
+    const auto run = [&](int64_t i) { gemv(ws[i % copies], use_fp8 != 0, 1, n, k, 1.0f, in, out, split, stream); };
+    for (int64_t i = 0; i < copies; ++i) run(i);  // first launches (and any one-time set-up) untimed
+    KILN_CUDA_CHECK(cudaEventRecord(start, stream));
+    for (int64_t i = 0; i < launches; ++i) run(i);
+    KILN_CUDA_CHECK(cudaEventRecord(stop, stream));
+    KILN_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    *us = ms * 1000.0f / static_cast<float>(launches);
+  });
+  if (start) cudaEventDestroy(start);
+  if (stop) cudaEventDestroy(stop);
+  if (stream) cudaStreamDestroy(stream);
+  return status;
+}
+
 // cuBLASLt through LtGemm: runs the `algo`-th of up to `max_algos` heuristic proposals for m rows
 // and stores how many there were in *proposals (so the caller can walk all of them).
 int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE, in one device call: the stages named in STAGES (default: build tests parity
-# bench; also kernels, serve, bench2), each under its own time limit, each stage's full log in
+# bench; also kernels, gemv, serve, bench2), each under its own time limit, each stage's full log in
 # $OUT/<stage>.log and its last lines on stdout. BENCH_ARGS / PARITY_ARGS go to bench/gpu/run.sh /
 # test/gpu/parity.py; stage bench2 runs bench/gpu/run.sh a second time with BENCH2_ARGS (e.g.
 # --hf-only for another model).
@@ -30,6 +30,8 @@ for s in ${STAGES:-build tests parity bench}; do
     tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
     # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
     kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
+    # kiln-gemv alone on the Llama shapes; GEMV_ARGS e.g. --compare KILN_GEMV_FP8_STAGED=0,1
+    gemv) stage gemv 300 bash -c "bash test/gpu/build_native.sh kiln-kernels-abi && python3 bench/gpu/gemv_bench.py ${GEMV_ARGS:-}" ;;
     parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
     # the serving runtime through Node on the GPU (needs `bash test/gpu/serve.sh prepare` here first)
     serve) stage serve 400 bash test/gpu/serve.sh ${SERVE_SHAPES:-tiny} ;;
