@@ -285,18 +285,25 @@ TEST(CudaSkinnyGemm, WritesTheSiLUMulOfGateUpPairsAsTheSiLUKernelWouldForEveryTi
   }
 }
 
-TEST(CudaSkinnyGemm, TunedGemmRunsTheSiLUMulOutputOfItsSkinnyChoice) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937 rng(47);
-  cuda::LtContext context;
-  const Problem p(kGateUpShapes[2], false, rng);
-  const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+// The m = 64 bucket's entry of a table that chose kiln-skinny (tile 64, 3 splits); cuBLASLt's first
+// heuristic algorithm as the entry's algo, as the autotuner always stores one.
+cuda::GemmChoice skinny_choice(const cuda::LtContext& context, const Problem& p) {
   cuda::LtGemm probe(context, p.n, p.k);
   cuda::GemmChoice choice;
   choice.tactic = cuda::GemmTactic::KilnSkinny;
   choice.algo = probe.heuristic(64, 1).front().algo;
   choice.skinny_tile = 64;
   choice.skinny_splits = 3;
+  return choice;
+}
+
+TEST(CudaSkinnyGemm, TunedGemmRunsTheSiLUMulOutputOfItsSkinnyChoice) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(47);
+  cuda::LtContext context;
+  const Problem p(kGateUpShapes[2], false, rng);
+  const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
+  const cuda::GemmChoice choice = skinny_choice(context, p);
   cuda::TunedGemm gemm(context, p.n, p.k, {{64, choice}});
   DeviceBuffer act = nan_buffer(act_bytes(p, 33));
   cuda::GemvOut out;
@@ -368,12 +375,7 @@ TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
   cuda::LtContext context;
   const Problem p(Shape{"odd n", 1001, 1040}, false, rng);
   const DeviceBuffer w = to_device(p.w), x = to_device(p.x);
-  cuda::LtGemm probe(context, p.n, p.k);
-  cuda::GemmChoice choice;
-  choice.tactic = cuda::GemmTactic::KilnSkinny;
-  choice.algo = probe.heuristic(64, 1).front().algo;
-  choice.skinny_tile = 64;
-  choice.skinny_splits = 3;
+  const cuda::GemmChoice choice = skinny_choice(context, p);
   cuda::TunedGemm gemm(context, p.n, p.k, {{64, choice}});
   EXPECT_TRUE(gemm.skinny_at(9));
   EXPECT_TRUE(gemm.skinny_at(64));

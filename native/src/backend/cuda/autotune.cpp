@@ -12,6 +12,7 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
+#include "backend/cuda/graph.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "compiler/precision.h"
 #include "core/error.h"
@@ -148,26 +149,13 @@ class CandidateTimer {
   template <typename Launch>
   double us(Launch&& launch) {
     if (!chained_) return median_us(flush_, events_, stream_, [&] { launch(weight_); });
-    cudaGraph_t graph = nullptr;
-    KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-    try {
+    const cudaGraphExec_t exec = capture_graph(stream_, [&] {
       for (int i = 0; i < kChain; ++i) launch(static_cast<const void*>(copy(i % copies_)));
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      throw;
-    }
-    KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-    cudaGraphExec_t exec = nullptr;
+    });
     struct GraphGuard {
-      cudaGraph_t graph;
-      cudaGraphExec_t& exec;
-      ~GraphGuard() {
-        if (exec) cudaGraphExecDestroy(exec);
-        cudaGraphDestroy(graph);
-      }
-    } guard{graph, exec};
-    KILN_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      cudaGraphExec_t exec;
+      ~GraphGuard() { cudaGraphExecDestroy(exec); }
+    } guard{exec};
     KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream_));  // the first replay uploads the graph: untimed
     return median_us(flush_, events_, stream_, [&] { KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream_)); }) / kChain;
   }

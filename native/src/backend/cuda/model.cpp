@@ -9,6 +9,7 @@
 #include "backend/cuda/autotune.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/decode_attention.h"
+#include "backend/cuda/graph.h"
 #include "backend/cuda/prefill_attention.h"
 #include "core/error.h"
 #include "runtime/rope.h"
@@ -602,21 +603,7 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
     const GraphKey key{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
-      KILN_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      cudaGraph_t graph = nullptr;
-      try {
-        enqueue(shape, cache);
-      } catch (...) {
-        cudaStreamEndCapture(stream_, &graph);
-        if (graph) cudaGraphDestroy(graph);
-        throw;
-      }
-      KILN_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-      cudaGraphExec_t exec = nullptr;
-      const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      KILN_CUDA_CHECK(status);
-      it = graphs_.emplace(key, exec).first;
+      it = graphs_.emplace(key, capture_graph(stream_, [&] { enqueue(shape, cache); })).first;
     }
     KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   } else {
