@@ -138,8 +138,9 @@ class CandidateTimer {
     bytes_ = w.bytes();
     if (!chained_) return;
     copies_ = static_cast<int>(std::clamp<size_t>((3 * flush_.bytes() / 2 + bytes_ - 1) / bytes_, 2, kChain));
+    stride_ = (bytes_ + 255) / 256 * 256;  // every copy as aligned as a cudaMalloc'd weight for cuBLASLt
     copy_buffer_ = DeviceBuffer();
-    copy_buffer_ = DeviceBuffer(static_cast<size_t>(copies_) * bytes_, "autotune weight copies");
+    copy_buffer_ = DeviceBuffer(static_cast<size_t>(copies_) * stride_, "autotune weight copies");
     for (int i = 0; i < copies_; ++i) {
       KILN_CUDA_CHECK(cudaMemcpyAsync(copy(i), weight_, bytes_, cudaMemcpyDeviceToDevice, stream_));
     }
@@ -161,7 +162,7 @@ class CandidateTimer {
   }
 
  private:
-  void* copy(int i) const { return copy_buffer_.get<uint8_t>() + static_cast<size_t>(i) * bytes_; }
+  void* copy(int i) const { return copy_buffer_.get<uint8_t>() + static_cast<size_t>(i) * stride_; }
 
   const DeviceBuffer& flush_;
   const EventPair& events_;
@@ -169,6 +170,7 @@ class CandidateTimer {
   bool chained_;
   const void* weight_ = nullptr;
   size_t bytes_ = 0;
+  size_t stride_ = 0;
   int copies_ = 0;
   DeviceBuffer copy_buffer_;
 };
