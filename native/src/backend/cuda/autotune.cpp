@@ -253,13 +253,6 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
     KILN_CUDA_CHECK(cudaMemcpy(x.get(), host_xq.data(), x.bytes(), cudaMemcpyHostToDevice));
     DeviceBuffer y(static_cast<size_t>(max_m * g.n) * 4, "autotune output");
     LtGemm gemm(context, g.n, g.k, g.fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF);
-    const auto run_gemv = [&](const void* wp, int64_t m, int split) {
-      if (g.fp8) {
-        gemv_fp8(static_cast<const fp8*>(wp), x.get<fp8>(), m, g.n, g.k, 1.0f, y.get<float>(), 0.0f, stream, split);
-      } else {
-        gemv_bf16(static_cast<const bf16*>(wp), x.get<bf16>(), m, g.n, g.k, y.get<float>(), 0.0f, stream, split);
-      }
-    };
 
     for (int64_t m : shape_buckets) {
       const auto proposals = gemm.heuristic(m, kCandidates);
@@ -287,27 +280,13 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       const cublasLtMatmulAlgo_t& winner = proposals[static_cast<size_t>(best)].algo;
       const double best_lt_us = best_us;
-      std::string tactic = "cublaslt";
-      int gemv_split = 1;
-      Json gemv_us = Json::object();
-      if (gemv_supports(m, g.k, g.fp8)) {
-        for (int split : kGemvSplits) {
-          const double us = timer.us([&](const void* wp) { run_gemv(wp, m, split); });
-          gemv_us["split" + std::to_string(split)] = round2(us);
-          if (us < best_us) {
-            tactic = "kiln-gemv";
-            gemv_split = split;
-            best_us = us;
-          }
-        }
-      }
       // The bucket's rows are the most a batch it serves has (m = 64 serves 9..64).
+      const bool race_gemv = gemv_supports(m, g.k, g.fp8);
       const bool race_skinny = m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
-      // There a gate_up step runs kiln-skinny with the SiLU·mul in its epilogue, or cuBLASLt and then
-      // silu_mul_to_* on its output (timed with that output just written, in L2 as in a step): the
-      // race compares those. kiln-gemv, whose SiLU·mul is fused too, never races at these rows.
-      static_assert(kGemvMaxRows < kSkinnyMinRows);
-      const bool silu = race_skinny && g.gate_up;
+      // A gate_up step runs kiln-gemv with its SiLU·mul output or kiln-skinny with the SiLU·mul in
+      // its epilogue, or cuBLASLt and then silu_mul_to_* on its output (timed with that output just
+      // written, in L2 as in a step): the race compares those.
+      const bool silu = g.gate_up && (race_gemv || race_skinny);
       double silu_us = 0;
       DeviceBuffer act;
       if (silu) {
@@ -321,9 +300,27 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
             [&] { gemm.run(winner, w.get(), x.get(), m, y.get<float>(), 0.0f, stream); });
         best_us += silu_us;
       }
-      GemvOut skinny_out;
-      if (silu) skinny_out.act = act.get();
-      else skinny_out.y = y.get<float>();
+      GemvOut kiln_out;  // what the Kiln kernels write: the SiLU·mul for gate_up, else y
+      if (silu) kiln_out.act = act.get();
+      else kiln_out.y = y.get<float>();
+      std::string tactic = "cublaslt";
+      int gemv_split = 1;
+      Json gemv_us = Json::object();
+      if (race_gemv) {
+        for (int split : kGemvSplits) {
+          const double us = timer.us([&](const void* wp) {
+            GemvIn in;
+            in.x = x.get();
+            gemv(wp, g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream);
+          });
+          gemv_us["split" + std::to_string(split)] = round2(us);
+          if (us < best_us) {
+            tactic = "kiln-gemv";
+            gemv_split = split;
+            best_us = us;
+          }
+        }
+      }
       int skinny_tile = 0, skinny_splits = 0;
       Json skinny_us = Json::object();
       for (int tile : kSkinnyTiles) {
@@ -333,7 +330,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
             continue;
           }
           const double us = timer.us([&](const void* wp) {
-            skinny_gemm(wp, x.get(), g.fp8, m, g.n, g.k, 1.0f, skinny_out, tile, splits, context.skinny_workspace(),
+            skinny_gemm(wp, x.get(), g.fp8, m, g.n, g.k, 1.0f, kiln_out, tile, splits, context.skinny_workspace(),
                         stream);
           });
           skinny_us["tile" + std::to_string(tile) + "_splits" + std::to_string(splits)] = round2(us);
@@ -371,9 +368,9 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       if (silu) {
         entry["silu_us"] = round2(silu_us);
-        entry["note"] = "gate_up: kiln_skinny_us include the SiLU·mul in its epilogue; cuBLASLt raced as cublaslt_us "
-                        "(the GEMM alone, as its candidates) + silu_us (the silu_mul kernel after it); us is the "
-                        "winner's time with the SiLU·mul";
+        entry["note"] = "gate_up: kiln_gemv_us / kiln_skinny_us include the SiLU·mul they write; cuBLASLt raced as "
+                        "cublaslt_us (the GEMM alone, as its candidates) + silu_us (the silu_mul kernel after it); us "
+                        "is the winner's time with the SiLU·mul";
       }
       entries.push_back(std::move(entry));
       if (on_step) on_step(++done, total);
@@ -389,7 +386,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"buckets", buckets},
                       {"selection", "per (n, k) and bucket: the fastest of up to " + std::to_string(kCandidates) +
                                         " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv, for 9 <= m <= 64, kiln-skinny"
-                                        " (gate_up shapes: with its SiLU·mul epilogue against cuBLASLt plus the"
+                                        " (gate_up shapes: Kiln's kernels writing the SiLU·mul against cuBLASLt plus the"
                                         " silu_mul kernel)"
                                         "; median of " + std::to_string(kRepeats) +
                                         (timer.chained()
