@@ -63,7 +63,6 @@ struct Fp8Chunk {
   __device__ __forceinline__ static Element convert(float v, float inv_scale) { return fp8(v * inv_scale); }
 };
 
-
 // x_s[i][c] = the normed (and, for fp8, quantized) chunk c of row i, for all M rows; one pass for the
 // sums of squares, one to scale (the row is then in L1). Both passes move a float4 of the row (and of
 // gamma) per thread and step, so every thread of the block has work even for E4M3's 16-element chunks.
@@ -134,8 +133,9 @@ __device__ void stage_input_row(const Args& a, int64_t chunks, float4* x_f) {
 }
 
 // kStaged (one input row, no normed input): the row is widened to fp32 in shared memory first. For
-// E4M3 that halves the conversions in the loop (the two weight chunks' only): F2FP and HADD2
-// conversions, not FFMAs, are most of an fp8 GEMV's instructions (24 + 48 against 32 per apply).
+// E4M3 that cuts the conversions in the loop by a third (only the two weight chunks' remain): F2FP
+// and HADD2 conversions, not FFMAs, are most of an fp8 GEMV's instructions (24 + 48 against 32 per
+// apply).
 template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
 __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   constexpr int E = Chunk::kElements;
