@@ -979,9 +979,13 @@ def test_matmuls(k: Kernels) -> None:
                 test_skinny_silu(k, weights, shape)
             del weights
             torch.cuda.empty_cache()
-        # The 8B projections SHAPES lacks, for the skinny GEMM only (its decode batches run them).
+        # The 8B projections SHAPES lacks, for the skinny GEMM (its decode batches run them) and the
+        # plain GEMV (8B down: a one-row E4M3 GEMV stages its input in more than 48 KB of shared memory).
         for shape, n, kdim in (("8B o", 4096, 4096), ("8B down", 4096, 14336)):
-            test_skinny(k, Weights(n, kdim, fp8), shape)
+            weights = Weights(n, kdim, fp8)
+            test_skinny(k, weights, shape)
+            test_gemv_plain(k, weights, shape)
+            del weights
             torch.cuda.empty_cache()
         # An even n whose last tile is partial at every tile size, n / 2 odd.
         test_skinny_silu(k, Weights(1002, 1040, fp8), "even n")
