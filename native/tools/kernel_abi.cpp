@@ -50,13 +50,7 @@ cudaDataType_t gemm_input(int use_fp8) { return use_fp8 ? CUDA_R_8F_E4M3 : CUDA_
 
 // kv_fp8 != 0: an E4M3 cache with these scales, else bf16 (scales unused).
 KvCacheArgs kv_cache(void* keys, void* values, int kv_fp8, float k_scale, float v_scale) {
-  KvCacheArgs kv;
-  kv.keys = keys;
-  kv.values = values;
-  kv.dtype = kv_fp8 ? kiln::DType::F8E4M3 : kiln::DType::BF16;
-  kv.k_scale = k_scale;
-  kv.v_scale = v_scale;
-  return kv;
+  return {keys, values, kv_fp8 ? kiln::DType::F8E4M3 : kiln::DType::BF16, k_scale, v_scale};
 }
 
 // The step geometry the RoPE/KV and attention entries take as flat C arguments.

@@ -127,11 +127,7 @@ TEST(CudaKernels, PagedAttentionMatchesTheCpuBackendOnAMixedBatch) {
       cuda::AttentionArgs a;
       a.q = q_d.get<float>();
       a.q_stride = q_dim;
-      a.kv.keys = k_d.get();
-      a.kv.values = v_d.get();
-      a.kv.dtype = ac.fp8_cache ? DType::F8E4M3 : DType::BF16;
-      a.kv.k_scale = k_scale;
-      a.kv.v_scale = v_scale;
+      a.kv = {k_d.get(), v_d.get(), ac.fp8_cache ? DType::F8E4M3 : DType::BF16, k_scale, v_scale};
       a.step.block_tables = t_d.get<int32_t>();
       a.step.table_stride = stride;
       a.step.token_sequence = s_d.get<int32_t>();

@@ -155,11 +155,7 @@ TEST(CudaDecodeAttention, MatchesRopeCacheWriteAndTheCpuAttention) {
       a.step.table_stride = stride;
       a.cos = cos_d.get<float>();
       a.sin = sin_d.get<float>();
-      a.kv.keys = k_d.get();
-      a.kv.values = v_d.get();
-      a.kv.dtype = dc.fp8_cache ? DType::F8E4M3 : DType::BF16;
-      a.kv.k_scale = keys.scale;
-      a.kv.v_scale = values.scale;
+      a.kv = {k_d.get(), v_d.get(), dc.fp8_cache ? DType::F8E4M3 : DType::BF16, keys.scale, values.scale};
       a.step.page_size = P;
       a.step.heads = dc.heads;
       a.step.kv_heads = dc.kv_heads;

@@ -151,11 +151,8 @@ TEST(CudaPrefillAttention, MatchesPagedAttentionOnAMixedBatch) {
     cuda::AttentionArgs a;
     a.q = q_d.get<float>();
     a.q_stride = q_stride;
-    a.kv.keys = k_d.get();
-    a.kv.values = v_d.get();
-    a.kv.dtype = pc.fp8_cache ? DType::F8E4M3 : DType::BF16;
-    a.kv.k_scale = pc.fp8_cache ? kKeyScale : 1.0f;
-    a.kv.v_scale = pc.fp8_cache ? kValueScale : 1.0f;
+    a.kv = {k_d.get(), v_d.get(), pc.fp8_cache ? DType::F8E4M3 : DType::BF16, pc.fp8_cache ? kKeyScale : 1.0f,
+            pc.fp8_cache ? kValueScale : 1.0f};
     a.step.tokens = n;
     a.step.token_sequence = s_d.get<int32_t>();
     a.step.token_position = p_d.get<int32_t>();
@@ -258,7 +255,7 @@ std::vector<float> mixed_step_logits(const std::string& engine_path, bool prefil
   return logits;
 }
 
-TEST(CudaPrefillAttention, SwitchedOnTheModelKeepsItsLogits) {
+TEST(CudaPrefillAttention, TheModelKeepsItsLogitsWithOrWithoutIt) {
   SKIP_WITHOUT_GPU();
   TinySpec spec;
   spec.hidden = 256;  // head_dim 64, the smallest prefill_attention takes

@@ -255,13 +255,9 @@ CudaModel::~CudaModel() {
 }
 
 KvCacheArgs CudaKvCache::layer(int64_t layer) const {
-  KvCacheArgs a;
-  a.keys = keys_.get<uint8_t>() + layer * layer_bytes();
-  a.values = values_.get<uint8_t>() + layer * layer_bytes();
-  a.dtype = dtype_;
-  a.k_scale = k_scales_[static_cast<size_t>(layer)];
-  a.v_scale = v_scales_[static_cast<size_t>(layer)];
-  return a;
+  const auto l = static_cast<size_t>(layer);
+  return {keys_.get<uint8_t>() + layer * layer_bytes(), values_.get<uint8_t>() + layer * layer_bytes(), dtype_,
+          k_scales_[l], v_scales_[l]};
 }
 
 CudaKvCache CudaModel::new_cache(int64_t pages, int64_t page_size, DType dtype) const {
