@@ -241,17 +241,8 @@ int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float
               const float* gamma, float eps, float in_scale, float* y, float beta, void* act, float act_scale,
               int split) {
   return guarded([&] {
-    GemvIn in;
-    in.x = x;
-    in.h = h;
-    in.gamma = gamma;
-    in.eps = eps;
-    in.scale = in_scale;
-    GemvOut out;
-    out.y = y;
-    out.beta = beta;
-    out.act = act;
-    out.act_scale = act_scale;
+    const GemvIn in{x, h, gamma, eps, in_scale};
+    const GemvOut out{y, beta, act, act_scale};
     gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr);
   });
 }
@@ -309,11 +300,7 @@ int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n
 int kiln_skinny_gemm(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x, float* y,
                      float beta, void* act, float act_scale, int tile_n, int splits) {
   return guarded([&] {
-    GemvOut out;
-    out.y = y;
-    out.beta = beta;
-    out.act = act;
-    out.act_scale = act_scale;
+    const GemvOut out{y, beta, act, act_scale};
     skinny_gemm(w, x, use_fp8 != 0, m, n, k, scale, out, tile_n, splits, lt_context().skinny_workspace(), nullptr);
   });
 }

@@ -472,12 +472,7 @@ std::vector<float> greedy_logits(const std::string& engine, const std::vector<in
 
 TEST(CudaModel, ChainedAutotuneTimesEveryCandidateAsAGraphAndKeepsTheLogits) {
   SKIP_WITHOUT_GPU();
-  TinySpec spec;
-  spec.hidden = 256;
-  spec.intermediate = 512;
-  const TensorMap tensors = tiny_tensors(spec);
-  const std::string dir = temp_dir("cuda_chained_autotune");
-  write_checkpoint(dir, spec, tensors);
+  const std::string dir = write_tiny_checkpoint("cuda_chained_autotune", cuda_tiny_spec());
   BuildOptions o = cuda_build_options(dir);
   o.autotune = true;
   o.max_batch = 16;  // buckets 1, 8 and 64: kiln-gemv and kiln-skinny race too

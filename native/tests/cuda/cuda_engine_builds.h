@@ -10,8 +10,25 @@
 #include "compiler/build.h"
 #include "compiler/precision.h"
 #include "core/json.h"
+#include "tiny_checkpoint.h"
 
 namespace kiln::test {
+
+// The tiny Llama several CUDA model tests build: hidden 256 (head_dim 64, which every attention
+// kernel takes, the tensor-core prefill included) and intermediate 512.
+inline TinySpec cuda_tiny_spec() {
+  TinySpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  return spec;
+}
+
+// `spec`'s random checkpoint, written to a fresh temp dir `name`; returns the dir.
+inline std::string write_tiny_checkpoint(const std::string& name, const TinySpec& spec) {
+  const std::string dir = temp_dir(name);
+  write_checkpoint(dir, spec, tiny_tensors(spec));
+  return dir;
+}
 
 // A cuda-target build of the checkpoint in `dir` into dir/engine.cuda.kiln: 128 positions, no
 // autotuning, 2 threads. Tests change what they need before build_cuda_engine(options).

@@ -257,13 +257,8 @@ std::vector<float> mixed_step_logits(const std::string& engine_path, bool prefil
 
 TEST(CudaPrefillAttention, TheModelKeepsItsLogitsWithOrWithoutIt) {
   SKIP_WITHOUT_GPU();
-  TinySpec spec;
-  spec.hidden = 256;  // head_dim 64, the smallest prefill_attention takes
-  spec.intermediate = 512;
-  const TensorMap tensors = tiny_tensors(spec);
-  const std::string dir = temp_dir("cuda_prefill_mma");
-  write_checkpoint(dir, spec, tensors);
-  BuildOptions o = cuda_build_options(dir);
+  const TinySpec spec = cuda_tiny_spec();  // head_dim 64, the smallest prefill_attention takes
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_prefill_mma", spec));
   o.max_seq_len = 2048;
   const std::string engine = build_cuda_engine(o);
   const std::vector<float> off = mixed_step_logits(engine, false, spec.vocab);

@@ -394,13 +394,8 @@ TEST(CudaSkinnyGemm, TunedGemmRunsTheSkinnyChoiceUpToItsRowsAndCublasLtBeyond) {
 
 TEST(CudaSkinnyGemm, AnAutotunedEngineRacesItAtSixtyFourRowsAndDecodesABatchAsAlone) {
   SKIP_WITHOUT_GPU();
-  TinySpec spec;
-  spec.hidden = 256;
-  spec.intermediate = 512;
-  const TensorMap tensors = tiny_tensors(spec);
-  const std::string dir = temp_dir("cuda_skinny_engine");
-  write_checkpoint(dir, spec, tensors);
-  BuildOptions o = cuda_build_options(dir);
+  const TinySpec spec = cuda_tiny_spec();
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_skinny_engine", spec));
   o.autotune = true;
   o.max_batch = 16;  // buckets 1, 8, 64: batches of 9..16 run the m = 64 choice
   build_cuda_engine(o);
