@@ -123,7 +123,7 @@ std::vector<float> run_skinny(const cuda::LtContext& context, const Problem& p, 
                               const DeviceBuffer& x, int64_t m, const std::vector<float>& start, float beta, int tile,
                               int splits) {
   DeviceBuffer y = to_device(start);
-  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, y.get<float>(), beta, tile, splits,
+  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, cuda::GemvOut{y.get<float>(), beta}, tile, splits,
                     context.skinny_workspace(), nullptr);
   return to_host<float>(y, start.size());
 }
@@ -159,7 +159,7 @@ std::vector<uint8_t> run_skinny_silu(const cuda::LtContext& context, const Probl
 std::vector<uint8_t> run_skinny_then_silu(const cuda::LtContext& context, const Problem& p, const DeviceBuffer& w,
                                           const DeviceBuffer& x, int64_t m, float act_scale, int tile, int splits) {
   DeviceBuffer y = nan_buffer(static_cast<size_t>(m * p.n) * sizeof(float));
-  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, y.get<float>(), 0.0f, tile, splits,
+  cuda::skinny_gemm(w.get(), x.get(), p.fp8, m, p.n, p.k, p.scale, cuda::GemvOut{y.get<float>()}, tile, splits,
                     context.skinny_workspace(), nullptr);
   DeviceBuffer act = nan_buffer(act_bytes(p, m));
   if (p.fp8) cuda::silu_mul_to_fp8(y.get<float>(), m, p.n / 2, act_scale, act.get<cuda::fp8>(), nullptr);
@@ -343,7 +343,7 @@ TEST(CudaSkinnyGemm, RefusesWhatItDoesNotRun) {
   const auto ws = context.skinny_workspace();
   DeviceBuffer w(4096 * 1024, "w"), x(65 * 1024, "x"), y(65 * 4096 * 4, "y");
   const auto run = [&](int64_t m, int64_t n, int64_t k, bool fp8, int tile, int splits) {
-    cuda::skinny_gemm(w.get(), x.get(), fp8, m, n, k, 1.0f, y.get<float>(), 0.0f, tile, splits, ws, nullptr);
+    cuda::skinny_gemm(w.get(), x.get(), fp8, m, n, k, 1.0f, cuda::GemvOut{y.get<float>()}, tile, splits, ws, nullptr);
   };
   EXPECT_THROW(run(65, 256, 512, false, 64, 1), Error);  // more rows than kSkinnyMaxRows
   EXPECT_THROW(run(16, 256, 1028, false, 64, 1), Error);  // k % 8 != 0 (bf16)
@@ -352,7 +352,7 @@ TEST(CudaSkinnyGemm, RefusesWhatItDoesNotRun) {
   EXPECT_THROW(run(16, 256, 512, false, 64, 9), Error);  // more splits than 8
   EXPECT_FALSE(cuda::skinny_supports(64, 131072, 512, false, 128, 8, ws));  // partials past the workspace
   EXPECT_THROW(cuda::skinny_gemm(static_cast<uint8_t*>(w.get()) + 2, x.get(), false, 16, 256, 512, 1.0f,
-                                 y.get<float>(), 0.0f, 64, 1, ws, nullptr),
+                                 cuda::GemvOut{y.get<float>()}, 64, 1, ws, nullptr),
                Error);  // weights not 16-byte aligned
   const auto run_silu = [&](int64_t n, float beta) {
     cuda::GemvOut out;

@@ -378,12 +378,4 @@ void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, i
   else launch_dtype<false>(a, tile_n, grid, stream);
 }
 
-void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
-                 float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream) {
-  GemvOut out;
-  out.y = y;
-  out.beta = beta;
-  skinny_gemm(w, x, fp8, m, n, k, scale, out, tile_n, splits, workspace, stream);
-}
-
 }  // namespace kiln::cuda

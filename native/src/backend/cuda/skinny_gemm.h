@@ -58,8 +58,5 @@ bool skinny_supports(int64_t m, int64_t n, int64_t k, bool fp8, int tile_n, int 
 // aligned, `out` has no output, or beta is not 0 with act.
 void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                  const GemvOut& out, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream);
-// The plain form (fp32 y out).
-void skinny_gemm(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale, float* y,
-                 float beta, int tile_n, int splits, const SkinnyWorkspace& workspace, cudaStream_t stream);
 
 }  // namespace kiln::cuda
