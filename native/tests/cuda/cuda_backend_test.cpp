@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -459,48 +458,6 @@ TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
   const auto again = cuda::generate_greedy(model, {1, 2}, 40);  // a second cache: the graph is recaptured
   EXPECT_EQ(graphed.tokens, direct.tokens);
   EXPECT_EQ(cuda::generate_greedy(model, {1, 2}, 40, [](const float*, int64_t) {}).tokens, again.tokens);
-}
-
-// The logits of every step of a greedy run (a logits callback keeps the steps on direct launches).
-std::vector<float> greedy_logits(const std::string& engine, const std::vector<int32_t>& prompt, int64_t steps) {
-  cuda::CudaModel model(Engine::load(engine));
-  std::vector<float> all;
-  cuda::generate_greedy(model, prompt, steps,
-                        [&](const float* logits, int64_t vocab) { all.insert(all.end(), logits, logits + vocab); });
-  return all;
-}
-
-TEST(CudaModel, ChainedAutotuneTimesEveryCandidateAsAGraphAndKeepsTheLogits) {
-  SKIP_WITHOUT_GPU();
-  const std::string dir = write_tiny_checkpoint("cuda_chained_autotune", cuda_tiny_spec());
-  BuildOptions o = cuda_build_options(dir);
-  o.autotune = true;
-  o.max_batch = 16;  // buckets 1, 8 and 64: kiln-gemv and kiln-skinny race too
-  o.out_path = dir + "/isolated.kiln";
-  const std::string isolated = build_cuda_engine(o);
-  setenv("KILN_AUTOTUNE_CHAINED", "1", 1);  // read by each build
-  o.out_path = dir + "/chained.kiln";
-  try {
-    build_cuda_engine(o);
-  } catch (...) {
-    unsetenv("KILN_AUTOTUNE_CHAINED");
-    throw;
-  }
-  unsetenv("KILN_AUTOTUNE_CHAINED");
-  const Json table = Engine::load(o.out_path)->header().at("autotune");
-  EXPECT_NE(table.at("selection").get<std::string>().find("CUDA graph"), std::string::npos) << table.at("selection");
-  int gemv_raced = 0, skinny_raced = 0;
-  for (const auto& entry : table.at("entries")) {
-    EXPECT_GT(entry.at("us").get<double>(), 0.0) << entry.dump();
-    EXPECT_GT(entry.at("cublaslt_us").get<double>(), 0.0) << entry.dump();
-    gemv_raced += !entry.at("kiln_gemv_us").empty();
-    skinny_raced += entry.contains("kiln_skinny_us") && !entry.at("kiln_skinny_us").empty();
-  }
-  EXPECT_GT(gemv_raced, 0);
-  EXPECT_GT(skinny_raced, 0);
-  // Only which kernel runs each GEMM may differ: the same products, summed in another order.
-  const std::vector<int32_t> prompt{3, 17, 60, 2};
-  EXPECT_LT(relative_norm_error(greedy_logits(o.out_path, prompt, 8), greedy_logits(isolated, prompt, 8)), 1e-3);
 }
 
 TEST(CudaModel, RefusesAStoredAlgorithmThatIsNotACublasLtAlgorithm) {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <random>
 #include <string>
@@ -12,7 +11,6 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
-#include "backend/cuda/graph.h"
 #include "backend/cuda/skinny_gemm.h"
 #include "compiler/precision.h"
 #include "core/error.h"
@@ -23,7 +21,6 @@ namespace {
 
 constexpr int kCandidates = 32;
 constexpr int kRepeats = 7;
-constexpr int kChain = 8;  // launches per timed graph in chained timing
 
 struct ShapeGroup {
   int64_t n = 0;
@@ -111,70 +108,6 @@ double median_us(const DeviceBuffer& flush, const EventPair& events, cudaStream_
   return median_us(flush, events, stream, launch, [] {});
 }
 
-// KILN_AUTOTUNE_CHAINED=1 at build time: candidates are timed as a decode step's graph runs them
-// (CandidateTimer). Off by default until an A/B on a GPU shows which way picks the faster step.
-bool chained_timing() {
-  const char* v = std::getenv("KILN_AUTOTUNE_CHAINED");
-  return v && std::string(v) == "1";
-}
-
-// How a GEMM candidate is timed. Isolated: one launch after the L2 is flushed. Chained: a CUDA graph
-// of kChain launches, each reading its own copy of the weight, replayed after the flush and divided
-// by kChain. That is how a decode step's graph runs a GEMM: a Kiln kernel launched with
-// Programmatic Dependent Launch starts streaming its weights during its predecessor's tail, while a
-// cuBLASLt kernel waits for it, a difference one isolated launch cannot show.
-class CandidateTimer {
- public:
-  CandidateTimer(const DeviceBuffer& flush, const EventPair& events, cudaStream_t stream)
-      : flush_(flush), events_(events), stream_(stream), chained_(chained_timing()) {}
-
-  bool chained() const { return chained_; }
-
-  // The weight the launches read. Chained, it is copied so that no launch of a chain finds its
-  // weight in the L2 the launches before it filled (copies spanning three flush buffers' worth, at
-  // least two).
-  void use_weight(const DeviceBuffer& w) {
-    weight_ = w.get();
-    bytes_ = w.bytes();
-    if (!chained_) return;
-    copies_ = static_cast<int>(std::clamp<size_t>((3 * flush_.bytes() / 2 + bytes_ - 1) / bytes_, 2, kChain));
-    stride_ = (bytes_ + 255) / 256 * 256;  // every copy as aligned as a cudaMalloc'd weight for cuBLASLt
-    copy_buffer_ = DeviceBuffer();
-    copy_buffer_ = DeviceBuffer(static_cast<size_t>(copies_) * stride_, "autotune weight copies");
-    for (int i = 0; i < copies_; ++i) {
-      KILN_CUDA_CHECK(cudaMemcpyAsync(copy(i), weight_, bytes_, cudaMemcpyDeviceToDevice, stream_));
-    }
-  }
-
-  // launch(const void* weight) enqueues one run of the candidate on the timer's stream.
-  template <typename Launch>
-  double us(Launch&& launch) {
-    if (!chained_) return median_us(flush_, events_, stream_, [&] { launch(weight_); });
-    const cudaGraphExec_t exec = capture_graph(stream_, [&] {
-      for (int i = 0; i < kChain; ++i) launch(static_cast<const void*>(copy(i % copies_)));
-    });
-    struct GraphGuard {
-      cudaGraphExec_t exec;
-      ~GraphGuard() { cudaGraphExecDestroy(exec); }
-    } guard{exec};
-    KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream_));  // the first replay uploads the graph: untimed
-    return median_us(flush_, events_, stream_, [&] { KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream_)); }) / kChain;
-  }
-
- private:
-  void* copy(int i) const { return copy_buffer_.get<uint8_t>() + static_cast<size_t>(i) * stride_; }
-
-  const DeviceBuffer& flush_;
-  const EventPair& events_;
-  cudaStream_t stream_;
-  bool chained_;
-  const void* weight_ = nullptr;
-  size_t bytes_ = 0;
-  size_t stride_ = 0;
-  int copies_ = 0;
-  DeviceBuffer copy_buffer_;
-};
-
 }  // namespace
 
 std::vector<int64_t> gemm_buckets(int64_t max_batch, int64_t max_seq_len) {
@@ -228,7 +161,6 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
   // Writing twice the L2 between runs evicts the weight, so each timed run reads it from HBM.
   DeviceBuffer flush(2 * static_cast<size_t>(prop.l2CacheSize), "the autotuner's L2 flush buffer");
   EventPair events;
-  CandidateTimer timer(flush, events, stream);
 
   std::mt19937 rng(1234);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -239,7 +171,6 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
     const std::vector<uint8_t> host_w = device_weight(*g.weight);
     DeviceBuffer w(host_w.size(), "autotune weight " + g.weight->name);
     KILN_CUDA_CHECK(cudaMemcpy(w.get(), host_w.data(), w.bytes(), cudaMemcpyHostToDevice));
-    timer.use_weight(w);
     // Random inputs spanning the fp8 range for fp8 GEMMs (zeros could run faster than real data).
     std::vector<float> host_x(static_cast<size_t>(max_m * g.k));
     for (float& v : host_x) v = uniform(rng) * (g.fp8 ? 400.0f : 1.0f);
@@ -266,8 +197,8 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
           candidates.push_back(Json{{"config", algo_config(algo)}, {"us", nullptr}});
           continue;
         }
-        const double median =
-            timer.us([&](const void* wp) { gemm.run(algo, wp, x.get(), m, y.get<float>(), 0.0f, stream); });
+        const double median = median_us(flush, events, stream,
+                                        [&] { gemm.run(algo, w.get(), x.get(), m, y.get<float>(), 0.0f, stream); });
         candidates.push_back(Json{{"config", algo_config(algo)}, {"us", round2(median)}});
         if (best < 0 || median < best_us) {
           best = static_cast<int>(i);
@@ -308,10 +239,10 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       Json gemv_us = Json::object();
       if (race_gemv) {
         for (int split : kGemvSplits) {
-          const double us = timer.us([&](const void* wp) {
+          const double us = median_us(flush, events, stream, [&] {
             GemvIn in;
             in.x = x.get();
-            gemv(wp, g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream);
+            gemv(w.get(), g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream);
           });
           gemv_us["split" + std::to_string(split)] = round2(us);
           if (us < best_us) {
@@ -329,8 +260,8 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
           if (!race_skinny || !skinny_supports(m, g.n, g.k, g.fp8, tile, splits, context.skinny_workspace(), silu)) {
             continue;
           }
-          const double us = timer.us([&](const void* wp) {
-            skinny_gemm(wp, x.get(), g.fp8, m, g.n, g.k, 1.0f, kiln_out, tile, splits, context.skinny_workspace(),
+          const double us = median_us(flush, events, stream, [&] {
+            skinny_gemm(w.get(), x.get(), g.fp8, m, g.n, g.k, 1.0f, kiln_out, tile, splits, context.skinny_workspace(),
                         stream);
           });
           skinny_us["tile" + std::to_string(tile) + "_splits" + std::to_string(splits)] = round2(us);
@@ -389,11 +320,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                                         " (gate_up shapes: Kiln's kernels writing the SiLU·mul against cuBLASLt plus the"
                                         " silu_mul kernel)"
                                         "; median of " + std::to_string(kRepeats) +
-                                        (timer.chained()
-                                             ? " replays of a CUDA graph of " + std::to_string(kChain) +
-                                                   " launches on separate weight copies (PDL as in a decode step), "
-                                                   "per launch, with the L2 flushed before each"
-                                             : std::string(" event-timed runs with the L2 flushed before each"))},
+                                        " event-timed runs with the L2 flushed before each"},
                       {"entries", entries}};
   return result;
 }
