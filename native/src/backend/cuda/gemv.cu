@@ -8,14 +8,20 @@ namespace kiln::cuda {
 
 namespace gemv_detail {
 
-// KILN_GEMV_FP8_STAGED=0 converts the input chunk in every warp, as before the staging (kept for
-// the A/B that decides it; the products are the same either way).
-bool stages_fp8_input(int64_t k) {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_GEMV_FP8_STAGED");
-    return !(v && std::string(v) == "0");
+Fp8GemvKernel fp8_gemv_kernel() {
+  static const Fp8GemvKernel kernel = [] {
+    const char* v = std::getenv("KILN_GEMV_FP8");
+    const std::string name = v ? v : "mma";
+    if (name == "mma") return Fp8GemvKernel::kMma;
+    if (name == "staged") return Fp8GemvKernel::kStaged;
+    if (name == "convert") return Fp8GemvKernel::kConvert;
+    throw Error("KILN_GEMV_FP8=" + name + ": expected mma, staged or convert");
   }();
-  return on && k * static_cast<int64_t>(sizeof(float)) <= kStagedInputBytes;
+  return kernel;
+}
+
+bool stages_fp8_input(int64_t k) {
+  return fp8_gemv_kernel() == Fp8GemvKernel::kStaged && k * static_cast<int64_t>(sizeof(float)) <= kStagedInputBytes;
 }
 
 }  // namespace gemv_detail

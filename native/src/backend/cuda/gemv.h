@@ -14,7 +14,8 @@ namespace kiln::cuda {
 // 16-byte cache-streaming loads and applies them to all m input rows, so the weight bytes are read
 // once whatever m is. Before waiting for the previous kernel (launch.cuh) each lane already loads
 // its first weight chunks into registers. bf16: weights and inputs bf16 (scale 1). fp8: weights
-// and inputs E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32.
+// and inputs E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32; the
+// E4M3 form runs on tensor cores, where `split` warps share a tile of 16 rows (gemv_fp8.cu).
 //
 // Two fusions remove the small kernels around a decode GEMM:
 // - normed input (GemvIn::h set, m ≤ kGemvNormMaxRows): each block RMS-normalises the fp32
@@ -42,8 +43,8 @@ struct GemvOut {
   float act_scale = 1.0f;
 };
 
-// Split factors the autotuner races (warps per row pair), and the weight rows one block of 8 warps
-// covers with a split.
+// Split factors the autotuner races (warps per row pair; E4M3: per 16-row tile), and the weight rows
+// one block of 8 warps covers with a split (bf16).
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
 

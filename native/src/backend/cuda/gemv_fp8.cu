@@ -1,9 +1,253 @@
 #include "backend/cuda/gemv_kernel.cuh"
 
+// The E4M3 GEMV on tensor cores. The CUDA-core loop of gemv_kernel.cuh spends most of its
+// instructions on arithmetic around each weight: F2FP + HADD2 to widen an E4M3 pair to fp32, then one
+// dependent FFMA per element. Here an MMA does the multiply-adds: the weights are widened to f16
+// (exact for E4M3: one F2FP per pair) and m16n8k16 multiplies 16 weight rows (A) with up to 8 input
+// rows (B), products exact and summed in fp32. Batch 1 leaves 7 of B's 8 columns zero, which costs
+// nothing a GEMV misses: the tensor cores idle while the weights stream. (Hopper has no E4M3
+// mma.sync: ptxas lowers one to these same conversions plus f16 MMAs, and converts B every time.)
+//
+// The weights go from global memory straight into A fragments, without shared memory or ldmatrix:
+// a dot product does not care in which order it visits k, so lane (g, q) of a warp (g = lane / 4,
+// q = lane % 4) loads the 16 bytes at chunk q of a 64-byte step of rows g and g + 8, and each of
+// the step's four MMAs is told that 4 of those elements are its k = 2q, 2q+1, 2q+8, 2q+9. B is read
+// in the same permuted order: lane (g, q) holds input row g's elements of the same chunk. A warp
+// step is 64 bytes of 16 rows, four lanes per row, as full 32-byte sectors.
+
 namespace kiln::cuda::gemv_detail {
 
+namespace {
+
+constexpr int kTileRows = 16;
+constexpr int kStepChunks = 4;  // 16-byte chunks of each row per warp step: one per lane of a row
+constexpr int kMmaPrefetchSteps = 4;
+// The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
+// one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
+constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
+
+// Eight f16 pairs from one 16-byte chunk of E4M3 (exact: every E4M3 value is an f16 value).
+struct Half16 {
+  uint32_t h[8];
+};
+
+__device__ __forceinline__ Half16 widen(const uint4& v) {
+  Half16 out;
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // The word's two 16-bit halves as registers of their own (no shifts), low half first.
+    asm("{\n.reg .b16 lo, hi;\nmov.b32 {lo, hi}, %2;\ncvt.rn.f16x2.e4m3x2 %0, lo;\ncvt.rn.f16x2.e4m3x2 %1, hi;\n}\n"
+        : "=r"(out.h[2 * i]), "=r"(out.h[2 * i + 1])
+        : "r"(words[i]));
+  }
+  return out;
+}
+
+// c += a · b on a 16 x 8 tile, k16, f16 operands, fp32 accumulation.
+__device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// One 64-byte step: MMA j takes elements 4j..4j+3 of the lane's chunk. Two accumulators halve the
+// chain of dependent MMAs; acc[t][0..1] = rows g (inputs 2q, 2q+1), acc[t][2..3] = rows g + 8.
+__device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, const uint4& hi, const Half16& x) {
+  const Half16 a = widen(lo);
+  const Half16 b = widen(hi);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) mma_f16(acc[j % 2], a.h[2 * j], b.h[2 * j], a.h[2 * j + 1], b.h[2 * j + 1], x.h[2 * j], x.h[2 * j + 1]);
+}
+
+// The input rows as f16 in shared memory, [M][k / 16][8 pairs]: widened once per block instead of
+// once per warp and step, where they fit (kGemvMmaInputBytes).
+template <int M>
+__device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
+  for (int64_t i = threadIdx.x; i < M * chunks; i += blockDim.x) x_h[i] = widen(x[i]);
+  __syncthreads();
+}
+
+// S warps share a tile of 16 weight rows (each a slice of its steps); 8 / S tiles per block.
+// kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
+template <int M, int S, bool kNorm, bool kSilu, bool kWide>
+__global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
+  constexpr int kTiles = kWarps / S;
+  extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
+  __shared__ float reduced[S > 1 ? kWarps : 1][32][4];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int g = lane / 4;
+  const int q = lane % 4;
+  const int slice = warp % S;
+  const int64_t row0 = (static_cast<int64_t>(blockIdx.x) * kTiles + warp / S) * kTileRows;
+  const int64_t chunks = a.k / 16;
+  const int64_t lo_row = row0 + g;
+  const int64_t hi_row = row0 + g + 8;
+  // Rows past n read row 0 (any readable row: their products are never stored).
+  const uint4* w_lo = a.w + (lo_row < a.n ? lo_row : 0) * chunks;
+  const uint4* w_hi = a.w + (hi_row < a.n ? hi_row : 0) * chunks;
+  const int64_t first = static_cast<int64_t>(slice) * kStepChunks + q;
+  constexpr int64_t kStride = static_cast<int64_t>(kStepChunks) * S;
+  const auto weights = [&](const uint4* w, int64_t c) { return c < chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0); };
+
+  // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel.
+  uint4 lo0[kMmaPrefetchSteps];
+  uint4 hi0[kMmaPrefetchSteps];
+#pragma unroll
+  for (int u = 0; u < kMmaPrefetchSteps; ++u) {
+    lo0[u] = weights(w_lo, first + u * kStride);
+    hi0[u] = weights(w_hi, first + u * kStride);
+  }
+  wait_for_producer();
+  let_consumer_start();
+  if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);
+  const uint4* x = kNorm ? x_s : a.x;
+  auto* x_h = reinterpret_cast<Half16*>(x_s + (kNorm ? M * chunks : 0));
+  if constexpr (kWide) stage_input_rows<M>(x, chunks, x_h);
+  // Lanes of input rows g >= M hold zeros: those MMA columns are never stored.
+  const auto input = [&](int64_t c) {
+    if (g >= M || c >= chunks) return Half16{};
+    if constexpr (kWide) return x_h[g * chunks + c];
+    else return widen(x[g * chunks + c]);
+  };
+
+  float acc[2][4] = {};
+  int64_t c = first;
+#pragma unroll
+  for (int u = 0; u < kMmaPrefetchSteps; ++u, c += kStride) {
+    if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
+    apply_step(acc, lo0[u], hi0[u], input(c));
+  }
+#pragma unroll 2
+  for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
+
+  if constexpr (S > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) reduced[warp][lane][i] = acc[0][i];
+    __syncthreads();
+    if (slice != 0) return;
+    for (int s = 1; s < S; ++s) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[0][i] += reduced[warp + s][lane][i];
+    }
+  }
+  const float* sum = acc[0];
+  if constexpr (kSilu) {
+    // Rows 2j, 2j + 1 are gate_j and up_j (n even; a tile starts at an even row): up sits 4 lanes on.
+    float up[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) up[i] = __shfl_down_sync(0xffffffffu, sum[i], 4);
+    if (g % 2 != 0) return;
+    auto* act = static_cast<fp8*>(a.act);
+    const int64_t half = a.n / 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = r == 0 ? lo_row : hi_row;
+      if (row >= a.n) break;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int i = 2 * q + j;
+        if (i >= M) break;
+        const float gate = a.scale * sum[2 * r + j];
+        const float u = a.scale * up[2 * r + j];
+        act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = r == 0 ? lo_row : hi_row;
+      if (row >= a.n) break;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int i = 2 * q + j;
+        if (i >= M) break;
+        float* out = a.y + i * a.n + row;
+        const float v = sum[2 * r + j];
+        *out = a.beta == 0.0f ? a.scale * v : a.scale * v + a.beta * *out;
+      }
+    }
+  }
+}
+
+template <int M, int S, bool kNorm, bool kSilu, bool kWide>
+void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
+  constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kWarps / S);
+  const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
+  if constexpr (kWide) {
+    // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
+    // legal while a decode graph is being captured).
+    static const bool opted_in = [] {
+      check_cuda(cudaFuncSetAttribute(gemv_mma_kernel<M, S, kNorm, kSilu, kWide>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(kGemvMmaSharedBytes)),
+                 "gemv_mma_kernel shared memory limit", __FILE__, __LINE__);
+      return true;
+    }();
+    (void)opted_in;
+  }
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide>, blocks, dim3(kWarps * 32),
+                       shared, stream, a);
+}
+
+template <int M, int S, bool kNorm, bool kSilu>
+void launch_mma_one(const Args& a, cudaStream_t stream) {
+  const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
+  const size_t wide = static_cast<size_t>(M * a.k) * 2;
+  if (normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
+    launch_mma_wide<M, S, kNorm, kSilu, true>(a, normed + wide, stream);
+  } else {
+    launch_mma_wide<M, S, kNorm, kSilu, false>(a, normed, stream);
+  }
+}
+
+template <int S, bool kNorm, bool kSilu>
+void launch_mma_rows(const Args& a, int64_t m, cudaStream_t stream) {
+  switch (m) {
+    case 1: launch_mma_one<1, S, kNorm, kSilu>(a, stream); return;
+    case 2: launch_mma_one<2, S, kNorm, kSilu>(a, stream); return;
+    case 3: launch_mma_one<3, S, kNorm, kSilu>(a, stream); return;
+    case 4: launch_mma_one<4, S, kNorm, kSilu>(a, stream); return;
+  }
+  if constexpr (!kNorm) {
+    switch (m) {
+      case 5: launch_mma_one<5, S, kNorm, kSilu>(a, stream); return;
+      case 6: launch_mma_one<6, S, kNorm, kSilu>(a, stream); return;
+      case 7: launch_mma_one<7, S, kNorm, kSilu>(a, stream); return;
+      case 8: launch_mma_one<8, S, kNorm, kSilu>(a, stream); return;
+    }
+  }
+  throw Error("kiln-gemv: " + std::to_string(m) + " rows are not supported here");
+}
+
+template <int S>
+void launch_mma_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream_t stream) {
+  if (norm && silu) launch_mma_rows<S, true, true>(a, m, stream);
+  else if (norm) launch_mma_rows<S, true, false>(a, m, stream);
+  else if (silu) launch_mma_rows<S, false, true>(a, m, stream);
+  else launch_mma_rows<S, false, false>(a, m, stream);
+}
+
+void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
+  switch (split) {
+    case 1: launch_mma_split<1>(a, m, norm, silu, stream); return;
+    case 2: launch_mma_split<2>(a, m, norm, silu, stream); return;
+    case 4: launch_mma_split<4>(a, m, norm, silu, stream); return;
+    case 8: launch_mma_split<8>(a, m, norm, silu, stream); return;
+  }
+  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 2, 4, 8)");
+}
+
+}  // namespace
+
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
-  launch<Fp8Chunk>(a, m, split, norm, silu, stream);
+  if (fp8_gemv_kernel() == Fp8GemvKernel::kMma) launch_mma(a, m, split, norm, silu, stream);
+  else launch<Fp8Chunk>(a, m, split, norm, silu, stream);
 }
 
 }  // namespace kiln::cuda::gemv_detail

@@ -292,6 +292,12 @@ void launch_one(const Args& a, cudaStream_t stream) {
                        shared, stream, a);
 }
 
+// Which E4M3 GEMV runs: on tensor cores (gemv_fp8.cu, the default), or this file's CUDA-core loop
+// with the one-row input widened in shared memory first (kStaged) or converted in every warp.
+// KILN_GEMV_FP8=mma|staged|convert, kept until the A/B on a GPU decides between them.
+enum class Fp8GemvKernel { kMma, kStaged, kConvert };
+Fp8GemvKernel fp8_gemv_kernel();
+
 // Whether a plain one-row E4M3 GEMV widens its input in shared memory first (gemv_kernel's kStaged).
 bool stages_fp8_input(int64_t k);
 
