@@ -121,7 +121,8 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
     if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
     apply_step(acc, lo0[u], hi0[u], input(c));
   }
-#pragma unroll 2
+  // Four steps' loads in flight per warp: the tile's few warps per SM must cover the memory latency.
+#pragma unroll 4
   for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
