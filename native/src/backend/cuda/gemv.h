@@ -44,9 +44,9 @@ struct GemvOut {
 };
 
 // Split factors the autotuner races (warps per row pair; E4M3: per 16-row tile), and the weight rows
-// one block of 8 warps covers with a split (bf16).
+// one block of 8 warps covers with a split.
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
-constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
+constexpr int64_t gemv_rows_per_block(int split, bool fp8) { return (fp8 ? 128 : 16) / split; }
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
 void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale, const GemvIn& in, const GemvOut& out,

@@ -270,7 +270,7 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
 
 template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
 void launch_one(const Args& a, cudaStream_t stream) {
-  constexpr int64_t rows_per_block = gemv_rows_per_block(S);
+  constexpr int64_t rows_per_block = gemv_rows_per_block(S, false);
   static_assert(rows_per_block == 2 * kWarps / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   const size_t shared = kStaged ? static_cast<size_t>(a.k) * sizeof(float)
