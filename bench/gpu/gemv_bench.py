@@ -3,7 +3,7 @@ back-to-back one-row GEMVs (Programmatic Dependent Launch on, as in a decode ste
 k-split. Each launch reads a different copy of the weights, so every one streams them from HBM.
 
 A GEMV variant's worth in seconds of device time, without building an engine:
-    python3 bench/gpu/gemv_bench.py --compare KILN_GEMV_FP8=convert,staged,mma
+    python3 bench/gpu/gemv_bench.py --compare KILN_CUDA_PDL=0,1
 runs one process per value (the switches are read once per process) and prints them side by side.
 Needs libkiln-kernels-abi (`bash test/gpu/build_native.sh kiln-kernels-abi`).
 """

@@ -30,7 +30,7 @@ for s in ${STAGES:-build tests parity bench}; do
     tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
     # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
     kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
-    # kiln-gemv alone on the Llama shapes; GEMV_ARGS e.g. --compare KILN_GEMV_FP8=convert,staged,mma
+    # kiln-gemv alone on the Llama shapes; GEMV_ARGS e.g. --compare KILN_CUDA_PDL=0,1
     gemv) stage gemv 300 bash -c "bash test/gpu/build_native.sh kiln-kernels-abi && python3 bench/gpu/gemv_bench.py ${GEMV_ARGS:-}" ;;
     parity) stage parity 400 python3 test/gpu/parity.py --work /tmp/kiln-parity ${PARITY_ARGS:-} ;;
     # the serving runtime through Node on the GPU (needs `bash test/gpu/serve.sh prepare` here first)

@@ -1,9 +1,7 @@
 #include "backend/cuda/gemm.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/gemv.h"
@@ -198,21 +196,6 @@ bool TunedGemm::skinny_at(int64_t m) const {
                          gemm_.context().skinny_workspace());
 }
 
-namespace {
-
-// KILN_GEMV_FP8_NORM=1 fuses the RMSNorm into E4M3 GEMVs under the same block rule as bf16. The
-// tensor-core E4M3 GEMV has 8x fewer blocks per projection than the CUDA-core loop it replaced, so
-// the rule's old measurement no longer decides it; kept until its A/B on a GPU has run.
-bool fuses_fp8_norm() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_GEMV_FP8_NORM");
-    return v && std::string(v) == "1";
-  }();
-  return on;
-}
-
-}  // namespace
-
 bool TunedGemm::fuses_norm(int64_t m) const {
   // Every block normalises the rows again, so the fusion only pays with few blocks: measured on an
   // H200 (Llama-3.2-1B shapes, batch 1), the 1B QKV GEMV (768 blocks) with the norm inside took
@@ -220,12 +203,14 @@ bool TunedGemm::fuses_norm(int64_t m) const {
   // staging cost more still (the 1B QKV GEMV 11.7 us against about 8 unfused). With the staging
   // vectorized (a float4 of row and gamma per thread), fusing E4M3 too where a GEMV has at most 1024
   // blocks was even (H200, 8B fp8 batch 1: 2.661 against 2.666 ms), and fusing every GEMV lost (3.084).
+  // With the tensor-core E4M3 GEMV (8x fewer blocks; its ring-pipelined variant, 25d0de4) it was even
+  // again: 2.827 against 2.830 ms.
   constexpr int64_t kMaxNormBlocks = 1024;
   const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
   const int64_t rows_per_block = gemv_rows_per_block(choose(m).gemv_split, fp8);
   if (!gemv_at(m) || !gemv_supports(m, gemm_.k(), fp8, true)) return false;
   const int64_t blocks = (gemm_.n() + rows_per_block - 1) / rows_per_block;
-  return (!fp8 || fuses_fp8_norm()) && blocks <= kMaxNormBlocks;
+  return !fp8 && blocks <= kMaxNormBlocks;
 }
 
 void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out,

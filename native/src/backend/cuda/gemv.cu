@@ -1,30 +1,9 @@
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/gemv_kernel.cuh"
 
-#include <cstdlib>
 #include <string>
 
 namespace kiln::cuda {
-
-namespace gemv_detail {
-
-Fp8GemvKernel fp8_gemv_kernel() {
-  static const Fp8GemvKernel kernel = [] {
-    const char* v = std::getenv("KILN_GEMV_FP8");
-    const std::string name = v ? v : "mma";
-    if (name == "mma") return Fp8GemvKernel::kMma;
-    if (name == "staged") return Fp8GemvKernel::kStaged;
-    if (name == "convert") return Fp8GemvKernel::kConvert;
-    throw Error("KILN_GEMV_FP8=" + name + ": expected mma, staged or convert");
-  }();
-  return kernel;
-}
-
-bool stages_fp8_input(int64_t k) {
-  return fp8_gemv_kernel() == Fp8GemvKernel::kStaged && k * static_cast<int64_t>(sizeof(float)) <= kStagedInputBytes;
-}
-
-}  // namespace gemv_detail
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;

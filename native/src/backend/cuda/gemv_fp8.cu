@@ -1,8 +1,8 @@
 #include "backend/cuda/gemv_kernel.cuh"
 
-// The E4M3 GEMV on tensor cores. The CUDA-core loop of gemv_kernel.cuh spends most of its
-// instructions on arithmetic around each weight: F2FP + HADD2 to widen an E4M3 pair to fp32, then one
-// dependent FFMA per element. Here an MMA does the multiply-adds: the weights are widened to f16
+// The E4M3 GEMV on tensor cores. On CUDA cores (the loop of gemv_kernel.cuh, which bf16 keeps) most
+// of an E4M3 GEMV's instructions were arithmetic around each weight: F2FP + HADD2 to widen an E4M3
+// pair to fp32, then one dependent FFMA per element. Here an MMA does the multiply-adds: the weights are widened to f16
 // (exact for E4M3: one F2FP per pair) and m16n8k16 multiplies 16 weight rows (A) with up to 8 input
 // rows (B), products exact and summed in fp32. Batch 1 leaves 7 of B's 8 columns zero, which costs
 // nothing a GEMV misses: the tensor cores idle while the weights stream. (Hopper has no E4M3
@@ -21,12 +21,7 @@ namespace {
 
 constexpr int kTileRows = 16;
 constexpr int kStepChunks = 4;  // 16-byte chunks of each row per warp step: one per lane of a row
-// Steps of weights in flight per warp, always: a ring of registers, filled before the wait on the
-// previous kernel and refilled with step t + kRingSteps as step t is applied. A tile has few warps
-// per SM (Llama-3-8B's down projection: 16), so each must keep more loads outstanding than a plain
-// unrolled loop does between its batches of loads. Six keeps a thread within 128 registers (ptxas:
-// 107-112), two blocks per SM.
-constexpr int kRingSteps = 6;
+constexpr int kMmaPrefetchSteps = 4;
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
 constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
@@ -78,7 +73,7 @@ __device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
 // S warps share a tile of 16 weight rows (each a slice of its steps); 8 / S tiles per block.
 // kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
 template <int M, int S, bool kNorm, bool kSilu, bool kWide>
-__global__ __launch_bounds__(kWarps * 32, 2) void gemv_mma_kernel(Args a) {
+__global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
   constexpr int kTiles = kWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
   __shared__ float reduced[S > 1 ? kWarps : 1][32][4];
@@ -98,12 +93,13 @@ __global__ __launch_bounds__(kWarps * 32, 2) void gemv_mma_kernel(Args a) {
   constexpr int64_t kStride = static_cast<int64_t>(kStepChunks) * S;
   const auto weights = [&](const uint4* w, int64_t c) { return c < chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0); };
 
-  uint4 lo[kRingSteps];
-  uint4 hi[kRingSteps];
+  // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel.
+  uint4 lo0[kMmaPrefetchSteps];
+  uint4 hi0[kMmaPrefetchSteps];
 #pragma unroll
-  for (int u = 0; u < kRingSteps; ++u) {
-    lo[u] = weights(w_lo, first + u * kStride);
-    hi[u] = weights(w_hi, first + u * kStride);
+  for (int u = 0; u < kMmaPrefetchSteps; ++u) {
+    lo0[u] = weights(w_lo, first + u * kStride);
+    hi0[u] = weights(w_hi, first + u * kStride);
   }
   wait_for_producer();
   let_consumer_start();
@@ -119,16 +115,15 @@ __global__ __launch_bounds__(kWarps * 32, 2) void gemv_mma_kernel(Args a) {
   };
 
   float acc[2][4] = {};
-  for (int64_t c = first; c - q < chunks; c += kRingSteps * kStride) {
+  int64_t c = first;
 #pragma unroll
-    for (int u = 0; u < kRingSteps; ++u) {
-      const int64_t step = c + u * kStride;
-      if (step - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
-      apply_step(acc, lo[u], hi[u], input(step));
-      lo[u] = weights(w_lo, step + kRingSteps * kStride);
-      hi[u] = weights(w_hi, step + kRingSteps * kStride);
-    }
+  for (int u = 0; u < kMmaPrefetchSteps; ++u, c += kStride) {
+    if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
+    apply_step(acc, lo0[u], hi0[u], input(c));
   }
+  // Four steps' loads in flight per warp: the tile's few warps per SM must cover the memory latency.
+#pragma unroll 4
+  for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
 
@@ -253,8 +248,7 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
 }  // namespace
 
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
-  if (fp8_gemv_kernel() == Fp8GemvKernel::kMma) launch_mma(a, m, split, norm, silu, stream);
-  else launch<Fp8Chunk>(a, m, split, norm, silu, stream);
+  launch_mma(a, m, split, norm, silu, stream);
 }
 
 }  // namespace kiln::cuda::gemv_detail

@@ -1,9 +1,8 @@
 #pragma once
 
-// The kiln-gemv kernel template (gemv.h), instantiated per weight dtype in gemv_bf16.cu and
-// gemv_fp8.cu (two translation units: the instantiations compile in parallel).
-
-#include <cuda_fp16.h>
+// The kiln-gemv CUDA-core kernel (gemv.h), instantiated for bf16 in gemv_bf16.cu, and the pieces
+// the E4M3 tensor-core kernel of gemv_fp8.cu shares with it (two translation units: their
+// instantiations compile in parallel).
 
 #include "backend/cuda/gemv.h"
 #include "backend/cuda/launch.cuh"
@@ -12,9 +11,6 @@ namespace kiln::cuda::gemv_detail {
 
 constexpr int kWarps = 8;
 constexpr int kPrefetchChunks = 4;  // per lane and row, issued before the wait on the previous kernel
-// The most fp32 input bytes a block stages: one row of k ≤ 16384 (Llama-3-8B's down projection has
-// k = 14336), so three or four blocks still fit an SM.
-constexpr int64_t kStagedInputBytes = 64 * 1024;
 
 struct Args {
   const uint4* w = nullptr;
@@ -48,18 +44,9 @@ struct Bf16Chunk {
   __device__ __forceinline__ static Element convert(float v, float) { return __float2bfloat16(v); }
 };
 
+// E4M3 as the norm staging writes it (the tensor-core kernel reads the weights itself).
 struct Fp8Chunk {
   using Element = fp8;
-  static constexpr int kElements = 16;
-  __device__ __forceinline__ static void unpack(const uint4& v, float* out) {
-    const auto* v2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&v);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(v2[e], __NV_E4M3)));
-      out[2 * e] = f.x;
-      out[2 * e + 1] = f.y;
-    }
-  }
   __device__ __forceinline__ static Element convert(float v, float inv_scale) { return fp8(v * inv_scale); }
 };
 
@@ -117,31 +104,11 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   __syncthreads();
 }
 
-// x_f[q * chunks + c] = elements 4q..4q+3 of the single input row's chunk c, as fp32 (E4M3 widens
-// exactly): converted once per block instead of once per warp and chunk. Consecutive lanes read
-// consecutive float4s, so the reads in the loop are free of bank conflicts.
-template <typename Chunk>
-__device__ void stage_input_row(const Args& a, int64_t chunks, float4* x_f) {
-  constexpr int E = Chunk::kElements;
-  for (int64_t c = threadIdx.x; c < chunks; c += blockDim.x) {
-    float f[E];
-    Chunk::unpack(a.x[c], f);
-#pragma unroll
-    for (int q = 0; q < E / 4; ++q) x_f[q * chunks + c] = make_float4(f[4 * q], f[4 * q + 1], f[4 * q + 2], f[4 * q + 3]);
-  }
-  __syncthreads();
-}
-
-// kStaged (one input row, no normed input): the row is widened to fp32 in shared memory first. For
-// E4M3 that cuts the conversions in the loop by a third (only the two weight chunks' remain): F2FP
-// and HADD2 conversions, not FFMAs, are most of an fp8 GEMV's instructions (24 + 48 against 32 per
-// apply).
-template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
 __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   constexpr int E = Chunk::kElements;
   constexpr int P = kWarps / S;  // row pairs per block
-  static_assert(!kStaged || (M == 1 && !kNorm));
-  extern __shared__ uint4 x_s[];  // normed input: [M][k / E]; staged: the fp32 row
+  extern __shared__ uint4 x_s[];  // normed input: [M][k / E]
   __shared__ float reduced[kWarps][2][M];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -170,8 +137,6 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Chunk, M>(a, x_s);
-  const auto* x_f = reinterpret_cast<const float4*>(x_s);
-  if constexpr (kStaged) stage_input_row<Chunk>(a, chunks, reinterpret_cast<float4*>(x_s));
   const uint4* x = kNorm ? x_s : a.x;
 
   float acc[2][M];
@@ -185,18 +150,7 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
 #pragma unroll
     for (int i = 0; i < M; ++i) {
       float xf[E];
-      if constexpr (kStaged) {
-#pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-          const float4 t = x_f[q * chunks + c];
-          xf[4 * q] = t.x;
-          xf[4 * q + 1] = t.y;
-          xf[4 * q + 2] = t.z;
-          xf[4 * q + 3] = t.w;
-        }
-      } else {
-        Chunk::unpack(x[i * chunks + c], xf);
-      }
+      Chunk::unpack(x[i * chunks + c], xf);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
         acc[0][i] = fmaf(wa[e], xf[e], acc[0][i]);
@@ -268,47 +222,18 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   }
 }
 
-template <typename Chunk, int M, int S, bool kNorm, bool kSilu, bool kStaged = false>
+template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
 void launch_one(const Args& a, cudaStream_t stream) {
   constexpr int64_t rows_per_block = gemv_rows_per_block(S, false);
   static_assert(rows_per_block == 2 * kWarps / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
-  const size_t shared = kStaged ? static_cast<size_t>(a.k) * sizeof(float)
-                        : kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element)
-                                : 0;
-  if constexpr (kStaged) {
-    // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
-    // legal while a decode graph is being captured).
-    static const bool opted_in = [] {
-      check_cuda(cudaFuncSetAttribute(gemv_kernel<Chunk, M, S, kNorm, kSilu, kStaged>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(kStagedInputBytes)),
-                 "gemv_kernel shared memory limit", __FILE__, __LINE__);
-      return true;
-    }();
-    (void)opted_in;
-  }
-  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu, kStaged>, blocks, dim3(kWarps * 32),
+  const size_t shared = kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element) : 0;
+  launch_kernel_shared("gemv_kernel", gemv_kernel<Chunk, M, S, kNorm, kSilu>, blocks, dim3(kWarps * 32),
                        shared, stream, a);
 }
 
-// Which E4M3 GEMV runs: on tensor cores (gemv_fp8.cu, the default), or this file's CUDA-core loop
-// with the one-row input widened in shared memory first (kStaged) or converted in every warp.
-// KILN_GEMV_FP8=mma|staged|convert, kept until the A/B on a GPU decides between them.
-enum class Fp8GemvKernel { kMma, kStaged, kConvert };
-Fp8GemvKernel fp8_gemv_kernel();
-
-// Whether a plain one-row E4M3 GEMV widens its input in shared memory first (gemv_kernel's kStaged).
-bool stages_fp8_input(int64_t k);
-
 template <typename Chunk, int S, bool kNorm, bool kSilu>
 void launch_rows(const Args& a, int64_t m, cudaStream_t stream) {
-  if constexpr (Chunk::kElements == 16 && !kNorm) {
-    if (m == 1 && stages_fp8_input(a.k)) {
-      launch_one<Chunk, 1, S, kNorm, kSilu, true>(a, stream);
-      return;
-    }
-  }
   switch (m) {
     case 1: launch_one<Chunk, 1, S, kNorm, kSilu>(a, stream); return;
     case 2: launch_one<Chunk, 2, S, kNorm, kSilu>(a, stream); return;
