@@ -531,7 +531,7 @@ def write_tactics(engine: Path, path: Path) -> None:
     for e in header.get("autotune", {}).get("entries", []):
         gemv = e.get("kiln_gemv_us") or {}
         skinny = e.get("kiln_skinny_us") or {}
-        best = lambda d: f"{min(d.values()):.1f}" if d else "-"
+        best = lambda d: (lambda k: f"{d[k]:.1f} ({k})")(min(d, key=d.get)) if d else "-"
         lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:11} {e['us']:8.1f} us "
                      f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)}, best kiln-skinny {best(skinny)})")
     path.write_text("\n".join(lines) + "\n")

@@ -236,19 +236,25 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       else kiln_out.y = y.get<float>();
       std::string tactic = "cublaslt";
       int gemv_split = 1;
+      bool gemv_stage_input = true;
       Json gemv_us = Json::object();
       if (race_gemv) {
         for (int split : kGemvSplits) {
-          const double us = median_us(flush, events, stream, [&] {
-            GemvIn in;
-            in.x = x.get();
-            gemv(w.get(), g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream);
-          });
-          gemv_us["split" + std::to_string(split)] = round2(us);
-          if (us < best_us) {
-            tactic = "kiln-gemv";
-            gemv_split = split;
-            best_us = us;
+          // E4M3 also without the input staging (gemv.h); bf16 has none.
+          for (bool stage : {true, false}) {
+            if (!stage && !g.fp8) continue;
+            const double us = median_us(flush, events, stream, [&] {
+              GemvIn in;
+              in.x = x.get();
+              gemv(w.get(), g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream, stage);
+            });
+            gemv_us["split" + std::to_string(split) + (stage ? "" : "_unstaged")] = round2(us);
+            if (us < best_us) {
+              tactic = "kiln-gemv";
+              gemv_split = split;
+              gemv_stage_input = stage;
+              best_us = us;
+            }
           }
         }
       }
@@ -282,6 +288,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                  {"bucket", m},
                  {"tactic", tactic},
                  {"gemv_split", gemv_split},
+                 {"gemv_stage_input", gemv_stage_input},
                  {"algo", algo_to_hex(winner)},
                  {"config", algo_config(winner)},
                  {"us", round2(best_us)},

@@ -215,7 +215,9 @@ bool TunedGemm::fuses_norm(int64_t m) const {
 
 void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out,
                          cudaStream_t stream) {
-  gemv(w, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, in, out, choose(m).gemv_split, stream);
+  const GemmChoice& c = choose(m);
+  gemv(w, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, in, out, c.gemv_split, stream,
+       c.gemv_stage_input);
 }
 
 void TunedGemm::run_skinny(const void* w, const void* x, int64_t m, float scale, const GemvOut& out,

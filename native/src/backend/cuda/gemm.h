@@ -108,6 +108,7 @@ struct GemmChoice {
   GemmTactic tactic = GemmTactic::CublasLt;
   cublasLtMatmulAlgo_t algo{};
   int gemv_split = 1;  // warps per row pair of the GEMV (gemv.h)
+  bool gemv_stage_input = true;  // E4M3 GEMV: input rows widened once per block (gemv.h)
   int skinny_tile = 128;  // weight rows per block of the skinny GEMM (skinny_gemm.h)
   int skinny_splits = 1;  // its split-K factor
 };

@@ -49,8 +49,13 @@ constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split, bool fp8) { return (fp8 ? 128 : 16) / split; }
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
+// stage_input (E4M3): each block first widens the input rows to f16 in shared memory where they fit
+// (64 KB), or, when false, every warp widens its chunks of them as it goes. Staging takes the
+// conversions out of the loop but holds every warp at a block-wide pass before it: the autotuner
+// races both per shape (the CUDA-core loop this kernel replaced lost by staging on the long-k
+// projections: H200, 8B down 17.56 against 16.75 us).
 void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale, const GemvIn& in, const GemvOut& out,
-          int split, cudaStream_t stream);
+          int split, cudaStream_t stream, bool stage_input = true);
 
 // The plain forms (x in, fp32 y out).
 void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream,

@@ -201,7 +201,7 @@ template <int M, int S, bool kNorm, bool kSilu>
 void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
-  if (normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
+  if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
     launch_mma_wide<M, S, kNorm, kSilu, true>(a, normed + wide, stream);
   } else {
     launch_mma_wide<M, S, kNorm, kSilu, false>(a, normed, stream);

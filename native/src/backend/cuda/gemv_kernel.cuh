@@ -26,6 +26,7 @@ struct Args {
   float beta = 0.0f;
   void* act = nullptr;
   float act_inv_scale = 1.0f;
+  bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).

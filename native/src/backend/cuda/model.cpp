@@ -206,6 +206,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
         }
         choice.algo = algo_from_hex(entry.at("algo").get<std::string>());
         choice.gemv_split = entry.value("gemv_split", 1);
+        choice.gemv_stage_input = entry.value("gemv_stage_input", true);
         if (choice.tactic == GemmTactic::KilnSkinny) {
           choice.skinny_tile = entry.at("skinny_tile").get<int>();
           choice.skinny_splits = entry.at("skinny_splits").get<int>();
