@@ -138,6 +138,21 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
     }
   }
   const float* sum = acc[0];
+  // The outputs this lane holds (the C fragment): weight rows g and g + 8 of the tile, input rows
+  // 2q and 2q + 1; store(row, input row, fragment index) for those inside n and m.
+  const auto each_output = [&](auto&& store) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = r == 0 ? lo_row : hi_row;
+      if (row >= a.n) break;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int i = 2 * q + j;
+        if (i >= M) break;
+        store(row, i, 2 * r + j);
+      }
+    }
+  };
   if constexpr (kSilu) {
     // Rows 2j, 2j + 1 are gate_j and up_j (n even; a tile starts at an even row): up sits 4 lanes on.
     float up[4];
@@ -146,33 +161,16 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
     if (g % 2 != 0) return;
     auto* act = static_cast<fp8*>(a.act);
     const int64_t half = a.n / 2;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = r == 0 ? lo_row : hi_row;
-      if (row >= a.n) break;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int i = 2 * q + j;
-        if (i >= M) break;
-        const float gate = a.scale * sum[2 * r + j];
-        const float u = a.scale * up[2 * r + j];
-        act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
-      }
-    }
+    each_output([&](int64_t row, int i, int f) {
+      const float gate = a.scale * sum[f];
+      const float u = a.scale * up[f];
+      act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
+    });
   } else {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = r == 0 ? lo_row : hi_row;
-      if (row >= a.n) break;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int i = 2 * q + j;
-        if (i >= M) break;
-        float* out = a.y + i * a.n + row;
-        const float v = sum[2 * r + j];
-        *out = a.beta == 0.0f ? a.scale * v : a.scale * v + a.beta * *out;
-      }
-    }
+    each_output([&](int64_t row, int i, int f) {
+      float* out = a.y + i * a.n + row;
+      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * *out;
+    });
   }
 }
 
