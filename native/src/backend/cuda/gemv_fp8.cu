@@ -63,7 +63,7 @@ __device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, 
 }
 
 // The input rows as f16 in shared memory, [M][k / 16][8 pairs]: widened once per block instead of
-// once per warp and step, where they fit (kGemvMmaInputBytes).
+// once per warp and step, where they fit (kGemvMmaSharedBytes) and Args::stage_input asks for it.
 template <int M>
 __device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
   for (int64_t i = threadIdx.x; i < M * chunks; i += blockDim.x) x_h[i] = widen(x[i]);
