@@ -535,7 +535,8 @@ def write_tactics(engine: Path, path: Path) -> None:
         lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:11} {e['us']:8.1f} us "
                      f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)}, best kiln-skinny {best(skinny)})")
     path.write_text("\n".join(lines) + "\n")
-    log(f"tactics: {len(lines)} entries in {path.name}")
+    # Also to the log: a device call returns only so many files, the log always.
+    log(f"tactics: {len(lines)} entries in {path.name}:\n" + "\n".join(lines))
 
 
 def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
