@@ -236,14 +236,14 @@ int kiln_sample_rows(const float* logits, int64_t vocab, int64_t n, const float*
 }
 
 // kiln-gemv with every option of gemv.h: x, or h (+ gamma, eps, in_scale) for the normed input;
-// y (+ beta), or act (+ act_scale) for the SiLU·mul output.
+// y (+ beta), or act (+ act_scale) for the SiLU·mul output; stage_input as the autotuner races it.
 int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x, const float* h,
               const float* gamma, float eps, float in_scale, float* y, float beta, void* act, float act_scale,
-              int split) {
+              int split, int stage_input) {
   return guarded([&] {
     const GemvIn in{x, h, gamma, eps, in_scale};
     const GemvOut out{y, beta, act, act_scale};
-    gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr);
+    gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr, stage_input != 0);
   });
 }
 
