@@ -527,11 +527,13 @@ def write_tactics(engine: Path, path: Path) -> None:
     each contender, so a profile can be read against what the build chose."""
     header = json.loads(subprocess.run([str(KILN), "inspect", str(engine)], check=True, capture_output=True,
                                        text=True).stdout)
+    def best(times: dict) -> str:
+        return f"{min(times.values()):.1f} ({min(times, key=times.get)})" if times else "-"
+
     lines = []
     for e in header.get("autotune", {}).get("entries", []):
         gemv = e.get("kiln_gemv_us") or {}
         skinny = e.get("kiln_skinny_us") or {}
-        best = lambda d: (lambda k: f"{d[k]:.1f} ({k})")(min(d, key=d.get)) if d else "-"
         lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:11} {e['us']:8.1f} us "
                      f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)}, best kiln-skinny {best(skinny)})")
     path.write_text("\n".join(lines) + "\n")
@@ -585,13 +587,12 @@ def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
     for key, v in sorted(totals.items(), key=lambda kv: -sum(x["us"] for x in kv[1])):
         us, traffic = sum(x["us"] for x in v), sum(x["bytes"] for x in v)
         log(f"  {us / steps:9.1f} us  {len(v) / steps:5.1f} launches  {traffic / max(us, 1e-9) / 1e3:7.0f} GB/s  {key}")
-    # One launch of each kernel kind in detail: what bounds it (throughput, pipe use, occupancy, stalls;
-    # the fp8 GEMV spends ~1.5 conversion instructions per weight byte, so its pipes matter).
+    # One layer's launches of a decode step in detail: what bounds each kernel (throughput, pipe use,
+    # occupancy, stalls). The same skip as above: a kernel-name filter would count only its matches
+    # and land in the prefill.
     detail = [ncu, "--clock-control", "none", "--cache-control", "none", "--section", "SpeedOfLight", "--section",
               "ComputeWorkloadAnalysis", "--section", "Occupancy", "--section", "LaunchStats", "--section",
-              "WarpStateStats", "-k",
-              "regex:attention|merge_splits|rms_norm|rope_kv|silu_mul|gemv_kernel|skinny|gemm|nvjet", "--launch-skip",
-              "400", "--launch-count", "12", *bench_cmd]
+              "WarpStateStats", "--launch-skip", "1200", "--launch-count", "12", *bench_cmd]
     run = subprocess.run(detail, capture_output=True, text=True, env=env)
     (out / f"ncu-detail-{name}.txt").write_text(run.stdout + run.stderr[-2000:])
 

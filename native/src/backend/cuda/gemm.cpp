@@ -206,11 +206,9 @@ bool TunedGemm::fuses_norm(int64_t m) const {
   // With the tensor-core E4M3 GEMV (8x fewer blocks; its ring-pipelined variant, 25d0de4) it was even
   // again: 2.827 against 2.830 ms.
   constexpr int64_t kMaxNormBlocks = 1024;
-  const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
-  const int64_t rows_per_block = gemv_rows_per_block(choose(m).gemv_split, fp8);
-  if (!gemv_at(m) || !gemv_supports(m, gemm_.k(), fp8, true)) return false;
-  const int64_t blocks = (gemm_.n() + rows_per_block - 1) / rows_per_block;
-  return !fp8 && blocks <= kMaxNormBlocks;
+  if (gemm_.input() == CUDA_R_8F_E4M3 || !gemv_at(m) || !gemv_supports(m, gemm_.k(), false, true)) return false;
+  const int64_t rows_per_block = gemv_rows_per_block(choose(m).gemv_split);
+  return (gemm_.n() + rows_per_block - 1) / rows_per_block <= kMaxNormBlocks;
 }
 
 void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out,

@@ -44,9 +44,9 @@ struct GemvOut {
 };
 
 // Split factors the autotuner races (warps per row pair; E4M3: per 16-row tile), and the weight rows
-// one block of 8 warps covers with a split.
+// one block of 8 warps covers with a split (bf16: the only GEMV the RMSNorm is fused into).
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
-constexpr int64_t gemv_rows_per_block(int split, bool fp8) { return (fp8 ? 128 : 16) / split; }
+constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
 // stage_input (E4M3): each block first widens the input rows to f16 in shared memory where they fit

@@ -225,7 +225,7 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
 
 template <typename Chunk, int M, int S, bool kNorm, bool kSilu>
 void launch_one(const Args& a, cudaStream_t stream) {
-  constexpr int64_t rows_per_block = gemv_rows_per_block(S, false);
+  constexpr int64_t rows_per_block = gemv_rows_per_block(S);
   static_assert(rows_per_block == 2 * kWarps / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   const size_t shared = kNorm ? static_cast<size_t>(M * a.k) * sizeof(typename Chunk::Element) : 0;
