@@ -247,26 +247,6 @@ int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float
   });
 }
 
-// The E4M3 GEMV adding onto y (beta 1) and writing the RMSNorm of y's rows to `normed` from its last
-// block (GemvOut::normed); `arrivals`: one zeroed int32.
-int kiln_gemv_normed_out(const void* w, int64_t m, int64_t n, int64_t k, float scale, const void* x, float* y,
-                         const float* gamma, float eps, float normed_scale, void* normed, int32_t* arrivals, int split,
-                         int stage_input) {
-  return guarded([&] {
-    GemvIn in;
-    in.x = x;
-    GemvOut out;
-    out.y = y;
-    out.beta = 1.0f;
-    out.normed = static_cast<fp8*>(normed);
-    out.normed_gamma = gamma;
-    out.normed_eps = eps;
-    out.normed_scale = normed_scale;
-    out.arrivals = arrivals;
-    gemv(w, true, m, n, k, scale, in, out, split, nullptr, stage_input != 0);
-  });
-}
-
 // bench/gpu/gemv_bench.py: `launches` back-to-back one-row GEMVs on a stream of their own (with
 // PDL, as in a decode step), cycling over `copies` weight buffers so each streams from HBM; *us =
 // microseconds per launch between two events. act set: the SiLU·mul output instead of y.

@@ -61,7 +61,6 @@ SIGNATURES = {
     "kiln_argmax_rows": [P, I64, I64, P],
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32, I32],
-    "kiln_gemv_normed_out": [P, I64, I64, I64, F32, P, P, P, F32, F32, P, P, I32, I32],
     "kiln_lt_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, ctypes.POINTER(ctypes.c_int)],
     "kiln_skinny_gemm": [P, I32, I64, I64, I64, F32, P, P, F32, P, F32, I32, I32],
     "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, I32, I32],
@@ -161,10 +160,6 @@ class Kernels:
     def gemv(self, w, fp8, m, scale, x, h, gamma, eps, in_scale, y, beta, act, act_scale, split, stage_input=True):
         self.call("kiln_gemv", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(h), ptr(gamma), eps,
                   in_scale, ptr(y), beta, ptr(act), act_scale, split, int(stage_input))
-
-    def gemv_normed_out(self, w, m, scale, x, y, gamma, eps, normed_scale, normed, arrivals, split, stage_input):
-        self.call("kiln_gemv_normed_out", ptr(w), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(y), ptr(gamma), eps,
-                  normed_scale, ptr(normed), ptr(arrivals), split, int(stage_input))
 
     def lt_gemm(self, fp8, w, x, y, beta, alpha, algo) -> int:
         proposals = ctypes.c_int(0)
@@ -772,30 +767,6 @@ def test_gemv_plain(k: Kernels, weights: Weights, shape: str) -> None:
             check(kernel, name, y, want, 0.0, DOT_FP32 * mag + 2.0**-23 * want.abs())
 
 
-def test_gemv_normed_out(k: Kernels, weights: Weights, shape: str) -> None:
-    """The E4M3 GEMV adding onto the residual and writing the next RMSNorm from its last block: y as
-    the plain GEMV's, the normed rows as rms_norm_fp8's of that y (same bound as test_rms_norm), and
-    the arrivals counter back at 0 after each launch (the second launch of a case relies on it)."""
-    n = weights.w.shape[0]
-    arrivals = torch.zeros(1, dtype=torch.int32, device=DEV)
-    normed_scale = 3.0 / E4M3_MAX
-    for i, (m, split) in enumerate(((1, 8), (2, 4), (5, 2), (8, 1))):
-        gamma = (1.0 + 0.1 * torch.randn(n, device=DEV)) if i != 1 else None
-        for stage in (True, False):
-            x = weights.inputs(m)
-            ref, mag = weights.product(x)
-            y = torch.randn(m, n, device=DEV) * 4.0
-            want = ref + y.double()
-            normed = nan_like((m, n), torch.float8_e4m3fn)
-            name = f"{shape} m {m} split {split}" + (" gamma" if gamma is not None else "") + ("" if stage else " unstaged")
-            if launched("gemv_normed_out_fp8", name, lambda: k.gemv_normed_out(
-                    weights.w, m, weights.scale, x, y, gamma, 1e-5, normed_scale, normed, arrivals, split, stage)):
-                check("gemv_normed_out_fp8", name + " y", y, want, 0.0, DOT_FP32 * mag + 2.0**-23 * want.abs())
-                check_out("gemv_normed_out_fp8", name + " normed", normed, rms_normed(y, gamma, 1e-5), normed_scale)
-                report("gemv_normed_out_fp8", name + " arrivals", int(arrivals.item()) == 0,
-                       f"counter {int(arrivals.item())} after the launch")
-
-
 # How far the kernel's fp32 normalisation may be from the float64 one, relative: the sum of squares
 # (chains of a few dozen adds, then tree reductions), rsqrtf (2 ulp) and two or three products stay
 # within ~64 * 2^-24; 2^-17 leaves twice that.
@@ -1016,8 +987,6 @@ def test_matmuls(k: Kernels) -> None:
             weights = Weights(n, kdim, fp8)
             test_skinny(k, weights, shape)
             test_gemv_plain(k, weights, shape)
-            if fp8:
-                test_gemv_normed_out(k, weights, shape)
             del weights
             torch.cuda.empty_cache()
         # An even n whose last tile is partial at every tile size, n / 2 odd.

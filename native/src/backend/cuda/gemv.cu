@@ -22,10 +22,6 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                 " is not supported (m <= " + std::to_string(norm ? kGemvNormMaxRows : kGemvMaxRows) + ", k % " +
                 (fp8 ? "16" : "8") + " == 0, n even for SiLU, an input and an output)");
   }
-  if (out.normed && (!fp8 || silu || !out.y || !out.arrivals || n % 4 != 0)) {
-    throw Error("kiln-gemv: m=" + std::to_string(m) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
-                ": a normed output needs E4M3 weights, y (not SiLU), an arrivals counter and n % 4 == 0");
-  }
   gemv_detail::Args a;
   a.w = static_cast<const uint4*>(w);
   a.n = n;
@@ -41,11 +37,6 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.act = out.act;
   a.act_inv_scale = 1.0f / out.act_scale;
   a.stage_input = stage_input;
-  a.next_x = out.normed;
-  a.next_gamma = out.normed_gamma;
-  a.next_eps = out.normed_eps;
-  a.next_inv_scale = 1.0f / out.normed_scale;
-  a.arrivals = out.arrivals;
   if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
   else gemv_detail::launch_bf16(a, m, split, norm, silu, stream);
 }

@@ -17,14 +17,13 @@ namespace kiln::cuda {
 // and inputs E4M3, `scale` = weight scale · input scale (per-tensor), products summed in fp32; the
 // E4M3 form runs on tensor cores, where `split` warps share a tile of 16 rows (gemv_fp8.cu).
 //
-// Three fusions remove the small kernels around a decode GEMM:
+// Two fusions remove the small kernels around a decode GEMM:
 // - normed input (GemvIn::h set, m ≤ kGemvNormMaxRows): each block RMS-normalises the fp32
 //   residual rows itself (times gamma when given; quantized to E4M3 with 1 / GemvIn::scale for fp8)
 //   into shared memory, exactly as rms_norm_to_bf16 / rms_norm_to_fp8 would have written x.
 // - SiLU·mul output (GemvOut::act set): the weight rows come in (gate, up) pairs (the CUDA model
 //   interleaves gate_up at load) and act[i, j] = silu(gate_j) · up_j is stored in the input dtype
 //   (fp8: divided by GemvOut::act_scale), as silu_mul_to_bf16 / _fp8 would from fp32 outputs.
-// - normed output (GemvOut::normed, E4M3): the next projection's RMSNorm of y, after the last block.
 constexpr int64_t kGemvMaxRows = 8;
 constexpr int64_t kGemvNormMaxRows = 4;
 constexpr int64_t kGemvNormSharedBytes = 40 * 1024;
@@ -42,14 +41,6 @@ struct GemvOut {
   float beta = 0.0f;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
-  // E4M3 with y (n % 4 == 0): also the RMSNorm of y's rows, quantized with 1 / normed_scale, into
-  // `normed` [m, n], as rms_norm_to_fp8 would write it after this GEMV; the grid's last block to
-  // finish does it, counting arrivals in `arrivals` (zero, and left zero).
-  fp8* normed = nullptr;
-  const float* normed_gamma = nullptr;
-  float normed_eps = 0.0f;
-  float normed_scale = 1.0f;
-  int32_t* arrivals = nullptr;
 };
 
 // Split factors the autotuner races (warps per row pair; E4M3: per 16-row tile), and the weight rows

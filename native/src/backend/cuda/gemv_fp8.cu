@@ -70,27 +70,6 @@ __device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
   __syncthreads();
 }
 
-// GemvOut::normed: once every block has stored its rows of y, the last one to arrive RMS-normalises
-// all M rows into E4M3 for the next projection. In a decode step that is the residual projection
-// (o, down) writing the next norm's output: one kernel launch, and its wait on this grid, fewer per
-// norm, for a tail of one block reading the rows back from L2.
-template <int M>
-__device__ void norm_output_in_last_block(const Args& a) {
-  __shared__ bool last;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    // As in decode_attention: the fence after the barrier publishes the whole block's stores.
-    __threadfence();
-    last = atomicAdd(a.arrivals, 1) == static_cast<int>(gridDim.x) - 1;
-    if (last) {
-      *a.arrivals = 0;  // every block has arrived: ready for the next launch
-      __threadfence();
-    }
-  }
-  __syncthreads();
-  if (last) norm_rows<Fp8Chunk, M, true>(a.y, a.n, a.next_gamma, a.next_eps, a.next_inv_scale, a.next_x);
-}
-
 // S warps share a tile of 16 weight rows (each a slice of its steps); 8 / S tiles per block.
 // kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
 template <int M, int S, bool kNorm, bool kSilu, bool kWide>
@@ -148,18 +127,14 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
 
-  // The warps of a tile that hold the sums once split slices are added up (all, unsplit).
-  bool holds_sums = true;
   if constexpr (S > 1) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) reduced[warp][lane][i] = acc[0][i];
     __syncthreads();
-    holds_sums = slice == 0;
-    if (holds_sums) {
-      for (int s = 1; s < S; ++s) {
+    if (slice != 0) return;
+    for (int s = 1; s < S; ++s) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[0][i] += reduced[warp + s][lane][i];
-      }
+      for (int i = 0; i < 4; ++i) acc[0][i] += reduced[warp + s][lane][i];
     }
   }
   const float* sum = acc[0];
@@ -183,7 +158,7 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
     float up[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) up[i] = __shfl_down_sync(0xffffffffu, sum[i], 4);
-    if (!holds_sums || g % 2 != 0) return;
+    if (g % 2 != 0) return;
     auto* act = static_cast<fp8*>(a.act);
     const int64_t half = a.n / 2;
     each_output([&](int64_t row, int i, int f) {
@@ -192,13 +167,10 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
       act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
     });
   } else {
-    if (holds_sums) {
-      each_output([&](int64_t row, int i, int f) {
-        float* out = a.y + i * a.n + row;
-        *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * *out;
-      });
-    }
-    if (a.next_x) norm_output_in_last_block<M>(a);
+    each_output([&](int64_t row, int i, int f) {
+      float* out = a.y + i * a.n + row;
+      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * *out;
+    });
   }
 }
 

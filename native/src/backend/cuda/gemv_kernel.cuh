@@ -27,12 +27,6 @@ struct Args {
   void* act = nullptr;
   float act_inv_scale = 1.0f;
   bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
-  // E4M3 with y: the last block RMS-normalises y into next_x (GemvOut::normed).
-  fp8* next_x = nullptr;
-  const float* next_gamma = nullptr;
-  float next_eps = 0.0f;
-  float next_inv_scale = 1.0f;
-  int32_t* arrivals = nullptr;
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
@@ -57,30 +51,24 @@ struct Fp8Chunk {
   __device__ __forceinline__ static Element convert(float v, float inv_scale) { return fp8(v * inv_scale); }
 };
 
-// out[i][:] = the normed (and, for fp8, quantized) row i of h [M][k]; one pass for the sums of
-// squares, one to scale (the row is then in L1, or L2 with kThroughL2). Both passes move a float4 of
-// the row (and of gamma) per thread and step, so every thread of the block has work even for E4M3's
-// 16-element chunks. kThroughL2: h was written by other blocks of this grid, which L1 does not see.
-template <typename Chunk, int M, bool kThroughL2>
-__device__ void norm_rows(const float* h, int64_t k, const float* gamma, float eps, float inv_scale,
-                          typename Chunk::Element* out) {
+// x_s[i][c] = the normed (and, for fp8, quantized) chunk c of row i, for all M rows; one pass for the
+// sums of squares, one to scale (the row is then in L1). Both passes move a float4 of the row (and of
+// gamma) per thread and step, so every thread of the block has work even for E4M3's 16-element chunks.
+template <typename Chunk, int M>
+__device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   using Element = typename Chunk::Element;
   __shared__ float partial[kWarps][M];
   __shared__ float inv[M];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int quads = static_cast<int>(k / 4);
-  const auto* h4 = reinterpret_cast<const float4*>(h);
-  const auto load = [&](int idx) {
-    if constexpr (kThroughL2) return __ldcg(h4 + idx);
-    else return h4[idx];
-  };
+  const int quads = static_cast<int>(a.k / 4);
+  const auto* h4 = reinterpret_cast<const float4*>(a.h);
   float sq[M];
 #pragma unroll
   for (int i = 0; i < M; ++i) {
     sq[i] = 0.0f;
     for (int j = threadIdx.x; j < quads; j += blockDim.x) {
-      const float4 v = load(i * quads + j);
+      const float4 v = h4[i * quads + j];
       sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
 #pragma unroll
@@ -91,34 +79,29 @@ __device__ void norm_rows(const float* h, int64_t k, const float* gamma, float e
   if (threadIdx.x < M) {
     float total = 0.0f;
     for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
-    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(k) + eps);
+    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
   }
   __syncthreads();
   // gamma 1 when absent: 1 · normed is normed exactly, as the norm kernels store it.
-  const auto* g4 = reinterpret_cast<const float4*>(gamma);
+  const auto* g4 = reinterpret_cast<const float4*>(a.gamma);
+  auto* out = reinterpret_cast<Element*>(x_s);
   for (int idx = threadIdx.x; idx < M * quads; idx += blockDim.x) {
     const int i = M == 1 ? 0 : idx / quads;
     const int q = M == 1 ? idx : idx - i * quads;
-    const float4 v = load(idx);
-    const float4 g = gamma ? g4[q] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    const float4 v = h4[idx];
+    const float4 g = a.gamma ? g4[q] : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     const float r = inv[i];
     union {
       Element e[4];
       uint32_t u[sizeof(Element)];
     } packed;
-    packed.e[0] = Chunk::convert(g.x * (v.x * r), inv_scale);
-    packed.e[1] = Chunk::convert(g.y * (v.y * r), inv_scale);
-    packed.e[2] = Chunk::convert(g.z * (v.z * r), inv_scale);
-    packed.e[3] = Chunk::convert(g.w * (v.w * r), inv_scale);
+    packed.e[0] = Chunk::convert(g.x * (v.x * r), a.in_inv_scale);
+    packed.e[1] = Chunk::convert(g.y * (v.y * r), a.in_inv_scale);
+    packed.e[2] = Chunk::convert(g.z * (v.z * r), a.in_inv_scale);
+    packed.e[3] = Chunk::convert(g.w * (v.w * r), a.in_inv_scale);
     if constexpr (sizeof(Element) == 2) *reinterpret_cast<uint2*>(out + 4 * idx) = make_uint2(packed.u[0], packed.u[1]);
     else *reinterpret_cast<uint32_t*>(out + 4 * idx) = packed.u[0];
   }
-}
-
-// x_s = the block's normed input rows (Args::h), before the block's warps read them.
-template <typename Chunk, int M>
-__device__ void stage_normed_rows(const Args& a, uint4* x_s) {
-  norm_rows<Chunk, M, false>(a.h, a.k, a.gamma, a.eps, a.in_inv_scale, reinterpret_cast<typename Chunk::Element*>(x_s));
   __syncthreads();
 }
 

@@ -179,10 +179,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   use_graphs_ = !(graphs && std::string(graphs) == "0");
   const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
   decode_attention_ = !(fused && std::string(fused) == "0");
-  const char* norm_out = std::getenv("KILN_GEMV_FP8_NORM_OUT");
-  norm_out_ = !(norm_out && std::string(norm_out) == "0");
-  norm_arrivals_ = DeviceBuffer(4, "GEMV arrivals counter");
-  KILN_CUDA_CHECK(cudaMemsetAsync(norm_arrivals_.get(), 0, norm_arrivals_.bytes(), stream_));
   const char* mma = std::getenv("KILN_CUDA_PREFILL_MMA");
   prefill_mma_ = !(mma && std::string(mma) == "0") && prefill_attention_supports_head_dim(c.head_dim);
   const std::string precision = e.header().value("precision", "bf16");
@@ -515,29 +511,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
     else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
-  // A residual projection (beta 1 onto h) taking `in`; where it runs on the E4M3 GEMV it also writes
-  // the RMSNorm with `gamma` that the next projection reads (unless that one fuses its own): returns
-  // whether it did, so that norm kernel is skipped.
-  const auto residual = [&](const Projection& p, const void* in, const float* gamma, const Projection* next) {
-    if (!next || !norm_out_ || !fp8_ || !p.gemm->gemv_at(n) || fuse_norm(*next, n)) {
-      p.run(in, n, h, 1.0f, stream_);
-      return false;
-    }
-    GemvIn from;
-    from.x = in;
-    GemvOut out;
-    out.y = h;
-    out.beta = 1.0f;
-    out.normed = x8;
-    out.normed_gamma = gamma;
-    out.normed_eps = eps;
-    out.normed_scale = next->input_scale;
-    out.arrivals = norm_arrivals_.get<int32_t>();
-    p.gemm->run_gemv(p.weight, n, p.alpha, from, out, stream_);
-    return true;
-  };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
-  bool attn_normed = false;  // the previous layer's down projection wrote this layer's attention norm
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
@@ -546,7 +520,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       out.y = qkv;
       layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, normed(layer.attn_norm, layer.qkv), out, stream_);
     } else {
-      if (!attn_normed) norm(layer.attn_norm, layer.qkv);
+      norm(layer.attn_norm, layer.qkv);
       layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
     }
     if (shape.decode) {
@@ -564,32 +538,31 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       else paged_attention(attention, stream_);
     }
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
-    const bool mlp_normed = residual(layer.o, attn_.get(), layer.mlp_norm, &layer.gate_up);
+    layer.o.run(attn_.get(), n, h, 1.0f, stream_);
     if (layer.gate_up.gemm->gemv_at(n)) {
       // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory.
       GemvIn in;
       in.x = x_.get();
       if (fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
-      else if (!mlp_normed) norm(layer.mlp_norm, layer.gate_up);
+      else norm(layer.mlp_norm, layer.gate_up);
       GemvOut out;
       out.act = act_.get();
       out.act_scale = layer.down.input_scale;
       layer.gate_up.gemm->run_gemv(layer.gate_up.weight, n, layer.gate_up.alpha, in, out, stream_);
     } else if (layer.gate_up.gemm->skinny_at(n)) {
       // SiLU·mul in the skinny GEMM's epilogue: no fp32 [n, 2I] round trip and no SiLU kernel.
-      if (!mlp_normed) norm(layer.mlp_norm, layer.gate_up);
+      norm(layer.mlp_norm, layer.gate_up);
       GemvOut out;
       out.act = act_.get();
       out.act_scale = layer.down.input_scale;
       layer.gate_up.gemm->run_skinny(layer.gate_up.weight, x_.get(), n, layer.gate_up.alpha, out, stream_);
     } else {
-      if (!mlp_normed) norm(layer.mlp_norm, layer.gate_up);
+      norm(layer.mlp_norm, layer.gate_up);
       layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    const Layer* next = l + 1 < layers_.size() ? &layers_[l + 1] : nullptr;
-    attn_normed = residual(layer.down, act_.get(), next ? next->attn_norm : nullptr, next ? &next->qkv : nullptr);
+    layer.down.run(act_.get(), n, h, 1.0f, stream_);
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);

@@ -150,7 +150,6 @@ class CudaModel {
   DeviceBuffer h_, x_, qkv_, attn_, gate_up_, act_, logits_, partials_;
   DeviceBuffer next_keys_;  // argmax keys (kernels.h), unpacked on the host
   DeviceBuffer split_counters_;  // decode attention's arrival counters (decode_attention.h), kept zero
-  DeviceBuffer norm_arrivals_;  // the E4M3 GEMV's arrivals counter for its normed output (gemv.h), kept zero
   int multiprocessors_ = 0;
   DeviceBuffer meta_;
   PinnedBuffer host_meta_;
@@ -164,10 +163,6 @@ class CudaModel {
   // paged_attention would run unsplit (a 2048-token 1B prefill: 46.4 -> 11.6 ms on an H200).
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
-  // fp8 on the GEMV path: the o and down projections write the next RMSNorm's E4M3 rows from their
-  // last block (GemvOut::normed) instead of a norm kernel following them. KILN_GEMV_FP8_NORM_OUT=0
-  // switches it off (to measure what it buys).
-  bool norm_out_ = true;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
