@@ -533,9 +533,8 @@ def write_tactics(engine: Path, path: Path) -> None:
     lines = []
     for e in header.get("autotune", {}).get("entries", []):
         gemv = e.get("kiln_gemv_us") or {}
-        skinny = e.get("kiln_skinny_us") or {}
-        lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:11} {e['us']:8.1f} us "
-                     f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)}, best kiln-skinny {best(skinny)})")
+        lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:9} {e['us']:8.1f} us "
+                     f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)})")
     path.write_text("\n".join(lines) + "\n")
     # Also to the log: a device call returns only so many files, the log always.
     log(f"tactics: {len(lines)} entries in {path.name}:\n" + "\n".join(lines))

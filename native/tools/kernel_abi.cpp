@@ -19,7 +19,6 @@
 #include "backend/cuda/kernels.h"
 #include "backend/cuda/prefill_attention.h"
 #include "backend/cuda/sampling.h"
-#include "backend/cuda/skinny_gemm.h"
 
 using namespace kiln::cuda;
 
@@ -295,30 +294,18 @@ int kiln_lt_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n
   });
 }
 
-// kiln-skinny (skinny_gemm.h) with the process's LtContext workspace, as TunedGemm runs it: y (+ beta),
-// or act (+ act_scale) for the SiLU·mul output.
-int kiln_skinny_gemm(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float scale, const void* x, float* y,
-                     float beta, void* act, float act_scale, int tile_n, int splits) {
-  return guarded([&] {
-    const GemvOut out{y, beta, act, act_scale};
-    skinny_gemm(w, x, use_fp8 != 0, m, n, k, scale, out, tile_n, splits, lt_context().skinny_workspace(), nullptr);
-  });
-}
-
 // TunedGemm::run, the engine's GEMM entry, with one bucket of `m` rows whose choice is `tactic`
-// (0 cuBLASLt with the heuristic's first algorithm, 1 kiln-gemv with gemv_split, 2 kiln-skinny with
-// skinny_tile and skinny_splits): checks the dispatch between them.
+// (0 cuBLASLt with the heuristic's first algorithm, 1 kiln-gemv with gemv_split): checks the
+// dispatch between them.
 int kiln_tuned_gemm(int use_fp8, const void* w, const void* x, int64_t m, int64_t n, int64_t k, float* y, float beta,
-                    float scale, int tactic, int gemv_split, int skinny_tile, int skinny_splits) {
+                    float scale, int tactic, int gemv_split) {
   return guarded([&] {
-    if (tactic < 0 || tactic > 2) throw kiln::Error("tactic " + std::to_string(tactic) + " (0, 1 or 2)");
+    if (tactic < 0 || tactic > 1) throw kiln::Error("tactic " + std::to_string(tactic) + " (0 or 1)");
     LtGemm probe(lt_context(), n, k, gemm_input(use_fp8));
     GemmChoice choice;
     choice.tactic = static_cast<GemmTactic>(tactic);
     choice.algo = probe.heuristic(m, 1).front().algo;
     choice.gemv_split = gemv_split;
-    choice.skinny_tile = skinny_tile;
-    choice.skinny_splits = skinny_splits;
     TunedGemm gemm(lt_context(), n, k, {{m, choice}}, gemm_input(use_fp8));
     gemm.run(w, x, m, y, beta, nullptr, scale);
   });

@@ -62,8 +62,7 @@ SIGNATURES = {
     "kiln_sample_rows": [P, I64, I64, P, P, P, P, P, P, P],
     "kiln_gemv": [P, I32, I64, I64, I64, F32, P, P, P, F32, F32, P, F32, P, F32, I32, I32],
     "kiln_lt_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, ctypes.POINTER(ctypes.c_int)],
-    "kiln_skinny_gemm": [P, I32, I64, I64, I64, F32, P, P, F32, P, F32, I32, I32],
-    "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32, I32, I32],
+    "kiln_tuned_gemm": [I32, P, P, I64, I64, I64, P, F32, F32, I32, I32],
 }
 
 
@@ -167,15 +166,10 @@ class Kernels:
                   algo, 8, ctypes.byref(proposals))
         return proposals.value
 
-    def skinny_gemm(self, w, fp8, m, scale, x, y, beta, tile, splits, act=None, act_scale=1.0):
-        """y (+ beta), or with act the SiLU·mul output (act_scale for E4M3)."""
-        self.call("kiln_skinny_gemm", ptr(w), int(fp8), m, w.shape[0], w.shape[1], scale, ptr(x), ptr(y), beta,
-                  ptr(act), act_scale, tile, splits)
-
-    def tuned_gemm(self, fp8, w, x, y, beta, scale, tactic, split, tile=128, splits=1):
-        """tactic: TACTIC_CUBLASLT, TACTIC_GEMV (split) or TACTIC_SKINNY (tile, splits)."""
+    def tuned_gemm(self, fp8, w, x, y, beta, scale, tactic, split):
+        """tactic: TACTIC_CUBLASLT or TACTIC_GEMV (split)."""
         self.call("kiln_tuned_gemm", int(fp8), ptr(w), ptr(x), x.shape[0], w.shape[0], w.shape[1], ptr(y), beta, scale,
-                  tactic, split, tile, splits)
+                  tactic, split)
 
 
 failures: list[str] = []
@@ -838,94 +832,7 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
                       silu_act_bound(ref, DOT_FP32 * mag))
 
 
-# kiln-skinny (skinny_gemm.h): its tactic parameters, and the cuBLASLt workspace its split partials
-# ([splits, m, n] fp32) must fit (LtContext::kWorkspaceBytes).
-SKINNY_TILES = (64, 128, 256)
-SKINNY_SPLITS = (1, 2, 3, 4, 6, 8)
-SKINNY_WORKSPACE = 32 << 20
-
-
-def skinny_fits(m: int, n: int, splits: int) -> bool:
-    return splits == 1 or splits * m * n * 4 <= SKINNY_WORKSPACE
-
-
-def test_skinny(k: Kernels, weights: Weights, shape: str) -> None:
-    """Every tile and split at m 9 / 17 / 33 / 64 (beta alternating), and three runs bit-identical.
-    Bound: the fp32 dot product's for bf16 (exact products, fp32 adds); for E4M3 the tensor cores'
-    own, as cuBLASLt's fp8 GEMMs (the MMA aligns its 32 products to the largest, about 14 bits kept)."""
-    n = weights.w.shape[0]
-    dot = DOT_FP8_MMA if weights.fp8 else DOT_FP32
-    kernel = f"skinny_{dtype_name(weights.fp8)}"
-    for m in (9, 17, 33, 64):
-        x = weights.inputs(m)
-        ref, mag = weights.product(x)
-        y0 = torch.randn(m, n, device=DEV)
-        case = 0
-        for tile in SKINNY_TILES:
-            for splits in SKINNY_SPLITS:
-                if not skinny_fits(m, n, splits):
-                    continue
-                beta = float(case % 2)
-                case += 1
-                y = y0.clone() if beta else nan_like((m, n), torch.float32)
-                want = ref + y0.double() if beta else ref
-                name = f"{shape} m {m} tile {tile} splits {splits}" + (" beta 1" if beta else "")
-                if launched(kernel, name, lambda: k.skinny_gemm(weights.w, weights.fp8, m, weights.scale, x, y, beta, tile,
-                                                                splits)):
-                    check(kernel, name, y, want, 0.0, dot * mag + 2.0**-23 * want.abs())
-    # The last block of a tile adds the split partials in split order, whichever block that is.
-    x = weights.inputs(64)
-    splits = max(s for s in SKINNY_SPLITS if skinny_fits(64, n, s))
-    runs = [nan_like((64, n), torch.float32) for _ in range(3)]
-    name = f"{shape} m 64 tile 64 splits {splits}, 3 runs"
-    if all(launched(kernel, name, lambda y=y: k.skinny_gemm(weights.w, weights.fp8, 64, weights.scale, x, y, 0.0, 64,
-                                                            splits)) for y in runs):
-        same = all(torch.equal(runs[0].view(torch.int32), r.view(torch.int32)) for r in runs[1:])
-        report(kernel, name, same, "bit-identical" if same else "runs DIFFER")
-
-
-def test_skinny_silu(k: Kernels, weights: Weights, shape: str) -> None:
-    """The SiLU·mul output of (gate, up) row pairs, every tile and split at m 9 / 17 / 33 / 64:
-    against silu(g) · u of the float64 product (bound: the skinny GEMM's own, carried through the
-    SiLU·mul as for the GEMV's), and byte-identical to silu_mul of the plain output, which the
-    unfused step runs."""
-    n = weights.w.shape[0]
-    fp8 = weights.fp8
-    dot = DOT_FP8_MMA if fp8 else DOT_FP32
-    act_dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
-    act_scale = 2.0 / E4M3_MAX  # SiLU·mul outputs past 2 saturate in the fp8 form
-    kernel = f"skinny_silu_{dtype_name(fp8)}"
-    same, compared = 0, 0
-    for m in (9, 17, 33, 64):
-        x = weights.inputs(m)
-        ref, mag = weights.product(x)
-        want = silu(ref[:, 0::2]) * ref[:, 1::2]
-        bound = silu_act_bound(ref, dot * mag + 2.0**-23 * ref.abs())
-        for tile in SKINNY_TILES:
-            for splits in SKINNY_SPLITS:
-                if not skinny_fits(m, n, splits):
-                    continue
-                act = nan_like((m, n // 2), act_dtype)
-                name = f"{shape} m {m} tile {tile} splits {splits}"
-                if not launched(kernel, name, lambda: k.skinny_gemm(weights.w, fp8, m, weights.scale, x, None, 0.0,
-                                                                    tile, splits, act, act_scale)):
-                    continue
-                check_out(kernel, name, act, want, act_scale, bound)
-                y, unfused = nan_like((m, n), torch.float32), nan_like((m, n // 2), act_dtype)
-
-                def run_unfused() -> None:
-                    k.skinny_gemm(weights.w, fp8, m, weights.scale, x, y, 0.0, tile, splits)
-                    k.silu_mul(fp8, y, act_scale, unfused)
-
-                if launched(kernel, name + " unfused", run_unfused):
-                    compared += 1
-                    same += torch.equal(act.view(torch.uint8 if fp8 else torch.int16),
-                                        unfused.view(torch.uint8 if fp8 else torch.int16))
-    report(kernel, f"{shape} = silu_mul of the plain output", compared > 0 and same == compared,
-           f"{same} of {compared} cases byte-identical")
-
-
-TACTIC_CUBLASLT, TACTIC_GEMV, TACTIC_SKINNY = 0, 1, 2
+TACTIC_CUBLASLT, TACTIC_GEMV = 0, 1
 
 
 def test_gemm(k: Kernels, weights: Weights, shape: str) -> None:
@@ -949,20 +856,15 @@ def test_gemm(k: Kernels, weights: Weights, shape: str) -> None:
             want = ref + y0.double() if beta else ref
             check(kernel, f"{name} of {proposals}", y, want, 0.0, dot * mag + 2.0**-23 * want.abs())
             algo += 1
-    # TunedGemm's dispatch: kiln-gemv or kiln-skinny where chosen and m fits it, cuBLASLt otherwise
-    # (split: the GEMV's, or the skinny GEMM's splits at tile 64).
-    for m, tactic, split in ((1, TACTIC_GEMV, 4), (8, TACTIC_GEMV, 2), (3, TACTIC_CUBLASLT, 1), (64, TACTIC_GEMV, 1),
-                             (33, TACTIC_SKINNY, 3), (9, TACTIC_SKINNY, 1), (257, TACTIC_SKINNY, 2)):
+    # TunedGemm's dispatch: kiln-gemv where chosen and m fits it, cuBLASLt otherwise.
+    for m, tactic, split in ((1, TACTIC_GEMV, 4), (8, TACTIC_GEMV, 2), (3, TACTIC_CUBLASLT, 1), (64, TACTIC_GEMV, 1)):
         x = weights.inputs(m)
         ref, mag = weights.product(x)
         y = nan_like((m, n), torch.float32)
         on_gemv = tactic == TACTIC_GEMV and m <= 8
-        on_skinny = tactic == TACTIC_SKINNY and m <= 64
         kernel = f"tuned_gemm_{dtype_name(weights.fp8)}"
-        name = f"{shape} m {m} " + (f"gemv split {split}" if on_gemv else f"skinny splits {split}" if on_skinny else
-                                    "cublaslt")
-        if launched(kernel, name, lambda: k.tuned_gemm(weights.fp8, weights.w, x, y, 0.0, weights.scale, tactic, split,
-                                                       64, split)):
+        name = f"{shape} m {m} " + (f"gemv split {split}" if on_gemv else "cublaslt")
+        if launched(kernel, name, lambda: k.tuned_gemm(weights.fp8, weights.w, x, y, 0.0, weights.scale, tactic, split)):
             check(kernel, name, y, ref, 0.0, (DOT_FP32 if on_gemv else dot) * mag + 2.0**-23 * ref.abs())
 
 
@@ -976,21 +878,15 @@ def test_matmuls(k: Kernels) -> None:
             # them): the odd shape runs in bf16 only.
             if shape in ("1B qkv", "8B gate_up") or (shape == "odd" and not fp8):
                 test_gemm(k, weights, shape)
-            test_skinny(k, weights, shape)
-            if "gate_up" in shape:
-                test_skinny_silu(k, weights, shape)
             del weights
             torch.cuda.empty_cache()
-        # The 8B projections SHAPES lacks, for the skinny GEMM (its decode batches run them) and the
-        # plain GEMV (8B down: two E4M3 rows staged as f16 take 56 KB, past the 48 KB default).
+        # The 8B projections SHAPES lacks, for the plain GEMV (8B down: two E4M3 rows staged as f16
+        # take 56 KB, past the 48 KB default).
         for shape, n, kdim in (("8B o", 4096, 4096), ("8B down", 4096, 14336)):
             weights = Weights(n, kdim, fp8)
-            test_skinny(k, weights, shape)
             test_gemv_plain(k, weights, shape)
             del weights
             torch.cuda.empty_cache()
-        # An even n whose last tile is partial at every tile size, n / 2 odd.
-        test_skinny_silu(k, Weights(1002, 1040, fp8), "even n")
 
 
 # ---------------------------------------------------------------- errors come back as errors
@@ -1013,17 +909,6 @@ def test_errors(k: Kernels) -> None:
                                                         None, 0.0, 1.0, torch.zeros(1, 16, device=DEV), 0.0, None,
                                                         1.0, 1),
     }
-    w16 = torch.zeros(256, 512, dtype=torch.bfloat16, device=DEV)
-    attempts["skinny m 65"] = lambda: k.skinny_gemm(w16, False, 65, 1.0, torch.zeros(65, 512, dtype=torch.bfloat16,
-                                                                                     device=DEV),
-                                                    torch.zeros(65, 256, device=DEV), 0.0, 64, 1)
-    attempts["skinny splits 9"] = lambda: k.skinny_gemm(w16, False, 16, 1.0, torch.zeros(16, 512, dtype=torch.bfloat16,
-                                                                                          device=DEV),
-                                                        torch.zeros(16, 256, device=DEV), 0.0, 64, 9)
-    x16 = torch.zeros(16, 512, dtype=torch.bfloat16, device=DEV)
-    act16 = torch.zeros(16, 128, dtype=torch.bfloat16, device=DEV)
-    attempts["skinny SiLU odd n"] = lambda: k.skinny_gemm(w16[:255], False, 16, 1.0, x16, None, 0.0, 64, 1, act16)
-    attempts["skinny SiLU beta 1"] = lambda: k.skinny_gemm(w16, False, 16, 1.0, x16, None, 1.0, 64, 1, act16)
     for name, attempt in attempts.items():
         try:
             attempt()

@@ -23,6 +23,7 @@
 #include "device_helpers.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/reader.h"
 #include "tiny_checkpoint.h"
 
 namespace kiln::test {
@@ -458,6 +459,80 @@ TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
   const auto again = cuda::generate_greedy(model, {1, 2}, 40);  // a second cache: the graph is recaptured
   EXPECT_EQ(graphed.tokens, direct.tokens);
   EXPECT_EQ(cuda::generate_greedy(model, {1, 2}, 40, [](const float*, int64_t) {}).tokens, again.tokens);
+}
+
+// An autotuned tiny engine (buckets 1, 8, 64): gate_up (its own shape here) races with the SiLU·mul
+// where kiln-gemv races, which writes it itself, so cuBLASLt is credited the silu_mul kernel's time
+// there; at 64 rows it is a plain cuBLASLt race.
+TEST(CudaAutotune, GateUpRacesWithTheSiluMulWhereTheGemvRuns) {
+  SKIP_WITHOUT_GPU();
+  const TinySpec spec = cuda_tiny_spec();
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_autotune_silu", spec));
+  o.autotune = true;
+  o.max_batch = 16;
+  build_cuda_engine(o);
+  int gate_up_raced = 0;
+  for (const auto& entry : Engine::load(o.out_path)->header().at("autotune").at("entries")) {
+    const bool gate_up = entry.at("n") == 2 * spec.intermediate && entry.at("k") == spec.hidden;
+    const bool silu = gate_up && entry.at("bucket").get<int64_t>() <= cuda::kGemvMaxRows;
+    EXPECT_EQ(entry.contains("silu_us"), silu) << entry.at("n") << " bucket " << entry.at("bucket");
+    if (!silu) continue;
+    ++gate_up_raced;
+    EXPECT_TRUE(entry.contains("note"));
+    const double silu_us = entry.at("silu_us").get<double>(), us = entry.at("us").get<double>();
+    EXPECT_GT(silu_us, 0.0);
+    constexpr double kRounding = 0.016;  // three values, each rounded to 0.01
+    if (entry.at("tactic") == "cublaslt") {
+      EXPECT_NEAR(us, entry.at("cublaslt_us").get<double>() + silu_us, kRounding);
+    } else {
+      double fastest = 1e30;
+      for (const auto& [name, t] : entry.at("kiln_gemv_us").items()) fastest = std::min(fastest, t.get<double>());
+      EXPECT_DOUBLE_EQ(us, fastest);
+      EXPECT_LE(us, entry.at("cublaslt_us").get<double>() + silu_us + kRounding);
+    }
+  }
+  EXPECT_EQ(gate_up_raced, 2);
+}
+
+// Engines built while the autotuner also raced kiln-skinny (a tensor-core GEMM for 9..64 rows,
+// since removed) may name it in their m = 64 entries, beside that bucket's best cuBLASLt algorithm:
+// such an engine loads and runs that algorithm, so a 20-token prefill (64-row choices) gives the
+// logits of the engine as built.
+TEST(CudaModel, AnOlderEnginesKilnSkinnyEntriesRunTheirCublasLtAlgorithm) {
+  SKIP_WITHOUT_GPU();
+  const TinySpec spec = cuda_tiny_spec();
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_skinny_entries", spec));
+  o.autotune = true;
+  o.max_batch = 16;
+  build_cuda_engine(o);
+  const EngineFile built = read_engine_file(o.out_path);
+  Json header = built.header;
+  int renamed = 0;
+  for (auto& entry : header["autotune"]["entries"]) {
+    if (entry.at("bucket") != 64) continue;
+    entry["tactic"] = "kiln-skinny";
+    entry["skinny_tile"] = 64;
+    entry["skinny_splits"] = 3;
+    entry["kiln_skinny_us"] = Json{{"tile64_splits3", 1.0}};
+    ++renamed;
+  }
+  ASSERT_GT(renamed, 0);
+  std::vector<TensorBlob> blobs;
+  for (const auto& s : built.sections) {
+    const uint8_t* data = built.file->data() + s.offset;
+    blobs.push_back(TensorBlob{s.name, s.dtype, s.shape, s.layout, std::vector<uint8_t>(data, data + s.bytes)});
+  }
+  cuda::CudaModel as_built(Engine::load(o.out_path));
+  cuda::CudaModel older(Engine::from_tensors(header, std::move(blobs)));
+  std::vector<int32_t> prompt;
+  for (int64_t i = 0; i < 20; ++i) prompt.push_back(static_cast<int32_t>((i * 7 + 3) % spec.vocab));
+  std::vector<std::vector<float>> want, got;
+  const auto keep = [](std::vector<std::vector<float>>& out) {
+    return [&out](const float* logits, int64_t vocab) { out.emplace_back(logits, logits + vocab); };
+  };
+  const auto want_tokens = cuda::generate_greedy(as_built, prompt, 4, keep(want)).tokens;
+  EXPECT_EQ(cuda::generate_greedy(older, prompt, 4, keep(got)).tokens, want_tokens);
+  EXPECT_EQ(got, want);
 }
 
 TEST(CudaModel, RefusesAStoredAlgorithmThatIsNotACublasLtAlgorithm) {

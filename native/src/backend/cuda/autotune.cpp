@@ -11,7 +11,6 @@
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemm.h"
 #include "backend/cuda/gemv.h"
-#include "backend/cuda/skinny_gemm.h"
 #include "compiler/precision.h"
 #include "core/error.h"
 
@@ -211,13 +210,11 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       }
       const cublasLtMatmulAlgo_t& winner = proposals[static_cast<size_t>(best)].algo;
       const double best_lt_us = best_us;
-      // The bucket's rows are the most a batch it serves has (m = 64 serves 9..64).
+      // The bucket's rows are the most a batch it serves has (m = 8 serves 2..8).
       const bool race_gemv = gemv_supports(m, g.k, g.fp8);
-      const bool race_skinny = m >= kSkinnyMinRows && m <= kSkinnyMaxRows;
-      // A gate_up step runs kiln-gemv with its SiLU·mul output or kiln-skinny with the SiLU·mul in
-      // its epilogue, or cuBLASLt and then silu_mul_to_* on its output (timed with that output just
-      // written, in L2 as in a step): the race compares those.
-      const bool silu = g.gate_up && (race_gemv || race_skinny);
+      // A gate_up step runs kiln-gemv with its SiLU·mul output, or cuBLASLt and then silu_mul_to_* on
+      // its output (timed with that output just written, in L2 as in a step): the race compares those.
+      const bool silu = g.gate_up && race_gemv;
       double silu_us = 0;
       DeviceBuffer act;
       if (silu) {
@@ -231,7 +228,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
             [&] { gemm.run(winner, w.get(), x.get(), m, y.get<float>(), 0.0f, stream); });
         best_us += silu_us;
       }
-      GemvOut kiln_out;  // what the Kiln kernels write: the SiLU·mul for gate_up, else y
+      GemvOut kiln_out;  // what the GEMV writes: the SiLU·mul for gate_up, else y
       if (silu) kiln_out.act = act.get();
       else kiln_out.y = y.get<float>();
       std::string tactic = "cublaslt";
@@ -258,27 +255,6 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
           }
         }
       }
-      int skinny_tile = 0, skinny_splits = 0;
-      Json skinny_us = Json::object();
-      for (int tile : kSkinnyTiles) {
-        for (int splits : kSkinnySplits) {
-          // Splits whose partials the workspace cannot hold are not offered (skinny_gemm.h).
-          if (!race_skinny || !skinny_supports(m, g.n, g.k, g.fp8, tile, splits, context.skinny_workspace(), silu)) {
-            continue;
-          }
-          const double us = median_us(flush, events, stream, [&] {
-            skinny_gemm(w.get(), x.get(), g.fp8, m, g.n, g.k, 1.0f, kiln_out, tile, splits, context.skinny_workspace(),
-                        stream);
-          });
-          skinny_us["tile" + std::to_string(tile) + "_splits" + std::to_string(splits)] = round2(us);
-          if (us < best_us) {
-            tactic = "kiln-skinny";
-            skinny_tile = tile;
-            skinny_splits = splits;
-            best_us = us;
-          }
-        }
-      }
       Json entry{{"op", "gemm"},
                  {"backend", "cuda"},
                  {"n", g.n},
@@ -297,18 +273,11 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                  {"heuristic_first_us", candidates[0]["us"]},
                  {"weights", g.members.size()},
                  {"candidates", candidates}};
-      if (race_skinny) {
-        entry["kiln_skinny_us"] = skinny_us;
-        if (tactic == "kiln-skinny") {
-          entry["skinny_tile"] = skinny_tile;
-          entry["skinny_splits"] = skinny_splits;
-        }
-      }
       if (silu) {
         entry["silu_us"] = round2(silu_us);
-        entry["note"] = "gate_up: kiln_gemv_us / kiln_skinny_us include the SiLU·mul they write; cuBLASLt raced as "
-                        "cublaslt_us (the GEMM alone, as its candidates) + silu_us (the silu_mul kernel after it); us "
-                        "is the winner's time with the SiLU·mul";
+        entry["note"] = "gate_up: kiln_gemv_us include the SiLU·mul the GEMV writes; cuBLASLt raced as cublaslt_us "
+                        "(the GEMM alone, as its candidates) + silu_us (the silu_mul kernel after it); us is the "
+                        "winner's time with the SiLU·mul";
       }
       entries.push_back(std::move(entry));
       if (on_step) on_step(++done, total);
@@ -323,8 +292,8 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
                       {"device", target_fingerprint()},
                       {"buckets", buckets},
                       {"selection", "per (n, k) and bucket: the fastest of up to " + std::to_string(kCandidates) +
-                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv, for 9 <= m <= 64, kiln-skinny"
-                                        " (gate_up shapes: Kiln's kernels writing the SiLU·mul against cuBLASLt plus the"
+                                        " cuBLASLt heuristic proposals and, for m <= 8, kiln-gemv"
+                                        " (gate_up shapes: kiln-gemv writing the SiLU·mul against cuBLASLt plus the"
                                         " silu_mul kernel)"
                                         "; median of " + std::to_string(kRepeats) +
                                         " event-timed runs with the L2 flushed before each"},

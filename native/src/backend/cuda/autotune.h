@@ -15,11 +15,9 @@ namespace kiln::cuda {
 // heuristic is asked for up to kCandidates algorithms, each is timed with CUDA events on the real
 // weight values (L2 flushed before every run, so weights stream from HBM as they do in decode), and
 // the fastest is stored in the table with its time, its config and its raw bytes; for m <= 8 Kiln's
-// own GEMV kernel races too and is recorded as the tactic where it wins, and so does kiln-skinny
-// (skinny_gemm.h) for buckets of 9..64 rows, every tile and split whose partials fit the workspace.
-// A gate_up shape races there as the step runs it: kiln-skinny with the SiLU·mul in its epilogue
-// against cuBLASLt plus the silu_mul kernel (the entry records that kernel's time as silu_us).
-// `logits_weight`
+// own GEMV kernel races too and is recorded as the tactic where it wins. A gate_up shape races there
+// as the step runs it: kiln-gemv writing the SiLU·mul itself against cuBLASLt plus the silu_mul
+// kernel (the entry records that kernel's time as silu_us). `logits_weight`
 // (lm_head) is only tuned for buckets up to `max_batch`: it runs on one row per sequence.
 // Weights keep the row layout (cuBLASLt reads the HF [n, k] layout transposed).
 AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std::vector<std::string>& gemm_weights,

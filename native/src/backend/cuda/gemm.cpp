@@ -8,10 +8,7 @@
 
 namespace kiln::cuda {
 
-LtContext::LtContext()
-    : workspace_(kWorkspaceBytes, "the cuBLASLt workspace"),
-      skinny_counters_(static_cast<size_t>(kSkinnyCounters) * sizeof(int32_t), "kiln-skinny split counters") {
-  KILN_CUDA_CHECK(cudaMemset(skinny_counters_.get(), 0, skinny_counters_.bytes()));
+LtContext::LtContext() : workspace_(kWorkspaceBytes, "the cuBLASLt workspace") {
   KILN_CUBLAS_CHECK(cublasLtCreate(&handle_));
   KILN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&desc_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t transpose = CUBLAS_OP_T;
@@ -23,15 +20,6 @@ LtContext::LtContext()
 LtContext::~LtContext() {
   if (desc_) cublasLtMatmulDescDestroy(desc_);
   if (handle_) cublasLtDestroy(handle_);
-}
-
-SkinnyWorkspace LtContext::skinny_workspace() const {
-  SkinnyWorkspace w;
-  w.partials = workspace_.get<float>();
-  w.partial_bytes = workspace_.bytes();
-  w.counters = skinny_counters_.get<int32_t>();
-  w.counter_count = kSkinnyCounters;
-  return w;
 }
 
 std::string algo_to_hex(const cublasLtMatmulAlgo_t& algo) {
@@ -171,29 +159,11 @@ TunedGemm::TunedGemm(const LtContext& context, int64_t n, int64_t k,
     : gemm_(context, n, k, input), by_bucket_(std::move(by_bucket)) {
   if (by_bucket_.empty()) throw Error("GEMM [" + std::to_string(n) + " x " + std::to_string(k) + "]: no algorithm");
   std::sort(by_bucket_.begin(), by_bucket_.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  for (const auto& [bucket, choice] : by_bucket_) {
-    gemm_.check(choice.algo, bucket);
-    if (choice.tactic != GemmTactic::KilnSkinny) continue;
-    const bool fp8 = input == CUDA_R_8F_E4M3;
-    const int64_t rows = std::min(bucket, kSkinnyMaxRows);  // beyond its rows the bucket runs cuBLASLt
-    if (!skinny_supports(rows, n, k, fp8, choice.skinny_tile, choice.skinny_splits, context.skinny_workspace())) {
-      throw Error("stored kiln-skinny choice (tile " + std::to_string(choice.skinny_tile) + ", splits " +
-                  std::to_string(choice.skinny_splits) + ") cannot run GEMM m=" + std::to_string(rows) + " n=" +
-                  std::to_string(n) + " k=" + std::to_string(k) + (fp8 ? " fp8" : " bf16") +
-                  " in this build; rebuild the engine");
-    }
-  }
+  for (const auto& [bucket, choice] : by_bucket_) gemm_.check(choice.algo, bucket);
 }
 
 bool TunedGemm::gemv_at(int64_t m) const {
   return choose(m).tactic == GemmTactic::KilnGemv && gemv_supports(m, gemm_.k(), gemm_.input() == CUDA_R_8F_E4M3);
-}
-
-bool TunedGemm::skinny_at(int64_t m) const {
-  const GemmChoice& c = choose(m);
-  return c.tactic == GemmTactic::KilnSkinny &&
-         skinny_supports(m, gemm_.n(), gemm_.k(), gemm_.input() == CUDA_R_8F_E4M3, c.skinny_tile, c.skinny_splits,
-                         gemm_.context().skinny_workspace());
 }
 
 bool TunedGemm::fuses_norm(int64_t m) const {
@@ -218,17 +188,6 @@ void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in
        c.gemv_stage_input);
 }
 
-void TunedGemm::run_skinny(const void* w, const void* x, int64_t m, float scale, const GemvOut& out,
-                           cudaStream_t stream) {
-  if (!skinny_at(m)) {
-    throw Error("GEMM n=" + std::to_string(gemm_.n()) + " k=" + std::to_string(gemm_.k()) + ": " + std::to_string(m) +
-                " rows do not run on kiln-skinny in this engine's autotune table");
-  }
-  const GemmChoice& c = choose(m);
-  skinny_gemm(w, x, gemm_.input() == CUDA_R_8F_E4M3, m, gemm_.n(), gemm_.k(), scale, out, c.skinny_tile,
-              c.skinny_splits, gemm_.context().skinny_workspace(), stream);
-}
-
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale) {
   if (gemv_at(m)) {
     GemvIn in;
@@ -237,13 +196,6 @@ void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float bet
     out.y = y;
     out.beta = beta;
     run_gemv(w, m, scale, in, out, stream);
-    return;
-  }
-  if (skinny_at(m)) {
-    GemvOut out;
-    out.y = y;
-    out.beta = beta;
-    run_skinny(w, x, m, scale, out, stream);
     return;
   }
   gemm_.run(choose(m).algo, w, x, m, y, beta, stream, scale);

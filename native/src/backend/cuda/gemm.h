@@ -10,7 +10,6 @@
 
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemv.h"
-#include "backend/cuda/skinny_gemm.h"
 #include "core/json.h"
 
 namespace kiln::cuda {
@@ -21,8 +20,6 @@ namespace kiln::cuda {
 class LtContext {
  public:
   static constexpr size_t kWorkspaceBytes = size_t{32} << 20;
-  // kiln-skinny's split counters: one per weight tile, so n up to 4096 · 64 rows.
-  static constexpr int64_t kSkinnyCounters = 4096;
 
   LtContext();
   ~LtContext();
@@ -32,18 +29,11 @@ class LtContext {
   cublasLtHandle_t handle() const { return handle_; }
   cublasLtMatmulDesc_t desc() const { return desc_; }
   void* workspace() const { return workspace_.get(); }
-  // kiln-skinny (skinny_gemm.h) keeps its split partials in the cuBLASLt workspace rather than a
-  // buffer of its own: no two GEMMs of a context overlap (a skinny GEMM touches the partials only
-  // after its PDL wait, when the GEMM before it has finished), and 32 MiB holds splits · 64 rows ·
-  // n fp32 partials up to splits · n = 131072, which covers every split the autotuner offers on the
-  // Llama-3-8B QKV / o / down projections (8 · 6144 at most) and up to 4 on its gate_up.
-  SkinnyWorkspace skinny_workspace() const;
 
  private:
   cublasLtHandle_t handle_ = nullptr;
   cublasLtMatmulDesc_t desc_ = nullptr;
   DeviceBuffer workspace_;
-  DeviceBuffer skinny_counters_;  // zero, and left zero by every skinny GEMM
 };
 
 // A stored algorithm: cuBLASLt documents cublasLtMatmulAlgo_t as plain data that can be saved and
@@ -65,7 +55,6 @@ class LtGemm {
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
-  const LtContext& context() const { return context_; }
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   cudaDataType_t input() const { return input_; }
@@ -98,19 +87,17 @@ class LtGemm {
 // "bf16" or "f8e4m3" (the engine's dtype names) to cuBLASLt's input type; throws on anything else.
 cudaDataType_t gemm_input_type(const std::string& dtype);
 
-// The GEMM kernels an autotune table entry may name ("cublaslt", "kiln-gemv", "kiln-skinny").
-enum class GemmTactic { CublasLt, KilnGemv, KilnSkinny };
+// The GEMM kernels an autotune table entry may name ("cublaslt", "kiln-gemv").
+enum class GemmTactic { CublasLt, KilnGemv };
 
-// What the autotuner chose for one bucket: cuBLASLt's algorithm, or one of Kiln's kernels (gemv.h,
-// skinny_gemm.h) where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm,
-// used for row counts beyond the kernel's limit.
+// What the autotuner chose for one bucket: cuBLASLt's algorithm, or Kiln's GEMV kernel (gemv.h)
+// where that was faster; `algo` is then still the bucket's best cuBLASLt algorithm, used for row
+// counts beyond the GEMV's limit.
 struct GemmChoice {
   GemmTactic tactic = GemmTactic::CublasLt;
   cublasLtMatmulAlgo_t algo{};
   int gemv_split = 1;  // warps per row pair of the GEMV (gemv.h)
   bool gemv_stage_input = true;  // E4M3 GEMV: input rows widened once per block (gemv.h)
-  int skinny_tile = 128;  // weight rows per block of the skinny GEMM (skinny_gemm.h)
-  int skinny_splits = 1;  // its split-K factor
 };
 
 // The tuned tactics of one GEMM shape: the choice of the smallest tuned bucket that holds m rows,
@@ -125,13 +112,8 @@ class TunedGemm {
   // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;
-  // Whether m rows run on kiln-skinny (the tuned tactic), which can then write the SiLU·mul of its
-  // output (GemvOut::act) through run_skinny.
-  bool skinny_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
-  // Throws kiln::Error where skinny_at(m) is false.
-  void run_skinny(const void* w, const void* x, int64_t m, float scale, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

@@ -197,20 +197,17 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
         }
         const std::string tactic = entry.at("tactic").get<std::string>();
         GemmChoice choice;
+        // Older engines may name kiln-skinny, a tensor-core GEMM for 9..64 rows removed after it
+        // never beat cuBLASLt; such an entry still carries the bucket's best cuBLASLt algorithm,
+        // which runs the bucket now.
         if (tactic == "kiln-gemv") {
           choice.tactic = GemmTactic::KilnGemv;
-        } else if (tactic == "kiln-skinny") {
-          choice.tactic = GemmTactic::KilnSkinny;
-        } else if (tactic != "cublaslt") {
+        } else if (tactic != "cublaslt" && tactic != "kiln-skinny") {
           throw Error(e.source() + ": autotune table names GEMM tactic " + tactic + ", which this build does not have");
         }
         choice.algo = algo_from_hex(entry.at("algo").get<std::string>());
         choice.gemv_split = entry.value("gemv_split", 1);
         choice.gemv_stage_input = entry.value("gemv_stage_input", true);
-        if (choice.tactic == GemmTactic::KilnSkinny) {
-          choice.skinny_tile = entry.at("skinny_tile").get<int>();
-          choice.skinny_splits = entry.at("skinny_splits").get<int>();
-        }
         tuned_[{entry.at("n").get<int64_t>(), entry.at("k").get<int64_t>(), entry.value("dtype", "bf16")}].emplace_back(
             entry.at("bucket").get<int64_t>(), choice);
       }
@@ -549,13 +546,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       out.act = act_.get();
       out.act_scale = layer.down.input_scale;
       layer.gate_up.gemm->run_gemv(layer.gate_up.weight, n, layer.gate_up.alpha, in, out, stream_);
-    } else if (layer.gate_up.gemm->skinny_at(n)) {
-      // SiLU·mul in the skinny GEMM's epilogue: no fp32 [n, 2I] round trip and no SiLU kernel.
-      norm(layer.mlp_norm, layer.gate_up);
-      GemvOut out;
-      out.act = act_.get();
-      out.act_scale = layer.down.input_scale;
-      layer.gate_up.gemm->run_skinny(layer.gate_up.weight, x_.get(), n, layer.gate_up.alpha, out, stream_);
     } else {
       norm(layer.mlp_norm, layer.gate_up);
       layer.gate_up.run(x_.get(), n, gate_up, 0.0f, stream_);
