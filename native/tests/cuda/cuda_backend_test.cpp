@@ -471,8 +471,9 @@ TEST(CudaAutotune, GateUpRacesWithTheSiluMulWhereTheGemvRuns) {
   o.autotune = true;
   o.max_batch = 16;
   build_cuda_engine(o);
+  const auto engine = Engine::load(o.out_path);  // owns the header the loop walks
   int gate_up_raced = 0;
-  for (const auto& entry : Engine::load(o.out_path)->header().at("autotune").at("entries")) {
+  for (const auto& entry : engine->header().at("autotune").at("entries")) {
     const bool gate_up = entry.at("n") == 2 * spec.intermediate && entry.at("k") == spec.hidden;
     const bool silu = gate_up && entry.at("bucket").get<int64_t>() <= cuda::kGemvMaxRows;
     EXPECT_EQ(entry.contains("silu_us"), silu) << entry.at("n") << " bucket " << entry.at("bucket");
