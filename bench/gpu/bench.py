@@ -383,7 +383,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--models", default="llama3.2-1b,llama3-8b")
     ap.add_argument("--precisions", default=",".join(PRECISIONS))
-    ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models are kept")
+    ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models and precisions are kept")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true",
                     help="also profile a decode step with Nsight Compute (per kernel: time, launches, DRAM GB/s)")
@@ -430,13 +430,13 @@ def main() -> None:
     rows, builds = [], {}
     if args.append:
         earlier = json.loads(Path(args.append).read_text())
-        keep = (lambda r: True) if args.hf_only else (lambda r: r["model"] not in models)
+        keep = (lambda r: True) if args.hf_only else (lambda r: r["model"] not in models or r["precision"] not in precisions)
         if decode_batches:  # only the rows measured again are replaced
             keep = (lambda r: not (r["model"] in models and r["precision"] in precisions and r["phase"] == "decode"
                                    and r["batch"] in decode_batches))
         rows = [r for r in earlier["rows"] if keep(r)]
         builds = {k: v for k, v in earlier.get("build_s", {}).items()
-                  if args.hf_only or k.split(":")[0] not in models or (decode_batches and k.split(":")[1] not in precisions)}
+                  if args.hf_only or k.split(":")[0] not in models or k.split(":")[1] not in precisions}
         # Rows kept from an earlier call name that call's card, commit and date.
         for r in rows:
             r.setdefault("measured", {"commit": earlier["commit"], "date": earlier["date"], "card": earlier["card"]})
