@@ -13,7 +13,8 @@ bf16/fp8 matmul rates are measured first, in the same run.
 Roofline: decode is memory-bound, so its floor is (weight bytes at the precision's width + lm_head
 in bf16 + the KV rows read) / copy bandwidth per step; prefill is compute-bound, its floor
 2 * params * tokens / the measured matmul rate of the precision; offline takes the larger of the
-two over the whole run (see rows_of). Prints one table; writes gpu-latest.json (the issue's schema,
+two over the whole run (see rows_of). With --kv-fp8, decode runs again with an E4M3 KV cache
+(rows with kv_dtype "fp8", whose floor reads one byte per cached element). Prints one table; writes gpu-latest.json (the issue's schema,
 with extra keys) and gpu-section.md (for bench/RESULTS.md) into --out.
 """
 
@@ -163,9 +164,9 @@ def weight_bytes(cfg: dict, precision: str) -> float:
     return (1 if precision == "fp8" else 2) * L * per_layer + 2 * V * H
 
 
-def kv_bytes(cfg: dict, tokens: int) -> float:
-    """Bytes of bf16 keys and values of `tokens` cached positions (all layers)."""
-    return 2 * 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * tokens
+def kv_bytes(cfg: dict, tokens: int, element_bytes: int = 2) -> float:
+    """Bytes of the keys and values of `tokens` cached positions (all layers): bf16, or 1 for E4M3."""
+    return 2 * element_bytes * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_dim"] * tokens
 
 
 def params(cfg: dict) -> int:
@@ -276,21 +277,38 @@ def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None
     return res
 
 
+def measure_kv_fp8(engine: Path, log_name: str, batches: list[int]) -> dict:
+    """Decode step time at each batch with an E4M3 KV cache (one `bench --kv-dtype fp8` process per
+    batch: the suite runs the engine's default cache)."""
+    times = {}
+    for batch in batches:
+        line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
+                          str(DECODE_STEPS), "--batch", str(batch), "--kv-dtype", "fp8")[-1]
+        times[batch] = line["decode_step_ms"]
+        log(f"{log_name}: decode batch {batch}, fp8 KV cache: {times[batch]:.3f} ms/step")
+    return times
+
+
 def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | None, bw: float, rate: float) -> list:
     rows = []
 
     def ratio(a, b):
         return round(a / b, 2) if b else None
 
-    for batch, ms in sorted(ours["decode"].items()):
+    decodes = [(batch, ms, "bf16") for batch, ms in sorted(ours["decode"].items())]
+    decodes += [(batch, ms, "fp8") for batch, ms in sorted(ours.get("decode_kv_fp8", {}).items())]
+    for batch, ms, kv_dtype in decodes:
         tok_s = batch * 1e3 / ms
         context = DECODE_PROMPT + DECODE_STEPS // 2 + 2
-        floor_s = (weight_bytes(cfg, precision) + kv_bytes(cfg, context * batch)) / bw
+        kv = kv_bytes(cfg, context * batch, 1 if kv_dtype == "fp8" else 2)
+        floor_s = (weight_bytes(cfg, precision) + kv) / bw
         hf = batch * 1e3 / theirs["decode"][batch] if theirs else None
         row = dict(model=name, precision=precision, batch=batch, phase="decode", tok_s=round(tok_s, 1),
                    roofline_frac=round(floor_s * 1e3 / ms, 3), vs_transformers=ratio(tok_s, hf), ms=round(ms, 3),
                    prompt_len=DECODE_PROMPT, transformers_tok_s=round(hf, 1) if hf else None)
-        if batch == 1 and "no_graphs_ms" in ours:
+        if kv_dtype == "fp8":
+            row["kv_dtype"] = "fp8"  # transformers' figure is its bf16 cache's
+        if batch == 1 and kv_dtype == "bf16" and "no_graphs_ms" in ours:
             row.update(no_graphs_ms=round(ours["no_graphs_ms"], 3), no_pdl_ms=round(ours["no_pdl_ms"], 3))
         rows.append(row)
     for length, ms in sorted(ours["prefill"].items()):
@@ -327,7 +345,7 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
 def reuse_hf(rows: list, earlier: dict) -> None:
     """Rows measured without transformers take its figure from the row they replace (same card type,
     an earlier call, named in transformers_from)."""
-    def key(r):
+    def key(r):  # an fp8-KV decode row takes the bf16 row's figure: transformers runs a bf16 cache
         return r["model"], r["precision"], r["phase"], r["batch"], r.get("prompt_len"), r.get("output_len")
 
     old = {key(r): r for r in earlier["rows"]}
@@ -365,7 +383,8 @@ def write_results(out: Path, meta: dict, rows: list) -> str:
         shape = f"{r.get('prompt_len', '')}/{r.get('output_len', '')}" if r["phase"] == "offline" else str(r.get("prompt_len", ""))
         # Rows of a call that measured no transformers figure (--decode-batches, --no-hf) say so.
         theirs, ratio = r.get("transformers_tok_s"), r.get("vs_transformers")
-        lines.append(f"| {r['model']} | {r['precision']} | {r['phase']} | {r['batch']} | {shape} | {r['tok_s']} | "
+        precision = r["precision"] + (", KV fp8" if r.get("kv_dtype") == "fp8" else "")
+        lines.append(f"| {r['model']} | {precision} | {r['phase']} | {r['batch']} | {shape} | {r['tok_s']} | "
                      f"{r.get('ms', r.get('seconds', ''))} | {r['roofline_frac']} | "
                      f"{theirs if theirs is not None else 'not measured'} | "
                      f"{f'{ratio}x' if ratio is not None else '-'} |")
@@ -404,6 +423,8 @@ def main() -> None:
                     help="leave the engines in --work and use one already there instead of building it (an --ab run "
                          "and the table rows of its winner from one build; the engine must have been built for the "
                          "same --decode-batches)")
+    ap.add_argument("--kv-fp8", action="store_true",
+                    help="also decode each engine with an E4M3 KV cache at the decode batches (rows with kv_dtype fp8)")
     ap.add_argument("--hf-only", action="store_true",
                     help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
@@ -430,10 +451,14 @@ def main() -> None:
     rows, builds = [], {}
     if args.append:
         earlier = json.loads(Path(args.append).read_text())
-        keep = (lambda r: True) if args.hf_only else (lambda r: r["model"] not in models or r["precision"] not in precisions)
-        if decode_batches:  # only the rows measured again are replaced
-            keep = (lambda r: not (r["model"] in models and r["precision"] in precisions and r["phase"] == "decode"
-                                   and r["batch"] in decode_batches))
+        # fp8-KV rows are measured again only with --kv-fp8.
+        def measured_again(r):
+            if r["model"] not in models or r["precision"] not in precisions:
+                return False
+            if r.get("kv_dtype") == "fp8":
+                return args.kv_fp8 and r["batch"] in (decode_batches or DECODE_BATCHES)
+            return not decode_batches or (r["phase"] == "decode" and r["batch"] in decode_batches)
+        keep = (lambda r: True) if args.hf_only else (lambda r: not measured_again(r))
         rows = [r for r in earlier["rows"] if keep(r)]
         builds = {k: v for k, v in earlier.get("build_s", {}).items()
                   if args.hf_only or k.split(":")[0] not in models or k.split(":")[1] not in precisions}
@@ -479,6 +504,9 @@ def main() -> None:
                 ab_compare(engine, f"{name} {precision}", args.ab, args.ab_prefill)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
+                if args.kv_fp8:
+                    ours[precision]["decode_kv_fp8"] = measure_kv_fp8(engine, f"{name} {precision}",
+                                                                      decode_batches or list(DECODE_BATCHES))
             if args.profile or args.only_profile:
                 write_tactics(engine, out / f"tactics-{name}-{precision}.txt")
                 for batch in (int(b) for b in args.profile_batches.split(",")):
