@@ -748,7 +748,8 @@ def dtype_name(fp8: bool) -> str:
 def test_gemv_plain(k: Kernels, weights: Weights, shape: str) -> None:
     n = weights.w.shape[0]
     # E4M3 both ways the autotuner races: input rows staged in shared memory per block, or not.
-    for m, split, stage in itertools.product((1, 2, 3, 8), (1, 2, 4, 8), (True, False) if weights.fp8 else (True,)):
+    splits = (1, 2, 4, 8, 16) if weights.fp8 else (1, 2, 4, 8)  # E4M3's split 16: blocks of 16 warps
+    for m, split, stage in itertools.product((1, 2, 3, 8), splits, (True, False) if weights.fp8 else (True,)):
         x = weights.inputs(m)
         ref, mag = weights.product(x)
         beta = 1.0 if m == 3 else 0.0  # m = 3 accumulates onto y (the o / down projections' residual add)
@@ -819,10 +820,18 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
             if launched(kernel, name, lambda: k.gemv(weights.w, fp8, m, scale, None, h, gamma, 1e-5, in_scale, y, 0.0,
                                                      None, 1.0, split)):
                 check(kernel, name, y, ref, 0.0, bound)
+    if fp8:  # split 16 (blocks of 16 warps) with the norm staged by all 16
+        h, gamma, in_scale, x, band = normed_inputs(weights, 1, gamma_on=True)
+        ref, mag = weights.product(x)
+        bound = (DOT_FP32 * mag + (band @ weights.abs64.T) * weights.scale) * in_scale
+        y, kernel, name = nan_like((1, n), torch.float32), "gemv_norm_fp8", f"{shape} m 1 split 16 gamma"
+        if launched(kernel, name, lambda: k.gemv(weights.w, fp8, 1, weights.scale * in_scale, None, h, gamma, 1e-5,
+                                                 in_scale, y, 0.0, None, 1.0, 16)):
+            check(kernel, name, y, ref * in_scale, 0.0, bound)
     if not gate_up:
         return
-    for i, m in enumerate((1, 5, 8)):
-        split = splits[(i + 1) % 4]
+    for i, m in enumerate((1, 5, 8) + ((3,) if fp8 else ())):
+        split = splits[(i + 1) % 4] if i < 3 else 16
         x = weights.inputs(m)
         ref, mag = weights.product(x)
         act, kernel, name = nan_like((m, n // 2), act_dtype), f"gemv_silu_{dtype_name(fp8)}", f"{shape} m {m} split {split}"

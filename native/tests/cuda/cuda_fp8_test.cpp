@@ -62,7 +62,7 @@ TEST(CudaFp8, GemvComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
       const auto want = scaled_product(w, x, m, n, k, scale, beta, y0);
       std::vector<float> start(y0.begin(), y0.begin() + m * n);
       if (beta == 0.0f) std::fill(start.begin(), start.end(), std::nanf(""));  // beta 0 must not read y
-      for (int split : cuda::kGemvSplits) {
+      for (int split : cuda::gemv_splits(true)) {
         DeviceBuffer y_d = to_device(start);
         cuda::gemv_fp8(w_d.get<fp8>(), x_d.get<fp8>(), m, n, k, scale, y_d.get<float>(), beta, nullptr, split);
         EXPECT_LT(relative_norm_error(to_host<float>(y_d, want.size()), want), 1e-5) << "split " << split;

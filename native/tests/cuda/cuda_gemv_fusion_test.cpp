@@ -26,7 +26,7 @@ TEST(CudaGemvFusion, NormedInputAndSiluOutputMatchTheSeparateKernels) {
   SKIP_WITHOUT_GPU();
   std::vector<FusionCase> cases;
   for (bool fp8 : {false, true}) {
-    for (int split : cuda::kGemvSplits) cases.push_back(FusionCase{fp8, split});
+    for (int split : cuda::gemv_splits(fp8)) cases.push_back(FusionCase{fp8, split});
   }
   for (const FusionCase fc : cases) {
     SCOPED_TRACE(std::string(fc.fp8 ? "fp8" : "bf16") + " split " + std::to_string(fc.split));
@@ -107,6 +107,11 @@ TEST(CudaGemvFusion, RefusesWhatItCannotRun) {
   cuda::GemvIn in;
   cuda::GemvOut out;
   EXPECT_THROW(cuda::gemv(nullptr, false, 1, 64, 64, 1.0f, in, out, 1, nullptr), Error);  // no input, no output
+  DeviceBuffer buffer(64 * 64 * 2, "weights, input and output");
+  in.x = buffer.get();
+  out.y = buffer.get<float>();
+  EXPECT_THROW(cuda::gemv(buffer.get(), false, 1, 64, 64, 1.0f, in, out, 16, nullptr), Error);  // split 16 is E4M3's
+  EXPECT_THROW(cuda::gemv(buffer.get(), true, 1, 64, 64, 1.0f, in, out, 32, nullptr), Error);
 }
 
 }  // namespace

@@ -236,7 +236,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
       bool gemv_stage_input = true;
       Json gemv_us = Json::object();
       if (race_gemv) {
-        for (int split : kGemvSplits) {
+        for (int split : gemv_splits(g.fp8)) {
           // E4M3 also without the input staging (gemv.h); bf16 has none.
           for (bool stage : {true, false}) {
             if (!stage && !g.fp8) continue;

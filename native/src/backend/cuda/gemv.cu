@@ -5,6 +5,12 @@
 
 namespace kiln::cuda {
 
+std::vector<int> gemv_splits(bool fp8) {
+  std::vector<int> splits(std::begin(kGemvSplits), std::end(kGemvSplits));
+  if (fp8) splits.push_back(16);
+  return splits;
+}
+
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;
   // Normed rows are staged in shared memory: at most kGemvNormSharedBytes of them.

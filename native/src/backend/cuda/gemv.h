@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "backend/cuda/kernels.h"
 
@@ -43,10 +44,13 @@ struct GemvOut {
   float act_scale = 1.0f;
 };
 
-// Split factors the autotuner races (warps per row pair; E4M3: per 16-row tile), and the weight rows
-// one block of 8 warps covers with a split (bf16: the only GEMV the RMSNorm is fused into).
+// Split factors (bf16: warps per row pair; E4M3: warps per 16-row tile), and the weight rows one
+// block of 8 warps covers with a bf16 split (the only GEMV the RMSNorm is fused into).
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
+// The splits the autotuner races. E4M3 adds 16: a block of 16 warps on one tile, twice the loads in
+// flight per row of split 8, for projections with few tiles (8B down: 256 tiles of k = 14336).
+std::vector<int> gemv_splits(bool fp8);
 
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
 // stage_input (E4M3): each block first widens the input rows to f16 in shared memory where they fit

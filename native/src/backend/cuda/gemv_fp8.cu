@@ -70,13 +70,18 @@ __device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
   __syncthreads();
 }
 
-// S warps share a tile of 16 weight rows (each a slice of its steps); 8 / S tiles per block.
-// kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
+// Warps per block: 8, or S where a tile takes more (split 16).
+template <int S>
+constexpr int kBlockWarpsOf = S > kWarps ? S : kWarps;
+
+// S warps share a tile of 16 weight rows (each a slice of its steps); kBlockWarpsOf<S> / S tiles
+// per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
 template <int M, int S, bool kNorm, bool kSilu, bool kWide>
-__global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
-  constexpr int kTiles = kWarps / S;
+__global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a) {
+  constexpr int kBlockWarps = kBlockWarpsOf<S>;
+  constexpr int kTiles = kBlockWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
-  __shared__ float reduced[S > 1 ? kWarps : 1][32][4];
+  __shared__ float reduced[S > 1 ? kBlockWarps : 1][32][4];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int g = lane / 4;
@@ -176,7 +181,7 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_mma_kernel(Args a) {
 
 template <int M, int S, bool kNorm, bool kSilu, bool kWide>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
-  constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kWarps / S);
+  constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   if constexpr (kWide) {
     // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
@@ -190,8 +195,8 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     }();
     (void)opted_in;
   }
-  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide>, blocks, dim3(kWarps * 32),
-                       shared, stream, a);
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide>, blocks,
+                       dim3(kBlockWarpsOf<S> * 32), shared, stream, a);
 }
 
 template <int M, int S, bool kNorm, bool kSilu>
@@ -238,8 +243,9 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
     case 2: launch_mma_split<2>(a, m, norm, silu, stream); return;
     case 4: launch_mma_split<4>(a, m, norm, silu, stream); return;
     case 8: launch_mma_split<8>(a, m, norm, silu, stream); return;
+    case 16: launch_mma_split<16>(a, m, norm, silu, stream); return;
   }
-  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the compiled splits (1, 2, 4, 8)");
+  throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the E4M3 splits (1, 2, 4, 8, 16)");
 }
 
 }  // namespace

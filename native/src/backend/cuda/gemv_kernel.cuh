@@ -10,6 +10,7 @@
 namespace kiln::cuda::gemv_detail {
 
 constexpr int kWarps = 8;
+constexpr int kMaxWarps = 16;  // the E4M3 GEMV's split 16 runs blocks of 16 warps
 constexpr int kPrefetchChunks = 4;  // per lane and row, issued before the wait on the previous kernel
 
 struct Args {
@@ -57,7 +58,7 @@ struct Fp8Chunk {
 template <typename Chunk, int M>
 __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   using Element = typename Chunk::Element;
-  __shared__ float partial[kWarps][M];
+  __shared__ float partial[kMaxWarps][M];
   __shared__ float inv[M];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -78,7 +79,7 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   __syncthreads();
   if (threadIdx.x < M) {
     float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) total += partial[w][threadIdx.x];
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w][threadIdx.x];
     inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
   }
   __syncthreads();
