@@ -175,6 +175,26 @@ def params(cfg: dict) -> int:
     return L * (H * (nq + 2 * nkv) * D + nq * D * H + 3 * H * I) + V * H
 
 
+def build_engine(cmd: list[str]) -> dict[str, float]:
+    """Runs `kiln-native build`; returns the seconds each build phase took, from the times its
+    progress lines arrived (device calls are short: where a build spends them decides what to speed up)."""
+    phases: dict[str, float] = {}
+    current, since = None, time.time()
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            phase = json.loads(line).get("phase")
+            if phase != current:
+                now = time.time()
+                if current is not None:
+                    phases[current] = phases.get(current, 0.0) + now - since
+                current, since = phase, now
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return phases
+
+
 def kiln_lines(*args: str, env: dict | None = None) -> list[dict]:
     out = subprocess.run([str(KILN), *args], check=True, capture_output=True, text=True,
                          env={**os.environ, **(env or {})})
@@ -497,9 +517,10 @@ def main() -> None:
                 log(f"{name} {precision}: engine kept from an earlier run ({engine})")
             else:
                 t0 = time.time()
-                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                phases = build_engine(cmd)
                 builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
-                log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s")
+                log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s ("
+                    + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items()) + ")")
             if args.ab:
                 ab_compare(engine, f"{name} {precision}", args.ab, args.ab_prefill)
             elif not args.only_profile:
