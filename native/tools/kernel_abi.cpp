@@ -119,15 +119,19 @@ int kiln_rms_norm(int use_fp8, const float* h, const int32_t* row_index, int64_t
 }
 
 // kv_fp8 != 0: the cache is E4M3, holding k / k_scale and v / v_scale; else bf16 (scales unused).
+// q_norm / k_norm: the QK norm's weights (Qwen3), or null.
 int kiln_rope_and_write_kv(float* qkv, const float* bias, int64_t tokens, const int32_t* token_sequence,
                            const int32_t* token_position, const int32_t* block_tables, int64_t table_stride,
                            const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
                            int64_t heads, int64_t kv_heads, int64_t head_dim, int kv_fp8, float k_scale,
-                           float v_scale) {
+                           float v_scale, const float* q_norm, const float* k_norm, float norm_eps) {
   return guarded([&] {
     RopeKvArgs a;
     a.qkv = qkv;
     a.bias = bias;
+    a.q_norm = q_norm;
+    a.k_norm = k_norm;
+    a.norm_eps = norm_eps;
     a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
                         head_dim);
     a.cos = cos;
@@ -180,11 +184,15 @@ int kiln_decode_attention(const float* qkv, const float* bias, int64_t tokens, c
                           const float* cos, const float* sin, void* keys, void* values, int64_t page_size,
                           int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t window, float scale, void* out,
                           void* out_fp8, float out_scale, int64_t splits, float* partials, int32_t* counters,
-                          int kv_fp8, float k_scale, float v_scale) {
+                          int kv_fp8, float k_scale, float v_scale, const float* q_norm, const float* k_norm,
+                          float norm_eps) {
   return guarded([&] {
     DecodeAttentionArgs a;
     a.qkv = qkv;
     a.bias = bias;
+    a.q_norm = q_norm;
+    a.k_norm = k_norm;
+    a.norm_eps = norm_eps;
     a.step = paged_step(tokens, token_sequence, token_position, block_tables, table_stride, page_size, heads, kv_heads,
                         head_dim);
     a.cos = cos;

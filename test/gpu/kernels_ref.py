@@ -38,6 +38,7 @@ BF16_ULP = 2.0**-7
 E4M3_ULP = 2.0**-3
 E4M3_STEP = 2.0**-9
 E4M3_MAX = 448.0
+QK_NORM_EPS = 1e-6  # Qwen3's rms_norm_eps
 # fp32 accumulation of a dot product, relative to sum |x_i w_i|: the kernels' rounding error is
 # orders below this (u * sqrt(k) ~ 5e-6 at k = 8192 even as a worst-case random walk), while one
 # dropped product costs about 1/k of the sum (>= 1.2e-4 at k = 8192), so a missing term fails.
@@ -50,11 +51,11 @@ P, I64, I32, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "kiln_embed_rows": [P, P, I64, I64, P],
     "kiln_rms_norm": [I32, P, P, I64, I64, P, F32, F32, P],
-    "kiln_rope_and_write_kv": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I32, F32, F32],
+    "kiln_rope_and_write_kv": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I32, F32, F32, P, P, F32],
     "kiln_paged_attention": [P, I64, P, P, P, I64, P, P, P, I64, I64, I64, I64, I64, I64, F32, P, P, F32, I64, I64,
                              P, I32, F32, F32],
     "kiln_decode_attention": [P, P, I64, P, P, P, I64, P, P, P, P, I64, I64, I64, I64, I64, F32, P, P, F32, I64, P,
-                              P, I32, F32, F32],
+                              P, I32, F32, F32, P, P, F32],
     "kiln_prefill_attention": [P, I64, P, P, P, I64, P, P, P, I64, I64, I64, I64, I64, I64, F32, P, P, F32, I64, I32,
                                F32, F32],
     "kiln_silu_mul": [I32, P, I64, I64, F32, P],
@@ -109,11 +110,13 @@ class Kernels:
 
     # The KV cache entries take the cache's dtype from the tensors: float8_e4m3fn keys and values are
     # an fp8 cache holding k / k_scale and v / v_scale, bf16 ones a bf16 cache (scales unused).
+    # qk_norm: (q weights, k weights), the QK norm (Qwen3) applied before the rotation, eps QK_NORM_EPS.
     def rope_and_write_kv(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim,
-                          k_scale=1.0, v_scale=1.0):
+                          k_scale=1.0, v_scale=1.0, qk_norm=(None, None)):
         self.call("kiln_rope_and_write_kv", ptr(qkv), ptr(bias), qkv.shape[0], ptr(seq), ptr(pos), ptr(tables),
                   tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads, head_dim,
-                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
+                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale, ptr(qk_norm[0]), ptr(qk_norm[1]),
+                  QK_NORM_EPS)
 
     def paged_attention(self, q, q_stride, keys, values, tables, seq, pos, tiles, heads, kv_heads, head_dim, window,
                         scale, out, out_fp8, out_scale, splits, partials, k_scale=1.0, v_scale=1.0):
@@ -136,11 +139,13 @@ class Kernels:
         return self.lib.kiln_decode_attention_supports(heads, kv_heads, head_dim) != 0
 
     def decode_attention(self, qkv, bias, seq, pos, tables, cos, sin, keys, values, heads, kv_heads, head_dim, window,
-                         scale, out, out_fp8, out_scale, splits, partials, counters, k_scale=1.0, v_scale=1.0):
+                         scale, out, out_fp8, out_scale, splits, partials, counters, k_scale=1.0, v_scale=1.0,
+                         qk_norm=(None, None)):
         self.call("kiln_decode_attention", ptr(qkv), ptr(bias), qkv.shape[0], ptr(seq), ptr(pos), ptr(tables),
                   tables.shape[1], ptr(cos), ptr(sin), ptr(keys), ptr(values), keys.shape[1], heads, kv_heads,
                   head_dim, window, scale, ptr(out), ptr(out_fp8), out_scale, splits, ptr(partials), ptr(counters),
-                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale)
+                  int(keys.dtype == torch.float8_e4m3fn), k_scale, v_scale, ptr(qk_norm[0]), ptr(qk_norm[1]),
+                  QK_NORM_EPS)
 
     def silu_mul(self, fp8, gate_up, scale, out):
         self.call("kiln_silu_mul", int(fp8), ptr(gate_up), gate_up.shape[0], gate_up.shape[1] // 2, scale, ptr(out))
@@ -470,11 +475,28 @@ def cache_rows(cache: torch.Tensor, kv_dim: int, index: torch.Tensor) -> torch.T
     return cache_bits(cache).reshape(-1, kv_dim)[index].view(cache.dtype)
 
 
+def head_normed(x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+    """x [tokens, heads, head_dim] (float64) with each head RMS-normalised over head_dim times gamma
+    (the QK norm), or x itself without gamma."""
+    return x if gamma is None else rms_normed(x, gamma, QK_NORM_EPS)
+
+
+def qk_norm_weights(qk_on: bool, head_dim: int):
+    """(q weights, k weights) of a QK norm near 1, or (None, None)."""
+    if not qk_on:
+        return None, None
+    return tuple(1.0 + 0.2 * torch.randn(head_dim, device=DEV) for _ in range(2))
+
+
 def test_rope(k: Kernels) -> None:
-    for heads, kv_heads, head_dim, page_size, bias_on, kv_fp8 in (
-            (32, 8, 64, 16, False, False), (32, 8, 128, 16, True, False), (8, 2, 64, 32, True, False),
-            (4, 4, 32, 16, False, False), (32, 8, 128, 16, True, True), (4, 4, 32, 16, False, True)):
+    # qk: the QK norm (Qwen3) before the rotation; dim 32 runs 16 threads a head (a partial warp).
+    for heads, kv_heads, head_dim, page_size, bias_on, kv_fp8, qk in (
+            (32, 8, 64, 16, False, False, False), (32, 8, 128, 16, True, False, False),
+            (8, 2, 64, 32, True, False, False), (4, 4, 32, 16, False, False, False),
+            (32, 8, 128, 16, True, True, False), (4, 4, 32, 16, False, True, False),
+            (16, 8, 128, 16, False, False, True), (8, 2, 64, 16, True, True, True), (4, 1, 32, 16, False, False, True)):
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+        qk_norm = qk_norm_weights(qk, head_dim)
         batch = Batch(MIXED, page_size, kv_dim)
         cos, sin = rope_tables(1024, head_dim, 500000.0)
         qkv0 = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
@@ -485,24 +507,25 @@ def test_rope(k: Kernels) -> None:
         keys = nan_like((batch.pages, page_size, kv_dim), cache_dtype)
         values = nan_like((batch.pages, page_size, kv_dim), cache_dtype)
         name = (f"heads {heads}/{kv_heads} dim {head_dim} page {page_size}{' bias' if bias_on else ''}"
-                + (" fp8 cache" if kv_fp8 else ""))
+                + (" fp8 cache" if kv_fp8 else "") + (" qk norm" if qk else ""))
         if not launched("rope_kv", name, lambda: k.rope_and_write_kv(qkv, bias, batch.seq, batch.pos, batch.tables, cos,
                                                                      sin, keys, values, heads, kv_heads, head_dim,
-                                                                     k_scale, v_scale)):
+                                                                     k_scale, v_scale, qk_norm)):
             continue
         x = qkv0.double() + (bias.double() if bias_on else 0.0)
         c, s = cos.double()[batch.pos.long()], sin.double()[batch.pos.long()]
-        q = x[:, :q_dim].view(-1, heads, head_dim)
-        kk = x[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim)
+        q = head_normed(x[:, :q_dim].view(-1, heads, head_dim), qk_norm[0])
+        kk = head_normed(x[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim), qk_norm[1])
         # fp32: a bias add, two products and a sum: at most 3 roundings of 2^-24 of these magnitudes
-        # (2^-21: twice that, as margin).
+        # (2^-21: twice that, as margin); the QK norm's fp32 normalisation within NORM_FP32 more.
+        rel = 2.0**-21 + (NORM_FP32 if qk else 0.0)
         check("rope_q", name, qkv[:, :q_dim], rotate(q, c, s).reshape(batch.tokens, q_dim), 0.0,
-              2.0**-21 * rope_magnitude(q, c, s).reshape(batch.tokens, q_dim))
+              rel * rope_magnitude(q, c, s).reshape(batch.tokens, q_dim))
         untouched = torch.equal(qkv[:, q_dim:], qkv0[:, q_dim:])
         report("rope_kv", name + " k/v rows of qkv unchanged", untouched, "" if untouched else "k/v part of qkv changed")
         slots = batch.slots(batch.seq, batch.pos)
         check_cache("rope_kv_keys", name, cache_rows(keys, kv_dim, slots), rotate(kk, c, s).reshape(-1, kv_dim),
-                    k_scale, 2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim))
+                    k_scale, rel * rope_magnitude(kk, c, s).reshape(-1, kv_dim))
         check_cache("rope_kv_values", name, cache_rows(values, kv_dim, slots), x[:, q_dim + kv_dim:], v_scale, 0.0)
         others = torch.ones(batch.pages * page_size, dtype=torch.bool, device=DEV)
         others[slots] = False
@@ -654,14 +677,16 @@ def test_decode_attention(k: Kernels) -> None:
     v, checked just before; an fp8 cache dequantized) with q rotated in float64."""
     max_splits = k.max_splits()
     decode = [(0, 1), (5, 1), (100, 1), (1000, 1), (37, 1), (16, 1)]  # per sequence: new token's position
-    shapes = ((32, 8, 64, False), (32, 8, 128, True), (8, 2, 64, True), (4, 4, 32, False), (16, 2, 128, False),
-              (24, 12, 64, True))
-    for (heads, kv_heads, head_dim, bias_on), kv_fp8 in ([(shape, False) for shape in shapes]
-                                                        + [(shape, True) for shape in shapes]):
+    # (heads, kv_heads, head_dim, bias, QK norm)
+    shapes = ((32, 8, 64, False, False), (32, 8, 128, True, False), (8, 2, 64, True, True), (4, 4, 32, False, True),
+              (16, 2, 128, False, True), (24, 12, 64, True, False))
+    for (heads, kv_heads, head_dim, bias_on, qk), kv_fp8 in ([(shape, False) for shape in shapes]
+                                                            + [(shape, True) for shape in shapes]):
         if not k.decode_supports(heads, kv_heads, head_dim):
             report("decode_attention", f"heads {heads}/{kv_heads} dim {head_dim}", False, "reported unsupported")
             continue
         q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+        qk_norm = qk_norm_weights(qk, head_dim)
         batch = Batch(decode, 16, kv_dim)
         cos, sin = rope_tables(1024, head_dim, 500000.0)
         qkv = torch.randn(batch.tokens, q_dim + 2 * kv_dim, device=DEV)
@@ -676,17 +701,17 @@ def test_decode_attention(k: Kernels) -> None:
             cache_bits(base).view(-1, kv_dim)[slots] = 0xFF if kv_fp8 else -1
         x = qkv.double() + (bias.double() if bias_on else 0.0)
         c, s = cos.double()[batch.pos.long()], sin.double()[batch.pos.long()]
-        q = rotate(x[:, :q_dim].view(-1, heads, head_dim), c, s).reshape(batch.tokens, q_dim)
-        kk = x[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim)
+        q = rotate(head_normed(x[:, :q_dim].view(-1, heads, head_dim), qk_norm[0]), c, s).reshape(batch.tokens, q_dim)
+        kk = head_normed(x[:, q_dim:q_dim + kv_dim].view(-1, kv_heads, head_dim), qk_norm[1])
         want_k = rotate(kk, c, s).reshape(-1, kv_dim)
-        k_atol = 2.0**-21 * rope_magnitude(kk, c, s).reshape(-1, kv_dim)
+        k_atol = (2.0**-21 + (NORM_FP32 if qk else 0.0)) * rope_magnitude(kk, c, s).reshape(-1, kv_dim)
         others = torch.ones(batch.pages * 16, dtype=torch.bool, device=DEV)
         others[slots] = False
         atol = 2.0**-14 * float(dequantized(base_v, v_scale).nan_to_num().abs().max())  # as test_attention
         for splits, window, fp8 in ((1, 0, False), (3, 0, False), (max_splits, 0, False), (1, 24, False),
                                     (max_splits, 24, False), (max_splits, 0, True)):
             name = (f"heads {heads}/{kv_heads} dim {head_dim} splits {splits}" + (f" window {window}" if window else "")
-                    + (" bias" if bias_on else "") + (" fp8 cache" if kv_fp8 else ""))
+                    + (" bias" if bias_on else "") + (" fp8 cache" if kv_fp8 else "") + (" qk norm" if qk else ""))
             kernel = "decode_attn_fp8" if fp8 else "decode_attn_bf16"
             keys, values = base_k.clone(), base_v.clone()
             out_scale = 2.5 / E4M3_MAX
@@ -696,7 +721,7 @@ def test_decode_attention(k: Kernels) -> None:
             if not launched(kernel, name, lambda: k.decode_attention(
                     qkv, bias, batch.seq, batch.pos, batch.tables, cos, sin, keys, values, heads, kv_heads, head_dim,
                     window, 1.0 / math.sqrt(head_dim), None if fp8 else out, out if fp8 else None, out_scale, splits,
-                    partials, counters, k_scale, v_scale)):
+                    partials, counters, k_scale, v_scale, qk_norm)):
                 continue
             check_cache("decode_attn_keys", name, cache_rows(keys, kv_dim, slots), want_k, k_scale, k_atol)
             check_cache("decode_attn_values", name, cache_rows(values, kv_dim, slots), x[:, q_dim + kv_dim:], v_scale,

@@ -161,7 +161,9 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 
   const int64_t q_dim = a.step.heads * D;
   const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
-  const auto load_rotated = [&](int64_t at, float (&out)[kVec]) {
+  // gamma: the QK norm's weights of this head (or null): the head's D elements are the x of its
+  // group's kLanes lanes, so their sum of squares is a reduction over those lanes.
+  const auto load_rotated = [&](int64_t at, float (&out)[kVec], const float* gamma) {
     float x[kVec], y[kVec];
     load8(row + at + c, x);
     load8(row + at + partner, y);
@@ -172,6 +174,19 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[e] += bx[e], y[e] += by[e];
     }
+    if (gamma) {
+      float squares = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) squares += x[e] * x[e];
+#pragma unroll
+      for (int offset = kLanes / 2; offset > 0; offset /= 2) squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+      const float inv = rsqrtf(squares / static_cast<float>(D) + a.norm_eps);
+      float gx[kVec], gy[kVec];
+      load8(gamma + c, gx);
+      load8(gamma + partner, gy);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[e] = gx[e] * (x[e] * inv), y[e] = gy[e] * (y[e] * inv);
+    }
     // Rounded product by product (no fma): the cached key does not depend on what the compiler fuses.
 #pragma unroll
     for (int e = 0; e < kVec; ++e) out[e] = __fadd_rn(__fmul_rn(x[e], cs[e]), sign * __fmul_rn(y[e], sn[e]));
@@ -179,7 +194,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   float q[G][kVec];
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-    load_rotated(static_cast<int64_t>(kvh * G + g) * D, q[g]);
+    load_rotated(static_cast<int64_t>(kvh * G + g) * D, q[g], a.q_norm);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) q[g][e] *= a.scale;
   }
@@ -247,7 +262,7 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
     // The new token, in the first warp: its groups all rotate the key (the shuffles need the whole
     // warp), group 0 stores k and v in the cache slot and takes the key into its softmax.
     float kf[kVec], vf[kKeys][kVec] = {};
-    load_rotated(q_dim + kvh * D, kf);
+    load_rotated(q_dim + kvh * D, kf, a.k_norm);
     const int64_t v_at = q_dim + kv_dim + kvh * D + c;
     load8(row + v_at, vf[0]);
     if (a.bias) {
@@ -406,6 +421,7 @@ void decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) {
     throw Error("CUDA decode attention: " + std::to_string(a.splits) + " splits (1.." +
                 std::to_string(kMaxAttentionSplits) + ", more than 1 with partials and counters)");
   }
+  if (!a.q_norm != !a.k_norm) throw Error("CUDA decode attention: QK norm needs both the q and the k weights");
   if (a.kv.dtype != DType::BF16 && a.kv.dtype != DType::F8E4M3) {
     throw Error(std::string("CUDA decode attention: KV cache dtype ") + dtype_name(a.kv.dtype) +
                 " is not supported (bf16, f8e4m3)");

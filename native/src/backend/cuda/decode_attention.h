@@ -19,6 +19,9 @@ namespace kiln::cuda {
 struct DecodeAttentionArgs {
   const float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim] as the QKV projection wrote it (unrotated)
   const float* bias = nullptr;
+  const float* q_norm = nullptr;  // QK norm (Qwen3), as RopeKvArgs: both or neither
+  const float* k_norm = nullptr;
+  float norm_eps = 0.0f;
   PagedStep step;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;

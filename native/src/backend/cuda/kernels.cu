@@ -109,6 +109,17 @@ __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_
   }
 }
 
+// The sum of v over the block's threads (one head: head_dim / 2 of them, 16 to 64), in a fixed order.
+__device__ __forceinline__ float head_sum(float v) {
+  __shared__ float partial[2];
+  const int threads = static_cast<int>(blockDim.x);
+  const unsigned mask = threads >= kWarp ? 0xffffffffu : (1u << threads) - 1;
+  for (int offset = min(kWarp, threads) / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(mask, v, offset);
+  if (threadIdx.x % kWarp == 0) partial[threadIdx.x / kWarp] = v;
+  __syncthreads();
+  return threads > kWarp ? partial[0] + partial[1] : partial[0];
+}
+
 // One block per (token, head) of q and k: each thread rotates one (i, i + head_dim/2) pair; the
 // blocks of k heads also store that head's k and v rows in the token's cache slot (Kv: the cache's
 // element type; store() quantizes e4m3 with 1 / the cache scale, bf16 ignores it).
@@ -131,6 +142,12 @@ __global__ void rope_kv_kernel(RopeKvArgs a) {
   if (a.bias) {
     x0 += a.bias[at];
     x1 += a.bias[at + half];
+  }
+  const float* gamma = head < a.step.heads ? a.q_norm : a.k_norm;
+  if (gamma) {  // the same for the whole block
+    const float inv = rsqrtf(head_sum(x0 * x0 + x1 * x1) / static_cast<float>(D) + a.norm_eps);
+    x0 = gamma[i] * (x0 * inv);
+    x1 = gamma[i + half] * (x1 * inv);
   }
   const float c = a.cos[pos * half + i];
   const float s = a.sin[pos * half + i];
@@ -443,6 +460,7 @@ void launch_attention(const AttentionArgs& a, dim3 grid, int heads_per_block, cu
 void rope_and_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
   if (args.step.tokens == 0) return;
   check_kv_dtype(args.kv, "CUDA RoPE");
+  if (!args.q_norm != !args.k_norm) throw Error("CUDA RoPE: QK norm needs both the q and the k weights");
   const dim3 grid(static_cast<unsigned>(args.step.tokens), static_cast<unsigned>(args.step.heads + args.step.kv_heads));
   const dim3 threads(static_cast<unsigned>(args.step.head_dim / 2));
   if (args.kv.dtype == DType::F8E4M3) launch_kernel("rope_kv_kernel", rope_kv_kernel<fp8>, grid, threads, stream, args);

@@ -62,6 +62,11 @@ void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int
 struct RopeKvArgs {
   float* qkv = nullptr;  // [tokens, q_dim + 2 kv_dim]
   const float* bias = nullptr;
+  // QK norm (Qwen3): each head of q and k RMS-normalised over head_dim with these weights, after the
+  // bias and before the rotation; both or neither.
+  const float* q_norm = nullptr;  // [head_dim]
+  const float* k_norm = nullptr;
+  float norm_eps = 0.0f;
   PagedStep step;
   const float* cos = nullptr;  // [positions, head_dim / 2]
   const float* sin = nullptr;

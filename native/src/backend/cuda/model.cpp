@@ -164,8 +164,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   const Engine& e = *engine_;
   const ModelConfig& c = e.config();
   max_seq_len_ = header_limit(e, "max_seq_len");
-  if (c.qk_norm || c.o_bias || c.mlp_bias) {
-    throw Error(e.source() + ": the CUDA backend does not run QK norm or o/MLP biases yet (" + c.hf_architecture + ")");
+  if (c.o_bias || c.mlp_bias) {
+    throw Error(e.source() + ": the CUDA backend does not run o/MLP biases yet (" + c.hf_architecture + ")");
   }
   if (!attention_supports_head_dim(c.head_dim)) {
     throw Error(e.source() + ": the CUDA attention kernel supports head_dim 32, 64 or 128, the model has " +
@@ -239,6 +239,11 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
     layer.attn_norm = upload_optional_vector(L + "attn_norm.weight", c.hidden_size);
     layer.mlp_norm = upload_optional_vector(L + "mlp_norm.weight", c.hidden_size);
     layer.qkv_bias = upload_optional_vector(L + "qkv.bias", qkv_out);
+    if (c.qk_norm) {
+      layer.q_norm = upload_optional_vector(L + "q_norm.weight", c.head_dim);
+      layer.k_norm = upload_optional_vector(L + "k_norm.weight", c.head_dim);
+      if (!layer.q_norm || !layer.k_norm) throw Error(e.source() + ": " + L + "q_norm/k_norm weights are missing");
+    }
     layer.qkv = projection(L + "qkv.weight", qkv_out, c.hidden_size);
     layer.o = projection(L + "o.weight", c.hidden_size, c.q_dim());
     layer.gate_up = projection(L + "gate_up.weight", 2 * c.intermediate_size, c.hidden_size, true);
@@ -463,6 +468,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
 
   RopeKvArgs rope;
   rope.qkv = qkv;
+  rope.norm_eps = eps;
   rope.step = step;
   rope.cos = rope_cos_.get<float>();
   rope.sin = rope_sin_.get<float>();
@@ -482,6 +488,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
 
   DecodeAttentionArgs decode;
   decode.qkv = qkv;
+  decode.norm_eps = eps;
   decode.step = step;
   decode.cos = rope.cos;
   decode.sin = rope.sin;
@@ -522,11 +529,15 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     }
     if (shape.decode) {
       decode.bias = layer.qkv_bias;
+      decode.q_norm = layer.q_norm;
+      decode.k_norm = layer.k_norm;
       decode.kv = cache.layer(li);
       decode.out_scale = layer.o.input_scale;
       decode_attention(decode, stream_);
     } else {
       rope.bias = layer.qkv_bias;
+      rope.q_norm = layer.q_norm;
+      rope.k_norm = layer.k_norm;
       rope.kv = cache.layer(li);
       rope_and_write_kv(rope, stream_);
       attention.kv = rope.kv;

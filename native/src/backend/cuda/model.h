@@ -94,6 +94,8 @@ class CudaModel {
     const float* attn_norm = nullptr;
     const float* mlp_norm = nullptr;
     const float* qkv_bias = nullptr;
+    const float* q_norm = nullptr;  // QK norm (Qwen3): [head_dim] each
+    const float* k_norm = nullptr;
     Projection qkv, o, gate_up, down;
   };
 
