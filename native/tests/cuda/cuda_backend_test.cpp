@@ -463,10 +463,7 @@ TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
 TEST(CudaAutotune, GateUpRacesWithTheSiluMulWhereTheGemvRuns) {
   SKIP_WITHOUT_GPU();
   const TinySpec spec = cuda_tiny_spec();
-  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_autotune_silu", spec));
-  o.autotune = true;
-  o.max_batch = 16;
-  build_cuda_engine(o);
+  const BuildOptions o = build_autotuned_tiny_engine("cuda_autotune_silu", spec);
   const auto engine = Engine::load(o.out_path);  // owns the header the loop walks
   int gate_up_raced = 0;
   for (const auto& entry : engine->header().at("autotune").at("entries")) {
@@ -498,10 +495,7 @@ TEST(CudaAutotune, GateUpRacesWithTheSiluMulWhereTheGemvRuns) {
 TEST(CudaModel, AnOlderEnginesKilnSkinnyEntriesRunTheirCublasLtAlgorithm) {
   SKIP_WITHOUT_GPU();
   const TinySpec spec = cuda_tiny_spec();
-  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_skinny_entries", spec));
-  o.autotune = true;
-  o.max_batch = 16;
-  build_cuda_engine(o);
+  const BuildOptions o = build_autotuned_tiny_engine("cuda_skinny_entries", spec);
   const EngineFile built = read_engine_file(o.out_path);
   Json header = built.header;
   int renamed = 0;

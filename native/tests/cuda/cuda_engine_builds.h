@@ -49,6 +49,15 @@ inline std::string build_cuda_engine(const BuildOptions& o) {
   return o.out_path;
 }
 
+// `spec`'s checkpoint built autotuned for batches up to 16 (buckets 1, 8, 64); returns its options.
+inline BuildOptions build_autotuned_tiny_engine(const std::string& name, const TinySpec& spec) {
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint(name, spec));
+  o.autotune = true;
+  o.max_batch = 16;
+  build_cuda_engine(o);
+  return o;
+}
+
 inline std::string build_cuda_engine(const std::string& dir, bool autotune, Precision precision = Precision::BF16,
                                      const std::string& calibration = "") {
   BuildOptions o = cuda_build_options(dir);
