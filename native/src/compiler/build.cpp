@@ -159,7 +159,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   const ModelConfig config = parse_hf_config(hf_config, (dir / "config.json").string());
   const int64_t max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : std::min<int64_t>(config.max_position_embeddings, 4096);
   const Checkpoint checkpoint = Checkpoint::open(o.model_dir);
-  Graph graph = load_graph(config, checkpoint, report.steps(kLoad, "loaded tensor"));
+  Graph graph = load_graph(config, checkpoint, report.steps(kLoad, "loaded tensor"), &pool);
   report.say(kLoad, 1, config.hf_architecture + ": " + std::to_string(config.num_layers) + " layers, hidden " +
                            std::to_string(config.hidden_size) + ", " + std::to_string(graph.weights.size()) + " tensors");
 
@@ -190,7 +190,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   if (o.precision == Precision::FP8) {
     const auto sequences = read_calibration_sequences(o.calibration_path, config.vocab_size, max_seq_len);
     report.say(kCalibrate, 0, "running the fp32 model over " + std::to_string(sequences.size()) + " sequences");
-    QuantizedModel reference = quantize(graph, Precision::FP32, {});
+    QuantizedModel reference = quantize(graph, Precision::FP32, {}, {}, &pool);
     Json ref_header = header;
     ref_header["quantization"] = reference.quantization;
     auto engine = Engine::from_tensors(ref_header, std::move(reference.tensors));
@@ -207,7 +207,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
 
   // quantize
   report.say(kQuantize, 0, std::string("applying ") + precision_name(o.precision));
-  QuantizedModel q = quantize(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"));
+  QuantizedModel q = quantize(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"), &pool);
   graph.weights.clear();
 
   // autotune

@@ -56,10 +56,28 @@ DType checkpoint_dtype(const std::string& torch_dtype) {
   return DType::F32;
 }
 
-TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype) {
+// Elements converted per chunk of work on the pool (an 8B checkpoint is ~8G elements: converted on
+// one core, this was the slowest part of an fp8 build).
+constexpr size_t kQuantizeChunk = size_t{1} << 20;
+
+TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype, ThreadPool* pool) {
   TensorBlob b{name, dtype, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size() * dtype_size(dtype))};
-  encode_from_f32(dtype, w.data.data(), b.bytes.data(), w.data.size());
+  const size_t width = dtype_size(dtype);
+  for_chunks(pool, w.data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+    encode_from_f32(dtype, w.data.data() + begin, b.bytes.data() + begin * width, end - begin);
+  });
   return b;
+}
+
+// max |x| (a max: the same whatever the chunks).
+float amax_of(const std::vector<float>& data, ThreadPool* pool) {
+  std::vector<float> partial(data.size() / kQuantizeChunk + 1, 0.0f);
+  for_chunks(pool, data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+    float amax = 0.0f;
+    for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(data[i]));
+    partial[begin / kQuantizeChunk] = amax;
+  });
+  return *std::max_element(partial.begin(), partial.end());
 }
 
 // Per layer {k_scale, k_amax, v_scale, v_amax} for an fp8 KV cache (stored e4m3(x / scale), so the
@@ -83,7 +101,7 @@ Json kv_cache_scales(int64_t layers, const std::map<std::string, float>& amax) {
 }  // namespace
 
 QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
-                        const std::function<void(size_t, size_t)>& on_tensor) {
+                        const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
   QuantizedModel out;
   std::set<std::string> gemm;
   std::set<std::string> high;
@@ -121,31 +139,37 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
   size_t done = 0;
   for (const auto& [name, w] : g.weights) {
     if (!gemm.count(name)) {
-      out.tensors.push_back(float_blob(name, w, high.count(name) ? high_dtype : DType::F32));
+      out.tensors.push_back(float_blob(name, w, high.count(name) ? high_dtype : DType::F32, pool));
     } else if (precision == Precision::Int8Weight) {
       const int64_t n = w.shape[0];
       const int64_t k = w.shape[1];
       TensorBlob q{name, DType::I8, w.shape, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n * k))};
       TensorBlob s{name + ".scales", DType::F32, {n}, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n) * 4)};
-      quantize_int8_rows(w.data.data(), n, k, reinterpret_cast<int8_t*>(q.bytes.data()),
-                         reinterpret_cast<float*>(s.bytes.data()));
+      // Rows are independent: chunks of whole rows.
+      const size_t rows_per_chunk = std::max<size_t>(1, kQuantizeChunk / static_cast<size_t>(k));
+      for_chunks(pool, static_cast<size_t>(n), rows_per_chunk, [&](size_t begin, size_t end) {
+        quantize_int8_rows(w.data.data() + begin * k, static_cast<int64_t>(end - begin), k,
+                           reinterpret_cast<int8_t*>(q.bytes.data()) + begin * k,
+                           reinterpret_cast<float*>(s.bytes.data()) + begin);
+      });
       out.tensors.push_back(std::move(q));
       out.tensors.push_back(std::move(s));
     } else if (precision == Precision::FP8) {
-      float amax = 0.0f;
-      for (float v : w.data) amax = std::max(amax, std::fabs(v));
+      const float amax = amax_of(w.data, pool);
       const auto it = input_amax.find(name);
       if (it == input_amax.end()) throw Error("fp8: calibration recorded no input range for " + name);
       const float weight_scale = fp8_scale_for(amax);
       TensorBlob q{name, DType::F8E4M3, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size())};
-      quantize_fp8(w.data.data(), w.data.size(), weight_scale, q.bytes.data());
+      for_chunks(pool, w.data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+        quantize_fp8(w.data.data() + begin, end - begin, weight_scale, q.bytes.data() + begin);
+      });
       out.tensors.push_back(std::move(q));
       scales[name] = Json{{"weight_scale", weight_scale},
                           {"weight_amax", amax},
                           {"input_scale", fp8_scale_for(it->second)},
                           {"input_amax", it->second}};
     } else {
-      out.tensors.push_back(float_blob(name, w, gemm_dtype));
+      out.tensors.push_back(float_blob(name, w, gemm_dtype, pool));
     }
     if (on_tensor) on_tensor(++done, g.weights.size());
   }

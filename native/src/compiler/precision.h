@@ -7,6 +7,7 @@
 
 #include "compiler/graph.h"
 #include "core/json.h"
+#include "core/thread_pool.h"
 #include "engine/tensor_blob.h"
 
 namespace kiln {
@@ -32,8 +33,10 @@ struct QuantizedModel {
 // shipped in, and no copy wider than the source); norms and biases stay fp32. int8-weight stores one scale per
 // output channel in "<weight>.scales"; fp8 stores per-tensor weight scales and, from `input_amax`
 // (calibration, keyed by weight name), per-tensor input scales. `on_tensor` may throw to cancel.
+// With a pool, each tensor's elements are converted in chunks on all its threads (the same bytes as
+// without: every conversion is per element, amax a max).
 QuantizedModel quantize(const Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
-                        const std::function<void(size_t, size_t)>& on_tensor = {});
+                        const std::function<void(size_t, size_t)>& on_tensor = {}, ThreadPool* pool = nullptr);
 
 // int8 weight-only quantization of a row-major [n, k] matrix, symmetric per output row.
 void quantize_int8_rows(const float* w, int64_t n, int64_t k, int8_t* q, float* scales);

@@ -67,4 +67,14 @@ void ThreadPool::worker_loop(int index) {
   }
 }
 
+void for_chunks(ThreadPool* pool, size_t count, size_t chunk, const std::function<void(size_t, size_t)>& fn) {
+  const size_t chunks = (count + chunk - 1) / chunk;
+  if (!pool || chunks <= 1) {
+    fn(0, count);
+    return;
+  }
+  pool->run(static_cast<int>(chunks), pool->size(),
+            [&](int c) { fn(static_cast<size_t>(c) * chunk, std::min(count, (static_cast<size_t>(c) + 1) * chunk)); });
+}
+
 }  // namespace kiln

@@ -40,4 +40,8 @@ class ThreadPool {
   bool stopping_ = false;
 };
 
+// fn(begin, end) over [0, count) in chunks of `chunk` on all the pool's threads, or in one call
+// without a pool (or with one chunk): for loops whose elements are independent (conversions).
+void for_chunks(ThreadPool* pool, size_t count, size_t chunk, const std::function<void(size_t, size_t)>& fn);
+
 }  // namespace kiln

@@ -60,7 +60,8 @@ class GraphBuilder {
 
 }  // namespace
 
-Graph load_graph(const ModelConfig& c, const Checkpoint& ckpt, const std::function<void(size_t, size_t)>& on_tensor) {
+Graph load_graph(const ModelConfig& c, const Checkpoint& ckpt, const std::function<void(size_t, size_t)>& on_tensor,
+                 ThreadPool* pool) {
   Graph g;
   g.config = c;
   GraphBuilder b(g);
@@ -120,14 +121,14 @@ Graph load_graph(const ModelConfig& c, const Checkpoint& ckpt, const std::functi
   size_t done = 0;
   for (const auto& e : b.expected()) {
     const SourceTensor* t = ckpt.find(e.hf_name);
-    g.weights[e.kiln_name] = Weight{t->shape, ckpt.to_f32(*t)};
+    g.weights[e.kiln_name] = Weight{t->shape, ckpt.to_f32(*t, pool)};
     if (on_tensor) on_tensor(++done, total);
   }
   for (const auto& [name, t] : ckpt.tensors()) {
     if (mapped.count(name)) continue;
     // Non-float leftovers (e.g. integer buffers) cannot be weights of this decoder; a float leftover
     // is kept so the drop_unused pass reports it.
-    if (t.is_float && !g.weights.count(name)) g.weights[name] = Weight{t.shape, ckpt.to_f32(t)};
+    if (t.is_float && !g.weights.count(name)) g.weights[name] = Weight{t.shape, ckpt.to_f32(t, pool)};
     if (on_tensor) on_tensor(++done, total);
   }
   return g;

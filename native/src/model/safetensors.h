@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "core/mapped_file.h"
+#include "core/thread_pool.h"
 
 namespace kiln {
 
@@ -35,8 +36,8 @@ class Checkpoint {
   const std::map<std::string, SourceTensor>& tensors() const { return tensors_; }
   const std::string& directory() const { return directory_; }
 
-  // Decodes a float tensor into fp32.
-  std::vector<float> to_f32(const SourceTensor& tensor) const;
+  // Decodes a float tensor into fp32 (in chunks on the pool's threads, when given one).
+  std::vector<float> to_f32(const SourceTensor& tensor, ThreadPool* pool = nullptr) const;
 
  private:
   void add_file(const std::string& path);
