@@ -116,6 +116,31 @@ TEST(Precision, EachRoleGetsTheDtypeItsPrecisionPromises) {
   EXPECT_THROW(quantize(g, Precision::FP8, {}), Error);  // no calibration for a quantized input
 }
 
+// On a thread pool every precision gives the bytes of the serial conversion: weights of several
+// million elements (several chunks, the largest value in the last one) and a partial last chunk.
+TEST(Precision, AThreadPoolGivesTheSameBytesAsOneThread) {
+  Graph g = small_graph(false);
+  const int64_t rows = 1100, cols = 2049;  // 2.25M elements: 3 chunks, the last partial
+  std::vector<float> big(static_cast<size_t>(rows * cols));
+  for (size_t i = 0; i < big.size(); ++i) big[i] = std::sin(static_cast<float>(i) * 0.37f) * 3.0f;
+  big.back() = 40.0f;  // the amax sits in the last chunk
+  g.weights["layers.0.qkv.weight"] = Weight{{rows, cols}, big};
+  g.weights["lm_head.weight"] = Weight{{rows, cols}, big};
+  ThreadPool pool(3);
+  for (Precision p : {Precision::FP32, Precision::BF16, Precision::FP16, Precision::Int8Weight, Precision::FP8}) {
+    SCOPED_TRACE(precision_name(p));
+    const std::map<std::string, float> amax{{"layers.0.qkv.weight", 4.48f}};
+    const QuantizedModel serial = quantize(g, p, amax);
+    const QuantizedModel pooled = quantize(g, p, amax, {}, &pool);
+    ASSERT_EQ(serial.tensors.size(), pooled.tensors.size());
+    for (size_t i = 0; i < serial.tensors.size(); ++i) {
+      EXPECT_EQ(serial.tensors[i].name, pooled.tensors[i].name);
+      EXPECT_TRUE(serial.tensors[i].bytes == pooled.tensors[i].bytes) << serial.tensors[i].name;
+    }
+    EXPECT_EQ(serial.quantization, pooled.quantization);
+  }
+}
+
 // Calibration's amax of each layer's cached keys and values becomes that layer's fp8 KV scales
 // (amax / 448); without them (every layer needed) the header has none and an fp8 cache uses 1.0.
 TEST(Precision, Fp8EnginesRecordKvCacheScalesWhenCalibrationObservedThem) {
