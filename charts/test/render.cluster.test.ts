@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { V1Deployment } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GPU_PRODUCT_NAMES } from "../../operator/src/api/gpu.js";
+import { QUANTITY_PATTERN } from "../../operator/src/builder-resources.js";
 import { CONFIG_MAP_KEY, ConfigError, loadConfig } from "../../operator/src/config.js";
 import { STORE_VOLUME_NAME } from "../../operator/src/store-volume.js";
 import { pinnedVersion } from "../../test/cluster/binaries.js";
@@ -135,6 +136,9 @@ describe("helm lint and template", () => {
           "limits.buildAttempts=5",
           "defaults.gpuNodeSelectors.H100.pool=h100",
           "defaults.gpuResource=example.com/gpu",
+          "defaults.builderResources.requests.cpu=8",
+          "defaults.builderResources.requests.memory=64Gi",
+          "defaults.builderResources.limits.memory=96Gi",
           "reconcileConcurrency=9",
         ],
         "--set-string",
@@ -157,6 +161,10 @@ describe("helm lint and template", () => {
     // Products not overridden keep the operator's defaults.
     expect(config.defaults.gpuNodeSelectors.H200).toEqual({ "nvidia.com/gpu.product": "NVIDIA-H200" });
     expect(config.defaults.gpuResource).toBe("example.com/gpu");
+    expect(config.defaults.builderResources).toEqual({
+      requests: { cpu: "8", memory: "64Gi" },
+      limits: { memory: "96Gi" },
+    });
     expect(config.reconcileConcurrency).toBe(9);
   });
 
@@ -232,6 +240,17 @@ describe("values.schema.json agrees with the operator's configuration", () => {
     expect(Object.keys(selectors).sort()).toEqual([...GPU_PRODUCT_NAMES].sort());
   });
 
+  it("checks builder resource quantities with the operator's pattern", () => {
+    const builder = schema.properties.defaults?.properties.builderResources as unknown as {
+      properties: Record<string, { additionalProperties: { anyOf: { pattern?: string }[] } }>;
+    };
+    for (const section of ["requests", "limits"]) {
+      expect(builder.properties[section]?.additionalProperties.anyOf[0]?.pattern).toBe(
+        QUANTITY_PATTERN.source,
+      );
+    }
+  });
+
   it.each(integerSettings)("%s has the operator's bounds", (valuesPath, configPath) => {
     const { minimum, maximum } = boundsOf(valuesPath);
     const doc = (value: number) => {
@@ -289,6 +308,16 @@ describe("bad values fail `helm install` with a message naming the value", () =>
       "a GPU product the operator does not know",
       [STORE, "defaults.gpuNodeSelectors.B300.pool=b300"],
       /at '\/defaults\/gpuNodeSelectors': additional properties 'B300' not allowed/,
+    ],
+    [
+      "a builder memory request that is not a quantity",
+      [STORE, "defaults.builderResources.requests.memory=64 GB"],
+      /at '\/defaults\/builderResources\/requests\/memory': '64 GB' does not match pattern/,
+    ],
+    [
+      "a builder limit of the GPU resource, which the operator sets",
+      [STORE, "defaults.builderResources.limits.nvidia\\.com/gpu=2"],
+      /defaults\.builderResources\.limits\.nvidia\.com\/gpu: the operator sets the GPU limit of build Jobs itself/,
     ],
     ["a misspelt setting", [STORE, "toolchain.verison=0.2.0"], /additional properties 'verison' not allowed/],
     [

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { parse } from "yaml";
 import { GPU_PRODUCTS, type GpuProductName } from "./api/gpu.js";
+import { type BuilderResources, checkBuilderResources } from "./builder-resources.js";
 import { checkStoreVolume, type VolumeSource } from "./store-volume.js";
 
 export interface OperatorConfig {
@@ -34,6 +35,11 @@ export interface OperatorConfig {
     /** Node labels runtime and build pods of a product must land on. */
     gpuNodeSelectors: Partial<Record<GpuProductName, Record<string, string>>>;
     gpuResource: string;
+    /**
+     * Requests and limits (CPU, memory, ...) of every build Job's builder container, beside the GPU
+     * limit the operator sets; not part of the engine key. Empty: none.
+     */
+    builderResources: BuilderResources;
   };
   leaderElection: {
     namespace: string;
@@ -197,6 +203,18 @@ export function loadConfig(
     }
   }
 
+  const gpuResource = optStr("KILN_GPU_RESOURCE", "defaults.gpuResource") ?? "nvidia.com/gpu";
+  const { value: builderResourcesValue, readable: builderResourcesReadable } = yamlValue(
+    "KILN_BUILDER_RESOURCES",
+    "defaults.builderResources",
+  );
+  const builderResources = checkBuilderResources(
+    builderResourcesReadable ? builderResourcesValue : undefined,
+    gpuResource,
+    where("KILN_BUILDER_RESOURCES", "defaults.builderResources"),
+  );
+  problems.push(...builderResources.problems);
+
   const config: OperatorConfig = {
     toolchain: {
       version: str("KILN_TOOLCHAIN_VERSION", "toolchain.version"),
@@ -232,7 +250,8 @@ export function loadConfig(
     },
     defaults: {
       gpuNodeSelectors: selectors,
-      gpuResource: optStr("KILN_GPU_RESOURCE", "defaults.gpuResource") ?? "nvidia.com/gpu",
+      gpuResource,
+      builderResources: builderResources.resources,
     },
     leaderElection: {
       namespace: optStr("KILN_NAMESPACE", "leaderElection.namespace") ?? "kiln-system",

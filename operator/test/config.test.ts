@@ -175,6 +175,107 @@ describe("operator config", () => {
     expect(storeProblems(uri, "{hostPath: {path: /srv/kiln}}")).toEqual([expect.stringMatching(message)]);
   });
 
+  const builderProblems = (resources: string, extra: Record<string, string> = {}) => {
+    try {
+      loadConfig({ ...env, ...extra, KILN_BUILDER_RESOURCES: resources }, () => "");
+    } catch (err) {
+      return (err as ConfigError).problems;
+    }
+    return [];
+  };
+
+  it("takes build Job requests and limits from the file or as YAML in the environment; none by default", () => {
+    expect(loadConfig(env, () => "").defaults.builderResources).toEqual({});
+    const file =
+      "defaults:\n  builderResources:\n    requests: {cpu: 8, memory: 64Gi}\n    limits: {memory: 96Gi, ephemeral-storage: 200Gi}\n";
+    const fromFile = loadConfig({ ...env, KILN_CONFIG_FILE: "f" }, () => file).defaults.builderResources;
+    // Quantities as strings, whether YAML read them as numbers or not.
+    expect(fromFile).toEqual({
+      requests: { cpu: "8", memory: "64Gi" },
+      limits: { memory: "96Gi", "ephemeral-storage": "200Gi" },
+    });
+    const fromEnv = loadConfig({ ...env, KILN_BUILDER_RESOURCES: '{"requests": {"cpu": "500m"}}' }, () => "");
+    expect(fromEnv.defaults.builderResources).toEqual({ requests: { cpu: "500m" } });
+    // Live like the other defaults.
+    const current = loadConfig(env, () => "");
+    expect(applyConfigChange(current, fromEnv).changed).toEqual(["defaults"]);
+    expect(current.defaults.builderResources).toEqual({ requests: { cpu: "500m" } });
+  });
+
+  it.each(["1", "0.5", ".5", "500m", "64Gi", "1.5Ti", "128M", "1e3", "2E6", "4k"])(
+    "accepts the quantity %s",
+    (quantity) => {
+      expect(builderProblems(`{limits: {memory: "${quantity}"}}`)).toEqual([]);
+    },
+  );
+
+  it.each([
+    [
+      "a quantity with a space",
+      '{requests: {memory: "64 GB"}}',
+      /^defaults\.builderResources\.requests\.memory: "64 GB" is not a Kubernetes quantity \(e\.g\. 8, 500m, 64Gi\) \(env KILN_BUILDER_RESOURCES or defaults\.builderResources in KILN_CONFIG_FILE\)$/,
+    ],
+    [
+      "a lowercase binary suffix",
+      "{limits: {memory: 64gi}}",
+      /^defaults\.builderResources\.limits\.memory: "64gi" is not a Kubernetes quantity/,
+    ],
+    [
+      "a negative quantity",
+      "{requests: {cpu: -1}}",
+      /^defaults\.builderResources\.requests\.cpu: -1 is not a Kubernetes quantity/,
+    ],
+    [
+      "a quantity that is a mapping",
+      "{requests: {cpu: {n: 1}}}",
+      /^defaults\.builderResources\.requests\.cpu: \{"n":1\} is not/,
+    ],
+    [
+      "a misspelt section",
+      "{request: {cpu: 1}}",
+      /^defaults\.builderResources\.request: unknown key \(known: requests, limits\)/,
+    ],
+    ["a list", "[cpu, memory]", /^defaults\.builderResources must be a mapping of requests and limits/],
+    [
+      "a section that is not a mapping",
+      "{limits: 64Gi}",
+      /^defaults\.builderResources\.limits must map resource names to quantities/,
+    ],
+    [
+      "a request above its limit",
+      "{requests: {memory: 96Gi}, limits: {memory: 64Gi}}",
+      /^defaults\.builderResources\.requests\.memory \(96Gi\) must not exceed defaults\.builderResources\.limits\.memory \(64Gi\)/,
+    ],
+    [
+      "a request above its limit in other units",
+      "{requests: {cpu: 1500m}, limits: {cpu: 1}}",
+      /requests\.cpu \(1500m\) must not exceed/,
+    ],
+    [
+      "text that is not YAML",
+      "{requests: [",
+      /^defaults\.builderResources: env KILN_BUILDER_RESOURCES is not YAML or JSON/,
+    ],
+  ])("refuses builder resources with %s, naming the key", (_, resources, message) => {
+    const problems = builderProblems(resources);
+    expect(problems).toHaveLength(1);
+    expect(problems[0]).toMatch(message);
+  });
+
+  it("refuses builder resources that name the GPU resource: the operator's GPU limit must stand", () => {
+    expect(builderProblems("{limits: {nvidia.com/gpu: 2}}")).toEqual([
+      expect.stringMatching(
+        /^defaults\.builderResources\.limits\.nvidia\.com\/gpu: the operator sets the GPU limit of build Jobs itself/,
+      ),
+    ]);
+    // The configured GPU resource, whatever it is called.
+    const custom = { KILN_GPU_RESOURCE: "example.com/gpu" };
+    expect(builderProblems("{requests: {example.com/gpu: 1}}", custom)).toEqual([
+      expect.stringMatching(/^defaults\.builderResources\.requests\.example\.com\/gpu: the operator sets/),
+    ]);
+    expect(builderProblems("{requests: {nvidia.com/gpu: 1}}", custom)).toEqual([]);
+  });
+
   it("requires the renew deadline below the lease duration", () => {
     expect(() =>
       loadConfig(

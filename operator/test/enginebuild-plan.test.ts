@@ -4,6 +4,7 @@ import { PVC_MOUNT_ROOT } from "../../lib/manifest.js";
 import type { ObjectStore } from "../../lib/object-store.js";
 import type { InferenceModelSpec } from "../src/api/inferencemodel.js";
 import type { EngineBuild } from "../src/api/types.js";
+import type { OperatorConfig } from "../src/config.js";
 import { type KubeClient, type KubeObject, objectKey } from "../src/controller/kube.js";
 import { claimMountsFor } from "../src/enginebuild/claims.js";
 import {
@@ -18,8 +19,9 @@ import {
   WAITING_FOR_SHARED_BUILD,
 } from "../src/enginebuild/reconcile.js";
 import type { ManifestCheck } from "../src/enginebuild/result.js";
+import { planModel } from "../src/inferencemodel/reconcile.js";
 import { silentLog } from "./fakes.js";
-import { config, engineBuildFor, NOW } from "./fixtures.js";
+import { config, engineBuildFor, model, NOW } from "./fixtures.js";
 
 const validManifest = (key: string): ManifestCheck => ({
   state: "valid",
@@ -341,6 +343,62 @@ describe("EngineBuild plan", () => {
     const plan = planBuild(observe(done, { manifest: validManifest(b.spec.key) }));
     expect(plan.status).toBe(done.status);
     expect(plan.createJob).toBeUndefined();
+  });
+});
+
+describe("build Job resources", () => {
+  const sized: OperatorConfig = {
+    ...config,
+    defaults: {
+      ...config.defaults,
+      builderResources: { requests: { cpu: "8", memory: "64Gi" }, limits: { memory: "96Gi" } },
+    },
+  };
+  const builderOf = (b: EngineBuild, c: OperatorConfig) =>
+    planBuild(observe(b, { config: c })).createJob?.spec?.template.spec?.containers[0];
+
+  it("gives the builder the configured requests and limits beside the GPU limit", () => {
+    const b = engineBuildFor("m", { gpu: { products: ["H100"], count: 2 }, engine: { tensorParallel: 2 } });
+    expect(builderOf(b, sized)?.resources).toEqual({
+      requests: { cpu: "8", memory: "64Gi" },
+      limits: { memory: "96Gi", "nvidia.com/gpu": "2" },
+    });
+    // Nothing configured: the GPU limit alone, as before the setting existed.
+    expect(builderOf(b, config)?.resources).toEqual({ limits: { "nvidia.com/gpu": "2" } });
+  });
+
+  it("keeps the operator's GPU limit over a configuration that names the GPU resource anyway", () => {
+    // loadConfig refuses this; a configuration built another way still cannot move the GPU limit.
+    const clash: OperatorConfig = {
+      ...config,
+      defaults: { ...config.defaults, builderResources: { limits: { "nvidia.com/gpu": "8" } } },
+    };
+    expect(builderOf(engineBuildFor(), clash)?.resources?.limits).toEqual({ "nvidia.com/gpu": "1" });
+  });
+
+  it("gives a CPU build the configured requests and limits, and no GPU", () => {
+    const b = engineBuildFor("m", { gpu: { products: ["cpu"] } });
+    expect(builderOf(b, sized)?.resources).toEqual({
+      requests: { cpu: "8", memory: "64Gi" },
+      limits: { memory: "96Gi" },
+    });
+    expect(builderOf(b, config)?.resources).toEqual({});
+  });
+
+  it("leaves the engine key and the EngineBuild spec alone: resources do not change the engine", () => {
+    const buildWith = (c: OperatorConfig) =>
+      planModel({
+        model: model("m"),
+        revision: "rev1",
+        buildsByKey: new Map(),
+        ownedBuilds: [],
+        deployments: [],
+        service: undefined,
+        config: c,
+        now: NOW,
+      }).createBuilds[0];
+    expect(buildWith(sized)?.spec).toEqual(buildWith(config)?.spec);
+    expect(buildWith(sized)?.spec.key).toBe(engineBuildFor().spec.key);
   });
 });
 

@@ -34,7 +34,13 @@ type Deployment = V1Deployment & KubeObject;
 type Pod = V1Pod & KubeObject;
 
 const NODE: ResourceType = { apiVersion: "v1", kind: "Node", plural: "nodes", namespaced: false };
-const env = operatorEnv({ KILN_BUILD_ATTEMPTS: "2" });
+const env = operatorEnv({
+  KILN_BUILD_ATTEMPTS: "2",
+  KILN_BUILDER_RESOURCES: JSON.stringify({
+    requests: { cpu: "2", memory: "8Gi" },
+    limits: { memory: "12Gi" },
+  }),
+});
 const store = storeOf(env);
 const toolchain = { version: env.KILN_TOOLCHAIN_VERSION ?? "", builderImage: env.KILN_BUILDER_IMAGE ?? "" };
 const namespaces: string[] = [];
@@ -121,7 +127,11 @@ describe("InferenceModel lifecycle against the real control plane", () => {
     expect(job?.spec?.template.spec?.nodeSelector).toEqual({
       "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
     });
-    expect(job?.spec?.template.spec?.containers[0]?.resources?.limits).toEqual({ "nvidia.com/gpu": "1" });
+    // The API server took the Job with the configured requests and limits beside the GPU limit.
+    expect(job?.spec?.template.spec?.containers[0]?.resources).toEqual({
+      requests: { cpu: "2", memory: "8Gi" },
+      limits: { memory: "12Gi", "nvidia.com/gpu": "1" },
+    });
     expect(job?.spec).toMatchObject({ backoffLimit: 0, activeDeadlineSeconds: 14400 });
 
     const key = build?.spec.key ?? "";

@@ -63,6 +63,9 @@ The sections of the operator's configuration it applies live when the ConfigMap 
 {{- if .Values.defaults.gpuNodeSelectors -}}
 {{- $_ := set $defaults "gpuNodeSelectors" .Values.defaults.gpuNodeSelectors -}}
 {{- end -}}
+{{- if .Values.defaults.builderResources -}}
+{{- $_ := set $defaults "builderResources" .Values.defaults.builderResources -}}
+{{- end -}}
 {{- $config := dict
   "toolchain" (dict
     "version" $tc.version

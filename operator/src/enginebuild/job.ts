@@ -48,6 +48,14 @@ export function desiredJob(
     ...(storeSecret ? [{ secretRef: { name: storeSecret } }] : []),
   ];
   const gpus = String(build.spec.engine.tensorParallel);
+  // The configured requests and limits (the builder holds the weights in fp32 while it compiles, so
+  // memory is what platform teams size), and the GPU limit last: it always wins.
+  const { requests, limits } = config.defaults.builderResources;
+  const gpuLimit = isGpu ? { [config.defaults.gpuResource]: gpus } : {};
+  const resources = {
+    ...(requests ? { requests: { ...requests } } : {}),
+    ...(limits || isGpu ? { limits: { ...limits, ...gpuLimit } } : {}),
+  };
   const store = storeMounts(config.objectStore, false);
   const volumes = [...claims.volumes, ...store.volumes];
   const volumeMounts = [...claims.volumeMounts, ...store.volumeMounts];
@@ -104,7 +112,7 @@ export function desiredJob(
               ],
               // Credentials by reference: the operator never reads the Secret's data.
               ...(envFrom.length ? { envFrom } : {}),
-              resources: isGpu ? { limits: { [config.defaults.gpuResource]: gpus } } : {},
+              resources,
               ...(volumeMounts.length ? { volumeMounts } : {}),
               terminationMessagePath: TERMINATION_MESSAGE_PATH,
               terminationMessagePolicy: "FallbackToLogsOnError",
