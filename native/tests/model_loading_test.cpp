@@ -95,6 +95,27 @@ TEST(Safetensors, ReadsShardedCheckpointsThroughTheIndex) {
   EXPECT_EQ(ckpt.to_f32(*t), tensors.at("model.layers.1.mlp.up_proj.weight").data);
 }
 
+// After release a tensor's pages are dropped, not its data: decoding it again (from the file, pages
+// mapped anew), and on a pool, gives the same values; every tensor of every shard can be released.
+TEST(Safetensors, ATensorDecodesTheSameAfterItsPagesAreReleased) {
+  TinySpec spec;
+  spec.shards = 2;
+  spec.dtype = "BF16";
+  spec.hidden = 256;
+  spec.intermediate = 1024;  // tensors of several pages
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("released");
+  write_checkpoint(dir, spec, tensors);
+  const Checkpoint ckpt = Checkpoint::open(dir);
+  ThreadPool pool(2);
+  for (const auto& [name, t] : ckpt.tensors()) {
+    const std::vector<float> first = ckpt.to_f32(t);
+    ckpt.release(t);
+    EXPECT_EQ(ckpt.to_f32(t, &pool), first) << name;
+    EXPECT_EQ(first, tensors.at(name).data) << name;
+  }
+}
+
 TEST(Safetensors, RefusesOffsetsOutsideTheFileAndTruncatedHeaders) {
   const std::string dir = temp_dir("bad");
   {

@@ -141,6 +141,25 @@ TEST(Precision, AThreadPoolGivesTheSameBytesAsOneThread) {
   }
 }
 
+// The build's last quantize frees the graph's fp32 weights as it goes: the same tensors and header,
+// no weights left, the nodes untouched.
+TEST(Precision, QuantizeReleasingGivesQuantizesTensorsAndEmptiesTheWeights) {
+  Graph g = small_graph(true);
+  const std::map<std::string, float> amax{{"layers.0.qkv.weight", 4.48f}};
+  const QuantizedModel kept = quantize(g, Precision::FP8, amax);
+  const size_t nodes = g.nodes.size();
+  const QuantizedModel released = quantize_releasing(g, Precision::FP8, amax);
+  ASSERT_EQ(kept.tensors.size(), released.tensors.size());
+  for (size_t i = 0; i < kept.tensors.size(); ++i) {
+    EXPECT_EQ(kept.tensors[i].name, released.tensors[i].name);
+    EXPECT_TRUE(kept.tensors[i].bytes == released.tensors[i].bytes) << kept.tensors[i].name;
+  }
+  EXPECT_EQ(kept.quantization, released.quantization);
+  EXPECT_TRUE(g.weights.empty());
+  EXPECT_EQ(g.nodes.size(), nodes);
+  EXPECT_NE(g.find_node("lm_head"), nullptr);
+}
+
 // Calibration's amax of each layer's cached keys and values becomes that layer's fp8 KV scales
 // (amax / 448); without them (every layer needed) the header has none and an fp8 cache uses 1.0.
 TEST(Precision, Fp8EnginesRecordKvCacheScalesWhenCalibrationObservedThem) {

@@ -158,8 +158,9 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   const Json hf_config = read_json_file(dir / "config.json");
   const ModelConfig config = parse_hf_config(hf_config, (dir / "config.json").string());
   const int64_t max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : std::min<int64_t>(config.max_position_embeddings, 4096);
-  const Checkpoint checkpoint = Checkpoint::open(o.model_dir);
-  Graph graph = load_graph(config, checkpoint, report.steps(kLoad, "loaded tensor"), &pool);
+  // The checkpoint's mapping ends with the load: its pages would otherwise count against the build's
+  // memory next to the fp32 graph decoded from them.
+  Graph graph = load_graph(config, Checkpoint::open(o.model_dir), report.steps(kLoad, "loaded tensor"), &pool);
   report.say(kLoad, 1, config.hf_architecture + ": " + std::to_string(config.num_layers) + " layers, hidden " +
                            std::to_string(config.hidden_size) + ", " + std::to_string(graph.weights.size()) + " tensors");
 
@@ -207,8 +208,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
 
   // quantize
   report.say(kQuantize, 0, std::string("applying ") + precision_name(o.precision));
-  QuantizedModel q = quantize(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"), &pool);
-  graph.weights.clear();
+  QuantizedModel q = quantize_releasing(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"), &pool);
 
   // autotune
   std::vector<std::string> gemm_weights = q.gemm_weights;

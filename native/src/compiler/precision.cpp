@@ -98,10 +98,10 @@ Json kv_cache_scales(int64_t layers, const std::map<std::string, float>& amax) {
   return out;
 }
 
-}  // namespace
-
-QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
-                        const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
+// quantize's body; `converted(name)` after each weight is converted.
+QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
+                             const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool,
+                             const std::function<void(const std::string&)>& converted) {
   QuantizedModel out;
   std::set<std::string> gemm;
   std::set<std::string> high;
@@ -171,6 +171,7 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
     } else {
       out.tensors.push_back(float_blob(name, w, gemm_dtype, pool));
     }
+    converted(name);
     if (on_tensor) on_tensor(++done, g.weights.size());
   }
   out.quantization = Json{{"method", method},
@@ -182,6 +183,21 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
     out.quantization["scales"] = scales;
     if (Json kv = kv_cache_scales(g.config.num_layers, input_amax); !kv.is_null()) out.quantization["kv_scales"] = kv;
   }
+  return out;
+}
+
+}  // namespace
+
+QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
+                        const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
+  return quantize_each(g, precision, input_amax, on_tensor, pool, [](const std::string&) {});
+}
+
+QuantizedModel quantize_releasing(Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
+                                  const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
+  QuantizedModel out = quantize_each(g, precision, input_amax, on_tensor, pool,
+                                     [&](const std::string& name) { std::vector<float>().swap(g.weights.at(name).data); });
+  g.weights.clear();
   return out;
 }
 

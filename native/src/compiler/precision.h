@@ -37,6 +37,12 @@ struct QuantizedModel {
 // without: every conversion is per element, amax a max).
 QuantizedModel quantize(const Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
                         const std::function<void(size_t, size_t)>& on_tensor = {}, ThreadPool* pool = nullptr);
+// The same, freeing each fp32 weight of the graph once it is converted (graph.weights is left empty,
+// the nodes as they were): the build's last use of them, so its peak memory is the fp32 graph
+// rather than the graph plus the converted engine.
+QuantizedModel quantize_releasing(Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
+                                  const std::function<void(size_t, size_t)>& on_tensor = {},
+                                  ThreadPool* pool = nullptr);
 
 // int8 weight-only quantization of a row-major [n, k] matrix, symmetric per output row.
 void quantize_int8_rows(const float* w, int64_t n, int64_t k, int8_t* q, float* scales);

@@ -18,6 +18,10 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Drops the resident pages wholly inside [p, p + bytes) (a range of this map), as after a one-time
+  // read: they no longer count against the process's memory, and a later read maps them again from
+  // the file.
+  void release(const uint8_t* p, size_t bytes) const;
 
  private:
   std::string path_;

@@ -122,13 +122,18 @@ Graph load_graph(const ModelConfig& c, const Checkpoint& ckpt, const std::functi
   for (const auto& e : b.expected()) {
     const SourceTensor* t = ckpt.find(e.hf_name);
     g.weights[e.kiln_name] = Weight{t->shape, ckpt.to_f32(*t, pool)};
+    // Decoded once: the fp32 copy replaces the mapped bytes in memory rather than joining them.
+    ckpt.release(*t);
     if (on_tensor) on_tensor(++done, total);
   }
   for (const auto& [name, t] : ckpt.tensors()) {
     if (mapped.count(name)) continue;
     // Non-float leftovers (e.g. integer buffers) cannot be weights of this decoder; a float leftover
     // is kept so the drop_unused pass reports it.
-    if (t.is_float && !g.weights.count(name)) g.weights[name] = Weight{t.shape, ckpt.to_f32(t, pool)};
+    if (t.is_float && !g.weights.count(name)) {
+      g.weights[name] = Weight{t.shape, ckpt.to_f32(t, pool)};
+      ckpt.release(t);
+    }
     if (on_tensor) on_tensor(++done, total);
   }
   return g;

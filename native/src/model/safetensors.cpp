@@ -139,6 +139,15 @@ const SourceTensor* Checkpoint::find(const std::string& name) const {
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
+void Checkpoint::release(const SourceTensor& t) const {
+  for (const auto& file : files_) {
+    if (t.data >= file->data() && t.data < file->data() + file->size()) {
+      file->release(t.data, t.bytes);
+      return;
+    }
+  }
+}
+
 std::vector<float> Checkpoint::to_f32(const SourceTensor& t, ThreadPool* pool) const {
   if (!t.is_float) throw Error(t.file + ": tensor " + t.name + " has dtype " + t.dtype_name + ", expected F32/F16/BF16");
   std::vector<float> out(static_cast<size_t>(t.numel()));

@@ -38,6 +38,8 @@ class Checkpoint {
 
   // Decodes a float tensor into fp32 (in chunks on the pool's threads, when given one).
   std::vector<float> to_f32(const SourceTensor& tensor, ThreadPool* pool = nullptr) const;
+  // Drops the tensor's pages from memory once it has been decoded (MappedFile::release).
+  void release(const SourceTensor& tensor) const;
 
  private:
   void add_file(const std::string& path);
