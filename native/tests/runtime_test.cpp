@@ -10,6 +10,7 @@
 #include "build_helpers.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "engine/reader.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
 
@@ -152,6 +153,28 @@ TEST(Runtime, GreedyGenerationReportsTheLogitsThatChoseEachToken) {
   ASSERT_EQ(r.tokens.size(), 8u);
   ASSERT_EQ(rows.size(), 8u);
   for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(static_cast<int32_t>(argmax(rows[i])), r.tokens[i]);
+}
+
+// Calibration runs the compiler's fp32 graph through a borrowing engine: it must read the lender's
+// bytes in place (no copy) and run exactly as the engine that owns them.
+TEST(Runtime, ABorrowingEngineRunsTheLendersBytesInPlace) {
+  const std::string path = build_engine(write_tiny_checkpoint("borrowing", TinySpec{}), Precision::FP32);
+  const EngineFile file = read_engine_file(path);
+  std::vector<TensorView> views;
+  for (const auto& s : file.sections) {
+    views.push_back(TensorView{s.name, s.dtype, s.shape, s.layout, file.file->data() + s.offset, s.bytes});
+  }
+  const auto borrowed = Engine::borrowing(file.header, views);
+  for (const auto& v : views) EXPECT_EQ(borrowed->tensor(v.name).data, v.data) << v.name;
+  ThreadPool pool(2);
+  Model owner(Engine::load(path, &pool), pool);
+  Model borrower(borrowed, pool);
+  std::vector<float> a, b;
+  const auto keep = [](std::vector<float>& into) {
+    return [&into](const float* logits, int64_t vocab) { into.insert(into.end(), logits, logits + vocab); };
+  };
+  EXPECT_EQ(generate_greedy(owner, {1, 2, 3}, 8, keep(a)).tokens, generate_greedy(borrower, {1, 2, 3}, 8, keep(b)).tokens);
+  EXPECT_EQ(a, b);
 }
 
 TEST(Runtime, RejectsTokensOutsideTheVocabularyAndPositionsBeyondTheLimit) {

@@ -191,10 +191,16 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   if (o.precision == Precision::FP8) {
     const auto sequences = read_calibration_sequences(o.calibration_path, config.vocab_size, max_seq_len);
     report.say(kCalibrate, 0, "running the fp32 model over " + std::to_string(sequences.size()) + " sequences");
-    QuantizedModel reference = quantize(graph, Precision::FP32, {}, {}, &pool);
+    // The fp32 reference runs on the graph's own weights, in place: they are the bytes an fp32
+    // quantize would copy (4 more bytes a parameter at the build's peak).
     Json ref_header = header;
-    ref_header["quantization"] = reference.quantization;
-    auto engine = Engine::from_tensors(ref_header, std::move(reference.tensors));
+    ref_header["quantization"] = quantize(Graph{graph.config, {}, graph.nodes}, Precision::FP32, {}).quantization;
+    std::vector<TensorView> weights;
+    for (const auto& [name, w] : graph.weights) {
+      weights.push_back(TensorView{name, DType::F32, w.shape, WeightLayout::Row,
+                                   reinterpret_cast<const uint8_t*>(w.data.data()), w.data.size() * sizeof(float)});
+    }
+    auto engine = Engine::borrowing(ref_header, weights);
     input_amax = calibrate_input_amax(engine, sequences, pool, report.steps(kCalibrate, "calibration sequence"));
     size_t tokens = 0;
     for (const auto& s : sequences) tokens += s.size();

@@ -58,6 +58,15 @@ std::shared_ptr<const Engine> Engine::from_tensors(Json header, std::vector<Tens
   return e;
 }
 
+std::shared_ptr<const Engine> Engine::borrowing(Json header, const std::vector<TensorView>& tensors) {
+  std::shared_ptr<Engine> e(new Engine());
+  e->source_ = "<in-memory engine>";
+  e->config_ = header_model(header, e->source_);
+  for (const auto& t : tensors) e->index(t.name, t.dtype, t.shape, t.layout, t.data, t.bytes);
+  e->header_ = std::move(header);
+  return e;
+}
+
 void Engine::index(const std::string& name, DType dtype, std::vector<int64_t> shape, WeightLayout layout,
                    const uint8_t* data, size_t bytes) {
   tensors_[name] = TensorView{name, dtype, std::move(shape), layout, data, bytes};

@@ -29,6 +29,9 @@ class Engine {
   static std::shared_ptr<const Engine> load(const std::string& path, ThreadPool* pool = nullptr);
   // An engine assembled in memory by the compiler (calibration and tests run the model before a file exists).
   static std::shared_ptr<const Engine> from_tensors(Json header, std::vector<TensorBlob> tensors);
+  // An engine over tensors it does not own (the compiler's fp32 graph, run for calibration without
+  // a copy of it): the caller keeps them alive and unchanged for the engine's lifetime.
+  static std::shared_ptr<const Engine> borrowing(Json header, const std::vector<TensorView>& tensors);
 
   const Json& header() const { return header_; }
   const ModelConfig& config() const { return config_; }
