@@ -1,4 +1,4 @@
-import type { V1Job } from "@kubernetes/client-node";
+import type { V1Job, V1Pod } from "@kubernetes/client-node";
 import { describe, expect, it } from "vitest";
 import { PVC_MOUNT_ROOT } from "../../lib/manifest.js";
 import type { ObjectStore } from "../../lib/object-store.js";
@@ -18,7 +18,7 @@ import {
   reconcileBuild,
   WAITING_FOR_SHARED_BUILD,
 } from "../src/enginebuild/reconcile.js";
-import type { ManifestCheck } from "../src/enginebuild/result.js";
+import { builderOomKill, type ManifestCheck } from "../src/enginebuild/result.js";
 import { planModel } from "../src/inferencemodel/reconcile.js";
 import { silentLog } from "./fakes.js";
 import { config, engineBuildFor, model, NOW } from "./fixtures.js";
@@ -343,6 +343,145 @@ describe("EngineBuild plan", () => {
     const plan = planBuild(observe(done, { manifest: validManifest(b.spec.key) }));
     expect(plan.status).toBe(done.status);
     expect(plan.createJob).toBeUndefined();
+  });
+});
+
+describe("an OOM-killed builder", () => {
+  /** A build pod whose builder ended with `reason`, created `created`, with a memory limit if given. */
+  const pod = (
+    name: string,
+    created: string,
+    reason: string,
+    memory?: string,
+    where: "state" | "lastState" = "state",
+  ): V1Pod => ({
+    metadata: { name, creationTimestamp: created as unknown as Date },
+    spec: {
+      containers: [
+        { name: "builder", resources: { limits: { "nvidia.com/gpu": "1", ...(memory ? { memory } : {}) } } },
+      ],
+    },
+    status: {
+      phase: "Failed",
+      containerStatuses: [
+        {
+          name: "builder",
+          image: "builder",
+          imageID: "",
+          ready: false,
+          restartCount: 0,
+          [where]: { terminated: { exitCode: reason === "OOMKilled" ? 137 : 1, reason } },
+        },
+      ],
+    },
+  });
+  const T1 = "2026-01-01T00:00:01Z";
+  const T2 = "2026-01-01T00:00:02Z";
+
+  it("reads the OOM kill and the memory limit from the newest finished pod", () => {
+    expect(builderOomKill([pod("a", T1, "OOMKilled", "40Gi")])).toEqual({ memoryLimit: "40Gi" });
+    expect(builderOomKill([pod("a", T1, "OOMKilled", "40Gi", "lastState")])).toEqual({ memoryLimit: "40Gi" });
+    expect(builderOomKill([pod("a", T1, "OOMKilled")])).toEqual({ memoryLimit: undefined });
+    // The newest pod says how the attempt ended, whatever order the list has.
+    expect(builderOomKill([pod("b", T2, "OOMKilled", "8Gi"), pod("a", T1, "Error")])).toEqual({
+      memoryLimit: "8Gi",
+    });
+    expect(builderOomKill([pod("a", T1, "OOMKilled", "8Gi"), pod("b", T2, "Error")])).toBeUndefined();
+    expect(builderOomKill([pod("a", T1, "Error")])).toBeUndefined();
+    expect(builderOomKill([])).toBeUndefined();
+  });
+
+  const b = engineBuildFor();
+  const failed = jobWith("j1", {
+    type: "Failed",
+    reason: "BackoffLimitExceeded",
+    message: "Job has reached the specified backoff limit",
+  });
+
+  it("names the kill, the limit and the setting in the retry and the final failure, keeping the retries", () => {
+    const oomKill = { memoryLimit: "40Gi" };
+    const first = planBuild(
+      observe({ ...b, status: { phase: "Running", attempts: 1, jobName: "j1" } }, { job: failed, oomKill }),
+    );
+    expect(first.status.phase).toBe("Pending");
+    expect(first.status.message).toBe(
+      "attempt 1 failed (BackoffLimitExceeded: builder OOMKilled at its memory limit 40Gi: raise defaults.builderResources.limits.memory and requests.memory; a build needs about 4 bytes per model parameter); retrying",
+    );
+    const last = planBuild(
+      observe({ ...b, status: { phase: "Running", attempts: 3, jobName: "j1" } }, { job: failed, oomKill }),
+    );
+    expect(last.status.phase).toBe("Failed");
+    expect(last.status.message).toMatch(
+      /^attempt 3\/3: builder OOMKilled at its memory limit 40Gi: raise defaults\.builderResources\.limits\.memory/,
+    );
+    expect(last.status.conditions?.find((c) => c.type === "Ready")).toMatchObject({
+      reason: "BackoffLimitExceeded",
+      message: last.status.message,
+    });
+  });
+
+  it("says the node ran out when the builder had no limit, and sizes an fp8 build at 8 bytes a parameter", () => {
+    const fp8 = { ...b, spec: { ...b.spec, engine: { ...b.spec.engine, precision: "fp8" as const } } };
+    const plan = planBuild(
+      observe(
+        { ...fp8, status: { phase: "Running", attempts: 3, jobName: "j1" } },
+        { job: failed, oomKill: { memoryLimit: undefined } },
+      ),
+    );
+    expect(plan.status.message).toBe(
+      "attempt 3/3: builder OOMKilled with no memory limit, its node out of memory: set defaults.builderResources.requests.memory and limits.memory; an fp8 build needs about 8 bytes per model parameter",
+    );
+  });
+
+  it("leaves other failures' messages as they were", () => {
+    const plan = planBuild(
+      observe({ ...b, status: { phase: "Running", attempts: 3, jobName: "j1" } }, { job: failed }),
+    );
+    expect(plan.status.message).toBe("attempt 3/3: Job has reached the specified backoff limit");
+  });
+
+  it("reaches the EngineBuild through the pods reconcile lists, and the InferenceModel's condition", async () => {
+    const running: EngineBuild = { ...b, status: { phase: "Running", attempts: 3, jobName: "j1" } };
+    const job: V1Job = { ...failed, metadata: { name: "j1", namespace: b.metadata.namespace } };
+    let written: EngineBuild | undefined;
+    const ctx: BuildContext = {
+      client: {
+        get: async () => undefined,
+        list: async (_type: unknown, _ns: string, selector: string) => ({
+          items: selector === "job-name=j1" ? [pod("j1-x", T1, "OOMKilled", "40Gi")] : [],
+        }),
+        replaceStatus: async (_type: unknown, o: EngineBuild) => {
+          written = o;
+        },
+        create: async () => {},
+      } as unknown as KubeClient,
+      builds: { get: () => running, list: () => [running] } as unknown as BuildContext["builds"],
+      jobs: { get: () => job, list: () => [job] } as unknown as BuildContext["jobs"],
+      store: { uri: (p: string) => p, get: async () => undefined } as unknown as ObjectStore,
+      events: { emit: () => {} },
+      config,
+      clock: { now: () => NOW.getTime(), setTimeout: () => 0, clearTimeout: () => {} },
+      log: silentLog,
+      wakeQueued: () => {},
+    };
+    await reconcileBuild(ctx, new BuildAdmission(), objectKey(running));
+    expect(written?.status?.message).toMatch(/^attempt 3\/3: builder OOMKilled at its memory limit 40Gi/);
+
+    const m = model("m");
+    const im = planModel({
+      model: m,
+      revision: "rev1",
+      buildsByKey: new Map([[b.spec.key, written as EngineBuild]]),
+      ownedBuilds: [written as EngineBuild],
+      deployments: [],
+      service: undefined,
+      config,
+      now: NOW,
+    });
+    expect(im.status.conditions?.find((c) => c.type === "EngineReady")).toMatchObject({
+      reason: "BuildFailed",
+      message: expect.stringContaining("builder OOMKilled at its memory limit 40Gi"),
+    });
   });
 });
 

@@ -21,9 +21,12 @@ import { EB_RESOURCE } from "../inferencemodel/reconcile.js";
 import { claimMountsFor } from "./claims.js";
 import { attemptOf, desiredJob, jobOutcome, latestJobOf } from "./job.js";
 import {
+  type BuilderOomKill,
   builderError,
+  builderOomKill,
   checkManifest,
   type ManifestCheck,
+  oomKillMessage,
   terminationMessage,
   tuningSummary,
 } from "./result.js";
@@ -46,6 +49,8 @@ export interface BuildObservation {
   /** Object storage's answer, read when it matters (no Job running). */
   manifest: ManifestCheck | undefined;
   terminationMessage: string | undefined;
+  /** Set when the finished Job's newest pod ended with its builder OOM-killed. */
+  oomKill?: BuilderOomKill | undefined;
   /** The builder's progress.json, read while the Job runs and once more when it failed. */
   progress?: BuildProgressReport | undefined;
   admission: Admission;
@@ -244,9 +249,13 @@ export function planBuild(o: BuildObservation): BuildPlan {
         return plan;
       }
     } else if (outcome.state === "failed") {
+      // An OOM kill first: its termination message is only the log tail, and the Job's condition
+      // only says the backoff limit was reached.
       attemptFailed(
         outcome.reason,
-        builderError(o.terminationMessage) ?? outcome.message,
+        (o.oomKill && oomKillMessage(o.oomKill, build.spec.engine.precision)) ??
+          builderError(o.terminationMessage) ??
+          outcome.message,
         outcome.permanent,
         progress,
       );
@@ -437,6 +446,7 @@ export async function reconcileBuild(
 
   let manifest: ManifestCheck | undefined;
   let message: string | undefined;
+  let oomKill: BuilderOomKill | undefined;
   if (needsManifest(build, job)) {
     const paths = enginePaths(build.spec.key);
     let body: Buffer | undefined;
@@ -459,10 +469,12 @@ export async function reconcileBuild(
     });
     progress = parseProgressReport(body?.toString("utf8"));
   }
-  // A finished pod's termination message: the tuning summary on success, the builder's error on failure.
+  // A finished pod's termination message: the tuning summary on success, the builder's error on
+  // failure; and whether the builder was OOM-killed, which the message alone does not say.
   if (job && jobOutcome(job).state !== "running") {
     const pods = await ctx.client.list<V1Pod>(POD, namespace, `job-name=${job.metadata?.name}`);
     message = terminationMessage(pods.items);
+    oomKill = builderOomKill(pods.items);
   }
 
   const plan = await admission.withLock(async () => {
@@ -477,6 +489,7 @@ export async function reconcileBuild(
       job,
       manifest,
       terminationMessage: message,
+      oomKill,
       progress,
       admission: decision,
       config: ctx.config,

@@ -20,12 +20,14 @@ export function checkManifest(body: Buffer | undefined, key: string, engineUri: 
   return v.ok ? { state: "valid", manifest: v.value, engineUri } : { state: "invalid", errors: v.errors };
 }
 
-/** The builder container's termination message from the Job's pods (newest first), if any. */
-export function terminationMessage(pods: readonly V1Pod[]): string | undefined {
-  const newestFirst = [...pods].sort((a, b) =>
+const newestFirst = (pods: readonly V1Pod[]) =>
+  [...pods].sort((a, b) =>
     String(b.metadata?.creationTimestamp ?? "").localeCompare(String(a.metadata?.creationTimestamp ?? "")),
   );
-  for (const pod of newestFirst) {
+
+/** The builder container's termination message from the Job's pods (newest first), if any. */
+export function terminationMessage(pods: readonly V1Pod[]): string | undefined {
+  for (const pod of newestFirst(pods)) {
     const status = pod.status?.containerStatuses?.find((c) => c.name === "builder");
     const message = status?.state?.terminated?.message;
     if (message) return message;
@@ -45,6 +47,42 @@ export function builderError(message: string | undefined): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The builder's last death by the kernel's OOM killer, with the memory limit its pod had (if any). */
+export interface BuilderOomKill {
+  memoryLimit: string | undefined;
+}
+
+/**
+ * Whether the builder of the Job's newest pod that has finished was OOM-killed. The Job's own
+ * condition only says its backoff limit was reached, and the termination message is then the log
+ * tail (FallbackToLogsOnError): the container status is the one place that names the cause.
+ */
+export function builderOomKill(pods: readonly V1Pod[]): BuilderOomKill | undefined {
+  for (const pod of newestFirst(pods)) {
+    const status = pod.status?.containerStatuses?.find((c) => c.name === "builder");
+    const terminated = status?.state?.terminated ?? status?.lastState?.terminated;
+    if (!terminated) continue;
+    if (terminated.reason !== "OOMKilled") return undefined;
+    const container = pod.spec?.containers.find((c) => c.name === "builder");
+    return { memoryLimit: container?.resources?.limits?.memory };
+  }
+  return undefined;
+}
+
+/**
+ * An OOM-killed attempt in words a user can act on: the limit it hit and the setting that raises
+ * it, sized by what the builder holds (fp32 weights; an fp8 build a second copy while it calibrates).
+ */
+export function oomKillMessage(oom: BuilderOomKill, precision: string): string {
+  const needs =
+    precision === "fp8"
+      ? "an fp8 build needs about 8 bytes per model parameter"
+      : "a build needs about 4 bytes per model parameter";
+  return oom.memoryLimit
+    ? `builder OOMKilled at its memory limit ${oom.memoryLimit}: raise defaults.builderResources.limits.memory and requests.memory; ${needs}`
+    : `builder OOMKilled with no memory limit, its node out of memory: set defaults.builderResources.requests.memory and limits.memory; ${needs}`;
 }
 
 /** The tuning summary: the manifest is authoritative, the termination message a fallback. */
