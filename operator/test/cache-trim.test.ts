@@ -7,7 +7,7 @@ import { latestJobOf } from "../src/enginebuild/job.js";
 import { needsManifest, planBuild } from "../src/enginebuild/reconcile.js";
 import { planModel } from "../src/inferencemodel/reconcile.js";
 import { runningEngineOf } from "../src/inferencemodel/workload.js";
-import { config, live, model, NOW, succeeded } from "./fixtures.js";
+import { config, firstPlanOf, live, model, NOW, succeeded } from "./fixtures.js";
 
 /** What the API server adds to an object the operator wrote. */
 const served = <T extends object>(obj: T): T => {
@@ -27,16 +27,7 @@ const served = <T extends object>(obj: T): T => {
   };
 };
 
-const firstPlan = planModel({
-  model: model("m"),
-  revision: "rev1",
-  buildsByKey: new Map(),
-  ownedBuilds: [],
-  deployments: [],
-  service: undefined,
-  config,
-  now: NOW,
-});
+const firstPlan = firstPlanOf(model("m"));
 const build: EngineBuild = {
   ...(firstPlan.createBuilds[0] as EngineBuild),
   metadata: { ...(firstPlan.createBuilds[0] as EngineBuild).metadata, uid: "uid-eb", generation: 1 },

@@ -21,7 +21,7 @@ import {
 import { builderOomKill, type ManifestCheck } from "../src/enginebuild/result.js";
 import { planModel } from "../src/inferencemodel/reconcile.js";
 import { silentLog } from "./fakes.js";
-import { config, engineBuildFor, model, NOW } from "./fixtures.js";
+import { config, engineBuildFor, firstPlanOf, model, NOW } from "./fixtures.js";
 
 const validManifest = (key: string): ManifestCheck => ({
   state: "valid",
@@ -420,16 +420,15 @@ describe("an OOM-killed builder", () => {
     });
   });
 
-  it("says the node ran out when the builder had no limit, and sizes an fp8 build at 8 bytes a parameter", () => {
-    const fp8 = { ...b, spec: { ...b.spec, engine: { ...b.spec.engine, precision: "fp8" as const } } };
+  it("says the node ran out when the builder had no limit", () => {
     const plan = planBuild(
       observe(
-        { ...fp8, status: { phase: "Running", attempts: 3, jobName: "j1" } },
+        { ...b, status: { phase: "Running", attempts: 3, jobName: "j1" } },
         { job: failed, oomKill: { memoryLimit: undefined } },
       ),
     );
     expect(plan.status.message).toBe(
-      "attempt 3/3: builder OOMKilled with no memory limit, its node out of memory: set defaults.builderResources.requests.memory and limits.memory; an fp8 build needs about 8 bytes per model parameter",
+      "attempt 3/3: builder OOMKilled with no memory limit, its node out of memory: set defaults.builderResources.requests.memory and limits.memory; a build needs about 4 bytes per model parameter",
     );
   });
 
@@ -525,17 +524,7 @@ describe("build Job resources", () => {
   });
 
   it("leaves the engine key and the EngineBuild spec alone: resources do not change the engine", () => {
-    const buildWith = (c: OperatorConfig) =>
-      planModel({
-        model: model("m"),
-        revision: "rev1",
-        buildsByKey: new Map(),
-        ownedBuilds: [],
-        deployments: [],
-        service: undefined,
-        config: c,
-        now: NOW,
-      }).createBuilds[0];
+    const buildWith = (c: OperatorConfig) => firstPlanOf(model("m"), c).createBuilds[0];
     expect(buildWith(sized)?.spec).toEqual(buildWith(config)?.spec);
     expect(buildWith(sized)?.spec.key).toBe(engineBuildFor().spec.key);
   });

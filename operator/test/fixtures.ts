@@ -36,17 +36,22 @@ export function model(
 }
 
 /** The EngineBuild the model plan creates for `model(name, spec)`, as the API server holds it. */
-export function engineBuildFor(name = "m", spec: Partial<InferenceModelSpec> = {}): EngineBuild {
-  const b = planModel({
-    model: model(name, spec),
+/** The first plan of a model the cluster has nothing for yet: no builds, no workload. */
+export function firstPlanOf(m: InferenceModel, c: OperatorConfig = config) {
+  return planModel({
+    model: m,
     revision: "rev1",
     buildsByKey: new Map(),
     ownedBuilds: [],
     deployments: [],
     service: undefined,
-    config,
+    config: c,
     now: NOW,
-  }).createBuilds[0] as EngineBuild;
+  });
+}
+
+export function engineBuildFor(name = "m", spec: Partial<InferenceModelSpec> = {}): EngineBuild {
+  const b = firstPlanOf(model(name, spec)).createBuilds[0] as EngineBuild;
   return { ...b, metadata: { ...b.metadata, uid: `uid-eb-${name}`, generation: 1 } };
 }
 

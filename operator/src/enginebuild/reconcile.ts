@@ -253,9 +253,7 @@ export function planBuild(o: BuildObservation): BuildPlan {
       // only says the backoff limit was reached.
       attemptFailed(
         outcome.reason,
-        (o.oomKill && oomKillMessage(o.oomKill, build.spec.engine.precision)) ??
-          builderError(o.terminationMessage) ??
-          outcome.message,
+        (o.oomKill && oomKillMessage(o.oomKill)) ?? builderError(o.terminationMessage) ?? outcome.message,
         outcome.permanent,
         progress,
       );

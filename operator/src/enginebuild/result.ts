@@ -73,13 +73,11 @@ export function builderOomKill(pods: readonly V1Pod[]): BuilderOomKill | undefin
 
 /**
  * An OOM-killed attempt in words a user can act on: the limit it hit and the setting that raises
- * it, sized by what the builder holds (fp32 weights; an fp8 build a second copy while it calibrates).
+ * it, sized by what the builder holds (the weights as fp32, whatever the precision: fp8 calibrates
+ * on those same weights).
  */
-export function oomKillMessage(oom: BuilderOomKill, precision: string): string {
-  const needs =
-    precision === "fp8"
-      ? "an fp8 build needs about 8 bytes per model parameter"
-      : "a build needs about 4 bytes per model parameter";
+export function oomKillMessage(oom: BuilderOomKill): string {
+  const needs = "a build needs about 4 bytes per model parameter";
   return oom.memoryLimit
     ? `builder OOMKilled at its memory limit ${oom.memoryLimit}: raise defaults.builderResources.limits.memory and requests.memory; ${needs}`
     : `builder OOMKilled with no memory limit, its node out of memory: set defaults.builderResources.requests.memory and limits.memory; ${needs}`;
