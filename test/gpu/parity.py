@@ -5,6 +5,8 @@ transformers and the parity tier's weight init, saved in bf16) and precision: `k
 --target cuda --precision bf16|fp8` (fp8 calibrated on 16 random sequences), then per prompt
 `kiln-native generate --steps 64 --logits-out`; transformers (bf16, cuda) runs its own free-running
 greedy generation and, teacher-forced on the engine's tokens, the logits under the same context.
+The checkpoints: Llama shapes (head_dim 64 and 128, GQA, llama3 RoPE, tied and untied) and a Qwen3
+(QK norm, explicit head_dim).
 Pass (the CPU parity tier's rules, test/parity/compare.py): bf16: identical greedy tokens and, per
 step, max|kiln - hf| / max|hf| < 2e-2; fp8: teacher-forced top-1 agreement >= 0.9 and that error
 < 0.15. With --full-1b the Llama-3.2-1B shape itself (random weights) runs too, bf16 only. With
@@ -30,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen3Config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "test" / "parity"))
@@ -54,6 +56,11 @@ CHECKPOINTS = {
                                     rope_theta=500000.0,
                                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    # Qwen3: QK norm, an explicit head_dim 128 (hidden / heads is 64), tied embeddings
+    "qwen3-d128-qk-norm": Qwen3Config(hidden_size=512, intermediate_size=1408, num_hidden_layers=3,
+                                      num_attention_heads=8, num_key_value_heads=2, head_dim=128, vocab_size=4096,
+                                      max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                      rope_theta=1000000.0, use_sliding_window=False),
 }
 FULL_1B = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                       num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
@@ -62,9 +69,9 @@ FULL_1B = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layer
                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 
 
-def make_checkpoint(name: str, config: LlamaConfig, out: Path) -> None:
+def make_checkpoint(name: str, config: PretrainedConfig, out: Path) -> None:
     torch.manual_seed(11)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     init_weights(model, 11)
     model = model.to(torch.bfloat16).eval()
     model.save_pretrained(out, safe_serialization=True)
