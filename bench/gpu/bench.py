@@ -528,8 +528,11 @@ def main() -> None:
                 if args.kv_fp8:
                     ours[precision]["decode_kv_fp8"] = measure_kv_fp8(engine, f"{name} {precision}",
                                                                       decode_batches or list(DECODE_BATCHES))
-            if args.profile or args.only_profile:
-                write_tactics(engine, out / f"tactics-{name}-{precision}.txt")
+            # The autotune table always goes to the log; to a file of its own only with a profile (a
+            # device call returns only so many files).
+            profiled = args.profile or args.only_profile
+            write_tactics(engine, out / f"tactics-{name}-{precision}.txt" if profiled else None)
+            if profiled:
                 for batch in (int(b) for b in args.profile_batches.split(",")):
                     profile_decode(engine, out, f"{name}-{precision}-b{batch}", batch)
             if not args.keep_engines:
@@ -571,7 +574,7 @@ def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, ro
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
 
 
-def write_tactics(engine: Path, path: Path) -> None:
+def write_tactics(engine: Path, path: Path | None) -> None:
     """The engine's autotune table as one line per (shape, bucket): the tactic taken and the time of
     each contender, so a profile can be read against what the build chose."""
     header = json.loads(subprocess.run([str(KILN), "inspect", str(engine)], check=True, capture_output=True,
@@ -584,9 +587,9 @@ def write_tactics(engine: Path, path: Path) -> None:
         gemv = e.get("kiln_gemv_us") or {}
         lines.append(f"n {e['n']:6} k {e['k']:6} {e['dtype']:6} m {e['bucket']:5}: {e['tactic']:9} {e['us']:8.1f} us "
                      f"(cublaslt {e['cublaslt_us']:.1f}, best kiln-gemv {best(gemv)})")
-    path.write_text("\n".join(lines) + "\n")
-    # Also to the log: a device call returns only so many files, the log always.
-    log(f"tactics: {len(lines)} entries in {path.name}:\n" + "\n".join(lines))
+    if path:
+        path.write_text("\n".join(lines) + "\n")
+    log(f"{engine.name} tactics, {len(lines)} entries:\n" + "\n".join(lines))
 
 
 def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
