@@ -18,7 +18,7 @@ struct BuildOptions {
   int64_t max_batch = 8;
   std::string toolchain_version;  // empty: this library's version
   bool autotune = true;
-  int threads = 0;  // 0: every hardware thread
+  int threads = 0;  // 0: one per CPU the process may use (cpu_budget)
   // "cpu", or "cuda" (the GPU of this machine; needs a build with KILN_CUDA): the backend the engine
   // is tuned for and the fingerprint it is locked to.
   std::string target = "cpu";

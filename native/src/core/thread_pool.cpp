@@ -2,10 +2,12 @@
 
 #include <algorithm>
 
+#include "core/cpu_budget.h"
+
 namespace kiln {
 
 ThreadPool::ThreadPool(int threads) {
-  if (threads <= 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (threads <= 0) threads = cpu_budget();
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 

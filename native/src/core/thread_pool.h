@@ -12,7 +12,7 @@ namespace kiln {
 // a chosen number of threads (the tactic decides how many), with the calling thread taking part.
 class ThreadPool {
  public:
-  // `threads` counts the calling thread; 0 means one per hardware thread.
+  // `threads` counts the calling thread; 0 means one per CPU the process may use (cpu_budget).
   explicit ThreadPool(int threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

@@ -35,7 +35,7 @@ struct ServingOptions {
   std::optional<DType> kv_dtype;      // CPU: F32 (default) or BF16; CUDA: BF16 (default) or F8E4M3
   int64_t max_queued = 256;           // requests waiting for their first admission
   int64_t max_input_len = 0;          // 0: max_seq_len - 1 (room for one generated token)
-  int threads = 0;                    // 0: one per hardware thread
+  int threads = 0;                    // 0: one per CPU the process may use (cpu_budget)
 };
 
 struct ServingLimits {

@@ -44,7 +44,7 @@ class StepModel {
 
 // What a backend needs to build its model and size its cache.
 struct StepModelOptions {
-  int threads = 0;                // CPU worker threads; 0: one per hardware thread
+  int threads = 0;                // CPU worker threads; 0: one per CPU the process may use (cpu_budget)
   std::optional<DType> kv_dtype;  // unset: the backend's default (CPU fp32, CUDA bf16)
   KvSizingOptions kv;
   int64_t page_size = 16;
