@@ -194,7 +194,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
     // The fp32 reference runs on the graph's own weights, in place: they are the bytes an fp32
     // quantize would copy (4 more bytes a parameter at the build's peak).
     Json ref_header = header;
-    ref_header["quantization"] = quantize(Graph{graph.config, {}, graph.nodes}, Precision::FP32, {}).quantization;
+    ref_header["quantization"] = quantization_header(Precision::FP32, graph.config);
     std::vector<TensorView> weights;
     for (const auto& [name, w] : graph.weights) {
       weights.push_back(TensorView{name, DType::F32, w.shape, WeightLayout::Row,

@@ -98,6 +98,26 @@ Json kv_cache_scales(int64_t layers, const std::map<std::string, float>& amax) {
   return out;
 }
 
+// The dtype each weight role takes at a precision, and the method's name for the header.
+struct Roles {
+  DType gemm = DType::F32;
+  DType high = DType::F32;  // embedding and lm_head
+  std::string method = "none";
+};
+
+Roles roles_of(Precision precision, const ModelConfig& config) {
+  const DType source = checkpoint_dtype(config.torch_dtype);
+  switch (precision) {
+    case Precision::FP32: return {};
+    case Precision::BF16: return {DType::BF16, source, "none"};
+    case Precision::FP16: return {DType::F16, source, "none"};
+    case Precision::Int8Weight: return {DType::I8, source, "int8 weight-only, symmetric per output channel"};
+    case Precision::FP8:
+      return {DType::F8E4M3, source, "fp8 e4m3 weights and activations, static per-tensor scales from calibration amax"};
+  }
+  return {};
+}
+
 // quantize's body; `converted(name)` after each weight is converted.
 QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
                              const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool,
@@ -111,35 +131,12 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
   }
   out.gemm_weights.assign(gemm.begin(), gemm.end());
 
-  DType gemm_dtype = DType::F32;
-  DType high_dtype = DType::F32;
-  std::string method = "none";
-  switch (precision) {
-    case Precision::FP32: break;
-    case Precision::BF16:
-      gemm_dtype = DType::BF16;
-      high_dtype = checkpoint_dtype(g.config.torch_dtype);
-      break;
-    case Precision::FP16:
-      gemm_dtype = DType::F16;
-      high_dtype = checkpoint_dtype(g.config.torch_dtype);
-      break;
-    case Precision::Int8Weight:
-      gemm_dtype = DType::I8;
-      high_dtype = checkpoint_dtype(g.config.torch_dtype);
-      method = "int8 weight-only, symmetric per output channel";
-      break;
-    case Precision::FP8:
-      gemm_dtype = DType::F8E4M3;
-      high_dtype = checkpoint_dtype(g.config.torch_dtype);
-      method = "fp8 e4m3 weights and activations, static per-tensor scales from calibration amax";
-      break;
-  }
+  const Roles roles = roles_of(precision, g.config);
   Json scales = Json::object();
   size_t done = 0;
   for (const auto& [name, w] : g.weights) {
     if (!gemm.count(name)) {
-      out.tensors.push_back(float_blob(name, w, high.count(name) ? high_dtype : DType::F32, pool));
+      out.tensors.push_back(float_blob(name, w, high.count(name) ? roles.high : DType::F32, pool));
     } else if (precision == Precision::Int8Weight) {
       const int64_t n = w.shape[0];
       const int64_t k = w.shape[1];
@@ -169,16 +166,12 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
                           {"input_scale", fp8_scale_for(it->second)},
                           {"input_amax", it->second}};
     } else {
-      out.tensors.push_back(float_blob(name, w, gemm_dtype, pool));
+      out.tensors.push_back(float_blob(name, w, roles.gemm, pool));
     }
     converted(name);
     if (on_tensor) on_tensor(++done, g.weights.size());
   }
-  out.quantization = Json{{"method", method},
-                          {"gemm_dtype", dtype_name(gemm_dtype)},
-                          {"embedding_lm_head_dtype", dtype_name(high_dtype)},
-                          {"norm_bias_dtype", "f32"},
-                          {"activations", quantizes_activations(precision) ? "f8e4m3" : "f32"}};
+  out.quantization = quantization_header(precision, g.config);
   if (precision == Precision::FP8) {
     out.quantization["scales"] = scales;
     if (Json kv = kv_cache_scales(g.config.num_layers, input_amax); !kv.is_null()) out.quantization["kv_scales"] = kv;
@@ -187,6 +180,15 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
 }
 
 }  // namespace
+
+Json quantization_header(Precision precision, const ModelConfig& config) {
+  const Roles roles = roles_of(precision, config);
+  return Json{{"method", roles.method},
+              {"gemm_dtype", dtype_name(roles.gemm)},
+              {"embedding_lm_head_dtype", dtype_name(roles.high)},
+              {"norm_bias_dtype", "f32"},
+              {"activations", quantizes_activations(precision) ? "f8e4m3" : "f32"}};
+}
 
 QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
                         const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {

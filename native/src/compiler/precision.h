@@ -37,7 +37,10 @@ struct QuantizedModel {
 // without: every conversion is per element, amax a max).
 QuantizedModel quantize(const Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
                         const std::function<void(size_t, size_t)>& on_tensor = {}, ThreadPool* pool = nullptr);
-// The same, freeing each fp32 weight of the graph once it is converted (graph.weights is left empty,
+// The engine header's "quantization" object of a precision before any scales: method and the dtype
+// of each role (what quantize records; fp8 adds its scales).
+Json quantization_header(Precision precision, const ModelConfig& config);
+// The same as quantize, freeing each fp32 weight of the graph once it is converted (graph.weights is left empty,
 // the nodes as they were): the build's last use of them, so its peak memory is the fp32 graph
 // rather than the graph plus the converted engine.
 QuantizedModel quantize_releasing(Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,

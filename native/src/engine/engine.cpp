@@ -48,13 +48,11 @@ std::shared_ptr<const Engine> Engine::load(const std::string& path, ThreadPool* 
 }
 
 std::shared_ptr<const Engine> Engine::from_tensors(Json header, std::vector<TensorBlob> tensors) {
-  std::shared_ptr<Engine> e(new Engine());
-  e->source_ = "<in-memory engine>";
-  e->config_ = header_model(header, e->source_);
   auto owned = std::make_shared<std::vector<TensorBlob>>(std::move(tensors));
-  for (const auto& t : *owned) e->index(t.name, t.dtype, t.shape, t.layout, t.bytes.data(), t.bytes.size());
-  e->header_ = std::move(header);
-  e->storage_ = owned;
+  std::vector<TensorView> views;
+  for (const auto& t : *owned) views.push_back(TensorView{t.name, t.dtype, t.shape, t.layout, t.bytes.data(), t.bytes.size()});
+  auto e = std::const_pointer_cast<Engine>(borrowing(std::move(header), views));
+  e->storage_ = std::move(owned);
   return e;
 }
 

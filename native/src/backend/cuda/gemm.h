@@ -96,7 +96,7 @@ enum class GemmTactic { CublasLt, KilnGemv };
 struct GemmChoice {
   GemmTactic tactic = GemmTactic::CublasLt;
   cublasLtMatmulAlgo_t algo{};
-  int gemv_split = 1;  // warps per row pair of the GEMV (gemv.h)
+  int gemv_split = 1;  // the GEMV's split (gemv.h: bf16 warps per row pair, E4M3 per 16-row tile)
   bool gemv_stage_input = true;  // E4M3 GEMV: input rows widened once per block (gemv.h)
 };
 
