@@ -607,9 +607,10 @@ def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
                  "--batch", str(batch)]
     env = {**os.environ, "KILN_CUDA_GRAPHS": "0"}
     # --cache-control none: caches stay as the step left them (the next kernel's input is often in L2).
-    # The skipped launches cover the prefill and a few decode steps of the 8B shape.
+    # `kiln-native bench` starts the profiler at its first measured decode step, after the batch's
+    # prefills and the warm-up steps.
     cmd = [ncu, "--clock-control", "none", "--cache-control", "none", "--metrics",
-           "gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum", "--csv", "--launch-skip", "1200",
+           "gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum", "--csv", "--profile-from-start", "off",
            "--launch-count", "400", *bench_cmd]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env)
     (out / f"ncu-{name}.csv").write_text(run.stdout)
@@ -639,11 +640,11 @@ def profile_decode(engine: Path, out: Path, name: str, batch: int) -> None:
         us, traffic = sum(x["us"] for x in v), sum(x["bytes"] for x in v)
         log(f"  {us / steps:9.1f} us  {len(v) / steps:5.1f} launches  {traffic / max(us, 1e-9) / 1e3:7.0f} GB/s  {key}")
     # One layer's launches of a decode step in detail: what bounds each kernel (throughput, pipe use,
-    # occupancy, stalls). The same skip as above: a kernel-name filter would count only its matches
-    # and land in the prefill.
+    # occupancy, stalls). The skip passes the step's embedding and first layer.
     detail = [ncu, "--clock-control", "none", "--cache-control", "none", "--section", "SpeedOfLight", "--section",
               "ComputeWorkloadAnalysis", "--section", "Occupancy", "--section", "LaunchStats", "--section",
-              "WarpStateStats", "--launch-skip", "1200", "--launch-count", "12", *bench_cmd]
+              "WarpStateStats", "--profile-from-start", "off", "--launch-skip", "12", "--launch-count", "12",
+              *bench_cmd]
     run = subprocess.run(detail, capture_output=True, text=True, env=env)
     (out / f"ncu-detail-{name}.txt").write_text(run.stdout + run.stderr[-2000:])
 
