@@ -435,8 +435,9 @@ def main() -> None:
     ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
                     help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",
-                    help="instead of the table: batch-1 and batch-8 decode of each engine under each value of one "
-                         "environment variable, interleaved over rounds (what a switch buys, side by side)")
+                    help="instead of the table: decode of each engine at each --decode-batches batch (default 1 and 8) "
+                         "under each value of one environment variable, interleaved over rounds (what a switch "
+                         "buys, side by side)")
     ap.add_argument("--ab-prefill", action="store_true",
                     help="with --ab: also time each prefill length's first token under every value")
     ap.add_argument("--keep-engines", action="store_true",
@@ -522,7 +523,7 @@ def main() -> None:
                 log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s ("
                     + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items()) + ")")
             if args.ab:
-                ab_compare(engine, f"{name} {precision}", args.ab, args.ab_prefill)
+                ab_compare(engine, f"{name} {precision}", args.ab, decode_batches or [1, 8], args.ab_prefill)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
                 if args.kv_fp8:
@@ -553,7 +554,8 @@ def main() -> None:
 
 
 
-def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, rounds: int = 3) -> None:
+def ab_compare(engine: Path, log_name: str, spec: str, batches: list[int], prefill: bool = False,
+               rounds: int = 3) -> None:
     """Decode step time (and with `prefill`, time to first token of each PREFILL_LENGTHS prompt) of
     one engine under each value of one environment variable. The values take turns within every
     round, so a drift of the card (clocks, heat) lands on all of them alike."""
@@ -561,7 +563,7 @@ def ab_compare(engine: Path, log_name: str, spec: str, prefill: bool = False, ro
     times: dict[tuple[str, str], list[float]] = {}
     for _ in range(rounds):
         for value in values.split(","):
-            for batch in (1, 8):
+            for batch in batches:
                 line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
                                   str(DECODE_STEPS), "--batch", str(batch), env={var: value})[-1]
                 times.setdefault((value, f"decode batch {batch}"), []).append(line["decode_step_ms"])

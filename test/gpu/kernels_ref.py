@@ -278,8 +278,8 @@ def test_rms_norm(k: Kernels) -> None:
 
 
 def test_silu_mul(k: Kernels) -> None:
-    # 70000 rows: more than one launch (65535 rows per grid).
-    for rows, inter in ((1, 8192), (5, 1000), (3, 14336), (70000, 8)):
+    # 70000 rows: more than one launch (65535 rows per grid). Odd widths: the pairs and the lone last output.
+    for rows, inter in ((1, 8192), (5, 1000), (5, 1001), (2, 1), (3, 14336), (70000, 8)):
         gate_up = torch.randn(rows, 2 * inter, device=DEV) * 3.0
         gu = gate_up.double()
         ref = silu(gu[:, 0::2]) * gu[:, 1::2]
@@ -676,7 +676,9 @@ def test_decode_attention(k: Kernels) -> None:
     the attention against attention_reference over the cache as the kernel left it (its own new k and
     v, checked just before; an fp8 cache dequantized) with q rotated in float64."""
     max_splits = k.max_splits()
-    decode = [(0, 1), (5, 1), (100, 1), (1000, 1), (37, 1), (16, 1)]  # per sequence: new token's position
+    # Per sequence: the new token's position. Six tokens: 8 KV heads at 16 splits make 768 blocks, more
+    # than three an SM on any Hopper card, so the GQA-4 shapes also run the four-blocks-an-SM build.
+    decode = [(0, 1), (5, 1), (100, 1), (1000, 1), (37, 1), (16, 1)]
     # (heads, kv_heads, head_dim, bias, QK norm)
     shapes = ((32, 8, 64, False, False), (32, 8, 128, True, False), (8, 2, 64, True, True), (4, 4, 32, False, True),
               (16, 2, 128, False, True), (24, 12, 64, True, False))

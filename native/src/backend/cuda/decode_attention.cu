@@ -1,6 +1,7 @@
 #include "backend/cuda/decode_attention.h"
 
 #include <cfloat>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -93,11 +94,21 @@ __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at,
 //
 // Kv: the cache's element type, a separate instantiation per dtype (the bf16 one is the kernel as it
 // was before fp8 caches).
-template <int D, int G, typename Kv>
-__global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttentionArgs a) {
+//
+// kFourPerSm: at most 128 registers, so four blocks share an SM, with half the keys a round. Only
+// built for G = 4 (168 registers and three blocks an SM otherwise): at batch 64 of Llama-3-8B the
+// 512 blocks then run in one wave rather than two.
+// G = 4's other build is held to 168 registers, three blocks an SM (left alone, the compiler takes
+// up to 193 and fits two).
+constexpr int blocks_per_sm(int g, bool four_per_sm) { return four_per_sm ? 4 : g == 4 ? 3 : 1; }
+
+template <int D, int G, typename Kv, bool kFourPerSm = false>
+__global__ __launch_bounds__(kThreads, blocks_per_sm(G, kFourPerSm)) void decode_attention_kernel(DecodeAttentionArgs a) {
+  static_assert(!kFourPerSm || G == 4, "128 registers hold G <= 4 only");
   constexpr int kLanes = D / kVec;
   constexpr int kGroups = kThreads / kLanes;
-  constexpr int kKeys = G >= 8 ? 2 : 4;  // registers: G · (8 q + 8 acc) + kKeys · (G scores + 8 k/v)
+  // registers: G · (8 q + 8 acc) + kKeys · (G scores + 8 raw k/v)
+  constexpr int kKeys = G >= 8 || kFourPerSm ? 2 : 4;
   constexpr int kRound = kGroups * kKeys;
   constexpr int kOut = G * kLanes;  // threads that combine: one per 8 output dimensions of a head
   constexpr int kHalf = D / 2;
@@ -152,9 +163,6 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   // x·cos + x_i·sin.
   const int partner = c < kHalf ? c + kHalf : c - kHalf;
   const float sign = c < kHalf ? -1.0f : 1.0f;
-  float cs[kVec], sn[kVec];
-  load8(cos_row + (c % kHalf), cs);
-  load8(sin_row + (c % kHalf), sn);
 
   wait_for_producer();
   let_consumer_start();
@@ -188,6 +196,10 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       for (int e = 0; e < kVec; ++e) x[e] = gx[e] * (x[e] * inv), y[e] = gy[e] * (y[e] * inv);
     }
     // Rounded product by product (no fma): the cached key does not depend on what the compiler fuses.
+    // cos/sin are read here, not held from the start: held, they cost 16 registers through the key loop.
+    float cs[kVec], sn[kVec];
+    load8(cos_row + (c % kHalf), cs);
+    load8(sin_row + (c % kHalf), sn);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) out[e] = __fadd_rn(__fmul_rn(x[e], cs[e]), sign * __fmul_rn(y[e], sn[e]));
   };
@@ -209,7 +221,9 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   }
   // Online softmax over up to kKeys keys (valid[k] implies valid[k - 1]; scores already summed over
   // the group's lanes).
-  const auto accumulate = [&](const float (&s)[kKeys][G], const float (&vf)[kKeys][kVec], const bool (&ok)[kKeys]) {
+  // The values are unpacked one key at a time: all kKeys of them unpacked at once cost the registers
+  // that kept more than two blocks from sharing an SM.
+  const auto accumulate = [&](const float (&s)[kKeys][G], const Raw (&values)[kKeys], const bool (&ok)[kKeys]) {
 #pragma unroll
     for (int g = 0; g < G; ++g) {
       float top = s[0][g];
@@ -220,14 +234,19 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       l[g] *= correction;
 #pragma unroll
       for (int e = 0; e < kVec; ++e) acc[g][e] *= correction;
+      m[g] = m_new;
+    }
 #pragma unroll
-      for (int k = 0; k < kKeys; ++k) {
-        const float p = ok[k] ? __expf(s[k][g] - m_new) : 0.0f;
+    for (int k = 0; k < kKeys; ++k) {
+      float vf[kVec];
+      unpack8(values[k], vf, a.kv.v_scale);
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const float p = ok[k] ? __expf(s[k][g] - m[g]) : 0.0f;
         l[g] += p;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) acc[g][e] += p * vf[k][e];
+        for (int e = 0; e < kVec; ++e) acc[g][e] += p * vf[e];
       }
-      m[g] = m_new;
     }
   };
   // Query head g's score against one key: each lane's share of the dot product, summed over the
@@ -252,24 +271,21 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       for (int g = 0; g < G; ++g) s[k][g] = score(kf, g);
     }
     if (!valid[0]) continue;  // the group has no key this round
-    float vf[kKeys][kVec];
-#pragma unroll
-    for (int k = 0; k < kKeys; ++k) unpack8(vr[k], vf[k], a.kv.v_scale);
-    accumulate(s, vf, valid);
+    accumulate(s, vr, valid);
   }
 
   if (writer && threadIdx.x < kWarp) {
     // The new token, in the first warp: its groups all rotate the key (the shuffles need the whole
     // warp), group 0 stores k and v in the cache slot and takes the key into its softmax.
-    float kf[kVec], vf[kKeys][kVec] = {};
+    float kf[kVec], vn[kVec];
     load_rotated(q_dim + kvh * D, kf, a.k_norm);
     const int64_t v_at = q_dim + kv_dim + kvh * D + c;
-    load8(row + v_at, vf[0]);
+    load8(row + v_at, vn);
     if (a.bias) {
       float bv[kVec];
       load8(a.bias + v_at, bv);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) vf[0][e] += bv[e];
+      for (int e = 0; e < kVec; ++e) vn[e] += bv[e];
     }
     // Rounded to the cache's dtype and back: the new token enters this step's softmax exactly as later
     // steps will read it.
@@ -282,16 +298,15 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
 #pragma unroll
       for (int e = 0; e < kVec / 2; ++e) {
         kb.e[e] = __floats2bfloat162_rn(kf[2 * e], kf[2 * e + 1]);
-        vb.e[e] = __floats2bfloat162_rn(vf[0][2 * e], vf[0][2 * e + 1]);
+        vb.e[e] = __floats2bfloat162_rn(vn[2 * e], vn[2 * e + 1]);
       }
       k_raw = kb.raw;
       v_raw = vb.raw;
     } else {
       k_raw = pack8_fp8(kf, a.kv.k_scale);
-      v_raw = pack8_fp8(vf[0], a.kv.v_scale);
+      v_raw = pack8_fp8(vn, a.kv.v_scale);
     }
     unpack8(k_raw, kf, a.kv.k_scale);
-    unpack8(v_raw, vf[0], a.kv.v_scale);
     float s[kKeys][G] = {};
 #pragma unroll
     for (int g = 0; g < G; ++g) s[0][g] = score(kf, g);
@@ -300,7 +315,8 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
       *reinterpret_cast<Raw*>(static_cast<Kv*>(a.kv.keys) + slot) = k_raw;
       *reinterpret_cast<Raw*>(static_cast<Kv*>(a.kv.values) + slot) = v_raw;
       bool ok[kKeys] = {true};
-      accumulate(s, vf, ok);
+      Raw values[kKeys] = {v_raw};
+      accumulate(s, values, ok);
     }
   }
 
@@ -381,13 +397,37 @@ __global__ __launch_bounds__(kThreads) void decode_attention_kernel(DecodeAttent
   store8(a, out_at, O, 1.0f / L);
 }
 
+int multiprocessors() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    KILN_CUDA_CHECK(cudaGetDevice(&device));
+    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n;
+  }();
+  return count;
+}
+
+// The four-blocks-an-SM build of G = 4 where the grid is more than a wave of three blocks an SM
+// (KILN_DECODE_ATTENTION_FOUR_PER_SM=0/1 forces one build, for measuring both).
+bool four_per_sm(dim3 grid) {
+  static const int forced = [] {
+    const char* v = std::getenv("KILN_DECODE_ATTENTION_FOUR_PER_SM");
+    return v ? (std::string(v) == "0" ? 0 : 1) : -1;
+  }();
+  if (forced >= 0) return forced == 1;
+  return static_cast<int64_t>(grid.x) * grid.y * grid.z > 3 * static_cast<int64_t>(multiprocessors());
+}
+
 template <int D, typename Kv>
 void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
   const char* what = "decode_attention_kernel";
   switch (a.step.heads / a.step.kv_heads) {
     case 1: launch_kernel(what, decode_attention_kernel<D, 1, Kv>, grid, dim3(kThreads), stream, a); break;
     case 2: launch_kernel(what, decode_attention_kernel<D, 2, Kv>, grid, dim3(kThreads), stream, a); break;
-    case 4: launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 4:
+      if (four_per_sm(grid)) launch_kernel(what, decode_attention_kernel<D, 4, Kv, true>, grid, dim3(kThreads), stream, a);
+      else launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a);
+      break;
     case 8: launch_kernel(what, decode_attention_kernel<D, 8, Kv>, grid, dim3(kThreads), stream, a); break;
     default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.step.heads / a.step.kv_heads));
   }

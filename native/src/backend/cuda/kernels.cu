@@ -364,19 +364,28 @@ __global__ void merge_splits_kernel(const float* partials, int64_t heads, int64_
   else store(out + row * head_dim + d, num / den, 1.0f);
 }
 
-// Grid: x over the intermediate dimension, y over rows (no per-element division).
+// Grid: x over pairs of the intermediate dimension, y over rows (no per-element division). A thread
+// takes two outputs from one float4 of interleaved (gate, up) pairs; an odd last output goes alone.
 template <typename Out>
 __global__ void silu_mul_kernel(const float* gate_up, int64_t, int64_t inter, float inv_scale, Out* out) {
   wait_for_producer();
   let_consumer_start();
   const int64_t r = blockIdx.y;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < inter;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t idx = r * inter + i;
-    const float g = gate_up[r * 2 * inter + 2 * i];
-    const float u = gate_up[r * 2 * inter + 2 * i + 1];
-    store(out + idx, g / (1.0f + __expf(-g)) * u, inv_scale);
+  const float* row = gate_up + r * 2 * inter;
+  const auto silu_mul_at = [&](int64_t i, float g, float u) { store(out + r * inter + i, g / (1.0f + __expf(-g)) * u, inv_scale); };
+  const int64_t pairs = inter / 2;
+  for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < pairs;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float4 v;
+    if (inter % 2 == 0) {
+      v = reinterpret_cast<const float4*>(row)[j];  // rows start 16-byte aligned when inter is even
+    } else {
+      v = make_float4(row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]);
+    }
+    silu_mul_at(2 * j, v.x, v.y);
+    silu_mul_at(2 * j + 1, v.z, v.w);
   }
+  if (inter % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) silu_mul_at(inter - 1, row[2 * inter - 2], row[2 * inter - 1]);
 }
 
 __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
@@ -508,7 +517,7 @@ void silu_mul(const float* gate_up, int64_t rows, int64_t inter, float inv_scale
   constexpr int64_t kMaxRows = 65535;
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
     const int64_t n = std::min(kMaxRows, rows - r0);
-    launch_kernel("silu_mul_kernel", silu_mul_kernel<Out>, dim3(blocks_for(inter, 256), static_cast<unsigned>(n)),
+    launch_kernel("silu_mul_kernel", silu_mul_kernel<Out>, dim3(blocks_for(std::max<int64_t>(1, inter / 2), 256), static_cast<unsigned>(n)),
                   dim3(256), stream, gate_up + r0 * 2 * inter, n, inter, inv_scale, out + r0 * inter);
   }
 }
