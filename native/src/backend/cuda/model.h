@@ -86,6 +86,7 @@ class CudaModel {
     TunedGemm* gemm = nullptr;
     float input_scale = 1.0f;
     float alpha = 1.0f;
+    int64_t bytes = 0;  // of the weight
     void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream) const {
       gemm->run(weight, x, m, y, beta, stream, alpha);
     }
@@ -165,6 +166,10 @@ class CudaModel {
   // paged_attention would run unsplit (a 2048-token 1B prefill: 46.4 -> 11.6 ms on an H200).
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
+  // KILN_CUDA_L2_PREFETCH=1: decode attention and the RMSNorm kernels ask the L2 for the next
+  // projection's weights (at most kL2PrefetchBytes of them) while they leave DRAM idle. Off until
+  // measured.
+  bool l2_prefetch_ = false;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
