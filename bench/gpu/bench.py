@@ -558,19 +558,25 @@ def ab_compare(engine: Path, log_name: str, spec: str, batches: list[int], prefi
                rounds: int = 3) -> None:
     """Decode step time (and with `prefill`, time to first token of each PREFILL_LENGTHS prompt) of
     one engine under each value of one environment variable. The values take turns within every
-    round, so a drift of the card (clocks, heat) lands on all of them alike."""
+    round, so a drift of the card (clocks, heat) lands on all of them alike. Each time goes to the log
+    as it is measured, so a run cut short by its time limit still says what it saw."""
     var, _, values = spec.partition("=")
     times: dict[tuple[str, str], list[float]] = {}
-    for _ in range(rounds):
+
+    def record(value: str, what: str, ms: float, round_: int) -> None:
+        times.setdefault((value, what), []).append(ms)
+        log(f"{log_name}: round {round_ + 1}: {var}={value} {what}: {ms:.3f} ms")
+
+    for round_ in range(rounds):
         for value in values.split(","):
             for batch in batches:
                 line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
                                   str(DECODE_STEPS), "--batch", str(batch), env={var: value})[-1]
-                times.setdefault((value, f"decode batch {batch}"), []).append(line["decode_step_ms"])
+                record(value, f"decode batch {batch}", line["decode_step_ms"], round_)
             if prefill:
                 suite = {"prefill": {"lengths": list(PREFILL_LENGTHS), "repeats": 3}}
                 for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite), env={var: value}):
-                    times.setdefault((value, f"prefill {line['prompt_len']}"), []).append(line["prefill_ms"])
+                    record(value, f"prefill {line['prompt_len']}", line["prefill_ms"], round_)
     for (value, what), ms in times.items():
         log(f"{log_name}: {var}={value} {what}: median {sorted(ms)[len(ms) // 2]:.3f} ms "
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
