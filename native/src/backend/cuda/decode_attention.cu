@@ -95,15 +95,14 @@ __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at,
 // Kv: the cache's element type, a separate instantiation per dtype (the bf16 one is the kernel as it
 // was before fp8 caches).
 //
-// kFourPerSm: at most 128 registers, so four blocks share an SM, with half the keys a round. Only
-// built for G = 4 (168 registers and three blocks an SM otherwise): at batch 64 of Llama-3-8B the
-// 512 blocks then run in one wave rather than two.
-// G = 4's other build is held to 168 registers, three blocks an SM (left alone, the compiler takes
-// up to 193 and fits two).
+// kFourPerSm: at most 128 registers, so four blocks share an SM, with half the keys a round; built
+// for G = 4 only, whose other build is held to 168 registers and three blocks an SM (left alone, the
+// compiler takes 193 and fits two). At batch 64 of Llama-3-8B the 512 blocks then run in one wave.
 constexpr int blocks_per_sm(int g, bool four_per_sm) { return four_per_sm ? 4 : g == 4 ? 3 : 1; }
 
 template <int D, int G, typename Kv, bool kFourPerSm = false>
-__global__ __launch_bounds__(kThreads, blocks_per_sm(G, kFourPerSm)) void decode_attention_kernel(DecodeAttentionArgs a) {
+__global__ __launch_bounds__(kThreads, blocks_per_sm(G, kFourPerSm))
+void decode_attention_kernel(DecodeAttentionArgs a) {
   static_assert(!kFourPerSm || G == 4, "128 registers hold G <= 4 only");
   constexpr int kLanes = D / kVec;
   constexpr int kGroups = kThreads / kLanes;
@@ -426,8 +425,11 @@ void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stre
     case 1: launch_kernel(what, decode_attention_kernel<D, 1, Kv>, grid, dim3(kThreads), stream, a); break;
     case 2: launch_kernel(what, decode_attention_kernel<D, 2, Kv>, grid, dim3(kThreads), stream, a); break;
     case 4:
-      if (four_per_sm(grid)) launch_kernel(what, decode_attention_kernel<D, 4, Kv, true>, grid, dim3(kThreads), stream, a);
-      else launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a);
+      if (four_per_sm(grid)) {
+        launch_kernel(what, decode_attention_kernel<D, 4, Kv, true>, grid, dim3(kThreads), stream, a);
+      } else {
+        launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a);
+      }
       break;
     case 8: launch_kernel(what, decode_attention_kernel<D, 8, Kv>, grid, dim3(kThreads), stream, a); break;
     default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.step.heads / a.step.kv_heads));

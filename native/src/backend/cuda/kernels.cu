@@ -374,7 +374,9 @@ __global__ void silu_mul_kernel(const float* gate_up, int64_t, int64_t inter, fl
   let_consumer_start();
   const int64_t r = blockIdx.y;
   const float* row = gate_up + r * 2 * inter;
-  const auto silu_mul_at = [&](int64_t i, float g, float u) { store(out + r * inter + i, g / (1.0f + __expf(-g)) * u, inv_scale); };
+  const auto silu_mul_at = [&](int64_t i, float g, float u) {
+    store(out + r * inter + i, g / (1.0f + __expf(-g)) * u, inv_scale);
+  };
   const int64_t pairs = inter / 2;
   for (int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; j < pairs;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -387,7 +389,9 @@ __global__ void silu_mul_kernel(const float* gate_up, int64_t, int64_t inter, fl
     silu_mul_at(2 * j, v.x, v.y);
     silu_mul_at(2 * j + 1, v.z, v.w);
   }
-  if (inter % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) silu_mul_at(inter - 1, row[2 * inter - 2], row[2 * inter - 1]);
+  if (inter % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) {
+    silu_mul_at(inter - 1, row[2 * inter - 2], row[2 * inter - 1]);
+  }
 }
 
 __device__ __forceinline__ unsigned long long argmax_key(float v, int64_t i) {
@@ -519,8 +523,9 @@ void silu_mul(const float* gate_up, int64_t rows, int64_t inter, float inv_scale
   constexpr int64_t kMaxRows = 65535;
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxRows) {
     const int64_t n = std::min(kMaxRows, rows - r0);
-    launch_kernel("silu_mul_kernel", silu_mul_kernel<Out>, dim3(blocks_for(std::max<int64_t>(1, inter / 2), 256), static_cast<unsigned>(n)),
-                  dim3(256), stream, gate_up + r0 * 2 * inter, n, inter, inv_scale, out + r0 * inter);
+    const dim3 grid(blocks_for(std::max<int64_t>(1, inter / 2), 256), static_cast<unsigned>(n));
+    launch_kernel("silu_mul_kernel", silu_mul_kernel<Out>, grid, dim3(256), stream, gate_up + r0 * 2 * inter, n, inter,
+                  inv_scale, out + r0 * inter);
   }
 }
 

@@ -38,7 +38,8 @@ __device__ __forceinline__ void prefetch_to_l2(const L2Prefetch& p) {
   if (!p.base) return;
   constexpr int64_t kPiece = 32768;
   const int64_t blocks = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t block = blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
+  const int64_t block =
+      blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
   const int64_t pieces = (p.bytes + kPiece - 1) / kPiece;
   const int64_t stride = blocks * blockDim.x;
   for (int64_t piece = threadIdx.x * blocks + block; piece < pieces; piece += stride) {
