@@ -182,6 +182,8 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   decode_attention_ = !(fused && std::string(fused) == "0");
   const char* mma = std::getenv("KILN_CUDA_PREFILL_MMA");
   prefill_mma_ = !(mma && std::string(mma) == "0") && prefill_attention_supports_head_dim(c.head_dim);
+  const char* decode_mma = std::getenv("KILN_CUDA_DECODE_MMA");
+  decode_mma_ = prefill_mma_ && decode_mma && std::string(decode_mma) == "1";
   const char* prefetch = std::getenv("KILN_CUDA_L2_PREFETCH");
   l2_prefetch_ = prefetch && std::string(prefetch) == "1";
   const std::string precision = e.header().value("precision", "bf16");
@@ -383,8 +385,11 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
   // prefill_attention has no split-KV: it takes a step with a prefill chunk only where paged_attention's
   // tiles fill the GPU unsplit, so a step of few tiles (a short chunk among decode tokens, whose long
   // contexts want splitting) keeps paged_attention. Its decode tokens are 1-token tiles otherwise.
-  // Decode-only steps never take it (their graphs, and decode_attention, stay as they are).
-  shape.prefill_mma = prefill_mma_ && prefill && shape.splits == 1;
+  // Decode-only steps take it only with KILN_CUDA_DECODE_MMA=1 and an unsplit grid (then RoPE + KV
+  // write and it, in place of decode_attention; their graphs capture that).
+  const bool decode_mma = decode_mma_ && shape.decode && shape.splits == 1;
+  shape.decode = shape.decode && !decode_mma;
+  shape.prefill_mma = prefill_mma_ && (prefill || decode_mma) && shape.splits == 1;
   shape.tile_tokens = tile_tokens;
   if (shape.prefill_mma) {
     shape.tiles = mma_tiles;

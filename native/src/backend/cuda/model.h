@@ -166,6 +166,10 @@ class CudaModel {
   // paged_attention would run unsplit (a 2048-token 1B prefill: 46.4 -> 11.6 ms on an H200).
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
+  // KILN_CUDA_DECODE_MMA=1: decode-only steps whose attention runs unsplit (many sequences) take
+  // RoPE + KV write and the tensor-core prefill_attention, one 1-token tile per sequence, instead of
+  // the CUDA-core decode_attention (23 µs a layer at batch 64 of the 8B shape). Off until measured.
+  bool decode_mma_ = false;
   // KILN_CUDA_L2_PREFETCH=1: decode attention and the RMSNorm kernels ask the L2 for the next
   // projection's weights (at most kL2PrefetchBytes of them) while they leave DRAM idle. Off until
   // measured.
