@@ -7,6 +7,8 @@
 #include "backend/cpu/target.h"
 #include "build_helpers.h"
 #include "core/error.h"
+#include "core/sha256.h"
+#include "core/thread_pool.h"
 #include "engine/engine.h"
 #include "engine/format.h"
 #include "engine/reader.h"
@@ -130,6 +132,41 @@ TEST_F(EngineFile, InspectVerifiesChecksums) {
   auto b = bytes_;
   b[b.size() - 1] ^= 0xff;
   EXPECT_THROW(inspect(variant(b)), Error);
+}
+
+// The builder writes with its thread pool: section hashes on the pool, the file digest beside the
+// write. Same file, same digest (the file's sha256) as a writer with no pool; a cancel from
+// on_section still leaves no file and joins the digest thread.
+TEST_F(EngineFile, AWriteWithAPoolIsTheSameFile) {
+  const auto ef = read_engine_file(path_);
+  Json header = ef.header;
+  header.erase("sections");
+  std::vector<TensorBlob> blobs;
+  for (const auto& s : ef.sections) {
+    blobs.push_back(TensorBlob{s.name, s.dtype, s.shape, s.layout,
+                               std::vector<uint8_t>(ef.file->data() + s.offset, ef.file->data() + s.offset + s.bytes)});
+  }
+  const std::string alone = dir_ + "/alone.kiln", pooled = dir_ + "/pooled.kiln";
+  std::vector<size_t> progress;
+  const WrittenEngine a = write_engine(alone, header, blobs);
+  ThreadPool pool(4);
+  const WrittenEngine b = write_engine(pooled, header, blobs, [&](size_t done, size_t) { progress.push_back(done); },
+                                       &pool);
+  const std::vector<uint8_t> bytes = read_all(pooled);
+  EXPECT_EQ(bytes, read_all(alone));
+  EXPECT_EQ(b.sha256, a.sha256);
+  EXPECT_EQ(b.sha256, sha256_hex(bytes.data(), bytes.size()));
+  EXPECT_EQ(b.bytes, bytes.size());
+  ASSERT_EQ(progress.size(), blobs.size());
+  EXPECT_EQ(progress.back(), blobs.size());
+  EXPECT_NO_THROW(Engine::load(pooled));
+
+  const std::string cancelled = dir_ + "/cancelled.kiln";
+  EXPECT_THROW(write_engine(cancelled, header, blobs, [](size_t done, size_t) { if (done == 2) throw Error("stop"); },
+                            &pool),
+               Error);
+  EXPECT_FALSE(std::filesystem::exists(cancelled));
+  EXPECT_FALSE(std::filesystem::exists(cancelled + ".tmp"));
 }
 
 TEST_F(EngineFile, MissingFileAndDirectoryGiveErrors) {

@@ -257,7 +257,7 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
 
   // write
   report.say(kWrite, 0, "writing " + o.out_path);
-  const WrittenEngine written = write_engine(o.out_path, std::move(header), q.tensors, report.steps(kWrite, "section"));
+  const WrittenEngine written = write_engine(o.out_path, std::move(header), q.tensors, report.steps(kWrite, "section"), &pool);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return BuildResult{o.out_path, written.sha256, written.bytes, seconds};
 }

@@ -1,10 +1,13 @@
 #include "engine/writer.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/io_error.h"
 #include "core/sha256.h"
@@ -28,43 +31,70 @@ void hex_to_bytes(const std::string& hex, uint8_t* out) {
   for (size_t i = 0; i < hex.size() / 2; ++i) out[i] = static_cast<uint8_t>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
 }
 
-class HashingWriter {
+// The file's bytes in order, as pieces of memory: the preamble, the header, each section's zero
+// padding and bytes. Writing and hashing both walk them, so the two can run side by side.
+struct Piece {
+  const void* data;
+  size_t size;
+  size_t sections_done;  // sections complete once this piece is written (for on_section)
+};
+
+// The digest of the pieces in order, on a thread of its own: SHA-256 of one stream cannot be split,
+// but it need not wait for the disk. `stop` ends it early (the write failed or was cancelled).
+class BackgroundDigest {
  public:
-  HashingWriter(std::ofstream& out, const std::string& path) : out_(out), path_(path) {}
-  void write(const void* data, size_t size) {
-    out_.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-    if (!out_) throw IoError(path_ + ": write failed: " + std::strerror(errno));
-    hash_.update(data, size);
-    written_ += size;
+  BackgroundDigest(const std::vector<Piece>& pieces, bool own_thread) : pieces_(pieces) {
+    if (own_thread) thread_ = std::thread([this] { run(); });
   }
-  void pad_to(uint64_t offset) {
-    static const uint8_t zeros[kSectionAlignment] = {};
-    while (written_ < offset) write(zeros, std::min<uint64_t>(offset - written_, sizeof zeros));
+  ~BackgroundDigest() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
   }
-  uint64_t written() const { return written_; }
-  std::string digest() { return hash_.hex_digest(); }
+  std::string digest() {
+    if (thread_.joinable()) thread_.join();
+    else run();
+    return hash_.hex_digest();
+  }
 
  private:
-  std::ofstream& out_;
-  const std::string& path_;
+  void run() {
+    for (const Piece& piece : pieces_) {
+      if (stop_) return;
+      hash_.update(piece.data, piece.size);
+    }
+  }
+  const std::vector<Piece>& pieces_;
   Sha256Stream hash_;
-  uint64_t written_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 }  // namespace
 
 WrittenEngine write_engine(const std::string& path, Json header, const std::vector<TensorBlob>& tensors,
-                           const std::function<void(size_t, size_t)>& on_section) {
+                           const std::function<void(size_t, size_t)>& on_section, ThreadPool* pool) {
+  // Each section's own hash is independent of the others: on the pool where there is one.
+  std::vector<std::string> hashes(tensors.size());
+  const auto hash_one = [&](int i) {
+    hashes[static_cast<size_t>(i)] = sha256_hex(tensors[static_cast<size_t>(i)].bytes.data(),
+                                                tensors[static_cast<size_t>(i)].bytes.size());
+  };
+  if (pool) {
+    pool->run(static_cast<int>(tensors.size()), pool->size(), hash_one);
+  } else {
+    for (size_t i = 0; i < tensors.size(); ++i) hash_one(static_cast<int>(i));
+  }
   Json sections = Json::array();
   uint64_t offset = 0;
-  for (const auto& t : tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const TensorBlob& t = tensors[i];
     sections.push_back(Json{{"name", t.name},
                             {"dtype", dtype_name(t.dtype)},
                             {"shape", t.shape},
                             {"layout", layout_name(t.layout)},
                             {"offset", offset},
                             {"bytes", t.bytes.size()},
-                            {"sha256", sha256_hex(t.bytes.data(), t.bytes.size())}});
+                            {"sha256", hashes[i]}});
     offset = align_up(offset + t.bytes.size());
   }
   header["sections"] = std::move(sections);
@@ -79,22 +109,32 @@ WrittenEngine write_engine(const std::string& path, Json header, const std::vect
   put_u64(preamble + 24, data_offset);
   hex_to_bytes(sha256_hex(header_text.data(), header_text.size()), preamble + 32);
 
+  static const uint8_t zeros[kSectionAlignment] = {};
+  std::vector<Piece> pieces{{preamble, sizeof preamble, 0}, {header_text.data(), header_text.size(), 0}};
+  uint64_t end = sizeof preamble + header_text.size();
+  const Json& listed = header["sections"];
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t start = data_offset + listed[i]["offset"].get<uint64_t>();
+    for (; end < start; end += std::min<uint64_t>(start - end, sizeof zeros)) {
+      pieces.push_back({zeros, static_cast<size_t>(std::min<uint64_t>(start - end, sizeof zeros)), 0});
+    }
+    pieces.push_back({tensors[i].bytes.data(), tensors[i].bytes.size(), i + 1});
+    end += tensors[i].bytes.size();
+  }
+
   const std::string tmp = path + ".tmp";
   try {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) throw IoError(tmp + ": cannot create: " + std::strerror(errno));
-    HashingWriter w(out, tmp);
-    w.write(preamble, sizeof preamble);
-    w.write(header_text.data(), header_text.size());
-    const Json& listed = header["sections"];
-    for (size_t i = 0; i < tensors.size(); ++i) {
-      w.pad_to(data_offset + listed[i]["offset"].get<uint64_t>());
-      w.write(tensors[i].bytes.data(), tensors[i].bytes.size());
-      if (on_section) on_section(i + 1, tensors.size());
+    BackgroundDigest digest(pieces, pool && pool->size() > 1);
+    for (const Piece& piece : pieces) {
+      out.write(static_cast<const char*>(piece.data), static_cast<std::streamsize>(piece.size));
+      if (!out) throw IoError(tmp + ": write failed: " + std::strerror(errno));
+      if (piece.sections_done && on_section) on_section(piece.sections_done, tensors.size());
     }
     out.close();
     if (!out) throw IoError(tmp + ": close failed: " + std::strerror(errno));
-    WrittenEngine result{w.digest(), w.written()};
+    WrittenEngine result{digest.digest(), end};
     std::filesystem::rename(tmp, path);
     return result;
   } catch (...) {

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/json.h"
+#include "core/thread_pool.h"
 #include "engine/tensor_blob.h"
 
 namespace kiln {
@@ -17,8 +18,9 @@ struct WrittenEngine {
 
 // Writes header + sections to `path` atomically (a temporary file renamed into place). The header's
 // "sections" list is filled in here. `on_section(done, total)` may throw to cancel; the temporary
-// file is removed then.
+// file is removed then. With a pool the sections are hashed on it and the whole file's digest is
+// computed beside the write (the same bytes and digests either way).
 WrittenEngine write_engine(const std::string& path, Json header, const std::vector<TensorBlob>& tensors,
-                           const std::function<void(size_t, size_t)>& on_section = {});
+                           const std::function<void(size_t, size_t)>& on_section = {}, ThreadPool* pool = nullptr);
 
 }  // namespace kiln
