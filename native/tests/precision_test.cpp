@@ -72,17 +72,17 @@ TEST(Precision, Fp8ScaleMapsAmaxToTheLargestFiniteValue) {
 Graph small_graph(bool tied) {
   Graph g;
   g.config.torch_dtype = "bfloat16";
-  g.weights["embed.weight"] = Weight{{4, 8}, std::vector<float>(32, 0.5f)};
-  g.weights["layers.0.qkv.weight"] = Weight{{8, 8}, std::vector<float>(64, 0.25f)};
-  g.weights["layers.0.qkv.bias"] = Weight{{8}, std::vector<float>(8, 0.1f)};
-  g.weights["final_norm.weight"] = Weight{{8}, std::vector<float>(8, 1.0f)};
+  g.weights["embed.weight"] = Weight{{4, 8}, Floats(32, 0.5f)};
+  g.weights["layers.0.qkv.weight"] = Weight{{8, 8}, Floats(64, 0.25f)};
+  g.weights["layers.0.qkv.bias"] = Weight{{8}, Floats(8, 0.1f)};
+  g.weights["final_norm.weight"] = Weight{{8}, Floats(8, 1.0f)};
   g.nodes.push_back(Node{"embedding", "embed", {"tokens"}, "x.0", {"embed.weight"}, {}});
   g.nodes.push_back(Node{"linear", "layers.0.qkv", {"x.0"}, "q", {"layers.0.qkv.weight", "layers.0.qkv.bias"}, {}});
   g.nodes.push_back(Node{"rms_norm", "final_norm", {"q"}, "n", {"final_norm.weight"}, {}});
   if (tied) {
     g.nodes.push_back(Node{"linear", "lm_head", {"n"}, "logits", {"embed.weight"}, {}});
   } else {
-    g.weights["lm_head.weight"] = Weight{{4, 8}, std::vector<float>(32, 0.5f)};
+    g.weights["lm_head.weight"] = Weight{{4, 8}, Floats(32, 0.5f)};
     g.nodes.push_back(Node{"linear", "lm_head", {"n"}, "logits", {"lm_head.weight"}, {}});
   }
   return g;
@@ -121,7 +121,7 @@ TEST(Precision, EachRoleGetsTheDtypeItsPrecisionPromises) {
 TEST(Precision, AThreadPoolGivesTheSameBytesAsOneThread) {
   Graph g = small_graph(false);
   const int64_t rows = 1100, cols = 2049;  // 2.25M elements: 3 chunks, the last partial
-  std::vector<float> big(static_cast<size_t>(rows * cols));
+  Floats big(static_cast<size_t>(rows * cols));  // every element set below
   for (size_t i = 0; i < big.size(); ++i) big[i] = std::sin(static_cast<float>(i) * 0.37f) * 3.0f;
   big.back() = 40.0f;  // the amax sits in the last chunk
   g.weights["layers.0.qkv.weight"] = Weight{{rows, cols}, big};

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/floats.h"
 #include "model/config.h"
 
 namespace kiln {
@@ -13,7 +14,7 @@ namespace kiln {
 // precision is applied once, after the passes.
 struct Weight {
   std::vector<int64_t> shape;
-  std::vector<float> data;
+  Floats data;
 };
 
 // One operation of the decoder dataflow. Activations are named by strings; a fused linear's parts

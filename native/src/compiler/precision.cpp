@@ -70,7 +70,7 @@ TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype, Thr
 }
 
 // max |x| (a max: the same whatever the chunks).
-float amax_of(const std::vector<float>& data, ThreadPool* pool) {
+float amax_of(const Floats& data, ThreadPool* pool) {
   std::vector<float> partial(data.size() / kQuantizeChunk + 1, 0.0f);
   for_chunks(pool, data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
     float amax = 0.0f;
@@ -198,7 +198,7 @@ QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std:
 QuantizedModel quantize_releasing(Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
                                   const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
   QuantizedModel out = quantize_each(g, precision, input_amax, on_tensor, pool,
-                                     [&](const std::string& name) { std::vector<float>().swap(g.weights.at(name).data); });
+                                     [&](const std::string& name) { Floats().swap(g.weights.at(name).data); });
   g.weights.clear();
   return out;
 }

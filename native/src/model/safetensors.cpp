@@ -148,9 +148,9 @@ void Checkpoint::release(const SourceTensor& t) const {
   }
 }
 
-std::vector<float> Checkpoint::to_f32(const SourceTensor& t, ThreadPool* pool) const {
+Floats Checkpoint::to_f32(const SourceTensor& t, ThreadPool* pool) const {
   if (!t.is_float) throw Error(t.file + ": tensor " + t.name + " has dtype " + t.dtype_name + ", expected F32/F16/BF16");
-  std::vector<float> out(static_cast<size_t>(t.numel()));
+  Floats out(static_cast<size_t>(t.numel()));  // every element written below, on the pool
   const size_t width = dtype_size(t.dtype);
   for_chunks(pool, out.size(), size_t{1} << 20, [&](size_t begin, size_t end) {
     decode_to_f32(t.dtype, t.data + begin * width, out.data() + begin, end - begin);

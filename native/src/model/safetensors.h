@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/floats.h"
 #include "core/mapped_file.h"
 #include "core/thread_pool.h"
 
@@ -37,7 +38,7 @@ class Checkpoint {
   const std::string& directory() const { return directory_; }
 
   // Decodes a float tensor into fp32 (in chunks on the pool's threads, when given one).
-  std::vector<float> to_f32(const SourceTensor& tensor, ThreadPool* pool = nullptr) const;
+  Floats to_f32(const SourceTensor& tensor, ThreadPool* pool = nullptr) const;
   // Drops the tensor's pages from memory once it has been decoded (MappedFile::release).
   void release(const SourceTensor& tensor) const;
 
