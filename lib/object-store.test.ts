@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { openObjectStore } from "./object-store.js";
+import { openObjectStore, uploadPartBytes } from "./object-store.js";
 
 let work: string;
 beforeAll(async () => {
@@ -64,5 +64,20 @@ describe("file:// object store", () => {
     expect(() => openObjectStore({ uri: "gs://bucket/x" })).toThrow(
       /gs:\/\/bucket\/x: scheme must be s3:\/\/ or file:\/\//,
     );
+  });
+});
+
+describe("multipart upload part size", () => {
+  test("16 MiB parts until S3's 10,000-part limit needs larger ones, always whole MiB", () => {
+    const MiB = 1024 * 1024;
+    expect(uploadPartBytes(0)).toBe(16 * MiB);
+    expect(uploadPartBytes(16 * 1024 * MiB)).toBe(16 * MiB); // a 16 GiB engine: 1,024 parts
+    for (const gb of [160, 400, 1000]) {
+      const size = gb * 1e9;
+      const part = uploadPartBytes(size);
+      expect(part % MiB).toBe(0);
+      expect(Math.ceil(size / part)).toBeLessThanOrEqual(10_000);
+      expect(part).toBeGreaterThan(16 * MiB);
+    }
   });
 });

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { copyFile, mkdir, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
-import { Transform } from "node:stream";
+import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import {
@@ -14,6 +14,7 @@ import {
   S3Client,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
+import { downloadRanges } from "./ranged-download.js";
 
 /**
  * Engine and model storage: `s3://bucket/prefix` (any S3-compatible server) or `file:///dir` (a
@@ -60,7 +61,18 @@ export function openObjectStore(opts: ObjectStoreOptions): ObjectStore {
   throw new Error(`object store ${opts.uri}: scheme must be s3:// or file://`);
 }
 
-const PART_BYTES = 16 * 1024 * 1024;
+const MIB = 1024 * 1024;
+const PART_BYTES = 16 * MIB;
+/** Parts of a multipart upload in flight at once (each buffered: 8 × 16 MiB by default). */
+const UPLOAD_CONCURRENCY = 8;
+
+/**
+ * The part size of a multipart upload of `size` bytes: 16 MiB, or more where S3's limit of 10,000
+ * parts would not hold the object (from about 156 GiB: a 405B-parameter fp8 engine is ~400 GB).
+ */
+export function uploadPartBytes(size: number): number {
+  return Math.max(PART_BYTES, Math.ceil(size / 9_500 / MIB) * MIB);
+}
 
 async function partialSize(file: string): Promise<number> {
   try {
@@ -232,8 +244,8 @@ class S3Store implements ObjectStore {
         Body: createReadStream(localFile),
         ChecksumAlgorithm: ChecksumAlgorithm.SHA256,
       },
-      partSize: PART_BYTES,
-      queueSize: 2,
+      partSize: uploadPartBytes((await stat(localFile)).size),
+      queueSize: UPLOAD_CONCURRENCY,
       leavePartsOnError: false,
     });
     if (onProgress) upload.on("httpUploadProgress", (p) => onProgress(p.loaded ?? 0));
@@ -249,26 +261,14 @@ class S3Store implements ObjectStore {
     if (total === undefined) throw new Error(`${this.uri(path)}: no such object`);
     const part = `${localFile}.part`;
     await mkdir(dirname(localFile), { recursive: true });
-    const start = Math.min(await partialSize(part), total);
-    if (start < total) {
+    const openRange = async (start: number, end: number) => {
       const out = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: this.key(path), Range: `bytes=${start}-` }),
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.key(path), Range: `bytes=${start}-${end}` }),
       );
       if (!out.Body) throw new Error(`${this.uri(path)}: empty response body`);
-      let have = start;
-      const count = new Transform({
-        transform(chunk: Buffer, _encoding, done) {
-          have += chunk.length;
-          onProgress?.(have, total);
-          done(null, chunk);
-        },
-      });
-      await pipeline(
-        out.Body as NodeJS.ReadableStream,
-        count,
-        createWriteStream(part, { flags: start > 0 ? "r+" : "w", start }),
-      );
-    }
+      return out.Body as Readable;
+    };
+    await downloadRanges(openRange, part, total, { onProgress });
     const got = await partialSize(part);
     if (got !== total) throw new Error(`${this.uri(path)}: downloaded ${got} of ${total} bytes`);
     await rename(part, localFile);

@@ -1,14 +1,14 @@
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, rename, rm, stat, truncate } from "node:fs/promises";
+import { createReadStream } from "node:fs";
+import { mkdir, rename, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import type { Logger } from "pino";
 import { type EngineManifest, validateManifest } from "../../lib/manifest.js";
 import { openObjectStore } from "../../lib/object-store.js";
+import { downloadRanges, type RangeOpener } from "../../lib/ranged-download.js";
 import { inspect } from "../../native/binding/index.js";
 
 /** A start-up failure with the one line that explains it; main logs it and exits non-zero. */
@@ -28,6 +28,9 @@ export interface EngineSource {
   localFingerprint: string;
   /** Download attempts (each resumes where the last one stopped). */
   attempts?: number;
+  /** Ranged GETs in flight at once and their size (lib/ranged-download.ts has the defaults). */
+  concurrency?: number;
+  chunkBytes?: number;
 }
 
 export interface FetchedEngine {
@@ -50,7 +53,11 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
   const path = join(source.cacheDir, `${source.sha256}.kiln`);
   await mkdir(source.cacheDir, { recursive: true });
   const opener = rangeOpener(source, dirUri, fileName);
-  await downloadVerified(opener, path, manifest.sizeBytes, source, log);
+  try {
+    await downloadVerified(opener, path, manifest.sizeBytes, source, log);
+  } catch (err) {
+    throw new StartupError(`engine ${source.uri}: ${(err as Error).message}`);
+  }
 
   let header: Record<string, unknown>;
   try {
@@ -111,14 +118,11 @@ async function readManifest(source: EngineSource, dirUri: string, log: Logger): 
   return checked.value;
 }
 
-/** Opens the engine's bytes from `offset` to the end. */
-type RangeOpener = (offset: number) => Promise<Readable>;
-
 function rangeOpener(source: EngineSource, dirUri: string, fileName: string): RangeOpener {
   const url = new URL(source.uri);
   if (url.protocol === "file:") {
     const path = fileURLToPath(url);
-    return async (offset) => createReadStream(path, { start: offset });
+    return async (start, end) => createReadStream(path, { start, end });
   }
   const bucket = url.hostname;
   const key = decodeURIComponent(url.pathname.replace(/^\/+/, ""));
@@ -126,13 +130,9 @@ function rangeOpener(source: EngineSource, dirUri: string, fileName: string): Ra
     region: source.store.region ?? "us-east-1",
     ...(source.store.endpoint ? { endpoint: source.store.endpoint, forcePathStyle: true } : {}),
   });
-  return async (offset) => {
+  return async (start, end) => {
     const out = await client.send(
-      new GetObjectCommand({
-        Bucket: bucket,
-        Key: key,
-        ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}),
-      }),
+      new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-${end}` }),
     );
     if (!out.Body) throw new Error(`s3 GET ${dirUri}/${fileName} returned no body`);
     return out.Body as Readable;
@@ -155,15 +155,16 @@ async function sha256Of(path: string): Promise<string> {
 }
 
 /**
- * Downloads into `<path>.part`, resuming from its current size after a failed attempt (or a
- * restarted pod), verifies the sha256 and only then renames it into place. A cached file is reused
- * when its sha256 still matches.
+ * Downloads into `<path>.part` by ranged GETs, several at a time (lib/ranged-download.ts: a failed
+ * attempt, or a restarted pod, fetches only the ranges it lacks), verifies the sha256 and only then
+ * renames the file into place. A cached file is reused when its sha256 still matches. Failures are
+ * plain errors, which fetchEngine turns into start-up errors naming the engine.
  */
-async function downloadVerified(
+export async function downloadVerified(
   open: RangeOpener,
   path: string,
   size: number,
-  source: EngineSource,
+  source: Pick<EngineSource, "sha256" | "attempts" | "concurrency" | "chunkBytes">,
   log: Logger,
 ): Promise<void> {
   if ((await sizeOf(path)) !== undefined) {
@@ -176,49 +177,31 @@ async function downloadVerified(
   }
   const part = `${path}.part`;
   const attempts = source.attempts ?? 5;
-  for (let attempt = 1; ; attempt++) {
-    let offset = (await sizeOf(part)) ?? 0;
-    if (offset > size) {
-      await truncate(part, 0);
-      offset = 0;
-    }
-    if (offset === size) break;
-    try {
-      if (offset > 0) log.info({ offset, size }, "resuming engine download");
-      let received = offset;
-      let nextReport = 0.1;
-      await pipeline(
-        await open(offset),
-        async function* (chunks: AsyncIterable<Buffer>) {
-          for await (const chunk of chunks) {
-            received += chunk.length;
-            if (received / size >= nextReport) {
-              log.info({ percent: Math.floor((received / size) * 100) }, "downloading engine");
-              nextReport += 0.1;
-            }
-            yield chunk;
-          }
-        },
-        createWriteStream(part, { flags: "a" }),
-      );
-      if (received !== size) throw new Error(`got ${received} of ${size} bytes`);
-      break;
-    } catch (err) {
-      if (attempt >= attempts) {
-        throw new StartupError(
-          `engine ${source.uri}: download failed after ${attempts} attempts: ${(err as Error).message}`,
-        );
-      }
-      log.warn({ attempt, err: (err as Error).message }, "engine download interrupted; resuming");
-      await new Promise((resolve) => setTimeout(resolve, retryDelayMs(attempt)));
-    }
+  const kept = (await sizeOf(part)) ?? 0;
+  if (kept > 0) log.info({ part, bytes: kept, size }, "resuming engine download");
+  let nextReport = 0.1;
+  try {
+    await downloadRanges(open, part, size, {
+      chunkBytes: source.chunkBytes,
+      concurrency: source.concurrency,
+      attempts,
+      retryDelayMs,
+      onProgress: (bytes) => {
+        while (size > 0 && bytes / size >= nextReport) {
+          log.info({ percent: Math.floor((bytes / size) * 100) }, "downloading engine");
+          nextReport += 0.1;
+        }
+      },
+      onRetry: (attempt, err, rangesLeft) =>
+        log.warn({ attempt, err: err.message, rangesLeft }, "engine download interrupted; resuming"),
+    });
+  } catch (err) {
+    throw new Error(`download failed after ${attempts} attempts: ${(err as Error).message}`);
   }
   const actual = await sha256Of(part);
   if (actual !== source.sha256) {
     await rm(part, { force: true });
-    throw new StartupError(
-      `engine ${source.uri}: sha256 mismatch: expected ${source.sha256}, downloaded ${actual}`,
-    );
+    throw new Error(`sha256 mismatch: expected ${source.sha256}, downloaded ${actual}`);
   }
   await rename(part, path);
 }

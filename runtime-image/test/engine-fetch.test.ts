@@ -2,9 +2,11 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Readable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import { type EngineSource, fetchEngine, StartupError } from "../src/engine-fetch.js";
+import type { RangeOpener } from "../../lib/ranged-download.js";
+import { downloadVerified, type EngineSource, fetchEngine, StartupError } from "../src/engine-fetch.js";
 import { localTargetFingerprint } from "../src/engine-loader.js";
 import { buildTinyEngine, forTarget, sha256, storeEngine } from "./fixtures/engine-store.js";
 
@@ -121,5 +123,85 @@ describe("engine fetch (real engine file, file:// store)", () => {
     await expect(fetchEngine(await source(stored), log)).rejects.toThrow(
       /download failed after 2 attempts: .*ENOENT/,
     );
+  });
+});
+
+describe("ranged download (downloadVerified with a counting opener)", () => {
+  /** Serves `bytes` by range, in two pieces per range; records each range and how many are open. */
+  function rangesOf(bytes: Buffer, failFirst: Set<number> = new Set(), chunkBytes = 1000) {
+    const opened: number[] = [];
+    let inFlight = 0;
+    let maxInFlight = 0;
+    const open: RangeOpener = async (start, end) => {
+      const index = start / chunkBytes;
+      opened.push(index);
+      inFlight++;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      const body = bytes.subarray(start, end + 1);
+      const half = Math.floor(body.length / 2);
+      const fail = failFirst.delete(index);
+      return Readable.from(
+        (async function* () {
+          try {
+            await new Promise((resolve) => setTimeout(resolve, 2));
+            yield body.subarray(0, half);
+            if (fail) throw new Error(`connection reset in chunk ${index}`);
+            yield body.subarray(half);
+          } finally {
+            inFlight--;
+          }
+        })(),
+      );
+    };
+    return { open, opened, maxInFlight: () => maxInFlight };
+  }
+
+  const options = (extra: Record<string, unknown> = {}) => ({
+    sha256: sha256(engine),
+    attempts: 2,
+    chunkBytes: 1000,
+    concurrency: 4,
+    ...extra,
+  });
+
+  test("fetches every chunk once, several at a time, each at its offset; leaves no part or progress file", async () => {
+    const dir = await mkdtemp(join(work, "ranged-"));
+    const path = join(dir, "e.kiln");
+    const ranges = rangesOf(engine);
+    await downloadVerified(ranges.open, path, engine.length, options(), log);
+    expect(sha256(await readFile(path))).toBe(sha256(engine));
+    expect(ranges.opened.sort((a, b) => a - b)).toEqual(
+      Array.from({ length: Math.ceil(engine.length / 1000) }, (_, i) => i),
+    );
+    expect(ranges.maxInFlight()).toBeGreaterThan(1);
+    expect(await readdir(dir)).toEqual(["e.kiln"]);
+  });
+
+  test("a chunk cut off mid-stream is fetched again on the next attempt, and only it", async () => {
+    const dir = await mkdtemp(join(work, "ranged-"));
+    const path = join(dir, "e.kiln");
+    const ranges = rangesOf(engine, new Set([3]));
+    await downloadVerified(ranges.open, path, engine.length, options(), log);
+    expect(sha256(await readFile(path))).toBe(sha256(engine));
+    const counts = new Map<number, number>();
+    for (const i of ranges.opened) counts.set(i, (counts.get(i) ?? 0) + 1);
+    expect(counts.get(3)).toBe(2);
+    expect([...counts.entries()].filter(([i, n]) => i !== 3 && n !== 1)).toEqual([]);
+  });
+
+  test("a restarted download fetches only the chunks its progress file does not list", async () => {
+    const dir = await mkdtemp(join(work, "ranged-"));
+    const path = join(dir, "e.kiln");
+    // One at a time: chunks 0-4 arrive, chunk 5 fails and the only attempt is spent (a pod killed).
+    const first = rangesOf(engine, new Set([5]));
+    await expect(
+      downloadVerified(first.open, path, engine.length, options({ attempts: 1, concurrency: 1 }), log),
+    ).rejects.toThrow(/download failed after 1 attempts: connection reset in chunk 5/);
+    expect(JSON.parse(await readFile(`${path}.part.progress`, "utf8")).done).toEqual([0, 1, 2, 3, 4]);
+    const second = rangesOf(engine);
+    await downloadVerified(second.open, path, engine.length, options(), log);
+    expect(sha256(await readFile(path))).toBe(sha256(engine));
+    expect(Math.min(...second.opened)).toBe(5);
+    expect(second.opened.length).toBe(Math.ceil(engine.length / 1000) - 5);
   });
 });
