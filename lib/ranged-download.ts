@@ -34,7 +34,8 @@ interface Progress {
   done: number[];
 }
 
-async function sizeOf(path: string): Promise<number | undefined> {
+/** A file's size, or undefined when there is none. */
+export async function sizeOf(path: string): Promise<number | undefined> {
   try {
     return (await stat(path)).size;
   } catch (err) {

@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
@@ -8,7 +8,7 @@ import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import type { Logger } from "pino";
 import { type EngineManifest, validateManifest } from "../../lib/manifest.js";
 import { openObjectStore } from "../../lib/object-store.js";
-import { downloadRanges, type RangeOpener } from "../../lib/ranged-download.js";
+import { downloadRanges, type RangeOpener, sizeOf } from "../../lib/ranged-download.js";
 import { inspect } from "../../native/binding/index.js";
 
 /** A start-up failure with the one line that explains it; main logs it and exits non-zero. */
@@ -137,15 +137,6 @@ function rangeOpener(source: EngineSource, dirUri: string, fileName: string): Ra
     if (!out.Body) throw new Error(`s3 GET ${dirUri}/${fileName} returned no body`);
     return out.Body as Readable;
   };
-}
-
-async function sizeOf(path: string): Promise<number | undefined> {
-  try {
-    return (await stat(path)).size;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw err;
-  }
 }
 
 async function sha256Of(path: string): Promise<string> {
