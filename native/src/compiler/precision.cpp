@@ -56,14 +56,10 @@ DType checkpoint_dtype(const std::string& torch_dtype) {
   return DType::F32;
 }
 
-// Elements converted per chunk of work on the pool (an 8B checkpoint is ~8G elements: converted on
-// one core, this was the slowest part of an fp8 build).
-constexpr size_t kQuantizeChunk = size_t{1} << 20;
-
 TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype, ThreadPool* pool) {
   TensorBlob b{name, dtype, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size() * dtype_size(dtype))};
   const size_t width = dtype_size(dtype);
-  for_chunks(pool, w.data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+  for_chunks(pool, w.data.size(), kElementChunk, [&](size_t begin, size_t end) {
     encode_from_f32(dtype, w.data.data() + begin, b.bytes.data() + begin * width, end - begin);
   });
   return b;
@@ -71,11 +67,11 @@ TensorBlob float_blob(const std::string& name, const Weight& w, DType dtype, Thr
 
 // max |x| (a max: the same whatever the chunks).
 float amax_of(const Floats& data, ThreadPool* pool) {
-  std::vector<float> partial(data.size() / kQuantizeChunk + 1, 0.0f);
-  for_chunks(pool, data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+  std::vector<float> partial(data.size() / kElementChunk + 1, 0.0f);
+  for_chunks(pool, data.size(), kElementChunk, [&](size_t begin, size_t end) {
     float amax = 0.0f;
     for (size_t i = begin; i < end; ++i) amax = std::max(amax, std::fabs(data[i]));
-    partial[begin / kQuantizeChunk] = amax;
+    partial[begin / kElementChunk] = amax;
   });
   return *std::max_element(partial.begin(), partial.end());
 }
@@ -143,7 +139,7 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
       TensorBlob q{name, DType::I8, w.shape, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n * k))};
       TensorBlob s{name + ".scales", DType::F32, {n}, WeightLayout::Row, std::vector<uint8_t>(static_cast<size_t>(n) * 4)};
       // Rows are independent: chunks of whole rows.
-      const size_t rows_per_chunk = std::max<size_t>(1, kQuantizeChunk / static_cast<size_t>(k));
+      const size_t rows_per_chunk = std::max<size_t>(1, kElementChunk / static_cast<size_t>(k));
       for_chunks(pool, static_cast<size_t>(n), rows_per_chunk, [&](size_t begin, size_t end) {
         quantize_int8_rows(w.data.data() + begin * k, static_cast<int64_t>(end - begin), k,
                            reinterpret_cast<int8_t*>(q.bytes.data()) + begin * k,
@@ -157,7 +153,7 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
       if (it == input_amax.end()) throw Error("fp8: calibration recorded no input range for " + name);
       const float weight_scale = fp8_scale_for(amax);
       TensorBlob q{name, DType::F8E4M3, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size())};
-      for_chunks(pool, w.data.size(), kQuantizeChunk, [&](size_t begin, size_t end) {
+      for_chunks(pool, w.data.size(), kElementChunk, [&](size_t begin, size_t end) {
         quantize_fp8(w.data.data() + begin, end - begin, weight_scale, q.bytes.data() + begin);
       });
       out.tensors.push_back(std::move(q));

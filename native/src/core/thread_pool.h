@@ -40,6 +40,9 @@ class ThreadPool {
   bool stopping_ = false;
 };
 
+// Elements a chunk of an element-wise conversion takes (an 8B checkpoint is ~8G elements).
+constexpr size_t kElementChunk = size_t{1} << 20;
+
 // fn(begin, end) over [0, count) in chunks of `chunk` on all the pool's threads, or in one call
 // without a pool (or with one chunk): for loops whose elements are independent (conversions).
 void for_chunks(ThreadPool* pool, size_t count, size_t chunk, const std::function<void(size_t, size_t)>& fn);

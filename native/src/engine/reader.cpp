@@ -117,15 +117,9 @@ EngineFile read_engine_file(const std::string& path, ThreadPool* pool) {
   }
 
   std::vector<std::string> actual(ef.sections.size());
-  auto hash_one = [&](int i) {
-    const auto& s = ef.sections[static_cast<size_t>(i)];
-    actual[static_cast<size_t>(i)] = sha256_hex(p + s.offset, s.bytes);
-  };
-  if (pool) {
-    pool->run(static_cast<int>(ef.sections.size()), pool->size(), hash_one);
-  } else {
-    for (size_t i = 0; i < ef.sections.size(); ++i) hash_one(static_cast<int>(i));
-  }
+  for_chunks(pool, ef.sections.size(), 1, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) actual[i] = sha256_hex(p + ef.sections[i].offset, ef.sections[i].bytes);
+  });
   for (size_t i = 0; i < ef.sections.size(); ++i) {
     if (actual[i] != ef.sections[i].sha256) {
       throw Error(path + ": section " + ef.sections[i].name + " sha256 mismatch (file corrupted)");

@@ -73,17 +73,11 @@ class BackgroundDigest {
 
 WrittenEngine write_engine(const std::string& path, Json header, const std::vector<TensorBlob>& tensors,
                            const std::function<void(size_t, size_t)>& on_section, ThreadPool* pool) {
-  // Each section's own hash is independent of the others: on the pool where there is one.
+  // Each section's own hash is independent of the others: one a chunk on the pool where there is one.
   std::vector<std::string> hashes(tensors.size());
-  const auto hash_one = [&](int i) {
-    hashes[static_cast<size_t>(i)] = sha256_hex(tensors[static_cast<size_t>(i)].bytes.data(),
-                                                tensors[static_cast<size_t>(i)].bytes.size());
-  };
-  if (pool) {
-    pool->run(static_cast<int>(tensors.size()), pool->size(), hash_one);
-  } else {
-    for (size_t i = 0; i < tensors.size(); ++i) hash_one(static_cast<int>(i));
-  }
+  for_chunks(pool, tensors.size(), 1, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) hashes[i] = sha256_hex(tensors[i].bytes.data(), tensors[i].bytes.size());
+  });
   Json sections = Json::array();
   uint64_t offset = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {

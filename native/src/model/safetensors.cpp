@@ -152,7 +152,7 @@ Floats Checkpoint::to_f32(const SourceTensor& t, ThreadPool* pool) const {
   if (!t.is_float) throw Error(t.file + ": tensor " + t.name + " has dtype " + t.dtype_name + ", expected F32/F16/BF16");
   Floats out(static_cast<size_t>(t.numel()));  // every element written below, on the pool
   const size_t width = dtype_size(t.dtype);
-  for_chunks(pool, out.size(), size_t{1} << 20, [&](size_t begin, size_t end) {
+  for_chunks(pool, out.size(), kElementChunk, [&](size_t begin, size_t end) {
     decode_to_f32(t.dtype, t.data + begin * width, out.data() + begin, end - begin);
   });
   return out;

@@ -1,12 +1,13 @@
 #include "backend/cuda/decode_attention.h"
 
 #include <cfloat>
-#include <cstdlib>
+#include <optional>
 #include <string>
 #include <type_traits>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/launch.cuh"
+#include "backend/cuda/switches.h"
 
 namespace kiln::cuda {
 
@@ -410,11 +411,8 @@ int multiprocessors() {
 // The four-blocks-an-SM build of G = 4 where the grid is more than a wave of three blocks an SM
 // (KILN_DECODE_ATTENTION_FOUR_PER_SM=0/1 forces one build, for measuring both).
 bool four_per_sm(dim3 grid) {
-  static const int forced = [] {
-    const char* v = std::getenv("KILN_DECODE_ATTENTION_FOUR_PER_SM");
-    return v ? (std::string(v) == "0" ? 0 : 1) : -1;
-  }();
-  if (forced >= 0) return forced == 1;
+  static const std::optional<bool> forced = env_setting("KILN_DECODE_ATTENTION_FOUR_PER_SM");
+  if (forced) return *forced;
   return static_cast<int64_t>(grid.x) * grid.y * grid.z > 3 * static_cast<int64_t>(multiprocessors());
 }
 

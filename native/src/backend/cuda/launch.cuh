@@ -19,18 +19,18 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/kernels.h"
+#include "backend/cuda/switches.h"
 
 namespace kiln::cuda {
 
 inline bool pdl_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("KILN_CUDA_PDL");
-    return !(v && std::string(v) == "0");
-  }();
+  static const bool on = env_switch("KILN_CUDA_PDL", true);
   return on;
 }
 
 __device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+
+__device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 // Issues the L2 prefetch of `p` in 32 KiB bulk pieces, spread over the grid's blocks first and then
 // their threads, so no one thread issues many. Weights are read-only: this may come before the wait.
@@ -51,7 +51,6 @@ __device__ __forceinline__ void prefetch_to_l2(const L2Prefetch& p) {
     }
   }
 }
-__device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 template <typename... Params, typename... Args>
 void launch_kernel_shared(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,

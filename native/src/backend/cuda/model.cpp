@@ -11,6 +11,7 @@
 #include "backend/cuda/decode_attention.h"
 #include "backend/cuda/graph.h"
 #include "backend/cuda/prefill_attention.h"
+#include "backend/cuda/switches.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -176,16 +177,11 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   int device = 0;
   KILN_CUDA_CHECK(cudaGetDevice(&device));
   KILN_CUDA_CHECK(cudaDeviceGetAttribute(&multiprocessors_, cudaDevAttrMultiProcessorCount, device));
-  const char* graphs = std::getenv("KILN_CUDA_GRAPHS");
-  use_graphs_ = !(graphs && std::string(graphs) == "0");
-  const char* fused = std::getenv("KILN_CUDA_DECODE_ATTENTION");
-  decode_attention_ = !(fused && std::string(fused) == "0");
-  const char* mma = std::getenv("KILN_CUDA_PREFILL_MMA");
-  prefill_mma_ = !(mma && std::string(mma) == "0") && prefill_attention_supports_head_dim(c.head_dim);
-  const char* decode_mma = std::getenv("KILN_CUDA_DECODE_MMA");
-  decode_mma_ = prefill_mma_ && decode_mma && std::string(decode_mma) == "1";
-  const char* prefetch = std::getenv("KILN_CUDA_L2_PREFETCH");
-  l2_prefetch_ = prefetch && std::string(prefetch) == "1";
+  use_graphs_ = env_switch("KILN_CUDA_GRAPHS", true);
+  decode_attention_ = env_switch("KILN_CUDA_DECODE_ATTENTION", true);
+  prefill_mma_ = env_switch("KILN_CUDA_PREFILL_MMA", true) && prefill_attention_supports_head_dim(c.head_dim);
+  decode_mma_ = prefill_mma_ && env_switch("KILN_CUDA_DECODE_MMA", false);
+  l2_prefetch_ = env_switch("KILN_CUDA_L2_PREFETCH", false);
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
