@@ -1,3 +1,5 @@
+import { isPlainObject } from "./api/schema.js";
+
 /**
  * Requests and limits of the builder container of every build Job (defaults.builderResources):
  * resource name -> Kubernetes quantity. The GPU limit is not among them: the operator sets it from
@@ -53,10 +55,8 @@ export function checkBuilderResources(
   where: string,
 ): { resources: BuilderResources; problems: string[] } {
   const field = "defaults.builderResources";
-  const isMap = (v: unknown): v is Record<string, unknown> =>
-    typeof v === "object" && v !== null && !Array.isArray(v);
   if (value === undefined) return { resources: {}, problems: [] };
-  if (!isMap(value)) {
+  if (!isPlainObject(value)) {
     return {
       resources: {},
       problems: [`${field} must be a mapping of requests and limits, e.g. ${EXAMPLE} (${where})`],
@@ -72,7 +72,7 @@ export function checkBuilderResources(
   for (const section of SECTIONS) {
     const list = value[section];
     if (list === undefined || list === null) continue;
-    if (!isMap(list)) {
+    if (!isPlainObject(list)) {
       problems.push(`${field}.${section} must map resource names to quantities (${where})`);
       continue;
     }

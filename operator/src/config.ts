@@ -204,12 +204,9 @@ export function loadConfig(
   }
 
   const gpuResource = optStr("KILN_GPU_RESOURCE", "defaults.gpuResource") ?? "nvidia.com/gpu";
-  const { value: builderResourcesValue, readable: builderResourcesReadable } = yamlValue(
-    "KILN_BUILDER_RESOURCES",
-    "defaults.builderResources",
-  );
+  // Unreadable text is reported by yamlValue and comes back undefined: nothing more to report here.
   const builderResources = checkBuilderResources(
-    builderResourcesReadable ? builderResourcesValue : undefined,
+    yamlValue("KILN_BUILDER_RESOURCES", "defaults.builderResources").value,
     gpuResource,
     where("KILN_BUILDER_RESOURCES", "defaults.builderResources"),
   );

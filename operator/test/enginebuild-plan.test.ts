@@ -348,13 +348,7 @@ describe("EngineBuild plan", () => {
 
 describe("an OOM-killed builder", () => {
   /** A build pod whose builder ended with `reason`, created `created`, with a memory limit if given. */
-  const pod = (
-    name: string,
-    created: string,
-    reason: string,
-    memory?: string,
-    where: "state" | "lastState" = "state",
-  ): V1Pod => ({
+  const pod = (name: string, created: string, reason: string, memory?: string): V1Pod => ({
     metadata: { name, creationTimestamp: created as unknown as Date },
     spec: {
       containers: [
@@ -370,7 +364,7 @@ describe("an OOM-killed builder", () => {
           imageID: "",
           ready: false,
           restartCount: 0,
-          [where]: { terminated: { exitCode: reason === "OOMKilled" ? 137 : 1, reason } },
+          state: { terminated: { exitCode: reason === "OOMKilled" ? 137 : 1, reason } },
         },
       ],
     },
@@ -380,7 +374,6 @@ describe("an OOM-killed builder", () => {
 
   it("reads the OOM kill and the memory limit from the newest finished pod", () => {
     expect(builderOomKill([pod("a", T1, "OOMKilled", "40Gi")])).toEqual({ memoryLimit: "40Gi" });
-    expect(builderOomKill([pod("a", T1, "OOMKilled", "40Gi", "lastState")])).toEqual({ memoryLimit: "40Gi" });
     expect(builderOomKill([pod("a", T1, "OOMKilled")])).toEqual({ memoryLimit: undefined });
     // The newest pod says how the attempt ended, whatever order the list has.
     expect(builderOomKill([pod("b", T2, "OOMKilled", "8Gi"), pod("a", T1, "Error")])).toEqual({

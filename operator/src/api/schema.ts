@@ -237,6 +237,6 @@ function defaultValue(json: JsonSchema, value: unknown): unknown {
   return value;
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }

@@ -62,7 +62,8 @@ export interface BuilderOomKill {
 export function builderOomKill(pods: readonly V1Pod[]): BuilderOomKill | undefined {
   for (const pod of newestFirst(pods)) {
     const status = pod.status?.containerStatuses?.find((c) => c.name === "builder");
-    const terminated = status?.state?.terminated ?? status?.lastState?.terminated;
+    // restartPolicy Never (job.ts): the builder never restarts, so its state is how it ended.
+    const terminated = status?.state?.terminated;
     if (!terminated) continue;
     if (terminated.reason !== "OOMKilled") return undefined;
     const container = pod.spec?.containers.find((c) => c.name === "builder");
