@@ -3,8 +3,7 @@
 // groups 1 to 96 (two head chunks), head_dim 64 and 128, windows, bf16 and fp8 (E4M3, scaled)
 // caches, bf16 and fp8 outputs. Cache slots past each sequence's last position hold NaN, so a key
 // read past a tile's end shows; outputs start as NaN, so an unwritten element fails. Then the model
-// with the tensor-core prefill (the default) against itself with KILN_CUDA_PREFILL_MMA=0, and
-// decode steps of many sequences with KILN_CUDA_DECODE_MMA=1 against the fused decode attention.
+// with the tensor-core prefill (the default) against itself with KILN_CUDA_PREFILL_MMA=0.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -273,76 +272,6 @@ TEST(CudaPrefillAttention, TheModelKeepsItsLogitsWithOrWithoutIt) {
   }
   EXPECT_LT(err / scale, 2e-2);
   EXPECT_NE(on, off) << "bit-identical logits: the switch did not take prefill_attention";
-}
-
-// One decode step of 160 sequences (160 tokens times 2 KV heads: past twice the multiprocessors of
-// an H100/H200, so the step runs unsplit and KILN_CUDA_DECODE_MMA=1 takes prefill_attention), each
-// after a prompt of its own length: the step's logits, then the same step again through the decode
-// graph (it rewrites the same cache rows), whose greedy tokens must be the logits' argmax.
-struct DecodeStep {
-  std::vector<float> logits;
-  std::vector<int32_t> argmax;
-  std::vector<int32_t> graph_tokens;
-};
-
-DecodeStep many_sequence_decode(const std::string& engine_path, bool decode_mma, int64_t vocab) {
-  constexpr int64_t kSequences = 160, kPagesEach = 4, kPage = 16;
-  if (decode_mma) setenv("KILN_CUDA_DECODE_MMA", "1", 1);  // read once, by the constructor
-  cuda::CudaModel model(Engine::load(engine_path));
-  unsetenv("KILN_CUDA_DECODE_MMA");
-  auto cache = model.new_cache(kSequences * kPagesEach, kPage);
-  std::vector<int32_t> pages(static_cast<size_t>(kSequences * kPagesEach));
-  std::iota(pages.begin(), pages.end(), 0);
-  std::shuffle(pages.begin(), pages.end(), std::mt19937(5));
-  std::vector<std::vector<int32_t>> prompts(kSequences);
-  std::vector<int32_t> next(kSequences);
-  ForwardBatch prefill;
-  for (int64_t s = 0; s < kSequences; ++s) {
-    prompts[static_cast<size_t>(s)].resize(static_cast<size_t>(3 + s % 40));
-    for (size_t i = 0; i < prompts[static_cast<size_t>(s)].size(); ++i) {
-      prompts[static_cast<size_t>(s)][i] = static_cast<int32_t>((i * 29 + static_cast<size_t>(s) * 7 + 1) % vocab);
-    }
-    prefill.add(prompts[static_cast<size_t>(s)].data(), static_cast<int64_t>(prompts[static_cast<size_t>(s)].size()), 0,
-                pages.data() + s * kPagesEach, false);
-  }
-  model.forward(prefill, cache, next.data());
-  const auto step = [&] {
-    ForwardBatch b;
-    for (int64_t s = 0; s < kSequences; ++s) {
-      b.add(&next[static_cast<size_t>(s)], 1, static_cast<int64_t>(prompts[static_cast<size_t>(s)].size()),
-            pages.data() + s * kPagesEach, true);
-    }
-    return b;
-  };
-  for (int64_t s = 0; s < kSequences; ++s) next[static_cast<size_t>(s)] = static_cast<int32_t>((s * 11) % vocab);
-  DecodeStep out;
-  out.logits.resize(static_cast<size_t>(kSequences * vocab));
-  std::vector<int32_t> ignored(kSequences);
-  model.forward(step(), cache, ignored.data(), out.logits.data());
-  for (int64_t s = 0; s < kSequences; ++s) {
-    const float* row = out.logits.data() + s * vocab;
-    out.argmax.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
-  }
-  out.graph_tokens.resize(kSequences);
-  model.forward(step(), cache, out.graph_tokens.data());
-  return out;
-}
-
-TEST(CudaPrefillAttention, DecodeStepsOfManySequencesKeepTheirLogitsWithIt) {
-  SKIP_WITHOUT_GPU();
-  const TinySpec spec = cuda_tiny_spec();
-  const std::string engine = build_cuda_engine(cuda_build_options(write_tiny_checkpoint("cuda_decode_mma", spec)));
-  const DecodeStep off = many_sequence_decode(engine, false, spec.vocab);
-  const DecodeStep on = many_sequence_decode(engine, true, spec.vocab);
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < off.logits.size(); ++i) {
-    err = std::max(err, static_cast<double>(std::fabs(on.logits[i] - off.logits[i])));
-    scale = std::max(scale, static_cast<double>(std::fabs(off.logits[i])));
-  }
-  EXPECT_LT(err / scale, 2e-2);  // the bf16 rounding of q and P, as above
-  EXPECT_NE(on.logits, off.logits) << "bit-identical logits: the switch did not take prefill_attention";
-  EXPECT_EQ(on.graph_tokens, on.argmax) << "the decode graph with prefill_attention";
-  EXPECT_EQ(off.graph_tokens, off.argmax) << "the decode graph with decode_attention";
 }
 
 }  // namespace

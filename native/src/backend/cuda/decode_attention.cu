@@ -119,7 +119,6 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   __shared__ __align__(16) float s_acc[kGroups][G][D];
   __shared__ bool s_last;
 
-  prefetch_to_l2(a.prefetch);  // every block, before any returns early
   const int t = static_cast<int>(blockIdx.x);
   const int kvh = static_cast<int>(blockIdx.y);
   const int z = static_cast<int>(blockIdx.z);

@@ -36,7 +36,6 @@ struct DecodeAttentionArgs {
   int64_t splits = 1;
   float* partials = nullptr;    // [tokens, heads, splits, head_dim + 2]
   int32_t* counters = nullptr;  // [tokens, kv_heads], all zero before the first launch; left zero
-  L2Prefetch prefetch;  // the o projection's weights: the attention leaves memory bandwidth idle
 };
 
 void decode_attention(const DecodeAttentionArgs& args, cudaStream_t stream);

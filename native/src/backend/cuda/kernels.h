@@ -45,25 +45,16 @@ struct PagedStep {
   int64_t head_dim = 0;
 };
 
-// Weights a later kernel of the step reads, which a kernel with idle memory bandwidth asks the L2 to
-// fetch ahead (a hint: nothing waits on it, and nothing is fetched when base is null). base is
-// 16-byte aligned.
-struct L2Prefetch {
-  const void* base = nullptr;
-  int64_t bytes = 0;
-};
-
 // h[t] = float(table[tokens[t]]) for t < n.
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
 
 // y[r] = bf16(x · rsqrt(mean(x²) + eps) · gamma) with x = h[row_index ? row_index[r] : r]; gamma may
 // be null (folded into the next projection).
-// `prefetch`: the weights of the projection the norm feeds.
 void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                      float eps, bf16* y, cudaStream_t stream, L2Prefetch prefetch = {});
+                      float eps, bf16* y, cudaStream_t stream);
 // The same with the output quantized for an fp8 GEMM: y[r] = e4m3(normed / scale), saturating.
 void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                     float eps, float scale, fp8* y, cudaStream_t stream, L2Prefetch prefetch = {});
+                     float eps, float scale, fp8* y, cudaStream_t stream);
 
 // Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
 // convention) in place in the fp32 qkv rows, and writes k and v in the cache's dtype into the

@@ -18,7 +18,6 @@
 #include <utility>
 
 #include "backend/cuda/check.h"
-#include "backend/cuda/kernels.h"
 #include "backend/cuda/switches.h"
 
 namespace kiln::cuda {
@@ -31,26 +30,6 @@ inline bool pdl_enabled() {
 __device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 
 __device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
-
-// Issues the L2 prefetch of `p` in 32 KiB bulk pieces, spread over the grid's blocks first and then
-// their threads, so no one thread issues many. Weights are read-only: this may come before the wait.
-__device__ __forceinline__ void prefetch_to_l2(const L2Prefetch& p) {
-  if (!p.base) return;
-  constexpr int64_t kPiece = 32768;
-  const int64_t blocks = static_cast<int64_t>(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t block =
-      blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
-  const int64_t pieces = (p.bytes + kPiece - 1) / kPiece;
-  const int64_t stride = blocks * blockDim.x;
-  for (int64_t piece = threadIdx.x * blocks + block; piece < pieces; piece += stride) {
-    const int64_t at = piece * kPiece;
-    const auto size = static_cast<uint32_t>(min(kPiece, p.bytes - at) & ~int64_t{15});
-    if (size > 0) {
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const char*>(p.base) + at), "r"(size)
-                   : "memory");
-    }
-  }
-}
 
 template <typename... Params, typename... Args>
 void launch_kernel_shared(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,

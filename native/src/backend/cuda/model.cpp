@@ -126,7 +126,7 @@ TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k, const std::string& dtype) {
   if (algos.empty()) {
     // An engine built without autotuning: cuBLASLt's first proposal per bucket, chosen here once.
     LtGemm probe(lt_, n, k, input);
-    for (int64_t m : gemm_buckets(header_limit(*engine_, "max_batch"), max_seq_len_)) {
+    for (int64_t m : gemm_buckets(max_batch_, max_seq_len_)) {
       algos.emplace_back(m, GemmChoice{GemmTactic::CublasLt, probe.heuristic(m, 1).front().algo});
     }
   }
@@ -141,7 +141,6 @@ CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, 
     throw Error(e.source() + ": tensor " + name + " must be [" + std::to_string(n) + ", " + std::to_string(k) + "]");
   }
   Projection p;
-  p.bytes = n * k * (fp8_ ? 1 : 2);
   if (!fp8_) {
     p.weight = upload(name, DType::BF16, interleave);
     p.gemm = gemm_for(n, k, "bf16");
@@ -166,6 +165,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   const Engine& e = *engine_;
   const ModelConfig& c = e.config();
   max_seq_len_ = header_limit(e, "max_seq_len");
+  max_batch_ = header_limit(e, "max_batch");
   if (c.o_bias || c.mlp_bias) {
     throw Error(e.source() + ": the CUDA backend does not run o/MLP biases yet (" + c.hf_architecture + ")");
   }
@@ -180,8 +180,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   use_graphs_ = env_switch("KILN_CUDA_GRAPHS", true);
   decode_attention_ = env_switch("KILN_CUDA_DECODE_ATTENTION", true);
   prefill_mma_ = env_switch("KILN_CUDA_PREFILL_MMA", true) && prefill_attention_supports_head_dim(c.head_dim);
-  decode_mma_ = prefill_mma_ && env_switch("KILN_CUDA_DECODE_MMA", false);
-  l2_prefetch_ = env_switch("KILN_CUDA_L2_PREFETCH", false);
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -381,11 +379,8 @@ CudaModel::StepShape CudaModel::check_batch(const ForwardBatch& batch, const Cud
   // prefill_attention has no split-KV: it takes a step with a prefill chunk only where paged_attention's
   // tiles fill the GPU unsplit, so a step of few tiles (a short chunk among decode tokens, whose long
   // contexts want splitting) keeps paged_attention. Its decode tokens are 1-token tiles otherwise.
-  // Decode-only steps take it only with KILN_CUDA_DECODE_MMA=1 and an unsplit grid (then RoPE + KV
-  // write and it, in place of decode_attention; their graphs capture that).
-  const bool decode_mma = decode_mma_ && shape.decode && shape.splits == 1;
-  shape.decode = shape.decode && !decode_mma;
-  shape.prefill_mma = prefill_mma_ && (prefill || decode_mma) && shape.splits == 1;
+  // Decode-only steps never take it (their graphs, and decode_attention, stay as they are).
+  shape.prefill_mma = prefill_mma_ && prefill && shape.splits == 1;
   shape.tile_tokens = tile_tokens;
   if (shape.prefill_mma) {
     shape.tiles = mma_tiles;
@@ -515,14 +510,9 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     in.scale = p.input_scale;
     return in;
   };
-  // Half the L2 of an H100/H200: what the next kernel can find there without evicting its own input.
-  constexpr int64_t kL2PrefetchBytes = int64_t{24} << 20;
-  const auto ahead = [&](const void* weight, int64_t bytes) {
-    return l2_prefetch_ ? L2Prefetch{weight, std::min(bytes, kL2PrefetchBytes)} : L2Prefetch{};
-  };
   const auto norm = [&](const float* gamma, const Projection& p) {
-    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_, ahead(p.weight, p.bytes));
-    else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_, ahead(p.weight, p.bytes));
+    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -542,7 +532,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       decode.k_norm = layer.k_norm;
       decode.kv = cache.layer(li);
       decode.out_scale = layer.o.input_scale;
-      decode.prefetch = ahead(layer.o.weight, layer.o.bytes);
       decode_attention(decode, stream_);
     } else {
       rope.bias = layer.qkv_bias;
@@ -576,7 +565,7 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     layer.down.run(act_.get(), n, h, 1.0f, stream_);
   }
   if (rows > 0) {
-    rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_, ahead(lm_head_, c.vocab_size * H * 2));
+    rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
     lm_head_gemm_->run(lm_head_, x, rows, logits_.get<float>(), 0.0f, stream_);
     argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_keys_.get<unsigned long long>(), stream_);
     KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_keys_.get(), static_cast<size_t>(rows) * 8,

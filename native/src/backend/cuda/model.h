@@ -63,6 +63,8 @@ class CudaModel {
 
   const ModelConfig& config() const { return engine_->config(); }
   int64_t max_seq_len() const { return max_seq_len_; }
+  // The batch the build tuned its GEMMs for (lm_head has no tactic past it).
+  int64_t max_batch() const { return max_batch_; }
   cudaStream_t stream() const { return stream_; }
 
   // dtype: BF16 or F8E4M3 (CudaKvCache), with the engine's calibrated KV scales where it has them.
@@ -86,7 +88,6 @@ class CudaModel {
     TunedGemm* gemm = nullptr;
     float input_scale = 1.0f;
     float alpha = 1.0f;
-    int64_t bytes = 0;  // of the weight
     void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream) const {
       gemm->run(weight, x, m, y, beta, stream, alpha);
     }
@@ -135,6 +136,7 @@ class CudaModel {
 
   std::shared_ptr<const Engine> engine_;
   int64_t max_seq_len_ = 0;
+  int64_t max_batch_ = 0;
   cudaStream_t stream_ = nullptr;
   LtContext lt_;
   bool fp8_ = false;  // decoder-layer GEMMs in E4M3
@@ -166,14 +168,6 @@ class CudaModel {
   // paged_attention would run unsplit (a 2048-token 1B prefill: 46.4 -> 11.6 ms on an H200).
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
-  // KILN_CUDA_DECODE_MMA=1: decode-only steps whose attention runs unsplit (many sequences) take
-  // RoPE + KV write and the tensor-core prefill_attention, one 1-token tile per sequence, instead of
-  // the CUDA-core decode_attention (23 µs a layer at batch 64 of the 8B shape). Off until measured.
-  bool decode_mma_ = false;
-  // KILN_CUDA_L2_PREFETCH=1: decode attention and the RMSNorm kernels ask the L2 for the next
-  // projection's weights (at most kL2PrefetchBytes of them) while they leave DRAM idle. Off until
-  // measured.
-  bool l2_prefetch_ = false;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
