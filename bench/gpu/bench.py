@@ -509,8 +509,7 @@ def main() -> None:
         for precision in precisions:
             engine = work / f"{name}.{precision}.cuda.kiln"
             cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
-                   "--out", str(engine), "--max-seq-len", "4096",
-                   "--max-batch", str(max(decode_batches) if decode_batches else 256)]
+                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", str(max(DECODE_BATCHES))]
             if precision == "fp8":
                 write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]
