@@ -956,13 +956,18 @@ def test_errors(k: Kernels) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lib", type=Path, default=ROOT / "native" / "build-cuda" / "libkiln-kernels-abi.so")
+    tests = (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_sampling, test_rope, test_attention,
+             test_prefill_attention, test_decode_attention, test_matmuls, test_errors)
+    names = [t.__name__.removeprefix("test_") for t in tests]
+    parser.add_argument("--only", choices=names, action="append",
+                        help="run these groups only (repeatable), e.g. matmuls under an A/B switch")
     args = parser.parse_args()
     torch.manual_seed(0)
     k = Kernels(args.lib)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    for test in (test_embed, test_rms_norm, test_silu_mul, test_argmax, test_sampling, test_rope, test_attention,
-                 test_prefill_attention, test_decode_attention, test_matmuls, test_errors):
-        test(k)
+    for test, name in zip(tests, names):
+        if not args.only or name in args.only:
+            test(k)
     print(f"{cases - len(failures)} passed, {len(failures)} failed")
     for failure in failures:
         print(f"  FAILED {failure}")

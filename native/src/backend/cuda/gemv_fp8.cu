@@ -22,6 +22,10 @@ namespace {
 constexpr int kTileRows = 16;
 constexpr int kStepChunks = 4;  // 16-byte chunks of each row per warp step: one per lane of a row
 constexpr int kMmaPrefetchSteps = 4;
+// KILN_CUDA_GEMV_DEEP_PREFETCH=1 (split 8 only, being measured): all 8 steps of a k = 4096 row slice
+// (o, QKV, gate_up of the 8B shape) are loaded before the wait, so the whole read can overlap the
+// kernel before it where the blocks are resident.
+constexpr int kMmaDeepPrefetchSteps = 8;
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
 constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
@@ -75,8 +79,9 @@ template <int S>
 constexpr int kBlockWarpsOf = S > kWarps ? S : kWarps;
 
 // S warps share a tile of 16 weight rows (each a slice of its steps); kBlockWarpsOf<S> / S tiles
-// per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step).
-template <int M, int S, bool kNorm, bool kSilu, bool kWide>
+// per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step). P: the
+// steps loaded before the wait on the previous kernel.
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P>
 __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a) {
   constexpr int kBlockWarps = kBlockWarpsOf<S>;
   constexpr int kTiles = kBlockWarps / S;
@@ -99,10 +104,10 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   const auto weights = [&](const uint4* w, int64_t c) { return c < chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0); };
 
   // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel.
-  uint4 lo0[kMmaPrefetchSteps];
-  uint4 hi0[kMmaPrefetchSteps];
+  uint4 lo0[P];
+  uint4 hi0[P];
 #pragma unroll
-  for (int u = 0; u < kMmaPrefetchSteps; ++u) {
+  for (int u = 0; u < P; ++u) {
     lo0[u] = weights(w_lo, first + u * kStride);
     hi0[u] = weights(w_hi, first + u * kStride);
   }
@@ -122,7 +127,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   float acc[2][4] = {};
   int64_t c = first;
 #pragma unroll
-  for (int u = 0; u < kMmaPrefetchSteps; ++u, c += kStride) {
+  for (int u = 0; u < P; ++u, c += kStride) {
     if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
     apply_step(acc, lo0[u], hi0[u], input(c));
   }
@@ -179,7 +184,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   }
 }
 
-template <int M, int S, bool kNorm, bool kSilu, bool kWide>
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
   constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
@@ -187,7 +192,7 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
     // legal while a decode graph is being captured).
     static const bool opted_in = [] {
-      check_cuda(cudaFuncSetAttribute(gemv_mma_kernel<M, S, kNorm, kSilu, kWide>,
+      check_cuda(cudaFuncSetAttribute(gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P>,
                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(kGemvMmaSharedBytes)),
                  "gemv_mma_kernel shared memory limit", __FILE__, __LINE__);
@@ -195,55 +200,63 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     }();
     (void)opted_in;
   }
-  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide>, blocks,
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P>, blocks,
                        dim3(kBlockWarpsOf<S> * 32), shared, stream, a);
 }
 
-template <int M, int S, bool kNorm, bool kSilu>
+template <int M, int S, bool kNorm, bool kSilu, int P>
 void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
   if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
-    launch_mma_wide<M, S, kNorm, kSilu, true>(a, normed + wide, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, true, P>(a, normed + wide, stream);
   } else {
-    launch_mma_wide<M, S, kNorm, kSilu, false>(a, normed, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, false, P>(a, normed, stream);
   }
 }
 
-template <int S, bool kNorm, bool kSilu>
+template <int S, bool kNorm, bool kSilu, int P>
 void launch_mma_rows(const Args& a, int64_t m, cudaStream_t stream) {
   switch (m) {
-    case 1: launch_mma_one<1, S, kNorm, kSilu>(a, stream); return;
-    case 2: launch_mma_one<2, S, kNorm, kSilu>(a, stream); return;
-    case 3: launch_mma_one<3, S, kNorm, kSilu>(a, stream); return;
-    case 4: launch_mma_one<4, S, kNorm, kSilu>(a, stream); return;
+    case 1: launch_mma_one<1, S, kNorm, kSilu, P>(a, stream); return;
+    case 2: launch_mma_one<2, S, kNorm, kSilu, P>(a, stream); return;
+    case 3: launch_mma_one<3, S, kNorm, kSilu, P>(a, stream); return;
+    case 4: launch_mma_one<4, S, kNorm, kSilu, P>(a, stream); return;
   }
   if constexpr (!kNorm) {
     switch (m) {
-      case 5: launch_mma_one<5, S, kNorm, kSilu>(a, stream); return;
-      case 6: launch_mma_one<6, S, kNorm, kSilu>(a, stream); return;
-      case 7: launch_mma_one<7, S, kNorm, kSilu>(a, stream); return;
-      case 8: launch_mma_one<8, S, kNorm, kSilu>(a, stream); return;
+      case 5: launch_mma_one<5, S, kNorm, kSilu, P>(a, stream); return;
+      case 6: launch_mma_one<6, S, kNorm, kSilu, P>(a, stream); return;
+      case 7: launch_mma_one<7, S, kNorm, kSilu, P>(a, stream); return;
+      case 8: launch_mma_one<8, S, kNorm, kSilu, P>(a, stream); return;
     }
   }
   throw Error("kiln-gemv: " + std::to_string(m) + " rows are not supported here");
 }
 
-template <int S>
+template <int S, int P>
 void launch_mma_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream_t stream) {
-  if (norm && silu) launch_mma_rows<S, true, true>(a, m, stream);
-  else if (norm) launch_mma_rows<S, true, false>(a, m, stream);
-  else if (silu) launch_mma_rows<S, false, true>(a, m, stream);
-  else launch_mma_rows<S, false, false>(a, m, stream);
+  if (norm && silu) launch_mma_rows<S, true, true, P>(a, m, stream);
+  else if (norm) launch_mma_rows<S, true, false, P>(a, m, stream);
+  else if (silu) launch_mma_rows<S, false, true, P>(a, m, stream);
+  else launch_mma_rows<S, false, false, P>(a, m, stream);
+}
+
+bool deep_prefetch() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", false);
+  return on;
 }
 
 void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
   switch (split) {
-    case 1: launch_mma_split<1>(a, m, norm, silu, stream); return;
-    case 2: launch_mma_split<2>(a, m, norm, silu, stream); return;
-    case 4: launch_mma_split<4>(a, m, norm, silu, stream); return;
-    case 8: launch_mma_split<8>(a, m, norm, silu, stream); return;
-    case 16: launch_mma_split<16>(a, m, norm, silu, stream); return;
+    case 1: launch_mma_split<1, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
+    case 2: launch_mma_split<2, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
+    case 4: launch_mma_split<4, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
+    case 8:
+      if (deep_prefetch()) launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
+      else launch_mma_split<8, kMmaPrefetchSteps>(a, m, norm, silu, stream);
+      return;
+    case 16: launch_mma_split<16, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
   }
   throw Error("kiln-gemv: split " + std::to_string(split) + " is not one of the E4M3 splits (1, 2, 4, 8, 16)");
 }
