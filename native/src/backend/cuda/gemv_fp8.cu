@@ -22,9 +22,10 @@ namespace {
 constexpr int kTileRows = 16;
 constexpr int kStepChunks = 4;  // 16-byte chunks of each row per warp step: one per lane of a row
 constexpr int kMmaPrefetchSteps = 4;
-// KILN_CUDA_GEMV_DEEP_PREFETCH=1 (split 8 only, being measured): all 8 steps of a k = 4096 row slice
-// (o, QKV, gate_up of the 8B shape) are loaded before the wait, so the whole read can overlap the
-// kernel before it where the blocks are resident.
+// One input row at split 8 loads 8 steps before the wait: all of a k = 4096 row slice (o, QKV and
+// gate_up of the 8B shape), so the whole read can overlap the kernel before it where the blocks are
+// resident (98 registers against 64). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8 input rows the
+// same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off.
 constexpr int kMmaDeepPrefetchSteps = 8;
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
@@ -215,10 +216,12 @@ void launch_mma_one(const Args& a, cudaStream_t stream) {
   }
 }
 
-template <int S, bool kNorm, bool kSilu, int P>
+// P1: the prefetch depth of one input row (more rows keep kMmaPrefetchSteps).
+template <int S, bool kNorm, bool kSilu, int P1>
 void launch_mma_rows(const Args& a, int64_t m, cudaStream_t stream) {
+  constexpr int P = kMmaPrefetchSteps;
   switch (m) {
-    case 1: launch_mma_one<1, S, kNorm, kSilu, P>(a, stream); return;
+    case 1: launch_mma_one<1, S, kNorm, kSilu, P1>(a, stream); return;
     case 2: launch_mma_one<2, S, kNorm, kSilu, P>(a, stream); return;
     case 3: launch_mma_one<3, S, kNorm, kSilu, P>(a, stream); return;
     case 4: launch_mma_one<4, S, kNorm, kSilu, P>(a, stream); return;
@@ -234,16 +237,16 @@ void launch_mma_rows(const Args& a, int64_t m, cudaStream_t stream) {
   throw Error("kiln-gemv: " + std::to_string(m) + " rows are not supported here");
 }
 
-template <int S, int P>
+template <int S, int P1>
 void launch_mma_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream_t stream) {
-  if (norm && silu) launch_mma_rows<S, true, true, P>(a, m, stream);
-  else if (norm) launch_mma_rows<S, true, false, P>(a, m, stream);
-  else if (silu) launch_mma_rows<S, false, true, P>(a, m, stream);
-  else launch_mma_rows<S, false, false, P>(a, m, stream);
+  if (norm && silu) launch_mma_rows<S, true, true, P1>(a, m, stream);
+  else if (norm) launch_mma_rows<S, true, false, P1>(a, m, stream);
+  else if (silu) launch_mma_rows<S, false, true, P1>(a, m, stream);
+  else launch_mma_rows<S, false, false, P1>(a, m, stream);
 }
 
 bool deep_prefetch() {
-  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", false);
+  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", true);
   return on;
 }
 
