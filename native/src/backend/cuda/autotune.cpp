@@ -243,7 +243,7 @@ AutotuneResult autotune_gemms(const std::vector<TensorBlob>& tensors, const std:
             const double us = median_us(flush, events, stream, [&] {
               GemvIn in;
               in.x = x.get();
-              gemv(w.get(), g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream, stage);
+              gemv(w.get(), g.fp8, m, g.n, g.k, 1.0f, in, kiln_out, split, stream, stage, true);
             });
             gemv_us["split" + std::to_string(split) + (stage ? "" : "_unstaged")] = round2(us);
             if (us < best_us) {

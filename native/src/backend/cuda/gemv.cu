@@ -19,7 +19,7 @@ bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
 }
 
 void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale, const GemvIn& in, const GemvOut& out,
-          int split, cudaStream_t stream, bool stage_input) {
+          int split, cudaStream_t stream, bool stage_input, bool isolated) {
   const bool norm = in.h != nullptr;
   const bool silu = out.act != nullptr;
   if (!gemv_supports(m, k, fp8, norm) || (silu && n % 2 != 0) || (!norm && !in.x) || (!silu && !out.y)) {
@@ -43,6 +43,7 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.act = out.act;
   a.act_inv_scale = 1.0f / out.act_scale;
   a.stage_input = stage_input;
+  a.deep_prefetch = !isolated;
   if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
   else gemv_detail::launch_bf16(a, m, split, norm, silu, stream);
 }

@@ -58,8 +58,12 @@ bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input = false);
 // conversions out of the loop but holds every warp at a block-wide pass before it: the autotuner
 // races both per shape (the CUDA-core loop this kernel replaced lost by staging on the long-k
 // projections: H200, 8B down 17.56 against 16.75 us).
+// isolated: the autotuner's race, where nothing runs before the kernel. The one-row E4M3 split-8
+// kernel then loads 4 steps before the PDL wait, not 8 (gemv_fp8.cu): the deeper prefetch gains by
+// overlapping the kernel before it in a decode step, and alone it only costs occupancy (8B fp8 o at
+// m = 1: 11.2 us deep against 10.4, so the race handed o to cuBLASLt).
 void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale, const GemvIn& in, const GemvOut& out,
-          int split, cudaStream_t stream, bool stage_input = true);
+          int split, cudaStream_t stream, bool stage_input = true, bool isolated = false);
 
 // The plain forms (x in, fp32 y out).
 void gemv_bf16(const bf16* w, const bf16* x, int64_t m, int64_t n, int64_t k, float* y, float beta, cudaStream_t stream,

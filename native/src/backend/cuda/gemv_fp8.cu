@@ -25,7 +25,8 @@ constexpr int kMmaPrefetchSteps = 4;
 // One input row at split 8 loads 8 steps before the wait: all of a k = 4096 row slice (o, QKV and
 // gate_up of the 8B shape), so the whole read can overlap the kernel before it where the blocks are
 // resident (98 registers against 64). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8 input rows the
-// same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off.
+// same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off;
+// the autotuner's race never takes it (Args::deep_prefetch, gemv.h).
 constexpr int kMmaDeepPrefetchSteps = 8;
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
@@ -245,7 +246,7 @@ void launch_mma_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream
   else launch_mma_rows<S, false, false, P1>(a, m, stream);
 }
 
-bool deep_prefetch() {
+bool deep_prefetch_enabled() {
   static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", true);
   return on;
 }
@@ -256,7 +257,7 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
     case 2: launch_mma_split<2, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
     case 4: launch_mma_split<4, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
     case 8:
-      if (deep_prefetch()) launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
+      if (a.deep_prefetch && deep_prefetch_enabled()) launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
       else launch_mma_split<8, kMmaPrefetchSteps>(a, m, norm, silu, stream);
       return;
     case 16: launch_mma_split<16, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;

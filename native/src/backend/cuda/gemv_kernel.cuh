@@ -28,6 +28,7 @@ struct Args {
   void* act = nullptr;
   float act_inv_scale = 1.0f;
   bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
+  bool deep_prefetch = true;  // E4M3, one row, split 8: 8 steps before the wait (gemv_fp8.cu)
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
