@@ -159,13 +159,15 @@ Napi::Value Build(const Napi::CallbackInfo& info) {
   return handle;
 }
 
-// inspect(path) -> header JSON text. Reads and hashes the file on the calling thread: engines are
-// inspected by tools and start-up checks, not on a serving path.
+// inspect(path, verifySections) -> header JSON text. Reads (and, verifySections, hashes) the file on
+// the calling thread: engines are inspected by tools and start-up checks, not on a serving path.
 Napi::Value Inspect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "inspect(path): path must be a string");
+  const bool sections = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean().Value();
   try {
-    return Napi::String::New(env, kiln::inspect(info[0].As<Napi::String>().Utf8Value()));
+    return Napi::String::New(env, kiln::inspect(info[0].As<Napi::String>().Utf8Value(),
+                                                sections ? kiln::SectionCheck::Sha256 : kiln::SectionCheck::Bounds));
   } catch (const std::exception& e) {
     throw Napi::Error::New(env, e.what());
   }

@@ -127,6 +127,18 @@ describe("native binding: inspect", () => {
     const truncated = join(work, "truncated.kiln");
     await writeFile(truncated, bytes.subarray(0, Math.floor(bytes.length / 2)));
     expect(() => inspect(truncated)).toThrow(/truncated|size|bounds|short/i);
+    expect(() => inspect(truncated, { verifySections: false })).toThrow(/truncated|size|bounds|short/i);
+  });
+
+  test("verifySections: false reads past a corrupted section (its caller hashed the file), the default does not", async () => {
+    const good = join(work, "sections.kiln");
+    await build({ modelDir, outPath: good, precision: "fp32", maxSeqLen: 128, autotune: false });
+    const bytes = Buffer.from(await readFile(good));
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
+    const flipped = join(work, "sections-flipped.kiln");
+    await writeFile(flipped, bytes);
+    expect(() => inspect(flipped)).toThrow(/sha256 mismatch/);
+    expect(inspect(flipped, { verifySections: false })).toEqual(inspect(good));
   });
 
   test("the addon reports the compiler version it records in engines", () => {

@@ -30,6 +30,14 @@ export interface EngineLoadOptions {
   kvCacheDtype?: "fp32" | "bf16" | "fp8";
   /** Longest prompt accepted. Default: the engine's maxSeqLen - 1. */
   maxInputLen?: number;
+  /**
+   * The file's sha256 as the caller has just verified it (64 lowercase hex digits; the runtime checks
+   * every download against the deployment's digest). The loader then skips its own checks of the
+   * bytes, the sections' digests and the file's hash, which would read the whole file twice more,
+   * and reports this as the engine's sha256. Without it the loader verifies every section and
+   * hashes the file itself.
+   */
+  verifiedSha256?: string;
 }
 
 export interface SamplingParams {

@@ -266,4 +266,29 @@ describe("native serving engine", () => {
   test("a missing engine file rejects with the path in the message", async () => {
     await expect(loadEngine(join(work, "nope.kiln"))).rejects.toThrow(/nope\.kiln/);
   });
+
+  test("verifiedSha256 leaves the bytes to the caller that hashed them: no section check, its digest reported", async () => {
+    // The last section ends at the end of the file: flipping the last byte corrupts it.
+    const bytes = Buffer.from(await readFile(enginePath));
+    bytes.writeUInt8(bytes.readUInt8(bytes.length - 1) ^ 0xff, bytes.length - 1);
+    const flipped = join(work, "flipped.kiln");
+    await writeFile(flipped, bytes);
+    await expect(loadEngine(flipped, { threads: 1 })).rejects.toThrow(/sha256 mismatch/);
+    const claimed = "ab".repeat(32);
+    const engine = await loadEngine(flipped, { threads: 1, verifiedSha256: claimed });
+    try {
+      expect(engine.info.sha256).toBe(claimed);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  test.each(["AB".repeat(32), "ab".repeat(31), 42])(
+    "verifiedSha256 %s is refused naming the option",
+    async (value) => {
+      await expect(loadEngine(enginePath, { verifiedSha256: value as unknown as string })).rejects.toThrow(
+        /'verifiedSha256' must be 64 lowercase hex digits/,
+      );
+    },
+  );
 });

@@ -38,7 +38,7 @@ interface NativeAddon {
     options: BuildOptions,
     onProgress?: (p: BuildProgress) => void,
   ): { promise: Promise<BuildResult>; cancel(): void };
-  inspect(path: string): string;
+  inspect(path: string, verifySections?: boolean): string;
   version: string;
 }
 
@@ -101,9 +101,18 @@ export function build(
     .finally(() => signal?.removeEventListener("abort", onAbort));
 }
 
+export interface InspectOptions {
+  /**
+   * Hash every section against the header's digests (default true). False checks the header's own
+   * checksum and the sections' bounds only: for a file whose whole sha256 the caller has just
+   * verified, where hashing the sections would read it all again.
+   */
+  verifySections?: boolean;
+}
+
 /** The verified header of an engine file (checksums checked; the target is not). */
-export function inspect(path: string): Record<string, unknown> {
-  return JSON.parse(addon().inspect(path)) as Record<string, unknown>;
+export function inspect(path: string, options: InspectOptions = {}): Record<string, unknown> {
+  return JSON.parse(addon().inspect(path, options.verifySections ?? true)) as Record<string, unknown>;
 }
 
 /** The compiler's own version, recorded in engines built without an explicit toolchain version. */

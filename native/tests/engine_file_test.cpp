@@ -134,6 +134,27 @@ TEST_F(EngineFile, InspectVerifiesChecksums) {
   EXPECT_THROW(inspect(variant(b)), Error);
 }
 
+// SectionCheck::Bounds (a caller that verified the whole file's sha256) leaves the sections' bytes
+// unhashed, and still refuses what it does check: a corrupted header, a truncated file.
+TEST_F(EngineFile, ABoundsOnlyReadSkipsTheSectionDigestsButNotTheHeader) {
+  const auto ef = read_engine_file(path_);
+  const SectionEntry& s = ef.sections.at(3);
+  auto b = bytes_;
+  b[s.offset + s.bytes / 2] ^= 0x40;
+  const std::string flipped = variant(b);
+  EXPECT_THROW(read_engine_file(flipped), Error);
+  EXPECT_EQ(read_engine_file(flipped, nullptr, SectionCheck::Bounds).sections.size(), ef.sections.size());
+  EXPECT_NE(Engine::load(flipped, nullptr, SectionCheck::Bounds)->find(s.name), nullptr);
+  EXPECT_THROW(inspect(flipped), Error);
+  EXPECT_NE(inspect(flipped, SectionCheck::Bounds).find("\"sections\""), std::string::npos);
+
+  auto h = bytes_;
+  h[kEnginePreambleSize + 20] ^= 0x01;
+  EXPECT_THROW(read_engine_file(variant(h), nullptr, SectionCheck::Bounds), Error);
+  const std::string cut = variant(std::vector<uint8_t>(bytes_.begin(), bytes_.end() - 1));
+  EXPECT_THROW(read_engine_file(cut, nullptr, SectionCheck::Bounds), Error);
+}
+
 // The builder writes with its thread pool: section hashes on the pool, the file digest beside the
 // write. Same file, same digest (the file's sha256) as a writer with no pool; a cancel from
 // on_section still leaves no file and joins the digest thread.

@@ -22,8 +22,8 @@ ModelConfig header_model(const Json& header, const std::string& source) {
 
 }  // namespace
 
-std::shared_ptr<const Engine> Engine::load(const std::string& path, ThreadPool* pool) {
-  EngineFile file = read_engine_file(path, pool);
+std::shared_ptr<const Engine> Engine::load(const std::string& path, ThreadPool* pool, SectionCheck check) {
+  EngineFile file = read_engine_file(path, pool, check);
   const Json& target = file.header.contains("target") ? file.header["target"] : Json();
   if (target.is_object() && target.value("backend", "") == "cuda") {
 #if KILN_CUDA

@@ -7,6 +7,7 @@
 
 #include "core/json.h"
 #include "core/thread_pool.h"
+#include "engine/reader.h"
 #include "engine/tensor_blob.h"
 #include "model/config.h"
 
@@ -26,7 +27,8 @@ struct TensorView {
 class Engine {
  public:
   // Reads and verifies `path` (see read_engine_file) and refuses an engine built for another target.
-  static std::shared_ptr<const Engine> load(const std::string& path, ThreadPool* pool = nullptr);
+  static std::shared_ptr<const Engine> load(const std::string& path, ThreadPool* pool = nullptr,
+                                            SectionCheck check = SectionCheck::Sha256);
   // An engine assembled in memory by the compiler (calibration and tests run the model before a file exists).
   static std::shared_ptr<const Engine> from_tensors(Json header, std::vector<TensorBlob> tensors);
   // An engine over tensors it does not own (the compiler's fp32 graph, run for calibration without

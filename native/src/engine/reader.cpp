@@ -73,7 +73,7 @@ SectionEntry parse_section(const Json& j, size_t index, uint64_t data_offset, ui
 
 }  // namespace
 
-EngineFile read_engine_file(const std::string& path, ThreadPool* pool) {
+EngineFile read_engine_file(const std::string& path, ThreadPool* pool, SectionCheck check) {
   EngineFile ef;
   ef.file = std::make_shared<MappedFile>(path);
   const uint8_t* p = ef.file->data();
@@ -115,6 +115,7 @@ EngineFile read_engine_file(const std::string& path, ThreadPool* pool) {
       throw Error(path + ": section " + ef.sections.back().name + " appears twice");
     }
   }
+  if (check == SectionCheck::Bounds) return ef;
 
   std::vector<std::string> actual(ef.sections.size());
   for_chunks(pool, ef.sections.size(), 1, [&](size_t begin, size_t end) {
@@ -142,9 +143,9 @@ void check_engine_target(const Json& header, const std::string& path, const std:
 
 // Every section's checksum is verified, on a pool the size of the CPUs this process may use: one
 // thread took ~12 s over a 16 GB engine, which a runtime pod paid at every start.
-std::string inspect(const std::string& path) {
+std::string inspect(const std::string& path, SectionCheck check) {
   ThreadPool pool;
-  return read_engine_file(path, &pool).header.dump(2);
+  return read_engine_file(path, &pool, check).header.dump(2);
 }
 
 }  // namespace kiln
