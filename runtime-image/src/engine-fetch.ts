@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -6,6 +5,7 @@ import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import type { Logger } from "pino";
+import { sha256File } from "../../lib/file-sha256.js";
 import { type EngineManifest, validateManifest } from "../../lib/manifest.js";
 import { openObjectStore } from "../../lib/object-store.js";
 import { downloadRanges, type RangeOpener, sizeOf } from "../../lib/ranged-download.js";
@@ -140,12 +140,6 @@ function rangeOpener(source: EngineSource, dirUri: string, fileName: string): Ra
   };
 }
 
-async function sha256Of(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
-}
-
 /**
  * Downloads into `<path>.part` by ranged GETs, several at a time (lib/ranged-download.ts: a failed
  * attempt, or a restarted pod, fetches only the ranges it lacks), verifies the sha256 and only then
@@ -160,7 +154,7 @@ export async function downloadVerified(
   log: Logger,
 ): Promise<void> {
   if ((await sizeOf(path)) !== undefined) {
-    if ((await sha256Of(path)) === source.sha256) {
+    if ((await sha256File(path)) === source.sha256) {
       log.info({ path }, "engine found in the local cache");
       return;
     }
@@ -190,7 +184,7 @@ export async function downloadVerified(
   } catch (err) {
     throw new Error(`download failed after ${attempts} attempts: ${(err as Error).message}`);
   }
-  const actual = await sha256Of(part);
+  const actual = await sha256File(part);
   if (actual !== source.sha256) {
     await rm(part, { force: true });
     throw new Error(`sha256 mismatch: expected ${source.sha256}, downloaded ${actual}`);

@@ -1,7 +1,6 @@
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
+import { sha256File } from "../../../lib/file-sha256.js";
 
 /** A fetched checkpoint: the folder the compiler reads and what it read, for the manifest. */
 export interface FetchedModel {
@@ -28,12 +27,6 @@ const WANTED = [
 export function isModelFile(name: string): boolean {
   const base = name.split("/").at(-1) ?? name;
   return !name.includes("/") && WANTED.some((re) => re.test(base));
-}
-
-export async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
 }
 
 export async function describeFiles(dir: string, names: string[]): Promise<FetchedModel["files"]> {
