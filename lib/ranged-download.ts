@@ -2,6 +2,7 @@
 // its offset of `<file>.part`: one stream from S3 runs far below the link, and a failure costs one
 // range, not the download. `<file>.part.progress` lists the ranges already written, so a later
 // attempt, or a restarted pod, fetches only the ones missing.
+import { createHash } from "node:crypto";
 import { type FileHandle, open, readFile, rm, stat, truncate, writeFile } from "node:fs/promises";
 import type { Readable } from "node:stream";
 
@@ -21,6 +22,12 @@ export interface RangedDownloadOptions {
   onProgress?: (bytes: number, size: number) => void;
   /** An attempt failed and another follows. */
   onRetry?: (attempt: number, err: Error, rangesLeft: number) => void;
+  /**
+   * Also hash the file while it comes down: each range is read back and hashed once every range
+   * before it has landed, so the download's own check (the sha256 the caller expects) needs no
+   * pass of its own afterwards. downloadRanges then returns the hex digest.
+   */
+  sha256?: boolean;
 }
 
 export const DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024;
@@ -81,17 +88,65 @@ async function resumeFrom(
   }
 }
 
+/** Read-back size of the in-order hash: large reads keep it near OpenSSL's own speed. */
+const HASH_READ_BYTES = 4 << 20;
+
+/**
+ * The sha256 of `part` in file order, advanced as far as the bytes present allow: the prefix before
+ * `base`, then range after range while `done` has the next one. `advance` calls run one at a time.
+ */
+function inOrderHash(part: string, size: number, base: number, chunkBytes: number, done: Set<number>) {
+  const hash = createHash("sha256");
+  let hashed = 0;
+  let next = 0;
+  let chain = Promise.resolve();
+  let failure: Error | undefined;
+  const advance = async () => {
+    while (done.has(next)) next++;
+    const end = Math.min(size, base + next * chunkBytes);
+    if (end <= hashed) return;
+    const file = await open(part, "r");
+    try {
+      const buffer = Buffer.allocUnsafe(Math.min(HASH_READ_BYTES, end - hashed));
+      while (hashed < end) {
+        const { bytesRead } = await file.read(buffer, 0, Math.min(buffer.length, end - hashed), hashed);
+        if (bytesRead === 0) throw new Error(`${part} ends at ${hashed} while hashing to ${end}`);
+        hash.update(buffer.subarray(0, bytesRead));
+        hashed += bytesRead;
+      }
+    } finally {
+      await file.close();
+    }
+  };
+  return {
+    /** Hashes what has landed since the last call, behind any call still running. */
+    pump(): Promise<void> {
+      chain = chain.then(advance).catch((err: Error) => {
+        failure ??= err;
+      });
+      return chain;
+    },
+    async digest(): Promise<string> {
+      await this.pump();
+      if (failure) throw failure;
+      if (hashed !== size) throw new Error(`${part}: hashed ${hashed} of ${size} bytes`);
+      return hash.digest("hex");
+    },
+  };
+}
+
 /**
  * Fills `part` with the `size` bytes `open` serves; on success the progress file is gone and `part`
  * holds every byte (the caller verifies and renames it). Throws the last failure once the attempts
- * are spent, leaving `part` and its progress file for a later call to resume.
+ * are spent, leaving `part` and its progress file for a later call to resume. Returns the file's
+ * sha256 where `options.sha256` asks for it.
  */
 export async function downloadRanges(
   openRange: RangeOpener,
   part: string,
   size: number,
   options: RangedDownloadOptions = {},
-): Promise<void> {
+): Promise<string | undefined> {
   const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
   const concurrency = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
   const attempts = options.attempts ?? 1;
@@ -110,6 +165,8 @@ export async function downloadRanges(
   const done = new Set(progress.done);
   const bytesOf = (i: number) => Math.min(chunkBytes, size - base - i * chunkBytes);
   let present = base + [...done].reduce((sum, i) => sum + bytesOf(i), 0);
+  const hasher = options.sha256 ? inOrderHash(part, size, base, chunkBytes, done) : undefined;
+  void hasher?.pump(); // what an earlier attempt or a plain prefix left
   let saving = Promise.resolve();
   const record = (index: number) => {
     done.add(index);
@@ -138,6 +195,7 @@ export async function downloadRanges(
       throw err;
     }
     await record(index);
+    void hasher?.pump();
   };
 
   for (let attempt = 1; done.size < ranges; attempt++) {
@@ -166,4 +224,5 @@ export async function downloadRanges(
     await new Promise((resolve) => setTimeout(resolve, options.retryDelayMs?.(attempt) ?? 0));
   }
   await rm(progressFile, { force: true });
+  return hasher?.digest();
 }

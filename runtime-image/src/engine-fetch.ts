@@ -142,7 +142,8 @@ function rangeOpener(source: EngineSource, dirUri: string, fileName: string): Ra
 
 /**
  * Downloads into `<path>.part` by ranged GETs, several at a time (lib/ranged-download.ts: a failed
- * attempt, or a restarted pod, fetches only the ranges it lacks), verifies the sha256 and only then
+ * attempt, or a restarted pod, fetches only the ranges it lacks), verifies the sha256 (hashed in
+ * file order while the ranges land, so little of it is left when the last one does) and only then
  * renames the file into place. A cached file is reused when its sha256 still matches. Failures are
  * plain errors, which fetchEngine turns into start-up errors naming the engine.
  */
@@ -166,8 +167,10 @@ export async function downloadVerified(
   const kept = (await sizeOf(part)) ?? 0;
   if (kept > 0) log.info({ part, bytes: kept, size }, "resuming engine download");
   let nextReport = 0.1;
+  let actual: string | undefined;
   try {
-    await downloadRanges(open, part, size, {
+    actual = await downloadRanges(open, part, size, {
+      sha256: true,
       chunkBytes: source.chunkBytes,
       concurrency: source.concurrency,
       attempts,
@@ -184,7 +187,6 @@ export async function downloadVerified(
   } catch (err) {
     throw new Error(`download failed after ${attempts} attempts: ${(err as Error).message}`);
   }
-  const actual = await sha256File(part);
   if (actual !== source.sha256) {
     await rm(part, { force: true });
     throw new Error(`sha256 mismatch: expected ${source.sha256}, downloaded ${actual}`);

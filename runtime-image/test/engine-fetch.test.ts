@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
-import type { RangeOpener } from "../../lib/ranged-download.js";
+import { downloadRanges, type RangeOpener } from "../../lib/ranged-download.js";
 import { downloadVerified, type EngineSource, fetchEngine, StartupError } from "../src/engine-fetch.js";
 import { localTargetFingerprint } from "../src/engine-loader.js";
 import { buildTinyEngine, forTarget, sha256, storeEngine } from "./fixtures/engine-store.js";
@@ -187,6 +187,49 @@ describe("ranged download (downloadVerified with a counting opener)", () => {
     for (const i of ranges.opened) counts.set(i, (counts.get(i) ?? 0) + 1);
     expect(counts.get(3)).toBe(2);
     expect([...counts.entries()].filter(([i, n]) => i !== 3 && n !== 1)).toEqual([]);
+  });
+
+  test("the digest hashed while ranges land is the file's, whichever order they land in", async () => {
+    const dir = await mkdtemp(join(work, "ranged-"));
+    const part = join(dir, "e.kiln.part");
+    const chunks = Math.ceil(engine.length / 1000);
+    // Chunk 0 lands last and chunk 2 is cut off once mid-stream: the hash waits for both, then
+    // catches up; the half of chunk 2 written before the cut is never hashed.
+    let failChunk2 = true;
+    const opened: number[] = [];
+    const open: RangeOpener = async (start, end) => {
+      opened.push(start / 1000);
+      const body = engine.subarray(start, end + 1);
+      const fail = start === 2000 && failChunk2;
+      failChunk2 &&= !fail;
+      return Readable.from(
+        (async function* () {
+          await new Promise((resolve) => setTimeout(resolve, start === 0 ? 40 : 1));
+          yield body.subarray(0, 500);
+          if (fail) throw new Error("connection reset in chunk 2");
+          yield body.subarray(500);
+        })(),
+      );
+    };
+    const digest = await downloadRanges(open, part, engine.length, {
+      sha256: true,
+      chunkBytes: 1000,
+      concurrency: 4,
+      attempts: 2,
+    });
+    expect(digest).toBe(sha256(engine));
+    expect(sha256(await readFile(part))).toBe(sha256(engine));
+    expect(opened.filter((i) => i === 2).length).toBe(2);
+    expect(opened.length).toBe(chunks + 1);
+    // Resumed from a plain prefix (what a single-stream download left): the prefix is hashed too.
+    const resumed = join(dir, "prefix.kiln.part");
+    await writeFile(resumed, engine.subarray(0, 2500));
+    expect(
+      await downloadRanges(rangesOf(engine).open, resumed, engine.length, { sha256: true, chunkBytes: 1000 }),
+    ).toBe(sha256(engine));
+    expect(
+      await downloadRanges(rangesOf(engine).open, join(dir, "plain.part"), engine.length, {}),
+    ).toBeUndefined();
   });
 
   test("a restarted download fetches only the chunks its progress file does not list", async () => {
