@@ -268,9 +268,8 @@ class S3Store implements ObjectStore {
       if (!out.Body) throw new Error(`${this.uri(path)}: empty response body`);
       return out.Body as Readable;
     };
+    // downloadRanges returns only once every range has all its bytes.
     await downloadRanges(openRange, part, total, { onProgress });
-    const got = await partialSize(part);
-    if (got !== total) throw new Error(`${this.uri(path)}: downloaded ${got} of ${total} bytes`);
     await rename(part, localFile);
   }
 }

@@ -215,6 +215,7 @@ interface IntegerSchema {
 }
 const schema = JSON.parse(readFileSync(join(CHART_DIR, "values.schema.json"), "utf8")) as {
   properties: Record<string, { properties: Record<string, IntegerSchema & { properties?: unknown }> }>;
+  $defs: { quantity: { anyOf: { pattern?: string }[] } };
 };
 
 // Integer settings as [values path, path in the operator's configuration].
@@ -242,13 +243,12 @@ describe("values.schema.json agrees with the operator's configuration", () => {
 
   it("checks builder resource quantities with the operator's pattern", () => {
     const builder = schema.properties.defaults?.properties.builderResources as unknown as {
-      properties: Record<string, { additionalProperties: { anyOf: { pattern?: string }[] } }>;
+      properties: Record<string, { additionalProperties: { $ref?: string } }>;
     };
     for (const section of ["requests", "limits"]) {
-      expect(builder.properties[section]?.additionalProperties.anyOf[0]?.pattern).toBe(
-        QUANTITY_PATTERN.source,
-      );
+      expect(builder.properties[section]?.additionalProperties.$ref).toBe("#/$defs/quantity");
     }
+    expect(schema.$defs.quantity.anyOf[0]?.pattern).toBe(QUANTITY_PATTERN.source);
   });
 
   it.each(integerSettings)("%s has the operator's bounds", (valuesPath, configPath) => {

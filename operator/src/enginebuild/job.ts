@@ -20,6 +20,8 @@ export function jobName(build: string, attempt: number): string {
 }
 
 export const TERMINATION_MESSAGE_PATH = "/dev/termination-log";
+/** The build Job's one container: its exit, termination message and OOM kill are the build's. */
+export const BUILDER_CONTAINER = "builder";
 
 /**
  * The build Job of one attempt: runs the builder image on one node of the target product, with the
@@ -76,7 +78,7 @@ export function desiredJob(
         rules: [
           {
             action: "FailJob",
-            onExitCodes: { containerName: "builder", operator: "In", values: [BUILD_EXIT.permanent] },
+            onExitCodes: { containerName: BUILDER_CONTAINER, operator: "In", values: [BUILD_EXIT.permanent] },
           },
           // A pod lost with its node (or evicted, preempted) says nothing about the build: the Job
           // replaces it without spending the backoff limit, instead of failing the whole attempt.
@@ -98,7 +100,7 @@ export function desiredJob(
           ...(volumes.length ? { volumes } : {}),
           containers: [
             {
-              name: "builder",
+              name: BUILDER_CONTAINER,
               image: build.spec.toolchain.builderImage,
               args: ["build"],
               env: [

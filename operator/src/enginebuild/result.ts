@@ -1,5 +1,6 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { type EngineManifest, parseBuildResult, validateManifest } from "../../../lib/manifest.js";
+import { BUILDER_CONTAINER } from "./job.js";
 
 /** What object storage says about an engine key. */
 export type ManifestCheck =
@@ -25,11 +26,14 @@ const newestFirst = (pods: readonly V1Pod[]) =>
     String(b.metadata?.creationTimestamp ?? "").localeCompare(String(a.metadata?.creationTimestamp ?? "")),
   );
 
+/** How the builder container of `pod` ended, if it has (restartPolicy Never: its state is its end). */
+const builderEnd = (pod: V1Pod) =>
+  pod.status?.containerStatuses?.find((c) => c.name === BUILDER_CONTAINER)?.state?.terminated;
+
 /** The builder container's termination message from the Job's pods (newest first), if any. */
 export function terminationMessage(pods: readonly V1Pod[]): string | undefined {
   for (const pod of newestFirst(pods)) {
-    const status = pod.status?.containerStatuses?.find((c) => c.name === "builder");
-    const message = status?.state?.terminated?.message;
+    const message = builderEnd(pod)?.message;
     if (message) return message;
   }
   return undefined;
@@ -61,12 +65,10 @@ export interface BuilderOomKill {
  */
 export function builderOomKill(pods: readonly V1Pod[]): BuilderOomKill | undefined {
   for (const pod of newestFirst(pods)) {
-    const status = pod.status?.containerStatuses?.find((c) => c.name === "builder");
-    // restartPolicy Never (job.ts): the builder never restarts, so its state is how it ended.
-    const terminated = status?.state?.terminated;
+    const terminated = builderEnd(pod);
     if (!terminated) continue;
     if (terminated.reason !== "OOMKilled") return undefined;
-    const container = pod.spec?.containers.find((c) => c.name === "builder");
+    const container = pod.spec?.containers.find((c) => c.name === BUILDER_CONTAINER);
     return { memoryLimit: container?.resources?.limits?.memory };
   }
   return undefined;
