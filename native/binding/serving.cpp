@@ -1,7 +1,8 @@
-// The serving runtime for JS: loading (file read, checksums, target fingerprint, sha256 of the file,
-// the last two skipped for a file the caller verified) runs on a libuv worker; the engine loop then runs on its own native thread and hands every step's
-// token events to JS through one thread-safe function. JS only submits, cancels, reads stats and
-// closes; it never drives the per-token loop.
+// The serving runtime for JS: loading (file read, section checksums, target fingerprint, sha256 of
+// the file; the checksums and the sha256 taken from a caller that verified the file) runs on a libuv
+// worker; the engine loop then runs on its own native thread and hands every step's token events to
+// JS through one thread-safe function. JS only submits, cancels, reads stats and closes; it never
+// drives the per-token loop.
 #include "serving.h"
 
 #include <cmath>
