@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -45,7 +45,9 @@ describe("s3:// object store against the real S3 server", () => {
     expect(await store.get("engines/k/absent")).toBeUndefined();
 
     const down = join(work, "down.kiln");
-    await store.getFile("engines/k/engine.kiln", down);
+    expect(await store.getFile("engines/k/engine.kiln", down)).toBe(
+      createHash("sha256").update(bytes).digest("hex"),
+    );
     expect(Buffer.compare(await readFile(down), bytes)).toBe(0);
   });
 
@@ -58,8 +60,10 @@ describe("s3:// object store against the real S3 server", () => {
     const marker = Buffer.alloc(1_000_000, 0xcd);
     await writeFile(`${dest}.part`, marker);
     const seen: number[] = [];
-    await store.getFile("engines/r/engine.kiln", dest, (n) => seen.push(n));
+    const digest = await store.getFile("engines/r/engine.kiln", dest, (n) => seen.push(n));
     const got = await readFile(dest);
+    // The kept prefix (the marker) is hashed too: the digest is of the file as it lies.
+    expect(digest).toBe(createHash("sha256").update(got).digest("hex"));
     expect(Buffer.compare(got.subarray(0, marker.length), marker)).toBe(0);
     expect(Buffer.compare(got.subarray(marker.length), bytes.subarray(marker.length))).toBe(0);
     expect(seen[0]).toBeGreaterThan(marker.length);

@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -45,15 +45,16 @@ describe("file:// object store", () => {
     await store.putFile("e.kiln", local);
 
     const fresh = join(work, "down", "fresh.kiln");
-    await store.getFile("e.kiln", fresh);
+    expect(await store.getFile("e.kiln", fresh)).toBe(createHash("sha256").update(bytes).digest("hex"));
     expect(Buffer.compare(await readFile(fresh), bytes)).toBe(0);
 
     // A marker prefix that differs from the source proves the first bytes were not fetched again.
     const resumed = join(work, "down", "resumed.kiln");
     const marker = Buffer.alloc(123_456, 0xab);
     await writeFile(`${resumed}.part`, marker);
-    await store.getFile("e.kiln", resumed);
+    const digest = await store.getFile("e.kiln", resumed);
     const got = await readFile(resumed);
+    expect(digest).toBe(createHash("sha256").update(got).digest("hex"));
     expect(got.length).toBe(bytes.length);
     expect(Buffer.compare(got.subarray(0, marker.length), marker)).toBe(0);
     expect(Buffer.compare(got.subarray(marker.length), bytes.subarray(marker.length))).toBe(0);

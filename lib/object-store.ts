@@ -14,6 +14,7 @@ import {
   S3Client,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
+import { sha256File } from "./file-sha256.js";
 import { downloadRanges } from "./ranged-download.js";
 
 /**
@@ -33,13 +34,14 @@ export interface ObjectStore {
   putFile(path: string, localFile: string, onProgress?: (sentBytes: number) => void): Promise<void>;
   /**
    * Streams an object down to `localFile`. An earlier partial download at `${localFile}.part` is
-   * resumed from where it stopped; the file appears at `localFile` only once complete.
+   * resumed from where it stopped; the file appears at `localFile` only once complete. Resolves to
+   * the file's sha256 (hex), which S3 downloads hash while their ranges land.
    */
   getFile(
     path: string,
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
-  ): Promise<void>;
+  ): Promise<string>;
 }
 
 export interface ObjectStoreOptions {
@@ -147,7 +149,7 @@ class FileStore implements ObjectStore {
     path: string,
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
-  ): Promise<void> {
+  ): Promise<string> {
     const source = join(this.root, path);
     const total = (await stat(source)).size;
     const part = `${localFile}.part`;
@@ -159,6 +161,7 @@ class FileStore implements ObjectStore {
     );
     await rename(part, localFile);
     onProgress?.(total, total);
+    return sha256File(localFile);
   }
 }
 
@@ -256,7 +259,7 @@ class S3Store implements ObjectStore {
     path: string,
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
-  ): Promise<void> {
+  ): Promise<string> {
     const total = await this.size(path);
     if (total === undefined) throw new Error(`${this.uri(path)}: no such object`);
     const part = `${localFile}.part`;
@@ -269,8 +272,9 @@ class S3Store implements ObjectStore {
       return out.Body as Readable;
     };
     // downloadRanges returns only once every range has all its bytes.
-    await downloadRanges(openRange, part, total, { onProgress });
+    const sha256 = await downloadRanges(openRange, part, total, { onProgress, sha256: true });
     await rename(part, localFile);
+    return sha256;
   }
 }
 

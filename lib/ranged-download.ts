@@ -145,6 +145,18 @@ export async function downloadRanges(
   openRange: RangeOpener,
   part: string,
   size: number,
+  options: RangedDownloadOptions & { sha256: true },
+): Promise<string>;
+export async function downloadRanges(
+  openRange: RangeOpener,
+  part: string,
+  size: number,
+  options?: RangedDownloadOptions,
+): Promise<string | undefined>;
+export async function downloadRanges(
+  openRange: RangeOpener,
+  part: string,
+  size: number,
   options: RangedDownloadOptions = {},
 ): Promise<string | undefined> {
   const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;

@@ -167,7 +167,7 @@ export async function downloadVerified(
   const kept = (await sizeOf(part)) ?? 0;
   if (kept > 0) log.info({ part, bytes: kept, size }, "resuming engine download");
   let nextReport = 0.1;
-  let actual: string | undefined;
+  let actual: string;
   try {
     actual = await downloadRanges(open, part, size, {
       sha256: true,

@@ -29,11 +29,17 @@ export function isModelFile(name: string): boolean {
   return !name.includes("/") && WANTED.some((re) => re.test(base));
 }
 
-export async function describeFiles(dir: string, names: string[]): Promise<FetchedModel["files"]> {
+/** Size and sha256 of each file, sorted by name; `known` holds digests a download already took. */
+export async function describeFiles(
+  dir: string,
+  names: string[],
+  known: ReadonlyMap<string, string> = new Map(),
+): Promise<FetchedModel["files"]> {
   const out: FetchedModel["files"] = [];
   for (const name of [...names].sort()) {
     const path = join(dir, name);
-    out.push({ path: name, sizeBytes: (await stat(path)).size, sha256: await sha256File(path) });
+    const sha256 = known.get(name) ?? (await sha256File(path));
+    out.push({ path: name, sizeBytes: (await stat(path)).size, sha256 });
   }
   return out;
 }

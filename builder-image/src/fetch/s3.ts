@@ -45,14 +45,21 @@ export async function fetchFromS3(
     }
     const total = objects.reduce((sum, o) => sum + o.size, 0) || 1;
     let done = 0;
+    // Each file's sha256 comes with its download (hashed as its ranges land), not from a pass after.
+    const digests = new Map<string, string>();
     for (const o of objects) {
-      await store.getFile(o.path, join(into, o.path), (bytes) =>
+      const sha256 = await store.getFile(o.path, join(into, o.path), (bytes) =>
         progress((done + bytes) / total, `downloading ${o.path}`),
       );
+      digests.set(o.path, sha256);
       done += o.size;
     }
     const names = objects.map((o) => o.path);
-    return { dir: into, revision: opts.revision ?? "unversioned", files: await describeFiles(into, names) };
+    return {
+      dir: into,
+      revision: opts.revision ?? "unversioned",
+      files: await describeFiles(into, names, digests),
+    };
   } catch (err) {
     if (!isPermanentS3Error(err)) throw err;
     const e = err as Error;
