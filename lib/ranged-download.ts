@@ -102,6 +102,7 @@ function inOrderHash(part: string, size: number, base: number, chunkBytes: numbe
   let chain = Promise.resolve();
   let failure: Error | undefined;
   const advance = async () => {
+    if (failure) return;
     while (done.has(next)) next++;
     const end = Math.min(size, base + next * chunkBytes);
     if (end <= hashed) return;
@@ -122,8 +123,12 @@ function inOrderHash(part: string, size: number, base: number, chunkBytes: numbe
     /** Hashes what has landed since the last call, behind any call still running. */
     pump(): Promise<void> {
       chain = chain.then(advance).catch((err: Error) => {
-        failure ??= err;
+        failure ??= new Error(`hashing ${part} as it downloaded: ${err.message}`, { cause: err });
       });
+      return chain;
+    },
+    /** Settles once no hash read is running. */
+    idle(): Promise<void> {
       return chain;
     },
     async digest(): Promise<string> {
@@ -169,6 +174,15 @@ export async function downloadRanges(
     await rm(part, { force: true });
     await rm(progressFile, { force: true });
   }
+  // The progress file before the file grows: a full-size part with none beside it reads as a
+  // finished single-stream download, so a process killed between the two would hand its holes on.
+  const snapshotOf = (done: Iterable<number>): Progress => ({
+    size,
+    chunkBytes,
+    base,
+    done: [...done].sort((a, b) => a - b),
+  });
+  await writeFile(progressFile, JSON.stringify(snapshotOf(progress.done)));
   // The file at its full size, so every range writes at its own offset.
   await (await open(part, "a")).close();
   await truncate(part, size);
@@ -182,7 +196,7 @@ export async function downloadRanges(
   let saving = Promise.resolve();
   const record = (index: number) => {
     done.add(index);
-    const snapshot: Progress = { size, chunkBytes, base, done: [...done].sort((a, b) => a - b) };
+    const snapshot = snapshotOf(done);
     saving = saving.then(() => writeFile(progressFile, JSON.stringify(snapshot)));
     return saving;
   };
@@ -231,7 +245,10 @@ export async function downloadRanges(
       await saving;
     }
     if (!failure) break;
-    if (attempt >= attempts) throw failure;
+    if (attempt >= attempts) {
+      await hasher?.idle(); // no read of `part` outlives the call
+      throw failure;
+    }
     options.onRetry?.(attempt, failure, ranges - done.size);
     await new Promise((resolve) => setTimeout(resolve, options.retryDelayMs?.(attempt) ?? 0));
   }

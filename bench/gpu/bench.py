@@ -469,6 +469,8 @@ def main() -> None:
     models = args.models.split(",")
     precisions = args.precisions.split(",")
     decode_batches = [int(b) for b in args.decode_batches.split(",")] if args.decode_batches else None
+    # Every engine serves every batch this script can ask of it, so a kept one fits any later run.
+    engine_max_batch = max([*DECODE_BATCHES, *(decode_batches or []), *(c["concurrency"] for c in OFFLINE_CASES)])
     rows, builds = [], {}
     if args.append:
         earlier = json.loads(Path(args.append).read_text())
@@ -509,7 +511,7 @@ def main() -> None:
         for precision in precisions:
             engine = work / f"{name}.{precision}.cuda.kiln"
             cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
-                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", str(max(DECODE_BATCHES))]
+                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", str(engine_max_batch)]
             if precision == "fp8":
                 write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]

@@ -226,9 +226,9 @@ class NativeServingEngine implements ServingEngine {
 }
 
 /**
- * Loads an engine file (checksums and target fingerprint verified, sha256 computed; the checksums
- * and hash taken from `options.verifiedSha256` where the caller has one) on a worker thread and
- * starts its serving loop on a native thread.
+ * Loads an engine file (checksums and target fingerprint verified, sha256 computed; with
+ * `options.verifiedSha256` the section checksums and the hash are skipped and that digest reported)
+ * on a worker thread and starts its serving loop on a native thread.
  */
 export const loadEngine: ServingEngineLoader = async (path, options = {}) => {
   // Events exist only for submitted requests, so none can arrive before the engine object does.

@@ -110,7 +110,10 @@ export interface InspectOptions {
   verifySections?: boolean;
 }
 
-/** The verified header of an engine file (checksums checked; the target is not). */
+/**
+ * The verified header of an engine file: its checksum and the sections' bounds always, the sections'
+ * checksums unless `verifySections` is false; the target is not checked.
+ */
 export function inspect(path: string, options: InspectOptions = {}): Record<string, unknown> {
   return JSON.parse(addon().inspect(path, options.verifySections ?? true)) as Record<string, unknown>;
 }

@@ -1,6 +1,6 @@
 // The serving runtime for JS: loading (file read, section checksums, target fingerprint, sha256 of
-// the file; the checksums and the sha256 taken from a caller that verified the file) runs on a libuv
-// worker; the engine loop then runs on its own native thread and hands every step's token events to
+// the file; checksums and hash skipped for a file the caller verified, its digest reported) runs on
+// a libuv worker; the engine loop then runs on its own native thread and hands every step's token events to
 // JS through one thread-safe function. JS only submits, cancels, reads stats and closes; it never
 // drives the per-token loop.
 #include "serving.h"
@@ -379,7 +379,7 @@ class LoadWorker : public Napi::AsyncWorker {
         state_->engine = kiln::Engine::load(path_, nullptr, kiln::SectionCheck::Bounds);
         state_->sha256 = *verified_sha256_;
       } else {
-        kiln::ThreadPool pool;
+        kiln::ThreadPool pool(options_.threads);  // the CPUs the caller gave the engine (0: all)
         state_->engine = kiln::Engine::load(path_, &pool);
         state_->sha256 = file_sha256(path_);
       }

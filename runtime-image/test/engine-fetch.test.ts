@@ -51,6 +51,7 @@ describe("engine fetch (real engine file, file:// store)", () => {
     const fetched = await fetchEngine(src, log);
     expect(fetched.path).toBe(join(src.cacheDir, `${stored.sha256}.kiln`));
     expect(fetched.manifest.key).toBe(stored.key);
+    expect(fetched.sha256).toBe(stored.sha256);
     expect(fetched.header.format).toBe("kiln-engine");
     expect(await readdir(src.cacheDir)).toEqual([`${stored.sha256}.kiln`]);
   });
@@ -193,8 +194,8 @@ describe("ranged download (downloadVerified with a counting opener)", () => {
     const dir = await mkdtemp(join(work, "ranged-"));
     const part = join(dir, "e.kiln.part");
     const chunks = Math.ceil(engine.length / 1000);
-    // Chunk 0 lands last and chunk 2 is cut off once mid-stream: the hash waits for both, then
-    // catches up; the half of chunk 2 written before the cut is never hashed.
+    // Chunk 0 lands last and chunk 2 is cut off once mid-stream after 500 wrong bytes: the hash
+    // waits for both, then catches up, and must never read chunk 2 before its retry rewrote it.
     let failChunk2 = true;
     const opened: number[] = [];
     const open: RangeOpener = async (start, end) => {
@@ -205,9 +206,11 @@ describe("ranged download (downloadVerified with a counting opener)", () => {
       return Readable.from(
         (async function* () {
           await new Promise((resolve) => setTimeout(resolve, start === 0 ? 40 : 1));
-          yield body.subarray(0, 500);
-          if (fail) throw new Error("connection reset in chunk 2");
-          yield body.subarray(500);
+          if (fail) {
+            yield Buffer.alloc(500, 0xee);
+            throw new Error("connection reset in chunk 2");
+          }
+          yield body;
         })(),
       );
     };
@@ -230,6 +233,25 @@ describe("ranged download (downloadVerified with a counting opener)", () => {
     expect(
       await downloadRanges(rangesOf(engine).open, join(dir, "plain.part"), engine.length, {}),
     ).toBeUndefined();
+  });
+
+  test("a download that stopped before its first chunk landed is not taken for a finished one", async () => {
+    const dir = await mkdtemp(join(work, "ranged-"));
+    const part = join(dir, "e.kiln.part");
+    const refused: RangeOpener = async () => {
+      throw new Error("connection refused");
+    };
+    await expect(downloadRanges(refused, part, engine.length, { chunkBytes: 1000 })).rejects.toThrow(
+      /connection refused/,
+    );
+    // The part is full size (holes) already; its progress file says nothing in it is there yet.
+    expect((await readFile(part)).length).toBe(engine.length);
+    expect(JSON.parse(await readFile(`${part}.progress`, "utf8")).done).toEqual([]);
+    const again = rangesOf(engine);
+    expect(await downloadRanges(again.open, part, engine.length, { sha256: true, chunkBytes: 1000 })).toBe(
+      sha256(engine),
+    );
+    expect(again.opened.length).toBe(Math.ceil(engine.length / 1000));
   });
 
   test("a restarted download fetches only the chunks its progress file does not list", async () => {

@@ -26,8 +26,11 @@ constexpr int kMmaPrefetchSteps = 4;
 // gate_up of the 8B shape), so the whole read can overlap the kernel before it where the blocks are
 // resident (98 registers against 64). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8 input rows the
 // same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off;
-// the autotuner's race never takes it (Args::deep_prefetch, gemv.h).
+// the autotuner's race never takes it (gemv(..., isolated) in gemv.h, Args::deep_prefetch).
 constexpr int kMmaDeepPrefetchSteps = 8;
+// The shortest k whose split-8 slices have all 8 steps: below it (the 1B shape's k = 2048 has 4)
+// the extra registers would only cost occupancy.
+constexpr int64_t kDeepPrefetchMinK = int64_t{16} * kStepChunks * 8 * kMmaDeepPrefetchSteps;
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
 constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
@@ -257,8 +260,11 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
     case 2: launch_mma_split<2, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
     case 4: launch_mma_split<4, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
     case 8:
-      if (a.deep_prefetch && deep_prefetch_enabled()) launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
-      else launch_mma_split<8, kMmaPrefetchSteps>(a, m, norm, silu, stream);
+      if (a.deep_prefetch && a.k >= kDeepPrefetchMinK && deep_prefetch_enabled()) {
+        launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
+      } else {
+        launch_mma_split<8, kMmaPrefetchSteps>(a, m, norm, silu, stream);
+      }
       return;
     case 16: launch_mma_split<16, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
   }
