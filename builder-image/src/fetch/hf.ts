@@ -1,8 +1,10 @@
-import { createWriteStream } from "node:fs";
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
 import { mkdir, rename, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { sha256File } from "../../../lib/file-sha256.js";
 import { PermanentError } from "../errors.js";
 import { describeFiles, type FetchedModel, type FetchProgress, isModelFile } from "./model-files.js";
 
@@ -64,14 +66,19 @@ export async function fetchFromHf(
   const sizes = new Map((info.siblings ?? []).map((s) => [s.rfilename ?? "", s.size ?? 0]));
   const total = names.reduce((sum, n) => sum + (sizes.get(n) ?? 0), 0) || 1;
   let done = 0;
+  const digests = new Map<string, string>();
   for (const name of names) {
     const dest = join(into, name);
-    await downloadResumable(`${opts.endpoint}/${repo}/resolve/${sha}/${name}`, dest, opts.token, (bytes) =>
-      progress((done + bytes) / total, `downloading ${name}`),
+    const digest = await downloadResumable(
+      `${opts.endpoint}/${repo}/resolve/${sha}/${name}`,
+      dest,
+      opts.token,
+      (bytes) => progress((done + bytes) / total, `downloading ${name}`),
     );
+    digests.set(name, digest);
     done += sizes.get(name) ?? (await sizeOf(dest));
   }
-  return { dir: into, revision: sha, files: await describeFiles(into, names) };
+  return { dir: into, revision: sha, files: await describeFiles(into, names, digests) };
 }
 
 async function downloadResumable(
@@ -79,7 +86,7 @@ async function downloadResumable(
   dest: string,
   token: string | undefined,
   onBytes: (bytes: number) => void,
-): Promise<void> {
+): Promise<string> {
   const part = `${dest}.part`;
   await mkdir(dirname(dest), { recursive: true });
   const have = await sizeOf(part);
@@ -88,15 +95,24 @@ async function downloadResumable(
   if (res.status === 416) {
     // The part already holds every byte: the previous attempt died just before the rename.
     await rename(part, dest);
-    return;
+    return sha256File(dest);
   }
   if (!res.ok || !res.body) throw await hubError(res, `download ${url}`);
   // A server that ignores Range answers 200 with the whole file: start over rather than append.
   const resumed = res.status === 206;
   let written = resumed ? have : 0;
+  // The file's sha256 as it streams in (after the kept prefix's), for the build manifest: no pass of
+  // its own over a checkpoint afterwards.
+  const hash = createHash("sha256");
+  if (resumed && have > 0) {
+    for await (const chunk of createReadStream(part, { end: have - 1, highWaterMark: 4 << 20 })) {
+      hash.update(chunk as Buffer);
+    }
+  }
   const count = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       written += chunk.length;
+      hash.update(chunk);
       onBytes(written);
       cb(null, chunk);
     },
@@ -111,4 +127,5 @@ async function downloadResumable(
     throw new Error(`download ${url}: got ${await sizeOf(part)} of ${expected} bytes`);
   }
   await rename(part, dest);
+  return hash.digest("hex");
 }
