@@ -1,9 +1,8 @@
 import { randomUUID } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
 import { copyFile, mkdir, readdir, readFile, rename, stat, writeFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
 import type { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
 import { fileURLToPath } from "node:url";
 import {
   ChecksumAlgorithm,
@@ -14,8 +13,7 @@ import {
   S3Client,
 } from "@aws-sdk/client-s3";
 import { Upload } from "@aws-sdk/lib-storage";
-import { sha256File } from "./file-sha256.js";
-import { downloadRanges } from "./ranged-download.js";
+import { downloadRanges, type RangeOpener } from "./ranged-download.js";
 
 /**
  * Engine and model storage: `s3://bucket/prefix` (any S3-compatible server) or `file:///dir` (a
@@ -42,6 +40,24 @@ export interface ObjectStore {
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
   ): Promise<string>;
+  /** Bytes [start, end] of an object, for lib/ranged-download.ts. */
+  openRange(path: string): RangeOpener;
+}
+
+/** getFile of either store: ranged, resumable, hashed while it lands (lib/ranged-download.ts). */
+async function downloadObject(
+  store: ObjectStore,
+  path: string,
+  localFile: string,
+  onProgress?: (bytes: number, total: number) => void,
+): Promise<string> {
+  const total = await store.size(path);
+  if (total === undefined) throw new Error(`${store.uri(path)}: no such object`);
+  const part = `${localFile}.part`;
+  await mkdir(dirname(localFile), { recursive: true });
+  const sha256 = await downloadRanges(store.openRange(path), part, total, { onProgress, sha256: true });
+  await rename(part, localFile);
+  return sha256;
 }
 
 export interface ObjectStoreOptions {
@@ -74,15 +90,6 @@ const UPLOAD_CONCURRENCY = 8;
  */
 export function uploadPartBytes(size: number): number {
   return Math.max(PART_BYTES, Math.ceil(size / 9_500 / MIB) * MIB);
-}
-
-async function partialSize(file: string): Promise<number> {
-  try {
-    return (await stat(file)).size;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
-    throw err;
-  }
 }
 
 class FileStore implements ObjectStore {
@@ -145,23 +152,17 @@ class FileStore implements ObjectStore {
     onProgress?.((await stat(target)).size);
   }
 
-  async getFile(
+  getFile(
     path: string,
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
   ): Promise<string> {
+    return downloadObject(this, path, localFile, onProgress);
+  }
+
+  openRange(path: string): RangeOpener {
     const source = join(this.root, path);
-    const total = (await stat(source)).size;
-    const part = `${localFile}.part`;
-    await mkdir(dirname(localFile), { recursive: true });
-    const have = Math.min(await partialSize(part), total);
-    await pipeline(
-      createReadStream(source, { start: have }),
-      createWriteStream(part, { flags: have > 0 ? "r+" : "w", start: have }),
-    );
-    await rename(part, localFile);
-    onProgress?.(total, total);
-    return sha256File(localFile);
+    return async (start, end) => createReadStream(source, { start, end });
   }
 }
 
@@ -255,26 +256,22 @@ class S3Store implements ObjectStore {
     await upload.done();
   }
 
-  async getFile(
+  getFile(
     path: string,
     localFile: string,
     onProgress?: (bytes: number, total: number) => void,
   ): Promise<string> {
-    const total = await this.size(path);
-    if (total === undefined) throw new Error(`${this.uri(path)}: no such object`);
-    const part = `${localFile}.part`;
-    await mkdir(dirname(localFile), { recursive: true });
-    const openRange = async (start: number, end: number) => {
+    return downloadObject(this, path, localFile, onProgress);
+  }
+
+  openRange(path: string): RangeOpener {
+    return async (start, end) => {
       const out = await this.client.send(
         new GetObjectCommand({ Bucket: this.bucket, Key: this.key(path), Range: `bytes=${start}-${end}` }),
       );
       if (!out.Body) throw new Error(`${this.uri(path)}: empty response body`);
       return out.Body as Readable;
     };
-    // downloadRanges returns only once every range has all its bytes.
-    const sha256 = await downloadRanges(openRange, part, total, { onProgress, sha256: true });
-    await rename(part, localFile);
-    return sha256;
   }
 }
 

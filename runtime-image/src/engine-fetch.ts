@@ -1,13 +1,9 @@
-import { createReadStream } from "node:fs";
 import { mkdir, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
-import { fileURLToPath } from "node:url";
-import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import type { Logger } from "pino";
 import { sha256File } from "../../lib/file-sha256.js";
 import { type EngineManifest, validateManifest } from "../../lib/manifest.js";
-import { openObjectStore } from "../../lib/object-store.js";
+import { type ObjectStore, openObjectStore } from "../../lib/object-store.js";
 import { downloadRanges, type RangeOpener, sizeOf } from "../../lib/ranged-download.js";
 import { inspect } from "../../native/binding/index.js";
 
@@ -46,7 +42,8 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
   const slash = source.uri.lastIndexOf("/");
   const dirUri = source.uri.slice(0, slash);
   const fileName = source.uri.slice(slash + 1);
-  const manifest = await readManifest(source, dirUri, log);
+  const store = openObjectStore({ uri: dirUri, ...source.store });
+  const manifest = await readManifest(source, store, dirUri, log);
   if (manifest.sha256 !== source.sha256) {
     throw new StartupError(
       `engine ${source.uri}: manifest.json describes sha256 ${manifest.sha256} but this deployment expects ${source.sha256}`,
@@ -54,9 +51,8 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
   }
   const path = join(source.cacheDir, `${source.sha256}.kiln`);
   await mkdir(source.cacheDir, { recursive: true });
-  const opener = rangeOpener(source, dirUri, fileName);
   try {
-    await downloadVerified(opener, path, manifest.sizeBytes, source, log);
+    await downloadVerified(store.openRange(fileName), path, manifest.sizeBytes, source, log);
   } catch (err) {
     throw new StartupError(`engine ${source.uri}: ${(err as Error).message}`);
   }
@@ -81,10 +77,14 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
 /** Wait before download attempt `attempt + 1`: exponential, capped so a pod keeps trying often. */
 const retryDelayMs = (attempt: number) => Math.min(8000, 250 * 2 ** attempt);
 
-async function readManifest(source: EngineSource, dirUri: string, log: Logger): Promise<EngineManifest> {
+async function readManifest(
+  source: EngineSource,
+  store: ObjectStore,
+  dirUri: string,
+  log: Logger,
+): Promise<EngineManifest> {
   const manifestUri = `${dirUri}/manifest.json`;
   const attempts = source.attempts ?? 5;
-  const store = openObjectStore({ uri: dirUri, ...source.store });
   let body: Buffer | undefined;
   // An unreachable store (restarting, a network blip) is retried like an interrupted download; a
   // missing manifest is an answer, not an outage, and is not.
@@ -119,27 +119,6 @@ async function readManifest(source: EngineSource, dirUri: string, log: Logger): 
   if (!checked.ok)
     throw new StartupError(`engine ${source.uri}: ${manifestUri} is invalid: ${checked.errors.join("; ")}`);
   return checked.value;
-}
-
-function rangeOpener(source: EngineSource, dirUri: string, fileName: string): RangeOpener {
-  const url = new URL(source.uri);
-  if (url.protocol === "file:") {
-    const path = fileURLToPath(url);
-    return async (start, end) => createReadStream(path, { start, end });
-  }
-  const bucket = url.hostname;
-  const key = decodeURIComponent(url.pathname.replace(/^\/+/, ""));
-  const client = new S3Client({
-    region: source.store.region ?? "us-east-1",
-    ...(source.store.endpoint ? { endpoint: source.store.endpoint, forcePathStyle: true } : {}),
-  });
-  return async (start, end) => {
-    const out = await client.send(
-      new GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${start}-${end}` }),
-    );
-    if (!out.Body) throw new Error(`s3 GET ${dirUri}/${fileName} returned no body`);
-    return out.Body as Readable;
-  };
 }
 
 /**
