@@ -70,17 +70,18 @@ async function runPoint(
 }
 
 /**
- * Loads the engine as the runtime will and times greedy generation at batch 1 and at the engine's
- * max batch, after one warm-up request (first-touch page faults and thread start are not the
- * engine's steady state).
+ * Loads the engine as the runtime will (its `sha256` verified by the caller) and times greedy
+ * generation at batch 1 and at the engine's max batch, after one warm-up request (first-touch page
+ * faults and thread start are not the engine's steady state).
  */
 export async function benchmarkEngine(
   enginePath: string,
+  sha256: string,
   limits: { maxBatchSize: number; maxInputLen: number; maxSeqLen: number },
 ): Promise<EngineBenchmark> {
   const promptTokens = Math.max(1, Math.min(BENCHMARK_SHAPE.promptTokens, limits.maxInputLen));
   const outputTokens = Math.max(1, Math.min(BENCHMARK_SHAPE.outputTokens, limits.maxSeqLen - promptTokens));
-  const engine = await loadEngine(enginePath, { maxBatchSize: limits.maxBatchSize });
+  const engine = await loadEngine(enginePath, { maxBatchSize: limits.maxBatchSize, verifiedSha256: sha256 });
   try {
     const vocab = engine.info.vocabSize;
     const eos = new Set(engine.info.eosTokenIds);
