@@ -1,5 +1,7 @@
 #include "backend/cuda/decode_attention.h"
 
+#include <cooperative_groups.h>
+
 #include <cfloat>
 #include <optional>
 #include <string>
@@ -101,7 +103,7 @@ __device__ __forceinline__ void store8(const DecodeAttentionArgs& a, int64_t at,
 // compiler takes 193 and fits two). At batch 64 of Llama-3-8B the 512 blocks then run in one wave.
 constexpr int blocks_per_sm(int g, bool four_per_sm) { return four_per_sm ? 4 : g == 4 ? 3 : 1; }
 
-template <int D, int G, typename Kv, bool kFourPerSm = false>
+template <int D, int G, typename Kv, bool kFourPerSm, bool kCluster>
 __global__ __launch_bounds__(kThreads, blocks_per_sm(G, kFourPerSm))
 void decode_attention_kernel(DecodeAttentionArgs a) {
   static_assert(!kFourPerSm || G == 4, "128 registers hold G <= 4 only");
@@ -118,6 +120,8 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   __shared__ float s_l[kGroups][G];
   __shared__ __align__(16) float s_acc[kGroups][G][D];
   __shared__ bool s_last;
+  __shared__ __align__(16) float s_part[kCluster ? G * D : 1];  // the block's merged partial (cluster merge)
+  __shared__ float s_stat[kCluster ? G : 1][2];
 
   const int t = static_cast<int>(blockIdx.x);
   const int kvh = static_cast<int>(blockIdx.y);
@@ -163,12 +167,23 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   // x·cos + x_i·sin.
   const int partner = c < kHalf ? c + kHalf : c - kHalf;
   const float sign = c < kHalf ? -1.0f : 1.0f;
+  // The position's cos/sin rows into L1 while waiting (no kernel writes them; held in registers they
+  // would cost 16 through the key loop).
+  prefetch_l1(cos_row + (c % kHalf));
+  prefetch_l1(sin_row + (c % kHalf));
 
   wait_for_producer();
   let_consumer_start();
 
   const int64_t q_dim = a.step.heads * D;
   const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
+  if (writer && threadIdx.x < kWarp) {
+    // The new token's key and value rows into L1 now, alongside the query rows: read only after the
+    // key loop, they were one more L2 round trip on the step's critical path.
+    prefetch_l1(row + q_dim + kvh * D + c);
+    prefetch_l1(row + q_dim + kvh * D + partner);
+    prefetch_l1(row + q_dim + kv_dim + kvh * D + c);
+  }
   // gamma: the QK norm's weights of this head (or null): the head's D elements are the x of its
   // group's kLanes lanes, so their sum of squares is a reduction over those lanes.
   const auto load_rotated = [&](int64_t at, float (&out)[kVec], const float* gamma) {
@@ -355,6 +370,50 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
     return;
   }
 
+  if constexpr (kCluster) {
+    // The head's blocks form one cluster along the splits (launch_for_group): each leaves its merged
+    // partial in its own shared memory and the writer block reads them over distributed shared memory,
+    // two cluster barriers instead of a global write, fence, arrival counter and L2 reads.
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    if (threadIdx.x < kOut) {
+      *reinterpret_cast<float4*>(&s_part[g * D + oc]) = make_float4(o[0], o[1], o[2], o[3]);
+      *reinterpret_cast<float4*>(&s_part[g * D + oc + 4]) = make_float4(o[4], o[5], o[6], o[7]);
+      if (oc == 0) {
+        s_stat[g][0] = mx;
+        s_stat[g][1] = sum;
+      }
+    }
+    // Blocks past `splits` have exited: a cluster barrier waits for the threads that have not.
+    cluster.sync();
+    if (writer && threadIdx.x < kOut) {
+      float ms[kMaxAttentionSplits], ls[kMaxAttentionSplits];
+#pragma unroll
+      for (int j = 0; j < kMaxAttentionSplits; ++j) {
+        const float* stat = j < splits ? cluster.map_shared_rank(&s_stat[g][0], j) : nullptr;
+        ms[j] = stat ? stat[0] : -FLT_MAX;
+        ls[j] = stat ? stat[1] : 0.0f;
+      }
+      float M = -FLT_MAX;
+#pragma unroll
+      for (int j = 0; j < kMaxAttentionSplits; ++j) M = fmaxf(M, ms[j]);
+      float L = 0.0f, O[kVec] = {};
+#pragma unroll
+      for (int j = 0; j < kMaxAttentionSplits; ++j) {
+        if (j >= splits) break;
+        const float w = __expf(ms[j] - M);
+        L += ls[j] * w;
+        const float4* part = reinterpret_cast<const float4*>(cluster.map_shared_rank(&s_part[g * D + oc], j));
+        const float4 p0 = part[0], p1 = part[1];
+        O[0] += p0.x * w, O[1] += p0.y * w, O[2] += p0.z * w, O[3] += p0.w * w;
+        O[4] += p1.x * w, O[5] += p1.y * w, O[6] += p1.z * w, O[7] += p1.w * w;
+      }
+      store8(a, out_at, O, 1.0f / L);
+    }
+    // No block leaves while the writer may still read its shared memory.
+    cluster.sync();
+    return;
+  }
   const int64_t part_stride = D + 2;
   float* parts = a.partials + (static_cast<int64_t>(t) * a.step.heads + h) * gridDim.z * part_stride;
   if (threadIdx.x < kOut) {
@@ -380,19 +439,28 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   }
   __syncthreads();
   if (!s_last || threadIdx.x >= kOut) return;
-  float M = -FLT_MAX, L = 0.0f, O[kVec] = {};
-  for (int j = 0; j < splits; ++j) {
-    const float* part = parts + j * part_stride;  // other blocks' writes: read through L2, not L1
-    const float lj = __ldcg(part + D + 1);
-    if (lj == 0.0f) continue;
-    const float mj = __ldcg(part + D);
-    const float m_new = fmaxf(M, mj);
-    const float keep = __expf(M - m_new);
-    const float w = __expf(mj - m_new);
-    L = L * keep + lj * w;
+  // Other blocks' writes, read through L2 (not L1). Every split's (m, l) first and then every
+  // split's outputs, each set of loads in flight together: a loop of dependent reads here was a chain
+  // of L2 round trips on the step's critical path.
+  float ms[kMaxAttentionSplits], ls[kMaxAttentionSplits];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) O[e] = O[e] * keep + __ldcg(part + oc + e) * w;
-    M = m_new;
+  for (int j = 0; j < kMaxAttentionSplits; ++j) {
+    ms[j] = j < splits ? __ldcg(parts + j * part_stride + D) : -FLT_MAX;
+    ls[j] = j < splits ? __ldcg(parts + j * part_stride + D + 1) : 0.0f;
+  }
+  float M = -FLT_MAX;
+#pragma unroll
+  for (int j = 0; j < kMaxAttentionSplits; ++j) M = ls[j] != 0.0f ? fmaxf(M, ms[j]) : M;
+  // A split without keys wrote zeros and l = 0: its weight is 0 and its zeros add nothing.
+  float L = 0.0f, O[kVec] = {};
+#pragma unroll
+  for (int j = 0; j < kMaxAttentionSplits; ++j) {
+    if (j >= splits) break;
+    const float w = ls[j] != 0.0f ? __expf(ms[j] - M) : 0.0f;
+    L += ls[j] * w;
+    const float* part = parts + j * part_stride + oc;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) O[e] += __ldcg(part + e) * w;
   }
   store8(a, out_at, O, 1.0f / L);
 }
@@ -415,20 +483,40 @@ bool four_per_sm(dim3 grid) {
   return static_cast<int64_t>(grid.x) * grid.y * grid.z > 3 * static_cast<int64_t>(multiprocessors());
 }
 
+bool cluster_merge_enabled() {
+  static const bool on = env_switch("KILN_CUDA_DECODE_CLUSTER", true);
+  return on;
+}
+
+// A split launch runs each head's blocks as one thread-block cluster of `splits` blocks (16 is past
+// the portable 8: allowed once per kernel, not a stream operation, so legal during graph capture).
+template <int D, int G, typename Kv, bool kFourPerSm>
+void launch_one(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
+  const char* what = "decode_attention_kernel";
+  if (grid.z == 1 || !cluster_merge_enabled()) {
+    launch_kernel(what, decode_attention_kernel<D, G, Kv, kFourPerSm, false>, grid, dim3(kThreads), stream, a);
+    return;
+  }
+  auto* kernel = decode_attention_kernel<D, G, Kv, kFourPerSm, true>;
+  static const bool opted_in = [&] {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+               "decode_attention_kernel cluster size", __FILE__, __LINE__);
+    return true;
+  }();
+  (void)opted_in;
+  launch_kernel_cluster(what, kernel, grid, dim3(kThreads), dim3(1, 1, grid.z), stream, a);
+}
+
 template <int D, typename Kv>
 void launch_for_group(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
-  const char* what = "decode_attention_kernel";
   switch (a.step.heads / a.step.kv_heads) {
-    case 1: launch_kernel(what, decode_attention_kernel<D, 1, Kv>, grid, dim3(kThreads), stream, a); break;
-    case 2: launch_kernel(what, decode_attention_kernel<D, 2, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 1: launch_one<D, 1, Kv, false>(a, grid, stream); break;
+    case 2: launch_one<D, 2, Kv, false>(a, grid, stream); break;
     case 4:
-      if (four_per_sm(grid)) {
-        launch_kernel(what, decode_attention_kernel<D, 4, Kv, true>, grid, dim3(kThreads), stream, a);
-      } else {
-        launch_kernel(what, decode_attention_kernel<D, 4, Kv>, grid, dim3(kThreads), stream, a);
-      }
+      if (four_per_sm(grid)) launch_one<D, 4, Kv, true>(a, grid, stream);
+      else launch_one<D, 4, Kv, false>(a, grid, stream);
       break;
-    case 8: launch_kernel(what, decode_attention_kernel<D, 8, Kv>, grid, dim3(kThreads), stream, a); break;
+    case 8: launch_one<D, 8, Kv, false>(a, grid, stream); break;
     default: throw Error("CUDA decode attention: GQA group of " + std::to_string(a.step.heads / a.step.kv_heads));
   }
 }

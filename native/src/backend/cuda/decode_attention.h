@@ -7,10 +7,12 @@
 // into the cache and takes them from registers rather than reading them back. Keys and values are
 // read as vectors of 8 elements straight from the cache (the first round before the kernel waits for
 // the QKV projection), all query heads of a GQA group per block so each row is loaded once, and the
-// split-KV partial states are merged by the last block of a head to finish (an arrival counter it
-// resets, so graph replays find it zero). An fp8 cache is read 8 bytes per lane rather than 16: each
-// lane keeps its 8 dimensions, so the kernel keeps the bf16 layout's registers (16 e4m3 per lane
-// would double q and acc, past the register file at a GQA group of 8).
+// split-KV partial states are merged by the block holding the new token: the head's split blocks run
+// as one thread-block cluster and it reads their partials over distributed shared memory
+// (KILN_CUDA_DECODE_CLUSTER=0: through global memory instead, by the last block of a head to finish,
+// with an arrival counter it resets so graph replays find it zero). An fp8 cache is read 8 bytes per
+// lane rather than 16: each lane keeps its 8 dimensions, so the kernel keeps the bf16 layout's
+// registers (16 e4m3 per lane would double q and acc, past the register file at a GQA group of 8).
 
 #include "backend/cuda/kernels.h"
 

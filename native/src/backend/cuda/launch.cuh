@@ -31,20 +31,45 @@ __device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontr
 
 __device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
+// An L1 prefetch of the line holding p: no register waits for it, a later load finds it close.
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
+// cluster: thread-block cluster dimensions, or (0, 0, 0) for none.
 template <typename... Params, typename... Args>
-void launch_kernel_shared(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
-                          cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
+void launch_kernel_ex(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, dim3 cluster,
+                      cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attributes[2]{};
+  unsigned count = 0;
+  if (pdl_enabled()) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster.x > 0) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count].val.clusterDim.x = cluster.x;
+    attributes[count].val.clusterDim.y = cluster.y;
+    attributes[count++].val.clusterDim.z = cluster.z;
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared;
   config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = pdl_enabled() ? 1 : 0;
+  config.attrs = attributes;
+  config.numAttrs = count;
   check_cuda(cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...), what, __FILE__, __LINE__);
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel_shared(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                          cudaStream_t stream, Args&&... args) {
+  launch_kernel_ex(what, kernel, grid, block, shared, dim3(0, 0, 0), stream, std::forward<Args>(args)...);
+}
+
+template <typename... Params, typename... Args>
+void launch_kernel_cluster(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, dim3 cluster,
+                           cudaStream_t stream, Args&&... args) {
+  launch_kernel_ex(what, kernel, grid, block, 0, cluster, stream, std::forward<Args>(args)...);
 }
 
 template <typename... Params, typename... Args>
