@@ -27,7 +27,8 @@ stage() {
 for s in ${STAGES:-build tests parity bench}; do
   case $s in
     build) stage build 400 bash test/gpu/build_native.sh kiln-native kiln-cuda-tests || exit 1 ;;
-    tests) stage tests 300 native/build-cuda/kiln-cuda-tests --gtest_brief=1 ;;
+    # the decode attention test again with the counter merge (the default runs the cluster merge)
+    tests) stage tests 300 bash -c 'native/build-cuda/kiln-cuda-tests --gtest_brief=1 && KILN_CUDA_DECODE_CLUSTER=0 native/build-cuda/kiln-cuda-tests --gtest_brief=1 --gtest_filter="CudaDecodeAttention.*"' ;;
     # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
     kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
     # kiln-gemv alone on the Llama shapes; GEMV_ARGS e.g. --compare KILN_CUDA_PDL=0,1

@@ -2,7 +2,8 @@
 // random unrotated qkv rows, bias, windows, GQA groups 1..8, head_dim 32/64/128, several split
 // counts, bf16 and fp8 outputs, bf16 and fp8 (E4M3, scaled) caches; every output element written
 // and the new keys and values in the cache. Each launch runs twice, so the split counters must be
-// back at zero.
+// back at zero. Split launches take the cluster merge by default; test/gpu/device_check.sh runs this
+// test a second time with KILN_CUDA_DECODE_CLUSTER=0 for the counter merge.
 #include <gtest/gtest.h>
 
 #include <algorithm>

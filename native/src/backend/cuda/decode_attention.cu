@@ -2,6 +2,8 @@
 
 #include <cooperative_groups.h>
 
+#include <array>
+#include <atomic>
 #include <cfloat>
 #include <optional>
 #include <string>
@@ -168,20 +170,22 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   const int partner = c < kHalf ? c + kHalf : c - kHalf;
   const float sign = c < kHalf ? -1.0f : 1.0f;
   // The position's cos/sin rows into L1 while waiting (no kernel writes them; held in registers they
-  // would cost 16 through the key loop).
-  prefetch_l1(cos_row + (c % kHalf));
-  prefetch_l1(sin_row + (c % kHalf));
+  // would cost 16 through the key loop). The first lane group covers every line of them.
+  if (threadIdx.x < kLanes) {
+    prefetch_l1(cos_row + (c % kHalf));
+    prefetch_l1(sin_row + (c % kHalf));
+  }
 
   wait_for_producer();
   let_consumer_start();
 
   const int64_t q_dim = a.step.heads * D;
   const float* row = a.qkv + static_cast<int64_t>(t) * (q_dim + 2 * kv_dim);
-  if (writer && threadIdx.x < kWarp) {
+  if (writer && threadIdx.x < kLanes) {
     // The new token's key and value rows into L1 now, alongside the query rows: read only after the
-    // key loop, they were one more L2 round trip on the step's critical path.
+    // key loop, they were one more L2 round trip on the step's critical path. (The rotation's partner
+    // elements are other lanes' own: the group's c cover the whole row.)
     prefetch_l1(row + q_dim + kvh * D + c);
-    prefetch_l1(row + q_dim + kvh * D + partner);
     prefetch_l1(row + q_dim + kv_dim + kvh * D + c);
   }
   // gamma: the QK norm's weights of this head (or null): the head's D elements are the x of its
@@ -397,6 +401,8 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
       float M = -FLT_MAX;
 #pragma unroll
       for (int j = 0; j < kMaxAttentionSplits; ++j) M = fmaxf(M, ms[j]);
+      // Every block below `splits` has keys (the split arithmetic at the top), so each l > 0 and each m
+      // is finite: no guard for an empty split, unlike the counter merge's.
       float L = 0.0f, O[kVec] = {};
 #pragma unroll
       for (int j = 0; j < kMaxAttentionSplits; ++j) {
@@ -488,23 +494,53 @@ bool cluster_merge_enabled() {
   return on;
 }
 
-// A split launch runs each head's blocks as one thread-block cluster of `splits` blocks (16 is past
-// the portable 8: allowed once per kernel, not a stream operation, so legal during graph capture).
+static_assert(kMaxAttentionSplits <= 16, "a head's splits form one cluster, and Hopper clusters hold at most 16 blocks");
+
+// Whether a cluster of z blocks of `kernel` can be resident at all: past the portable 8 it depends on
+// how many SMs a GPC offers this context (MIG, MPS limits), and a launch that cannot be placed fails.
+// Asked once per kernel build and size (not a stream operation: legal while a decode graph is
+// captured).
 template <int D, int G, typename Kv, bool kFourPerSm>
-void launch_one(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
-  const char* what = "decode_attention_kernel";
-  if (grid.z == 1 || !cluster_merge_enabled()) {
-    launch_kernel(what, decode_attention_kernel<D, G, Kv, kFourPerSm, false>, grid, dim3(kThreads), stream, a);
-    return;
-  }
+bool cluster_fits(unsigned z) {
   auto* kernel = decode_attention_kernel<D, G, Kv, kFourPerSm, true>;
+  static std::array<std::atomic<int8_t>, kMaxAttentionSplits + 1> known{};  // 0 not asked, 1 fits, -1 not
+  int8_t fits = known[z].load(std::memory_order_relaxed);
+  if (fits != 0) return fits > 0;
   static const bool opted_in = [&] {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
                "decode_attention_kernel cluster size", __FILE__, __LINE__);
     return true;
   }();
   (void)opted_in;
-  launch_kernel_cluster(what, kernel, grid, dim3(kThreads), dim3(1, 1, grid.z), stream, a);
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = 1;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = z;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(1, 1, z);
+  config.blockDim = dim3(kThreads);
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  check_cuda(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config), "decode_attention_kernel cluster occupancy",
+             __FILE__, __LINE__);
+  fits = clusters > 0 ? 1 : -1;
+  known[z].store(fits, std::memory_order_relaxed);
+  return fits > 0;
+}
+
+// A split launch runs each head's blocks as one thread-block cluster of `splits` blocks, where such a
+// cluster can be placed; otherwise (and with KILN_CUDA_DECODE_CLUSTER=0) the counter merge.
+template <int D, int G, typename Kv, bool kFourPerSm>
+void launch_one(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
+  const char* what = "decode_attention_kernel";
+  if (grid.z == 1 || !cluster_merge_enabled() || !cluster_fits<D, G, Kv, kFourPerSm>(grid.z)) {
+    launch_kernel(what, decode_attention_kernel<D, G, Kv, kFourPerSm, false>, grid, dim3(kThreads), stream, a);
+    return;
+  }
+  launch_kernel_cluster(what, decode_attention_kernel<D, G, Kv, kFourPerSm, true>, grid, dim3(kThreads),
+                        dim3(1, 1, grid.z), stream, a);
 }
 
 template <int D, typename Kv>

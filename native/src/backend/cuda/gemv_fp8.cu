@@ -27,6 +27,12 @@ constexpr int kMmaPrefetchSteps = 4;
 // resident (98 registers against 64). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8 input rows the
 // same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off;
 // the autotuner's race never takes it (gemv(..., isolated) in gemv.h, Args::deep_prefetch).
+// The deep kernel always stages its input row where it fits: unstaged, each of the 8 prefetched
+// steps loads its input chunk only after the previous step's MMAs (the SASS: one LDG per step,
+// behind a branch), a chain of 8 L2 round trips after the PDL wait. The race, timing the 4-step
+// kernel in isolation, cannot see that: two 8B fp8 builds whose races differed only in QKV's
+// staging (12.7 against 12.6 us) decoded batch 1 in 2.554 ms (staged) and 2.632 (unstaged), H200,
+// two calls. KILN_CUDA_GEMV_DEEP_STAGE=0 leaves the choice to the race.
 constexpr int kMmaDeepPrefetchSteps = 8;
 // The shortest k whose split-8 slices have all 8 steps: below it (the 1B shape's k = 2048 has 4)
 // the extra registers would only cost occupancy.
@@ -73,9 +79,27 @@ __device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, 
 
 // The input rows as f16 in shared memory, [M][k / 16][8 pairs]: widened once per block instead of
 // once per warp and step, where they fit (kGemvMmaSharedBytes) and Args::stage_input asks for it.
+// Each thread issues its loads (up to kStageBatch) before it widens any: this runs after the PDL
+// wait, on the step's critical path, where a load-then-store loop would wait out one L2 round trip
+// per chunk (a k = 14336 row is 3.5 chunks a thread).
+constexpr int kStageBatch = 4;
+
 template <int M>
 __device__ void stage_input_rows(const uint4* x, int64_t chunks, Half16* x_h) {
-  for (int64_t i = threadIdx.x; i < M * chunks; i += blockDim.x) x_h[i] = widen(x[i]);
+  const int64_t total = M * chunks;
+  for (int64_t base = threadIdx.x; base < total; base += kStageBatch * blockDim.x) {
+    uint4 v[kStageBatch];
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int64_t i = base + static_cast<int64_t>(u) * blockDim.x;
+      v[u] = i < total ? x[i] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u) {
+      const int64_t i = base + static_cast<int64_t>(u) * blockDim.x;
+      if (i < total) x_h[i] = widen(v[u]);
+    }
+  }
   __syncthreads();
 }
 
@@ -254,6 +278,11 @@ bool deep_prefetch_enabled() {
   return on;
 }
 
+bool deep_stage_enabled() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_STAGE", true);
+  return on;
+}
+
 void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
   switch (split) {
     case 1: launch_mma_split<1, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
@@ -261,7 +290,9 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
     case 4: launch_mma_split<4, kMmaPrefetchSteps>(a, m, norm, silu, stream); return;
     case 8:
       if (a.deep_prefetch && a.k >= kDeepPrefetchMinK && deep_prefetch_enabled()) {
-        launch_mma_split<8, kMmaDeepPrefetchSteps>(a, m, norm, silu, stream);
+        Args deep = a;
+        deep.stage_input = a.stage_input || (m == 1 && deep_stage_enabled());
+        launch_mma_split<8, kMmaDeepPrefetchSteps>(deep, m, norm, silu, stream);
       } else {
         launch_mma_split<8, kMmaPrefetchSteps>(a, m, norm, silu, stream);
       }

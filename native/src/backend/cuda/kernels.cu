@@ -44,7 +44,9 @@ __global__ void embed_rows_kernel(const bf16* table, const int32_t* tokens, int6
   const int64_t t = blockIdx.x;
   const bf16* row = table + static_cast<int64_t>(tokens[t]) * hidden;
   float* out = h + t * hidden;
-  if (hidden % 8 != 0) {
+  // The 16-byte form needs 16-byte rows (hidden % 8) at 16-byte bases (cudaMalloc'd in the model; a
+  // caller of this launcher may pass any pointer).
+  if (hidden % 8 != 0 || (reinterpret_cast<uintptr_t>(table) | reinterpret_cast<uintptr_t>(h)) % 16 != 0) {
     for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) out[i] = __bfloat162float(row[i]);
     return;
   }
