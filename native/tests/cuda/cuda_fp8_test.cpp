@@ -45,10 +45,14 @@ std::vector<float> scaled_product(const std::vector<uint8_t>& w, const std::vect
   return want;
 }
 
-TEST(CudaFp8, GemvComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
+// k = 1040: 65 chunks of 16, a ragged last step; k = 4096: one row at split 8 takes the deep-prefetch
+// kernel, which stages its input even when asked not to (gemv_fp8.cu).
+class CudaFp8Gemv : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(21);
-  const int64_t n = 301, k = 1040;  // odd n: a warp's second row is missing at the end; k = 65 chunks of 16
+  const int64_t n = 301, k = GetParam();  // odd n: a warp's second row is missing at the end
   const auto w = random_fp8(static_cast<size_t>(n * k), 30.0f, rng);
   const auto x = random_fp8(static_cast<size_t>(cuda::kGemvMaxRows * k), 100.0f, rng);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -80,6 +84,8 @@ TEST(CudaFp8, GemvComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
   }
   EXPECT_THROW(cuda::gemv_fp8(w_d.get<fp8>(), x_d.get<fp8>(), 1, n, 1032, 1.0f, nullptr, 0.0f, nullptr), Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Gemv, ::testing::Values(int64_t{1040}, int64_t{4096}));
 
 TEST(CudaFp8, EveryCublasLtFp8AlgorithmComputesTheScaledProduct) {
   SKIP_WITHOUT_GPU();
