@@ -246,10 +246,8 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   }
   // gamma: the QK norm's weights of this head (or null): the head's D elements are the x of its
   // group's kLanes lanes, so their sum of squares is a reduction over those lanes.
-  const auto load_rotated = [&](int64_t at, float (&out)[kVec], const float* gamma) {
-    float x[kVec], y[kVec];
-    load8(row + at + c, x);
-    load8(row + at + partner, y);
+  // x, y: this lane's elements of the row at `at` and their rotation partners, as loaded.
+  const auto rotate = [&](int64_t at, float (&x)[kVec], float (&y)[kVec], float (&out)[kVec], const float* gamma) {
     if (a.bias) {
       float bx[kVec], by[kVec];
       load8(a.bias + at + c, bx);
@@ -278,12 +276,34 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
 #pragma unroll
     for (int e = 0; e < kVec; ++e) out[e] = __fadd_rn(__fmul_rn(x[e], cs[e]), sign * __fmul_rn(y[e], sn[e]));
   };
+  const auto load_rotated = [&](int64_t at, float (&out)[kVec], const float* gamma) {
+    float x[kVec], y[kVec];
+    load8(row + at + c, x);
+    load8(row + at + partner, y);
+    rotate(at, x, y, out, gamma);
+  };
+  // The query rows of kQBatch heads are all loaded before any is rotated: head by head, each head's
+  // loads waited behind the previous head's bias and norm branches, one L2 round trip after another
+  // on the step's critical path (the SASS of the GQA-4 build). Batches of 4 bound the registers the
+  // loaded rows hold; the 128-register build, whose grids are many blocks deep (batch 64 and up, where
+  // other blocks hide one block's latency), keeps one head at a time: more spilled.
+  constexpr int kQBatch = kFourPerSm ? 1 : G < 4 ? G : 4;
   float q[G][kVec];
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    load_rotated(static_cast<int64_t>(kvh * G + g) * D, q[g], a.q_norm);
+  for (int g0 = 0; g0 < G; g0 += kQBatch) {
+    float x[kQBatch][kVec], y[kQBatch][kVec];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) q[g][e] *= a.scale;
+    for (int b = 0; b < kQBatch; ++b) {
+      const int64_t at = static_cast<int64_t>(kvh * G + g0 + b) * D;
+      load8(row + at + c, x[b]);
+      load8(row + at + partner, y[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < kQBatch; ++b) {
+      rotate(static_cast<int64_t>(kvh * G + g0 + b) * D, x[b], y[b], q[g0 + b], a.q_norm);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) q[g0 + b][e] *= a.scale;
+    }
   }
 
   float m[G], l[G], acc[G][kVec];
