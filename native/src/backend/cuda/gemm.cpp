@@ -188,13 +188,15 @@ void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in
        c.gemv_stage_input);
 }
 
-void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale) {
+void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale,
+                    bool y_settled) {
   if (gemv_at(m)) {
     GemvIn in;
     in.x = x;
     GemvOut out;
     out.y = y;
     out.beta = beta;
+    out.y_settled = y_settled;
     run_gemv(w, m, scale, in, out, stream);
     return;
   }

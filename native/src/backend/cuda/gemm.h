@@ -107,8 +107,10 @@ class TunedGemm {
   TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket,
             cudaDataType_t input = CUDA_R_16BF);
 
-  // `scale` multiplies the product (fp8: weight scale · input scale of this weight).
-  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale = 1.0f);
+  // `scale` multiplies the product (fp8: weight scale · input scale of this weight). y_settled: as
+  // GemvOut::y_settled, for the GEMV tactic.
+  void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale = 1.0f,
+           bool y_settled = false);
   // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;

@@ -40,6 +40,7 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.in_inv_scale = 1.0f / in.scale;
   a.y = out.y;
   a.beta = out.beta;
+  a.y_settled = out.y_settled;
   a.act = out.act;
   a.act_inv_scale = 1.0f / out.act_scale;
   a.stage_input = stage_input;

@@ -40,6 +40,11 @@ struct GemvIn {
 struct GemvOut {
   float* y = nullptr;  // [m, n] fp32
   float beta = 0.0f;
+  // With beta != 0: y's old values may be read before the PDL wait (launch.cuh), because the kernel
+  // just before this one did not write y. The residual adds of a decoder layer (o after the
+  // attention, down after gate_up) then have the residual in registers when their sums are ready,
+  // instead of one more L2 round trip at the end of the kernel.
+  bool y_settled = false;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
 };

@@ -132,7 +132,23 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   constexpr int64_t kStride = static_cast<int64_t>(kStepChunks) * S;
   const auto weights = [&](const uint4* w, int64_t c) { return c < chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0); };
 
-  // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel.
+  // The outputs this lane holds (the C fragment): weight rows g and g + 8 of the tile, input rows
+  // 2q and 2q + 1; visit(row, input row, fragment index) for those inside n and m.
+  const auto each_output = [&](auto&& visit) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = r == 0 ? lo_row : hi_row;
+      if (row >= a.n) break;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int i = 2 * q + j;
+        if (i >= M) break;
+        visit(row, i, 2 * r + j);
+      }
+    }
+  };
+  // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel,
+  // and so is the residual slice 0 adds its sums to where the caller vouches for it (Args::y_settled).
   uint4 lo0[P];
   uint4 hi0[P];
 #pragma unroll
@@ -140,6 +156,9 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
     lo0[u] = weights(w_lo, first + u * kStride);
     hi0[u] = weights(w_hi, first + u * kStride);
   }
+  float settled[4] = {};
+  const bool early = !kSilu && a.y_settled && a.beta != 0.0f && slice == 0;
+  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = a.y[i * a.n + row]; });
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);
@@ -177,21 +196,6 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
     }
   }
   const float* sum = acc[0];
-  // The outputs this lane holds (the C fragment): weight rows g and g + 8 of the tile, input rows
-  // 2q and 2q + 1; store(row, input row, fragment index) for those inside n and m.
-  const auto each_output = [&](auto&& store) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = r == 0 ? lo_row : hi_row;
-      if (row >= a.n) break;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int i = 2 * q + j;
-        if (i >= M) break;
-        store(row, i, 2 * r + j);
-      }
-    }
-  };
   if constexpr (kSilu) {
     // Rows 2j, 2j + 1 are gate_j and up_j (n even; a tile starts at an even row): up sits 4 lanes on.
     float up[4];
@@ -208,7 +212,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   } else {
     each_output([&](int64_t row, int i, int f) {
       float* out = a.y + i * a.n + row;
-      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * *out;
+      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
     });
   }
 }

@@ -25,6 +25,7 @@ struct Args {
   float in_inv_scale = 1.0f;
   float* y = nullptr;
   float beta = 0.0f;
+  bool y_settled = false;  // GemvOut::y_settled
   void* act = nullptr;
   float act_inv_scale = 1.0f;
   bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
@@ -137,6 +138,19 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
       first1[u] = __ldcs(w1 + c);
     }
   }
+  // The residual this warp adds its sums to, where the caller vouches that the previous kernel did not
+  // write it (only slice 0's lane 0 stores). Up to 2 input rows: past that the held values cost the
+  // registers that keep four blocks an SM (3 rows: 64 -> 100).
+  constexpr int kSettledRows = !kSilu && M <= 2 ? M : 1;
+  float settled[2][kSettledRows];
+  const bool early = kSettledRows == M && !kSilu && a.y_settled && a.beta != 0.0f && active && slice == 0 && lane == 0;
+  if (early) {
+#pragma unroll
+    for (int i = 0; i < kSettledRows; ++i) {
+      settled[0][i] = a.y[i * a.n + row0];
+      settled[1][i] = second ? a.y[i * a.n + row0 + 1] : 0.0f;
+    }
+  }
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Chunk, M>(a, x_s);
@@ -219,7 +233,8 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
 #pragma unroll
       for (int i = 0; i < M; ++i) {
         float* out = a.y + i * a.n + row0 + r;
-        *out = a.beta == 0.0f ? a.scale * acc[r][i] : a.scale * acc[r][i] + a.beta * *out;
+        const float residual = early ? settled[r][i < kSettledRows ? i : 0] : *out;
+        *out = a.beta == 0.0f ? a.scale * acc[r][i] : a.scale * acc[r][i] + a.beta * residual;
       }
     }
   }

@@ -180,6 +180,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   use_graphs_ = env_switch("KILN_CUDA_GRAPHS", true);
   decode_attention_ = env_switch("KILN_CUDA_DECODE_ATTENTION", true);
   prefill_mma_ = env_switch("KILN_CUDA_PREFILL_MMA", true) && prefill_attention_supports_head_dim(c.head_dim);
+  early_residual_ = env_switch("KILN_CUDA_EARLY_RESIDUAL", true);
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -544,8 +545,10 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       if (shape.prefill_mma) prefill_attention(attention, stream_);
       else paged_attention(attention, stream_);
     }
-    // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue.
-    layer.o.run(attn_.get(), n, h, 1.0f, stream_);
+    // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue. That stream
+    // was last written by the previous residual add (or the embedding), three or more launches back,
+    // so the GEMV may read it before its PDL wait (GemvOut::y_settled).
+    layer.o.run(attn_.get(), n, h, 1.0f, stream_, early_residual_);
     if (layer.gate_up.gemm->gemv_at(n)) {
       // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory.
       GemvIn in;
@@ -562,7 +565,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    layer.down.run(act_.get(), n, h, 1.0f, stream_);
+    // o wrote h two or more launches back (the norm kernel or the norm-fused gate_up, then gate_up).
+    layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_);
   }
   if (rows > 0) {
     rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);

@@ -88,8 +88,8 @@ class CudaModel {
     TunedGemm* gemm = nullptr;
     float input_scale = 1.0f;
     float alpha = 1.0f;
-    void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream) const {
-      gemm->run(weight, x, m, y, beta, stream, alpha);
+    void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream, bool y_settled = false) const {
+      gemm->run(weight, x, m, y, beta, stream, alpha, y_settled);
     }
   };
   struct Layer {
@@ -168,6 +168,7 @@ class CudaModel {
   // paged_attention would run unsplit (a 2048-token 1B prefill: 46.4 -> 11.6 ms on an H200).
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
+  bool early_residual_ = true;  // o and down read the residual before their PDL wait (GemvOut::y_settled)
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
