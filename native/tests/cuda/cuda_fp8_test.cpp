@@ -79,6 +79,12 @@ TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
         out.beta = beta;
         cuda::gemv(w_d.get(), true, m, n, k, scale, in, out, split, nullptr, false);
         EXPECT_LT(relative_norm_error(to_host<float>(unstaged_d, want.size()), want), 1e-5) << "unstaged split " << split;
+        // The residual read before the PDL wait (GemvOut::y_settled): the same sums.
+        DeviceBuffer settled_d = to_device(start);
+        out.y = settled_d.get<float>();
+        out.y_settled = true;
+        cuda::gemv(w_d.get(), true, m, n, k, scale, in, out, split, nullptr);
+        EXPECT_LT(relative_norm_error(to_host<float>(settled_d, want.size()), want), 1e-5) << "settled split " << split;
       }
     }
   }
