@@ -275,15 +275,8 @@ TEST(CudaGemm, KilnGemvComputesXTimesWTransposedPlusBetaYForUpToEightRows) {
         cuda::gemv_bf16(w_d.get<bf16>(), x_d.get<bf16>(), m, n, k, y_d.get<float>(), beta, nullptr, split);
         EXPECT_LT(relative_norm_error(to_host<float>(y_d, want.size()), want), 1e-5) << "split " << split;
         // The residual read before the PDL wait (GemvOut::y_settled): the same sums.
-        DeviceBuffer settled_d = to_device(start);
-        cuda::GemvIn in;
-        in.x = x_d.get<bf16>();
-        cuda::GemvOut out;
-        out.y = settled_d.get<float>();
-        out.beta = beta;
-        out.y_settled = true;
-        cuda::gemv(w_d.get(), false, m, n, k, 1.0f, in, out, split, nullptr);
-        EXPECT_LT(relative_norm_error(to_host<float>(settled_d, want.size()), want), 1e-5) << "settled split " << split;
+        const auto settled = gemv_result(w_d.get(), x_d.get(), false, m, n, k, 1.0f, beta, start, split, true, true);
+        EXPECT_LT(relative_norm_error(settled, want), 1e-5) << "settled split " << split;
       }
     }
   }

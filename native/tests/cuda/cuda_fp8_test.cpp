@@ -71,20 +71,11 @@ TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
         cuda::gemv_fp8(w_d.get<fp8>(), x_d.get<fp8>(), m, n, k, scale, y_d.get<float>(), beta, nullptr, split);
         EXPECT_LT(relative_norm_error(to_host<float>(y_d, want.size()), want), 1e-5) << "split " << split;
         // Without the input staging (the autotuner races both): each warp widens its own chunks.
-        DeviceBuffer unstaged_d = to_device(start);
-        cuda::GemvIn in;
-        in.x = x_d.get<fp8>();
-        cuda::GemvOut out;
-        out.y = unstaged_d.get<float>();
-        out.beta = beta;
-        cuda::gemv(w_d.get(), true, m, n, k, scale, in, out, split, nullptr, false);
-        EXPECT_LT(relative_norm_error(to_host<float>(unstaged_d, want.size()), want), 1e-5) << "unstaged split " << split;
+        const auto unstaged = gemv_result(w_d.get(), x_d.get(), true, m, n, k, scale, beta, start, split, false, false);
+        EXPECT_LT(relative_norm_error(unstaged, want), 1e-5) << "unstaged split " << split;
         // The residual read before the PDL wait (GemvOut::y_settled): the same sums.
-        DeviceBuffer settled_d = to_device(start);
-        out.y = settled_d.get<float>();
-        out.y_settled = true;
-        cuda::gemv(w_d.get(), true, m, n, k, scale, in, out, split, nullptr);
-        EXPECT_LT(relative_norm_error(to_host<float>(settled_d, want.size()), want), 1e-5) << "settled split " << split;
+        const auto settled = gemv_result(w_d.get(), x_d.get(), true, m, n, k, scale, beta, start, split, true, true);
+        EXPECT_LT(relative_norm_error(settled, want), 1e-5) << "settled split " << split;
       }
     }
   }

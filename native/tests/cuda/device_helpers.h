@@ -10,6 +10,7 @@
 #include "backend/cpu/paged_attention.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
+#include "backend/cuda/gemv.h"
 #include "core/thread_pool.h"
 
 namespace kiln::test {
@@ -30,6 +31,21 @@ std::vector<T> to_host(const cuda::DeviceBuffer& d, size_t count) {
   KILN_CUDA_CHECK(cudaDeviceSynchronize());
   KILN_CUDA_CHECK(cudaMemcpy(host.data(), d.get(), count * sizeof(T), cudaMemcpyDeviceToHost));
   return host;
+}
+
+// kiln-gemv's general form on device operands, y starting from `start` ([m, n]); the host y after.
+inline std::vector<float> gemv_result(const void* w, const void* x, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
+                                      float beta, const std::vector<float>& start, int split, bool stage_input,
+                                      bool y_settled) {
+  cuda::DeviceBuffer y = to_device(start);
+  cuda::GemvIn in;
+  in.x = x;
+  cuda::GemvOut out;
+  out.y = y.get<float>();
+  out.beta = beta;
+  out.y_settled = y_settled;
+  cuda::gemv(w, fp8, m, n, k, scale, in, out, split, nullptr, stage_input);
+  return to_host<float>(y, start.size());
 }
 
 // ‖got − want‖ / ‖want‖; NaN fails every comparison it reaches.
