@@ -117,12 +117,12 @@ template <int Bytes>
 __device__ __forceinline__ void cp_async(void* shared, const void* global) {
   const auto dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
   if constexpr (Bytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global) : "memory");
   } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(global), "n"(Bytes));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(global), "n"(Bytes) : "memory");
   }
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int Pending>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending) : "memory");
@@ -604,9 +604,12 @@ bool cluster_fits(unsigned z) {
   config.blockDim = dim3(kThreads);
   config.attrs = &attribute;
   config.numAttrs = 1;
+  // A failed query counts as "does not fit": the counter merge runs anywhere.
   int clusters = 0;
-  check_cuda(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config), "decode_attention_kernel cluster occupancy",
-             __FILE__, __LINE__);
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();
+    clusters = 0;
+  }
   fits = clusters > 0 ? 1 : -1;
   known[z].store(fits, std::memory_order_relaxed);
   return fits > 0;
@@ -617,6 +620,20 @@ bool cluster_fits(unsigned z) {
 template <int D, int G, typename Kv, bool kFourPerSm, bool kPipe = false>
 void launch_one(const DecodeAttentionArgs& a, dim3 grid, cudaStream_t stream) {
   const char* what = "decode_attention_kernel";
+  if constexpr (kPipe) {
+    // Four blocks of ~43 KB static shared memory each need most of the SM's carveout: asked for once
+    // per build (not a stream operation).
+    static const bool carved = [] {
+      for (auto* kernel : {decode_attention_kernel<D, G, Kv, kFourPerSm, kPipe, false>,
+                           decode_attention_kernel<D, G, Kv, kFourPerSm, kPipe, true>}) {
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        cudaSharedmemCarveoutMaxShared),
+                   "decode_attention_kernel shared memory carveout", __FILE__, __LINE__);
+      }
+      return true;
+    }();
+    (void)carved;
+  }
   if (grid.z == 1 || !cluster_merge_enabled() || !cluster_fits<D, G, Kv, kFourPerSm, kPipe>(grid.z)) {
     launch_kernel(what, decode_attention_kernel<D, G, Kv, kFourPerSm, kPipe, false>, grid, dim3(kThreads), stream, a);
     return;

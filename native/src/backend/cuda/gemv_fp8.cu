@@ -158,7 +158,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   }
   float settled[4] = {};
   const bool early = !kSilu && a.y_settled && a.beta != 0.0f && slice == 0;
-  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = a.y[i * a.n + row]; });
+  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);

@@ -147,8 +147,8 @@ __global__ __launch_bounds__(kWarps * 32) void gemv_kernel(Args a) {
   if (early) {
 #pragma unroll
     for (int i = 0; i < kSettledRows; ++i) {
-      settled[0][i] = a.y[i * a.n + row0];
-      settled[1][i] = second ? a.y[i * a.n + row0 + 1] : 0.0f;
+      settled[0][i] = __ldcg(a.y + i * a.n + row0);
+      settled[1][i] = second ? __ldcg(a.y + i * a.n + row0 + 1) : 0.0f;
     }
   }
   wait_for_producer();

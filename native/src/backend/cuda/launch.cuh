@@ -7,9 +7,11 @@
 // the previous kernel writes (or reads: a write before the wait could race a reader), and then calls
 // let_consumer_start() so the next kernel may be scheduled onto SMs its blocks leave free. Only
 // reads of data no kernel writes (weights), or that only kernels two or more launches back wrote (a
-// kernel starts after every block of the one before it passed its wait: decode_attention.cu reads
-// its KV rows this way), may come before the wait. Both are no-ops in a kernel
-// launched without the attribute (KILN_CUDA_PDL=0, or after a cuBLASLt kernel or a copy).
+// kernel starts after every block of the one before it passed its wait or exited: decode_attention.cu
+// reads its KV rows this way, the residual GEMVs their residual), may come before the wait. That
+// needs at least one block of every kernel to wait before it exits (decode attention's blocks past
+// a token's splits exit first; its block 0 always waits). Both are no-ops in a kernel launched
+// without the attribute (KILN_CUDA_PDL=0, or after a cuBLASLt kernel or a copy).
 
 #include <cuda_runtime.h>
 

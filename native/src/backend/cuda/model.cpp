@@ -565,7 +565,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    // o wrote h two or more launches back (the norm kernel or the norm-fused gate_up, then gate_up).
+    // o wrote h two launches back (gate_up with the norm fused) or more (a norm kernel, or cuBLASLt's
+    // gate_up and the SiLU kernel, in between).
     layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_);
   }
   if (rows > 0) {
