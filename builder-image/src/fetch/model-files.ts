@@ -1,6 +1,6 @@
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
-import { sha256File } from "../../../lib/file-sha256.js";
+import { sha256Files } from "../../../lib/file-sha256.js";
 
 /** A fetched checkpoint: the folder the compiler reads and what it read, for the manifest. */
 export interface FetchedModel {
@@ -29,17 +29,24 @@ export function isModelFile(name: string): boolean {
   return !name.includes("/") && WANTED.some((re) => re.test(base));
 }
 
-/** Size and sha256 of each file, sorted by name; `known` holds digests a download already took. */
+/**
+ * Size and sha256 of each file, sorted by name; `known` holds digests a download already took. The
+ * rest (a pvc:// checkpoint's shards, read in place) are hashed on worker threads side by side.
+ */
 export async function describeFiles(
   dir: string,
   names: string[],
   known: ReadonlyMap<string, string> = new Map(),
 ): Promise<FetchedModel["files"]> {
-  const out: FetchedModel["files"] = [];
-  for (const name of [...names].sort()) {
-    const path = join(dir, name);
-    const sha256 = known.get(name) ?? (await sha256File(path));
-    out.push({ path: name, sizeBytes: (await stat(path)).size, sha256 });
-  }
-  return out;
+  const sorted = [...names].sort();
+  const unknown = sorted.filter((name) => !known.has(name));
+  const hashed = await sha256Files(unknown.map((name) => join(dir, name)));
+  const digests = new Map([...known, ...unknown.map((name, i) => [name, hashed[i] as string] as const)]);
+  return Promise.all(
+    sorted.map(async (name) => ({
+      path: name,
+      sizeBytes: (await stat(join(dir, name))).size,
+      sha256: digests.get(name) as string,
+    })),
+  );
 }
