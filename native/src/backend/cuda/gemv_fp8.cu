@@ -30,9 +30,11 @@ constexpr int kMmaPrefetchSteps = 4;
 // The deep kernel always stages its input row where it fits: unstaged, each of the 8 prefetched
 // steps loads its input chunk only after the previous step's MMAs (the SASS: one LDG per step,
 // behind a branch), a chain of 8 L2 round trips after the PDL wait. The race, timing the 4-step
-// kernel in isolation, cannot see that: two 8B fp8 builds whose races differed only in QKV's
-// staging (12.7 against 12.6 us) decoded batch 1 in 2.554 ms (staged) and 2.632 (unstaged), H200,
-// two calls. KILN_CUDA_GEMV_DEEP_STAGE=0 leaves the choice to the race.
+// kernel in isolation, cannot see that: two 8B fp8 builds whose tactics differed only in QKV's
+// staging (12.7 against 12.6 us in the race) decoded batch 1 in 2.554 ms (staged) and 2.632
+// (unstaged), H200, two calls on two machines (the second with a faster embedding kernel, so not a
+// clean A/B; bf16 measured 4.080 ms in both). KILN_CUDA_GEMV_DEEP_STAGE=0 leaves the choice to the
+// race.
 constexpr int kMmaDeepPrefetchSteps = 8;
 // The shortest k whose split-8 slices have all 8 steps: below it (the 1B shape's k = 2048 has 4)
 // the extra registers would only cost occupancy.

@@ -65,10 +65,7 @@ GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& promp
 BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype) {
   constexpr int64_t kWarmupSteps = 2;
   if (prompt_len < 1 || steps < 1 || batch < 1) throw Error("bench: prompt length, steps and batch must be positive");
-  if (batch > model.max_batch()) {
-    throw Error("bench: batch " + std::to_string(batch) + " is past the engine's max_batch (" +
-                std::to_string(model.max_batch()) + "); build it with --max-batch " + std::to_string(batch));
-  }
+  model.require_batch(batch, "bench: batch");
   const int64_t total = prompt_len + steps + kWarmupSteps;
   if (total > model.max_seq_len()) {
     throw Error("bench: prompt (" + std::to_string(prompt_len) + ") + steps (" + std::to_string(steps + kWarmupSteps) +

@@ -324,6 +324,13 @@ void CudaModel::reserve(const StepShape& shape) {
   if (moved) drop_graphs();
 }
 
+void CudaModel::require_batch(int64_t rows, const std::string& what) const {
+  if (rows > max_batch_) {
+    throw Error(what + " " + std::to_string(rows) + " is past the engine's max_batch (" + std::to_string(max_batch_) +
+                "); build it with --max-batch " + std::to_string(rows));
+  }
+}
+
 void CudaModel::drop_graphs() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();

@@ -65,6 +65,10 @@ class CudaModel {
   int64_t max_seq_len() const { return max_seq_len_; }
   // The batch the build tuned its GEMMs for (lm_head has no tactic past it).
   int64_t max_batch() const { return max_batch_; }
+  // Refuses `rows` past the engine's max_batch, naming `what` ("bench: batch", "offline: concurrency"):
+  // the GEMM tactics were tuned up to it, and past it every step runs an untuned bucket (H200, 8B fp8
+  // batch 64 on a max-batch-8 engine: 4.43 ms against 3.67), which a benchmark must not report.
+  void require_batch(int64_t rows, const std::string& what) const;
   cudaStream_t stream() const { return stream_; }
 
   // dtype: BF16 or F8E4M3 (CudaKvCache), with the engine's calibrated KV scales where it has them.

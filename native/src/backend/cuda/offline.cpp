@@ -43,10 +43,7 @@ OfflineResult offline_throughput(CudaModel& model, const OfflineOptions& o) {
   }
   const int64_t vocab = model.config().vocab_size;
   const int64_t concurrency = std::min(o.concurrency, o.requests);
-  if (concurrency > model.max_batch()) {
-    throw Error("offline: concurrency " + std::to_string(concurrency) + " is past the engine's max_batch (" +
-                std::to_string(model.max_batch()) + "); build it with --max-batch " + std::to_string(concurrency));
-  }
+  model.require_batch(concurrency, "offline: concurrency");
   const int64_t pages_per_slot = (o.prompt_len + o.output_len + kPageSize - 1) / kPageSize;
   CudaKvCache cache = model.new_cache(pages_per_slot * concurrency, kPageSize);
   std::vector<std::vector<int32_t>> tables(static_cast<size_t>(concurrency));
