@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, test } from "vitest";
-import { sha256File, sha256Files } from "./file-sha256.js";
+import { hashFileInto, sha256File, sha256Files } from "./file-sha256.js";
 
 let dir: string;
 beforeAll(async () => {
@@ -50,4 +50,15 @@ test("files hashed side by side, small ones in place and large ones on workers, 
 test("a missing file among many rejects with its path, and a bad parallel count is named", async () => {
   await expect(sha256Files([join(dir, "f0"), join(dir, "absent-too")])).rejects.toThrow(/absent-too/);
   await expect(sha256Files([], 0)).rejects.toThrow(/parallel must be a positive integer, got 0/);
+});
+
+test("a prefix of a file feeds a hash as those bytes do (none, some, all)", async () => {
+  const bytes = randomBytes((5 << 20) + 7);
+  const path = join(dir, "prefixed");
+  await writeFile(path, bytes);
+  for (const n of [0, 1, 4 << 20, bytes.length]) {
+    const hash = createHash("sha256");
+    await hashFileInto(hash, path, n);
+    expect(hash.digest("hex")).toBe(createHash("sha256").update(bytes.subarray(0, n)).digest("hex"));
+  }
 });

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { availableParallelism } from "node:os";
@@ -10,11 +10,18 @@ import { Worker } from "node:worker_threads";
  */
 const CHUNK_BYTES = 4 << 20;
 
+/** Feeds a file's bytes into `hash`: the first `bytes` of them, or all. */
+export async function hashFileInto(hash: Hash, path: string, bytes?: number): Promise<void> {
+  if (bytes === 0) return;
+  const range = bytes === undefined ? {} : { end: bytes - 1 };
+  for await (const chunk of createReadStream(path, { highWaterMark: CHUNK_BYTES, ...range }))
+    hash.update(chunk as Buffer);
+}
+
 /** The hex sha256 of a file's bytes. */
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: CHUNK_BYTES }))
-    hash.update(chunk as Buffer);
+  await hashFileInto(hash, path);
   return hash.digest("hex");
 }
 

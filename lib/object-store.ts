@@ -33,7 +33,7 @@ export interface ObjectStore {
   /**
    * Streams an object down to `localFile`. An earlier partial download at `${localFile}.part` is
    * resumed from where it stopped; the file appears at `localFile` only once complete. Resolves to
-   * the file's sha256 (hex), which S3 downloads hash while their ranges land.
+   * the file's sha256 (hex), hashed in file order while the ranges land (lib/ranged-download.ts).
    */
   getFile(
     path: string,

@@ -30,9 +30,8 @@ export interface EngineSource {
 }
 
 export interface FetchedEngine {
+  /** The engine file, whose sha256 matched the deployment's, which equals manifest.sha256. */
   path: string;
-  /** The sha256 the file at `path` was checked against (the deployment's). */
-  sha256: string;
   manifest: EngineManifest;
   header: Record<string, unknown>;
 }
@@ -71,7 +70,7 @@ export async function fetchEngine(source: EngineSource, log: Logger): Promise<Fe
       `engine ${source.uri} was built for target "${builtFor}" but this machine is "${source.localFingerprint}"; build an engine for this target`,
     );
   }
-  return { path, sha256: source.sha256, manifest, header };
+  return { path, manifest, header };
 }
 
 /** Wait before download attempt `attempt + 1`: exponential, capped so a pod keeps trying often. */

@@ -38,7 +38,7 @@ async function start(config: RuntimeConfig): Promise<void> {
     const engine = await loadEngine(fetched.path, {
       ...config.engine,
       maxQueuedRequests: config.maxQueuedRequests,
-      verifiedSha256: fetched.sha256,
+      verifiedSha256: fetched.manifest.sha256,
     });
     const kv = engine.info.kvCache;
     if (kv) {

@@ -51,7 +51,7 @@ describe("engine fetch (real engine file, file:// store)", () => {
     const fetched = await fetchEngine(src, log);
     expect(fetched.path).toBe(join(src.cacheDir, `${stored.sha256}.kiln`));
     expect(fetched.manifest.key).toBe(stored.key);
-    expect(fetched.sha256).toBe(stored.sha256);
+    expect(fetched.manifest.sha256).toBe(stored.sha256);
     expect(fetched.header.format).toBe("kiln-engine");
     expect(await readdir(src.cacheDir)).toEqual([`${stored.sha256}.kiln`]);
   });

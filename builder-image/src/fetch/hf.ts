@@ -1,10 +1,10 @@
 import { createHash } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createWriteStream } from "node:fs";
 import { mkdir, rename, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { sha256File } from "../../../lib/file-sha256.js";
+import { hashFileInto, sha256File } from "../../../lib/file-sha256.js";
 import { PermanentError } from "../errors.js";
 import { describeFiles, type FetchedModel, type FetchProgress, isModelFile } from "./model-files.js";
 
@@ -104,11 +104,7 @@ async function downloadResumable(
   // The file's sha256 as it streams in (after the kept prefix's), for the build manifest: no pass of
   // its own over a checkpoint afterwards.
   const hash = createHash("sha256");
-  if (resumed && have > 0) {
-    for await (const chunk of createReadStream(part, { end: have - 1, highWaterMark: 4 << 20 })) {
-      hash.update(chunk as Buffer);
-    }
-  }
+  if (resumed) await hashFileInto(hash, part, have);
   const count = new Transform({
     transform(chunk: Buffer, _enc, cb) {
       written += chunk.length;
