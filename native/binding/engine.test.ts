@@ -248,14 +248,26 @@ describe("native serving engine", () => {
 
   test("close ends every stream in flight as cancelled and later submits fail", async () => {
     const engine = await loadEngine(enginePath, { threads: 1, maxBatchSize: 1 });
-    const streams = [0, 1, 2].map((i) =>
-      collect(engine.submit({ id: `x${i}`, promptTokens: promptOf(i, 20), maxTokens: 100 })),
+    // No eos within 100 steps, and close only once x0 streams: x1 and x2 wait behind it (one
+    // sequence at a time) for ~100 steps, so neither can have finished on its own. (Closing right
+    // after submitting raced the engine on a loaded machine: a prompt that hits eos early ends as
+    // "stop" before the close arrives.)
+    const prompt = await longRunningPrompt(engine, 100);
+    const [first, ...queued] = [0, 1, 2].map((i) =>
+      engine.submit({ id: `x${i}`, promptTokens: prompt, maxTokens: 100 })[Symbol.asyncIterator](),
     );
+    const firstBatch = await first?.next();
+    expect(firstBatch?.done).toBe(false);
     await engine.close();
-    const results = await Promise.all(streams);
-    expect(
-      results.filter((r) => r.batches.at(-1)?.finishReason === "cancelled").length,
-    ).toBeGreaterThanOrEqual(2);
+    const drain = async (it: AsyncIterator<TokenBatch>) => {
+      const batches: TokenBatch[] = [];
+      for (let r = await it.next(); !r.done; r = await it.next()) batches.push(r.value);
+      return batches;
+    };
+    for (const batches of await Promise.all(queued.map(drain))) {
+      expect(batches.at(-1)?.finishReason).toBe("cancelled");
+      expect(batches.flatMap((b) => b.tokens)).toEqual([]);
+    }
     expect(() => engine.submit({ id: "late", promptTokens: [1], maxTokens: 1 })).toThrow(/closed/);
   });
 
