@@ -249,7 +249,7 @@ int kiln_gemv(const void* w, int use_fp8, int64_t m, int64_t n, int64_t k, float
               int split, int stage_input) {
   return guarded([&] {
     const GemvIn in{x, h, gamma, eps, in_scale};
-    const GemvOut out{y, beta, act, act_scale};
+    const GemvOut out{.y = y, .beta = beta, .act = act, .act_scale = act_scale};
     gemv(w, use_fp8 != 0, m, n, k, scale, in, out, split, nullptr, stage_input != 0);
   });
 }

@@ -46,7 +46,9 @@ std::vector<float> scaled_product(const std::vector<uint8_t>& w, const std::vect
 }
 
 // k = 1040: 65 chunks of 16, a ragged last step; k = 4096: one row at split 8 takes the deep-prefetch
-// kernel, which stages its input even when asked not to (gemv_fp8.cu).
+// kernel, which stages its input even when asked not to (gemv_fp8.cu); k = 5136 and 14336 (8B down):
+// its slices are longer than the prefetched steps, so the weights stream through the shared-memory
+// ring (5136: 321 chunks, the ring's last step ragged and zero-filled).
 class CudaFp8Gemv : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
@@ -84,7 +86,7 @@ TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
   EXPECT_THROW(cuda::gemv_fp8(w_d.get<fp8>(), x_d.get<fp8>(), 1, n, 1032, 1.0f, nullptr, 0.0f, nullptr), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Gemv, ::testing::Values(int64_t{1040}, int64_t{4096}));
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Gemv, ::testing::Values(int64_t{1040}, int64_t{4096}, int64_t{5136}, int64_t{14336}));
 
 TEST(CudaFp8, EveryCublasLtFp8AlgorithmComputesTheScaledProduct) {
   SKIP_WITHOUT_GPU();

@@ -1,3 +1,4 @@
+#include "backend/cuda/cp_async.cuh"
 #include "backend/cuda/gemv_kernel.cuh"
 
 // The E4M3 GEMV on tensor cores. On CUDA cores (the loop of gemv_kernel.cuh, which bf16 keeps) most
@@ -32,9 +33,8 @@ constexpr int kMmaPrefetchSteps = 4;
 // behind a branch), a chain of 8 L2 round trips after the PDL wait. The race, timing the 4-step
 // kernel in isolation, cannot see that: two 8B fp8 builds whose tactics differed only in QKV's
 // staging (12.7 against 12.6 us in the race) decoded batch 1 in 2.554 ms (staged) and 2.632
-// (unstaged), H200, two calls on two machines (the second with a faster embedding kernel, so not a
-// clean A/B; bf16 measured 4.080 ms in both). KILN_CUDA_GEMV_DEEP_STAGE=0 leaves the choice to the
-// race.
+// (unstaged), H200, two calls on two machines. Side by side on one engine (3 interleaved rounds):
+// batch 1 2.660 -> 2.582 ms, batch 8 even. KILN_CUDA_GEMV_DEEP_STAGE=0 leaves the choice to the race.
 constexpr int kMmaDeepPrefetchSteps = 8;
 // The shortest k whose split-8 slices have all 8 steps: below it (the 1B shape's k = 2048 has 4)
 // the extra registers would only cost occupancy.
@@ -42,6 +42,17 @@ constexpr int64_t kDeepPrefetchMinK = int64_t{16} * kStepChunks * 8 * kMmaDeepPr
 // The most shared memory a block stages its input in (normed E4M3 rows plus their f16 widening):
 // one row of k = 14336 (Llama-3-8B's down projection) as f16 is 28 KB.
 constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
+// kRing (the deep kernel, where a warp's slice is longer than its P prefetched steps: Llama-3-8B's
+// down projection, k = 14336, 28 steps a warp): the weights stream through a ring of P steps per
+// warp in shared memory, filled by cp.async, each slot refilled P steps ahead as soon as it is read.
+// The register form loads the first P steps before the wait and then the rest four steps at a time,
+// so each warp waits out five more round trips with nothing in flight while it multiplies; the ring
+// keeps P steps in flight to the end, and needs no registers for them. Each lane copies the chunks
+// it later reads itself: no barrier. 59 registers against the register form's 108. H200, 8B fp8,
+// one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
+// KILN_CUDA_GEMV_RING=0 turns it off.
+constexpr int64_t kRingStepBytes = 32 * 2 * 16;  // a warp step: 32 lanes, rows g and g + 8, 16 bytes each
+constexpr int64_t ring_bytes(int steps) { return int64_t{kWarps} * steps * kRingStepBytes; }
 
 // Eight f16 pairs from one 16-byte chunk of E4M3 (exact: every E4M3 value is an f16 value).
 struct Half16 {
@@ -111,9 +122,11 @@ constexpr int kBlockWarpsOf = S > kWarps ? S : kWarps;
 
 // S warps share a tile of 16 weight rows (each a slice of its steps); kBlockWarpsOf<S> / S tiles
 // per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step). P: the
-// steps loaded before the wait on the previous kernel.
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P>
+// steps loaded before the wait on the previous kernel. kRing: the weights through the shared-memory
+// ring above, after the staged input (kWide) in the dynamic shared memory.
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing>
 __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a) {
+  static_assert(!kRing || (kWide && S == kWarps), "the ring sits after the staged input, one tile a block");
   constexpr int kBlockWarps = kBlockWarpsOf<S>;
   constexpr int kTiles = kBlockWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
@@ -151,12 +164,25 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   };
   // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel,
   // and so is the residual slice 0 adds its sums to where the caller vouches for it (Args::y_settled).
-  uint4 lo0[P];
-  uint4 hi0[P];
+  uint4 lo0[kRing ? 1 : P];
+  uint4 hi0[kRing ? 1 : P];
+  // Ring slot u of this warp: [u][row g or g + 8][lane], so a warp's reads of a slot are 512
+  // contiguous bytes (no bank conflicts).
+  uint4* ring = x_s + M * chunks * (kNorm ? 1 : 0) + 2 * M * chunks + static_cast<int64_t>(warp) * P * 64;
+  const auto fetch = [&](int slot, int64_t c) {
+    const bool valid = c < chunks;  // zeros past the row's end: garbage E4M3 may be NaN, and NaN * 0 is NaN
+    cp_async_16_or_zero(ring + slot * 64 + lane, w_lo + (valid ? c : 0), valid);
+    cp_async_16_or_zero(ring + slot * 64 + 32 + lane, w_hi + (valid ? c : 0), valid);
+    cp_async_commit();  // one group per step, empty or not, so wait_group counts steps
+  };
 #pragma unroll
   for (int u = 0; u < P; ++u) {
-    lo0[u] = weights(w_lo, first + u * kStride);
-    hi0[u] = weights(w_hi, first + u * kStride);
+    if constexpr (kRing) {
+      fetch(u, first + u * kStride);
+    } else {
+      lo0[u] = weights(w_lo, first + u * kStride);
+      hi0[u] = weights(w_hi, first + u * kStride);
+    }
   }
   float settled[4] = {};
   const bool early = !kSilu && a.y_settled && a.beta != 0.0f && slice == 0;
@@ -175,15 +201,28 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   };
 
   float acc[2][4] = {};
-  int64_t c = first;
+  if constexpr (kRing) {
+    int slot = 0;
+    for (int64_t c = first; c - q < chunks; c += kStride) {  // warp-uniform, as below
+      cp_async_wait<P - 1>();  // this step's group: every one but the P - 1 newest
+      const uint4 lo = ring[slot * 64 + lane];
+      const uint4 hi = ring[slot * 64 + 32 + lane];
+      fetch(slot, c + P * kStride);  // after the reads above, in this thread's program order
+      apply_step(acc, lo, hi, input(c));
+      slot = slot + 1 == P ? 0 : slot + 1;
+    }
+    cp_async_wait<0>();  // no copy may still be landing in shared memory when the block exits
+  } else {
+    int64_t c = first;
 #pragma unroll
-  for (int u = 0; u < P; ++u, c += kStride) {
-    if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
-    apply_step(acc, lo0[u], hi0[u], input(c));
-  }
-  // Four steps' loads in flight per warp: the tile's few warps per SM must cover the memory latency.
+    for (int u = 0; u < P; ++u, c += kStride) {
+      if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
+      apply_step(acc, lo0[u], hi0[u], input(c));
+    }
+    // Four steps' loads in flight per warp: the tile's few warps per SM must cover the memory latency.
 #pragma unroll 4
-  for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
+    for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
+  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
 
@@ -219,24 +258,35 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   }
 }
 
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P>
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing = false>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
   constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   if constexpr (kWide) {
     // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
-    // legal while a decode graph is being captured).
+    // legal while a decode graph is being captured). The ring's blocks (~92 KB for the 8B down
+    // projection) also ask for the largest carveout, or only one would fit an SM.
     static const bool opted_in = [] {
-      check_cuda(cudaFuncSetAttribute(gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      static_cast<int>(kGemvMmaSharedBytes)),
+      auto* kernel = gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>;
+      check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(kGemvMmaSharedBytes + (kRing ? ring_bytes(P) : 0))),
                  "gemv_mma_kernel shared memory limit", __FILE__, __LINE__);
+      if constexpr (kRing) {
+        check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                        cudaSharedmemCarveoutMaxShared),
+                   "gemv_mma_kernel shared memory carveout", __FILE__, __LINE__);
+      }
       return true;
     }();
     (void)opted_in;
   }
-  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P>, blocks,
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>, blocks,
                        dim3(kBlockWarpsOf<S> * 32), shared, stream, a);
+}
+
+bool ring_enabled() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_RING", true);
+  return on;
 }
 
 template <int M, int S, bool kNorm, bool kSilu, int P>
@@ -244,6 +294,14 @@ void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
   if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
+    if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm && !kSilu) {
+      // A slice longer than the prefetched steps (a plain GEMV: only down has such a k): the rest
+      // streams through the ring.
+      if (a.k > kDeepPrefetchMinK && ring_enabled()) {
+        launch_mma_wide<M, S, kNorm, kSilu, true, P, true>(a, normed + wide + ring_bytes(P), stream);
+        return;
+      }
+    }
     launch_mma_wide<M, S, kNorm, kSilu, true, P>(a, normed + wide, stream);
   } else {
     launch_mma_wide<M, S, kNorm, kSilu, false, P>(a, normed, stream);
