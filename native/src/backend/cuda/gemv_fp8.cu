@@ -51,6 +51,12 @@ constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
 // it later reads itself: no barrier. 59 registers against the register form's 108. H200, 8B fp8,
 // one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
 // KILN_CUDA_GEMV_RING=0 turns it off.
+// KILN_CUDA_GEMV_RING_SHORT=1 (off by default, not yet measured) also sends the slices the prefetch
+// covers whole (o, QKV, gate_up at 8B) through the ring: all 8 steps are copied before the wait, as
+// the register form loads them, but without its 64 registers of buffers, so three blocks fit an SM
+// (72.5 KB of shared memory each at k = 4096) where the register form's 108 registers fit two. The
+// 8B QKV's 384 blocks would then run in one wave instead of two, and more of gate_up's 1792 would
+// have their weights in flight before the wait.
 constexpr int64_t kRingStepBytes = 32 * 2 * 16;  // a warp step: 32 lanes, rows g and g + 8, 16 bytes each
 constexpr int64_t ring_bytes(int steps) { return int64_t{kWarps} * steps * kRingStepBytes; }
 
@@ -130,7 +136,9 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   constexpr int kBlockWarps = kBlockWarpsOf<S>;
   constexpr int kTiles = kBlockWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
-  __shared__ float reduced[S > 1 ? kBlockWarps : 1][32][4];
+  // The warps' partial sums; with the ring, in each warp's own ring slots (free once its copies
+  // have landed), so that three ring blocks of k = 4096 fit an SM.
+  __shared__ float reduced_static[S > 1 && !kRing ? kBlockWarps : 1][32][4];
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int g = lane / 4;
@@ -168,11 +176,14 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   uint4 hi0[kRing ? 1 : P];
   // Ring slot u of this warp: [u][row g or g + 8][lane], so a warp's reads of a slot are 512
   // contiguous bytes (no bank conflicts).
-  uint4* ring = x_s + M * chunks * (kNorm ? 1 : 0) + 2 * M * chunks + static_cast<int64_t>(warp) * P * 64;
+  uint4* const rings = x_s + M * chunks * (kNorm ? 1 : 0) + 2 * M * chunks;
+  uint4* const ring = rings + static_cast<int64_t>(warp) * P * 64;
   const auto fetch = [&](int slot, int64_t c) {
-    const bool valid = c < chunks;  // zeros past the row's end: garbage E4M3 may be NaN, and NaN * 0 is NaN
-    cp_async_16_or_zero(ring + slot * 64 + lane, w_lo + (valid ? c : 0), valid);
-    cp_async_16_or_zero(ring + slot * 64 + 32 + lane, w_hi + (valid ? c : 0), valid);
+    if (c - q < chunks) {  // warp-uniform: a step of the slice
+      const bool valid = c < chunks;  // zeros past the row's end: garbage E4M3 may be NaN, and NaN * 0 is NaN
+      cp_async_16_or_zero(ring + slot * 64 + lane, w_lo + (valid ? c : 0), valid);
+      cp_async_16_or_zero(ring + slot * 64 + 32 + lane, w_hi + (valid ? c : 0), valid);
+    }
     cp_async_commit();  // one group per step, empty or not, so wait_group counts steps
   };
 #pragma unroll
@@ -227,13 +238,19 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
 
   if constexpr (S > 1) {
+    const auto reduced = [&](int w) -> float* {
+      if constexpr (kRing) return reinterpret_cast<float*>(rings + static_cast<int64_t>(w) * P * 64) + lane * 4;
+      else return reduced_static[w][lane];
+    };
+    float* const mine = reduced(warp);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) reduced[warp][lane][i] = acc[0][i];
+    for (int i = 0; i < 4; ++i) mine[i] = acc[0][i];
     __syncthreads();
     if (slice != 0) return;
     for (int s = 1; s < S; ++s) {
+      const float* const theirs = reduced(warp + s);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[0][i] += reduced[warp + s][lane][i];
+      for (int i = 0; i < 4; ++i) acc[0][i] += theirs[i];
     }
   }
   const float* sum = acc[0];
@@ -289,15 +306,20 @@ bool ring_enabled() {
   return on;
 }
 
+bool ring_short_enabled() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_RING_SHORT", false);
+  return on;
+}
+
 template <int M, int S, bool kNorm, bool kSilu, int P>
 void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
   if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
-    if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm && !kSilu) {
-      // A slice longer than the prefetched steps (a plain GEMV: only down has such a k): the rest
-      // streams through the ring.
-      if (a.k > kDeepPrefetchMinK && ring_enabled()) {
+    if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm) {
+      // A slice longer than the prefetched steps (8B down): the rest streams through the ring.
+      // (The E4M3 GEMVs never take the norm: TunedGemm::fuses_norm.)
+      if (a.k > kDeepPrefetchMinK ? ring_enabled() : ring_short_enabled()) {
         launch_mma_wide<M, S, kNorm, kSilu, true, P, true>(a, normed + wide + ring_bytes(P), stream);
         return;
       }
