@@ -53,6 +53,14 @@ kiln::BuildOptions build_options_from(const Napi::Object& options) {
   if (options.Has("calibrationPath") && !options.Get("calibrationPath").IsUndefined()) {
     out.calibration_path = required_string(options, "calibrationPath");
   }
+  if (options.Has("lmHeadPrecision") && !options.Get("lmHeadPrecision").IsUndefined()) {
+    const std::string head = required_string(options, "lmHeadPrecision");
+    if (head != "fp8") {
+      throw Napi::RangeError::New(options.Env(), "build options: 'lmHeadPrecision' must be \"fp8\" or left out, not \"" +
+                                                     head + "\"");
+    }
+    out.fp8_lm_head = true;
+  }
   if (options.Has("toolchainVersion") && !options.Get("toolchainVersion").IsUndefined()) {
     out.toolchain_version = required_string(options, "toolchainVersion");
   }

@@ -13,6 +13,8 @@ export interface BuildOptions {
   precision: Precision;
   /** JSONL, one array of token ids per line; required for fp8. */
   calibrationPath?: string;
+  /** fp8 only: the lm_head in E4M3 as well (left out: the checkpoint's dtype). */
+  lmHeadPrecision?: "fp8";
   maxSeqLen?: number;
   maxBatch?: number;
   toolchainVersion?: string;

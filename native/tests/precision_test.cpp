@@ -116,6 +116,35 @@ TEST(Precision, EachRoleGetsTheDtypeItsPrecisionPromises) {
   EXPECT_THROW(quantize(g, Precision::FP8, {}), Error);  // no calibration for a quantized input
 }
 
+// fp8_lm_head: an untied lm_head is quantized in place; a tied one gets an E4M3 copy whose input
+// range is the one calibration observed under the embedding's name (the weight the lm_head read).
+TEST(Precision, AnFp8LmHeadTakesItsCalibratedScaleTiedOrNot) {
+  const std::map<std::string, float> amax{{"layers.0.qkv.weight", 4.48f}, {"lm_head.weight", 8.96f},
+                                          {"embed.weight", 17.92f}};
+  const QuantizedModel untied = quantize(small_graph(false), Precision::FP8, amax, {}, nullptr, true);
+  EXPECT_EQ(dtype_of(untied, "lm_head.weight"), DType::F8E4M3);
+  EXPECT_EQ(dtype_of(untied, "embed.weight"), DType::BF16);
+  EXPECT_FLOAT_EQ(untied.quantization["scales"]["lm_head.weight"]["input_scale"].get<float>(), 0.02f);
+  EXPECT_EQ(untied.quantization["lm_head_dtype"], "f8e4m3");
+  // The decoder GEMM list stays the decoder's: the build adds the logits weight itself.
+  EXPECT_EQ(untied.gemm_weights, std::vector<std::string>{"layers.0.qkv.weight"});
+
+  const QuantizedModel tied = quantize(small_graph(true), Precision::FP8, amax, {}, nullptr, true);
+  EXPECT_EQ(dtype_of(tied, "lm_head.weight"), DType::F8E4M3);
+  EXPECT_EQ(dtype_of(tied, "embed.weight"), DType::BF16);
+  EXPECT_FLOAT_EQ(tied.quantization["scales"]["lm_head.weight"]["input_scale"].get<float>(), 0.04f);
+  EXPECT_FALSE(tied.quantization["scales"].contains("embed.weight"));
+
+  // Without it the lm_head keeps the checkpoint's dtype and the header says nothing of it.
+  const QuantizedModel plain = quantize(small_graph(false), Precision::FP8, amax);
+  EXPECT_EQ(dtype_of(plain, "lm_head.weight"), DType::BF16);
+  EXPECT_FALSE(plain.quantization.contains("lm_head_dtype"));
+
+  EXPECT_THROW(quantize(small_graph(false), Precision::BF16, {}, {}, nullptr, true), Error);
+  EXPECT_THROW(quantize(small_graph(true), Precision::FP8, {{"layers.0.qkv.weight", 4.48f}}, {}, nullptr, true),
+               Error);  // no input range observed for the lm_head
+}
+
 // On a thread pool every precision gives the bytes of the serial conversion: weights of several
 // million elements (several chunks, the largest value in the last one) and a partial last chunk.
 TEST(Precision, AThreadPoolGivesTheSameBytesAsOneThread) {

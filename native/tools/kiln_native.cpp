@@ -34,7 +34,7 @@ std::atomic<bool> g_cancel{false};
 constexpr const char* kUsage =
     "usage:\n"
     "  kiln-native build --model <hf_dir> --precision fp32|bf16|fp16|int8-weight|fp8 --out <engine.kiln>\n"
-    "                    [--calibration <file.jsonl>] [--max-seq-len N] [--max-batch N]\n"
+    "                    [--calibration <file.jsonl>] [--lm-head fp8 (with fp8)] [--max-seq-len N] [--max-batch N]\n"
     "                    [--toolchain-version V] [--no-autotune] [--threads N] [--target cpu|cuda]\n"
     "  kiln-native inspect <engine.kiln>\n"
     "  kiln-native generate --engine <engine.kiln> --tokens 1,2,3 --steps N [--logits-out <file.bin>] [--threads N]\n"
@@ -114,13 +114,18 @@ void print_line(const Json& j) {
 }
 
 int run_build(const Args& args) {
-  args.only({"--model", "--precision", "--out", "--calibration", "--max-seq-len", "--max-batch",
+  args.only({"--model", "--precision", "--out", "--calibration", "--lm-head", "--max-seq-len", "--max-batch",
              "--toolchain-version", "--no-autotune", "--threads", "--target"});
   kiln::BuildOptions o;
   o.model_dir = args.get("--model");
   o.precision = kiln::precision_from_name(args.get("--precision"));
   o.out_path = args.get("--out");
   o.calibration_path = args.get_or("--calibration", "");
+  if (args.has("--lm-head")) {
+    const std::string head = args.get("--lm-head");
+    if (head != "fp8") throw Error("--lm-head \"" + head + "\" is not supported (fp8; leave it out to keep the checkpoint's dtype)");
+    o.fp8_lm_head = true;
+  }
   o.max_seq_len = args.integer("--max-seq-len", 0);
   o.max_batch = args.integer("--max-batch", 8);
   o.toolchain_version = args.get_or("--toolchain-version", "");

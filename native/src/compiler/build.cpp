@@ -141,6 +141,10 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
     throw Error("build: fp8 needs --calibration <file.jsonl> (one JSON array of token ids per line) to choose "
                 "activation scales");
   }
+  if (o.fp8_lm_head && o.precision != Precision::FP8) {
+    throw Error(std::string("build: --lm-head fp8 needs --precision fp8 (the lm_head's input scale comes from fp8 "
+                            "calibration), not ") + precision_name(o.precision));
+  }
   if (o.max_batch < 1) throw Error("build: --max-batch must be at least 1");
   const bool cuda_target = o.target == "cuda";
   if (!cuda_target && o.target != "cpu") throw Error("build: --target \"" + o.target + "\" is not supported (cpu, cuda)");
@@ -214,20 +218,22 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
 
   // quantize
   report.say(kQuantize, 0, std::string("applying ") + precision_name(o.precision));
-  QuantizedModel q = quantize_releasing(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"), &pool);
+  QuantizedModel q = quantize_releasing(graph, o.precision, input_amax, report.steps(kQuantize, "quantized tensor"), &pool,
+                                        o.fp8_lm_head);
 
   // autotune
   std::vector<std::string> gemm_weights = q.gemm_weights;
   std::set<std::string> row_only;
-  const Node* head = graph.find_node("lm_head");
-  gemm_weights.push_back(head->weights[0]);
-  if (head->weights[0] == "embed.weight") row_only.insert("embed.weight");
+  // The logits GEMM's weight: an fp8 lm_head is always lm_head.weight (a tied one is copied).
+  const std::string head = o.fp8_lm_head ? "lm_head.weight" : graph.find_node("lm_head")->weights[0];
+  gemm_weights.push_back(head);
+  if (head == "embed.weight") row_only.insert("embed.weight");
   AutotuneResult tuned;
   if (cuda_target) {
 #if KILN_CUDA
     const std::vector<int64_t> buckets = cuda::gemm_buckets(o.max_batch, max_seq_len);
     if (o.autotune) {
-      tuned = cuda::autotune_gemms(q.tensors, gemm_weights, head->weights[0], buckets, o.max_batch,
+      tuned = cuda::autotune_gemms(q.tensors, gemm_weights, head, buckets, o.max_batch,
                                    report.steps(kAutotune, "tuned GEMM shape/bucket"));
     } else {
       tuned.table = Json{{"enabled", false}, {"backend", "cuda"}, {"buckets", buckets}, {"entries", Json::array()}};

@@ -14,6 +14,9 @@ struct BuildOptions {
   std::string out_path;     // engine.kiln
   Precision precision = Precision::BF16;
   std::string calibration_path;  // JSONL of token-id arrays; required for fp8
+  // fp8 only: the lm_head in E4M3 too (quantize's fp8_lm_head), for batch-1 decode where its bf16
+  // weight is a tenth of the bytes a step reads.
+  bool fp8_lm_head = false;
   int64_t max_seq_len = 0;       // 0: min(max_position_embeddings, 4096)
   int64_t max_batch = 8;
   std::string toolchain_version;  // empty: this library's version

@@ -115,17 +115,49 @@ Roles roles_of(Precision precision, const ModelConfig& config) {
 }
 
 // quantize's body; `converted(name)` after each weight is converted.
+// An fp8 blob of `w` under `name`, with its scales in `scales` (input range from calibration,
+// recorded under `observed`: the weight name the calibration run read it as).
+TensorBlob fp8_blob(const std::string& name, const Weight& w, const std::string& observed,
+                    const std::map<std::string, float>& input_amax, Json& scales, ThreadPool* pool) {
+  const float amax = amax_of(w.data, pool);
+  const auto it = input_amax.find(observed);
+  if (it == input_amax.end()) throw Error("fp8: calibration recorded no input range for " + observed);
+  const float weight_scale = fp8_scale_for(amax);
+  TensorBlob q{name, DType::F8E4M3, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size())};
+  for_chunks(pool, w.data.size(), kElementChunk, [&](size_t begin, size_t end) {
+    quantize_fp8(w.data.data() + begin, end - begin, weight_scale, q.bytes.data() + begin);
+  });
+  scales[name] = Json{{"weight_scale", weight_scale},
+                      {"weight_amax", amax},
+                      {"input_scale", fp8_scale_for(it->second)},
+                      {"input_amax", it->second}};
+  return q;
+}
+
 QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
                              const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool,
-                             const std::function<void(const std::string&)>& converted) {
+                             const std::function<void(const std::string&)>& converted, bool fp8_lm_head) {
+  if (fp8_lm_head && precision != Precision::FP8) {
+    throw Error(std::string("an fp8 lm_head needs the fp8 precision (its input scale comes from fp8 calibration), not ") +
+                precision_name(precision));
+  }
   QuantizedModel out;
   std::set<std::string> gemm;
   std::set<std::string> high;
+  std::string head;
   for (const auto& n : g.nodes) {
     if (n.op == "linear" && n.name != "lm_head") gemm.insert(n.weights[0]);
     if ((n.op == "linear" && n.name == "lm_head") || n.op == "embedding") high.insert(n.weights[0]);
+    if (n.op == "linear" && n.name == "lm_head") head = n.weights[0];
   }
   out.gemm_weights.assign(gemm.begin(), gemm.end());
+  // An fp8 lm_head tied to the embedding gets an E4M3 copy of its own as lm_head.weight (the
+  // runtimes take that tensor where it exists); the embedding keeps its dtype either way.
+  const bool tied_fp8_head = fp8_lm_head && head == "embed.weight";
+  if (fp8_lm_head && !tied_fp8_head) {
+    high.erase(head);
+    gemm.insert(head);
+  }
 
   const Roles roles = roles_of(precision, g.config);
   Json scales = Json::object();
@@ -133,6 +165,8 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
   for (const auto& [name, w] : g.weights) {
     if (!gemm.count(name)) {
       out.tensors.push_back(float_blob(name, w, high.count(name) ? roles.high : DType::F32, pool));
+      // The tied lm_head's input was observed under the weight it read, the embedding's name.
+      if (tied_fp8_head && name == head) out.tensors.push_back(fp8_blob("lm_head.weight", w, head, input_amax, scales, pool));
     } else if (precision == Precision::Int8Weight) {
       const int64_t n = w.shape[0];
       const int64_t k = w.shape[1];
@@ -148,19 +182,7 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
       out.tensors.push_back(std::move(q));
       out.tensors.push_back(std::move(s));
     } else if (precision == Precision::FP8) {
-      const float amax = amax_of(w.data, pool);
-      const auto it = input_amax.find(name);
-      if (it == input_amax.end()) throw Error("fp8: calibration recorded no input range for " + name);
-      const float weight_scale = fp8_scale_for(amax);
-      TensorBlob q{name, DType::F8E4M3, w.shape, WeightLayout::Row, std::vector<uint8_t>(w.data.size())};
-      for_chunks(pool, w.data.size(), kElementChunk, [&](size_t begin, size_t end) {
-        quantize_fp8(w.data.data() + begin, end - begin, weight_scale, q.bytes.data() + begin);
-      });
-      out.tensors.push_back(std::move(q));
-      scales[name] = Json{{"weight_scale", weight_scale},
-                          {"weight_amax", amax},
-                          {"input_scale", fp8_scale_for(it->second)},
-                          {"input_amax", it->second}};
+      out.tensors.push_back(fp8_blob(name, w, name, input_amax, scales, pool));
     } else {
       out.tensors.push_back(float_blob(name, w, roles.gemm, pool));
     }
@@ -168,6 +190,7 @@ QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map
     if (on_tensor) on_tensor(++done, g.weights.size());
   }
   out.quantization = quantization_header(precision, g.config);
+  if (fp8_lm_head) out.quantization["lm_head_dtype"] = dtype_name(DType::F8E4M3);
   if (precision == Precision::FP8) {
     out.quantization["scales"] = scales;
     if (Json kv = kv_cache_scales(g.config.num_layers, input_amax); !kv.is_null()) out.quantization["kv_scales"] = kv;
@@ -187,14 +210,16 @@ Json quantization_header(Precision precision, const ModelConfig& config) {
 }
 
 QuantizedModel quantize(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
-                        const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
-  return quantize_each(g, precision, input_amax, on_tensor, pool, [](const std::string&) {});
+                        const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool, bool fp8_lm_head) {
+  return quantize_each(g, precision, input_amax, on_tensor, pool, [](const std::string&) {}, fp8_lm_head);
 }
 
 QuantizedModel quantize_releasing(Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
-                                  const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool) {
+                                  const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool,
+                                  bool fp8_lm_head) {
   QuantizedModel out = quantize_each(g, precision, input_amax, on_tensor, pool,
-                                     [&](const std::string& name) { Floats().swap(g.weights.at(name).data); });
+                                     [&](const std::string& name) { Floats().swap(g.weights.at(name).data); },
+                                     fp8_lm_head);
   g.weights.clear();
   return out;
 }

@@ -33,10 +33,14 @@ struct QuantizedModel {
 // shipped in, and no copy wider than the source); norms and biases stay fp32. int8-weight stores one scale per
 // output channel in "<weight>.scales"; fp8 stores per-tensor weight scales and, from `input_amax`
 // (calibration, keyed by weight name), per-tensor input scales. `on_tensor` may throw to cancel.
+// fp8_lm_head (fp8 only, else it throws): the lm_head's weight in E4M3 as well, with its scales like
+// a GEMM's (TensorRT-LLM's quantized lm_head); a lm_head tied to the embedding gets an E4M3 copy
+// named lm_head.weight, the embedding keeping its dtype. The header says so in lm_head_dtype.
 // With a pool, each tensor's elements are converted in chunks on all its threads (the same bytes as
 // without: every conversion is per element, amax a max).
 QuantizedModel quantize(const Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
-                        const std::function<void(size_t, size_t)>& on_tensor = {}, ThreadPool* pool = nullptr);
+                        const std::function<void(size_t, size_t)>& on_tensor = {}, ThreadPool* pool = nullptr,
+                        bool fp8_lm_head = false);
 // The engine header's "quantization" object of a precision before any scales: method and the dtype
 // of each role (what quantize records; fp8 adds its scales).
 Json quantization_header(Precision precision, const ModelConfig& config);
@@ -45,7 +49,7 @@ Json quantization_header(Precision precision, const ModelConfig& config);
 // rather than the graph plus the converted engine.
 QuantizedModel quantize_releasing(Graph& graph, Precision precision, const std::map<std::string, float>& input_amax,
                                   const std::function<void(size_t, size_t)>& on_tensor = {},
-                                  ThreadPool* pool = nullptr);
+                                  ThreadPool* pool = nullptr, bool fp8_lm_head = false);
 
 // int8 weight-only quantization of a row-major [n, k] matrix, symmetric per output row.
 void quantize_int8_rows(const float* w, int64_t n, int64_t k, int8_t* q, float* scales);

@@ -199,6 +199,13 @@ void Model::forward(const ForwardBatch& batch, KvCache& cache, float* logits, Ac
     for (int64_t i = 0; i < n * H; ++i) h[i] += proj[i];
   }
 
+  // Calibration sees the lm_head's input at every token, not only at the rows that want logits
+  // (a handful per calibration sequence): an fp8 lm_head's input scale comes from it.
+  if (observer) {
+    std::vector<float> normed(static_cast<size_t>(n * H));
+    rms_norm(h, H, normed.data(), H, n, H, final_norm_, eps);
+    observer->observe(lm_head_.weight_name(), normed.data(), n * H);
+  }
   // The final norm and lm_head run only on the last token of each slice that wants logits.
   int64_t rows = 0;
   int64_t end = 0;

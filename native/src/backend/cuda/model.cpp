@@ -228,9 +228,16 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
     throw Error(e.source() + ": tensor embed.weight must be [vocab_size, hidden_size]");
   }
   embed_ = static_cast<const bf16*>(upload("embed.weight", DType::BF16));
-  lm_head_ = e.find("lm_head.weight") ? static_cast<const bf16*>(upload("lm_head.weight", DType::BF16)) : embed_;
   final_norm_ = upload_optional_vector("final_norm.weight", c.hidden_size);
-  lm_head_gemm_ = gemm_for(c.vocab_size, c.hidden_size, "bf16");
+  const TensorView* head = e.find("lm_head.weight");
+  lm_head_fp8_ = head && head->dtype == DType::F8E4M3;
+  if (lm_head_fp8_) {
+    if (!fp8_) throw Error(e.source() + ": an E4M3 lm_head.weight needs an fp8 engine, this one is " + precision);
+    lm_head_ = projection("lm_head.weight", c.vocab_size, c.hidden_size);
+  } else {
+    lm_head_.weight = head ? upload("lm_head.weight", DType::BF16) : embed_;
+    lm_head_.gemm = gemm_for(c.vocab_size, c.hidden_size, "bf16");
+  }
 
   const int64_t qkv_out = c.q_dim() + 2 * c.kv_dim();
   for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -577,8 +584,9 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_);
   }
   if (rows > 0) {
-    rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
-    lm_head_gemm_->run(lm_head_, x, rows, logits_.get<float>(), 0.0f, stream_);
+    if (lm_head_fp8_) rms_norm_to_fp8(h, rows_d, rows, H, final_norm_, eps, lm_head_.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
+    lm_head_.run(x_.get(), rows, logits_.get<float>(), 0.0f, stream_);
     argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_keys_.get<unsigned long long>(), stream_);
     KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_keys_.get(), static_cast<size_t>(rows) * 8,
                                     cudaMemcpyDeviceToHost, stream_));

@@ -53,7 +53,8 @@ class CudaKvCache {
 // scratch buffers). Supported now: the Llama family (no QK norm, no o/MLP biases), head_dim 32/64/128;
 // bf16 engines, and fp8 engines (E4M3 decoder-layer weights with per-tensor weight scales, their
 // inputs quantized with the calibrated per-tensor input scales by the kernels that produce them;
-// embedding, lm_head and norms stay high precision). Either runs on a bf16 or an fp8 KV cache.
+// embedding, lm_head and norms stay high precision, the lm_head unless built with --lm-head fp8).
+// Either runs on a bf16 or an fp8 KV cache.
 class CudaModel {
  public:
   explicit CudaModel(std::shared_ptr<const Engine> engine);
@@ -149,9 +150,11 @@ class CudaModel {
   std::vector<DeviceBuffer> weights_;
   DeviceBuffer rope_cos_, rope_sin_;
   const bf16* embed_ = nullptr;
-  const bf16* lm_head_ = nullptr;
   const float* final_norm_ = nullptr;
-  TunedGemm* lm_head_gemm_ = nullptr;
+  // bf16 (the embedding's table where tied), or E4M3 with its scales (an engine built with
+  // --lm-head fp8: the final norm then quantizes its rows with the lm_head's input scale).
+  Projection lm_head_;
+  bool lm_head_fp8_ = false;
   std::vector<Layer> layers_;
 
   int64_t token_capacity_ = 0;
