@@ -110,6 +110,7 @@ async function buildSteps(
       maxBatch: job.engine.maxBatchSize,
       toolchainVersion: job.toolchainVersion,
       ...(calibrationPath ? { calibrationPath } : {}),
+      ...(job.engine.lmHeadPrecision ? { lmHeadPrecision: job.engine.lmHeadPrecision } : {}),
     },
     { signal: run.signal, onProgress: (p) => compile(p.percent / 100, `${p.phase}: ${p.message}`) },
   );

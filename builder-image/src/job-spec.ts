@@ -8,6 +8,8 @@ export interface BuildJob {
   model: { source: string; revision?: string };
   engine: {
     precision: string;
+    /** "fp8": the lm_head is quantized too. */
+    lmHeadPrecision?: "fp8";
     maxBatchSize: number;
     maxInputLen: number;
     maxSeqLen: number;
@@ -74,6 +76,16 @@ export function buildJobFromEnv(env: Env): BuildJob {
     },
     engine: {
       precision: field(engine.precision, "spec.engine.precision", isString, "must be a string"),
+      ...(engine.lmHeadPrecision === undefined
+        ? {}
+        : {
+            lmHeadPrecision: field(
+              engine.lmHeadPrecision,
+              "spec.engine.lmHeadPrecision",
+              (v): v is "fp8" => v === "fp8",
+              'must be "fp8" or absent',
+            ),
+          }),
       maxBatchSize: field(
         engine.maxBatchSize,
         "spec.engine.maxBatchSize",

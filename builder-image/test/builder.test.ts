@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 import { enginePaths, parseBuildResult, validateManifest } from "../../lib/manifest.js";
+import { inspect } from "../../native/binding/index.js";
 import { writeTinyLlama } from "../../test/fixtures/tiny-checkpoint.js";
 import { EXIT } from "../src/errors.js";
 import { runBuilder } from "./run-builder.js";
@@ -142,6 +143,37 @@ describe("kiln-build build", { timeout: 120_000 }, () => {
       /tokenized \d+ calibration samples/,
     );
     expect(existsSync(join(storeDir, enginePaths(key).manifest))).toBe(true);
+  });
+
+  test("lmHeadPrecision fp8 reaches the compiler: the published engine's lm_head is E4M3", async () => {
+    const key = keyOf("fp8-head");
+    const storeDir = join(work, "store-3h");
+    const spec = specFor(key, {
+      source: "pvc://models/tiny-with-tokenizer",
+      precision: "fp8",
+      engine: { lmHeadPrecision: "fp8" },
+    });
+    const run = await runBuilder(jobEnv(key, pathToFileURL(storeDir).href, spec), join(work, "run-3h"));
+    expect(run.stderr).toBe("");
+    expect(run.code).toBe(EXIT.ok);
+    const header = inspect(join(storeDir, enginePaths(key).engine)) as {
+      quantization: { lm_head_dtype?: string; scales: Record<string, { input_scale: number }> };
+    };
+    expect(header.quantization.lm_head_dtype).toBe("f8e4m3");
+    expect(header.quantization.scales["lm_head.weight"]?.input_scale).toBeGreaterThan(0);
+  });
+
+  test("an lmHeadPrecision other than fp8 fails permanently, naming the field", async () => {
+    const key = keyOf("bad-head");
+    const spec = specFor(key, { precision: "fp8", engine: { lmHeadPrecision: "bf16" } });
+    const run = await runBuilder(
+      jobEnv(key, pathToFileURL(join(work, "store-3b")).href, spec),
+      join(work, "run-3b"),
+    );
+    expect(run.code).toBe(EXIT.permanent);
+    expect(JSON.parse(run.termination).error).toMatch(
+      /spec\.engine\.lmHeadPrecision must be "fp8" or absent/,
+    );
   });
 
   test("fp8 without a tokenizer.json fails permanently, naming the file", async () => {

@@ -84,6 +84,11 @@ describe("InferenceModel admission", () => {
       'spec.engine.precision: Invalid value: "object": fp8 precision needs fp8 tensor cores',
     ],
     [
+      "an fp8 lm_head on a bf16 engine",
+      withSpec({ engine: { lmHeadPrecision: "fp8" } }),
+      'spec.engine.lmHeadPrecision: Invalid value: "object": lmHeadPrecision fp8 needs precision fp8',
+    ],
+    [
       "tensorParallel above the GPUs per pod",
       withSpec({ engine: { tensorParallel: 2 } }),
       'spec.gpu.count: Invalid value: "object": gpu.count must be at least engine.tensorParallel',
@@ -100,11 +105,18 @@ describe("InferenceModel admission", () => {
     ).toBe("");
   });
 
+  it("accepts an fp8 lm_head on an fp8 engine", async () => {
+    expect(
+      await apply(inferenceModel(ns, "fp8-head", { engine: { precision: "fp8", lmHeadPrecision: "fp8" } })),
+    ).toBe("");
+  });
+
   it("accepts a valid spec and fills the schema defaults in", async () => {
     expect(await apply(inferenceModel(ns, "good"))).toBe("");
     const stored = JSON.parse(await kubectl("get", "im", "good", "-n", ns, "-o", "json")) as InferenceModel;
     expect(stored.spec.engine).toEqual({
       precision: "bf16",
+      lmHeadPrecision: "auto",
       maxBatchSize: 16,
       maxInputLen: 2048,
       maxSeqLen: 4096,

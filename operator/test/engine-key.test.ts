@@ -57,6 +57,15 @@ describe("engine key", () => {
     expect(keyOf(base, { ...toolchain, version: "0.2.0+cuda12.6" })).not.toBe(keyOf(base));
   });
 
+  it("changes with an fp8 lm_head, and only the non-default value enters the build input", () => {
+    const fp8 = { ...base, engine: { precision: "fp8" as const } };
+    const fp8Head = { ...base, engine: { precision: "fp8" as const, lmHeadPrecision: "fp8" as const } };
+    expect(keyOf(fp8Head)).not.toBe(keyOf(fp8));
+    expect(keyOf({ ...base, engine: { precision: "fp8", lmHeadPrecision: "auto" } })).toBe(keyOf(fp8));
+    expect(buildSpecFor(fp8Head, "H100", "abc123", toolchain).engine.lmHeadPrecision).toBe("fp8");
+    expect(buildSpecFor(fp8, "H100", "abc123", toolchain).engine).not.toHaveProperty("lmHeadPrecision");
+  });
+
   it("changes with calibration for fp8 engines only", () => {
     const fp8 = { ...base, engine: { precision: "fp8" as const } };
     const calibratedFp8 = { ...base, engine: { precision: "fp8" as const, calibration: { samples: 64 } } };

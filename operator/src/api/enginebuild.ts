@@ -3,6 +3,7 @@ import {
   ENGINE_FORMAT_VERSION,
   gpuProductSchema,
   kvDtypeSchema,
+  LM_HEAD_FP8_NEEDS_FP8,
   MAX_INPUT_BELOW_SEQ,
   modelSourceSchema,
   pageSizeSchema,
@@ -40,6 +41,11 @@ export const engineBuildSpecSchema = object(
     engine: object(
       {
         precision: precisionSchema,
+        lmHeadPrecision: optional(
+          enumOf(["fp8"] as const, {
+            description: "fp8: the lm_head is quantized too. Absent: it keeps the checkpoint's dtype.",
+          }),
+        ),
         maxBatchSize: shapeFields.maxBatchSize,
         maxInputLen: shapeFields.maxInputLen,
         maxSeqLen: shapeFields.maxSeqLen,
@@ -47,7 +53,7 @@ export const engineBuildSpecSchema = object(
         kvCache: object({ pageSize: pageSizeSchema, dtype: kvDtypeSchema }),
         calibration: optional(calibrationSchema),
       },
-      { validations: [MAX_INPUT_BELOW_SEQ] },
+      { validations: [MAX_INPUT_BELOW_SEQ, LM_HEAD_FP8_NEEDS_FP8] },
     ),
     target: object({
       product: gpuProductSchema,

@@ -3,6 +3,8 @@ import {
   FP8_NEEDS_SM89,
   gpuProductSchema,
   kvDtypeSchema,
+  LM_HEAD_FP8_NEEDS_FP8,
+  lmHeadPrecisionSchema,
   MAX_INPUT_BELOW_SEQ,
   memoryFractionSchema,
   modelSourceSchema,
@@ -66,6 +68,7 @@ export const inferenceModelSpecSchema = object(
       object(
         {
           precision: optional(precisionSchema),
+          lmHeadPrecision: optional(lmHeadPrecisionSchema),
           maxBatchSize: optional(shapeFields.maxBatchSize),
           maxInputLen: optional(shapeFields.maxInputLen),
           maxSeqLen: optional(shapeFields.maxSeqLen),
@@ -82,7 +85,7 @@ export const inferenceModelSpecSchema = object(
           ),
           calibration: optional(calibrationSchema),
         },
-        { default: {}, validations: [MAX_INPUT_BELOW_SEQ] },
+        { default: {}, validations: [MAX_INPUT_BELOW_SEQ, LM_HEAD_FP8_NEEDS_FP8] },
       ),
     ),
     gpu: object({

@@ -27,6 +27,8 @@ export function buildSpecFor(
   const engine = resolved.engine ?? {};
   const precision = engine.precision ?? "bf16";
   const kvDtype = engine.kvCache?.dtype ?? "auto";
+  // Only a non-default lm_head enters the build input, so every existing engine keeps its key.
+  const fp8LmHead = engine.lmHeadPrecision === "fp8";
   // Calibration only shapes the bytes of fp8 engines (static activation/KV scales); for other
   // precisions it is ignored by the builder, so it must not cause a rebuild either.
   const calibrated = precision === "fp8" || kvDtype === "fp8";
@@ -39,6 +41,7 @@ export function buildSpecFor(
     },
     engine: {
       precision,
+      ...(fp8LmHead ? { lmHeadPrecision: "fp8" as const } : {}),
       maxBatchSize: engine.maxBatchSize ?? 16,
       maxInputLen: engine.maxInputLen ?? 2048,
       maxSeqLen: engine.maxSeqLen ?? 4096,
