@@ -14,7 +14,9 @@ Roofline: decode is memory-bound, so its floor is (weight bytes at the precision
 in bf16 + the KV rows read) / copy bandwidth per step; prefill is compute-bound, its floor
 2 * params * tokens / the measured matmul rate of the precision; offline takes the larger of the
 two over the whole run (see rows_of). With --kv-fp8, decode runs again with an E4M3 KV cache
-(rows with kv_dtype "fp8", whose floor reads one byte per cached element). Prints one table; writes gpu-latest.json (the issue's schema,
+(rows with kv_dtype "fp8", whose floor reads one byte per cached element). `--precisions
+fp8-lmhead` builds fp8 with `--lm-head fp8` (the lm_head in E4M3 too; rows with lm_head_dtype
+"fp8", whose floor reads the lm_head at one byte). Prints one table; writes gpu-latest.json (the issue's schema,
 with extra keys) and gpu-section.md (for bench/RESULTS.md) into --out.
 """
 
@@ -45,6 +47,10 @@ MODELS = {
                       rope_theta=500000.0, rope_scaling=None),
 }
 PRECISIONS = ("bf16", "fp8")
+# Engines built differently from their precision's default, named in --precisions beside them: the
+# precision they build with and the extra build flags. Their rows carry the precision and say what
+# differs (lm_head_dtype), as the fp8-KV rows say kv_dtype.
+VARIANTS = {"fp8-lmhead": ("fp8", ["--lm-head", "fp8"])}
 DECODE_BATCHES = (1, 8, 64, 256)
 DECODE_PROMPT = 128
 DECODE_STEPS = 64
@@ -157,11 +163,17 @@ def write_checkpoint(name: str, out: Path) -> dict:
 
 def weight_bytes(cfg: dict, precision: str) -> float:
     """Weight bytes one forward step reads: decoder GEMM weights at the precision's width (fp8: 1
-    byte) and the lm_head in bf16."""
+    byte) and the lm_head in bf16 (1 byte in the fp8-lmhead variant)."""
     H, I, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     D, nq, nkv, V = cfg["head_dim"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
     per_layer = H * (nq + 2 * nkv) * D + nq * D * H + 3 * H * I
-    return (1 if precision == "fp8" else 2) * L * per_layer + 2 * V * H
+    base = VARIANTS.get(precision, (precision,))[0]
+    return (1 if base == "fp8" else 2) * L * per_layer + (1 if precision == "fp8-lmhead" else 2) * V * H
+
+
+def variant_of(row: dict) -> str:
+    """The --precisions name a row was measured under."""
+    return "fp8-lmhead" if row.get("lm_head_dtype") == "fp8" else row["precision"]
 
 
 def kv_bytes(cfg: dict, tokens: int, element_bytes: int = 2) -> float:
@@ -328,6 +340,7 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
                    prompt_len=DECODE_PROMPT, transformers_tok_s=round(hf, 1) if hf else None)
         if kv_dtype == "fp8":
             row["kv_dtype"] = "fp8"  # transformers' figure is its bf16 cache's
+
         if batch == 1 and kv_dtype == "bf16" and "no_graphs_ms" in ours:
             row.update(no_graphs_ms=round(ours["no_graphs_ms"], 3), no_pdl_ms=round(ours["no_pdl_ms"], 3))
         rows.append(row)
@@ -359,6 +372,9 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
         if name == "llama3-8b" and precision == "fp8" and p == 128 and o == 128:
             row["vs_trtllm_published"] = round(r["output_tok_per_s"] / TRTLLM_8B_FP8_OFFLINE_128, 3)
         rows.append(row)
+    if precision in VARIANTS:
+        for row in rows:
+            row.update(precision=VARIANTS[precision][0], lm_head_dtype="fp8")
     return rows
 
 
@@ -403,7 +419,8 @@ def write_results(out: Path, meta: dict, rows: list) -> str:
         shape = f"{r.get('prompt_len', '')}/{r.get('output_len', '')}" if r["phase"] == "offline" else str(r.get("prompt_len", ""))
         # Rows of a call that measured no transformers figure (--decode-batches, --no-hf) say so.
         theirs, ratio = r.get("transformers_tok_s"), r.get("vs_transformers")
-        precision = r["precision"] + (", KV fp8" if r.get("kv_dtype") == "fp8" else "")
+        precision = (r["precision"] + (", lm_head fp8" if r.get("lm_head_dtype") == "fp8" else "")
+                     + (", KV fp8" if r.get("kv_dtype") == "fp8" else ""))
         lines.append(f"| {r['model']} | {precision} | {r['phase']} | {r['batch']} | {shape} | {r['tok_s']} | "
                      f"{r.get('ms', r.get('seconds', ''))} | {r['roofline_frac']} | "
                      f"{theirs if theirs is not None else 'not measured'} | "
@@ -421,7 +438,8 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--models", default="llama3.2-1b,llama3-8b")
-    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help=f"comma-separated: {', '.join(PRECISIONS)}, or the variants {', '.join(VARIANTS)}")
     ap.add_argument("--append", help="a gpu-latest.json of an earlier call: its rows of other models and precisions are kept")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--profile", action="store_true",
@@ -476,7 +494,7 @@ def main() -> None:
         earlier = json.loads(Path(args.append).read_text())
         # fp8-KV rows are measured again only with --kv-fp8.
         def measured_again(r):
-            if r["model"] not in models or r["precision"] not in precisions:
+            if r["model"] not in models or variant_of(r) not in precisions:
                 return False
             if r.get("kv_dtype") == "fp8":
                 return args.kv_fp8 and r["batch"] in (decode_batches or DECODE_BATCHES)
@@ -510,9 +528,10 @@ def main() -> None:
         ours = {}
         for precision in precisions:
             engine = work / f"{name}.{precision}.cuda.kiln"
-            cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
-                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", str(engine_max_batch)]
-            if precision == "fp8":
+            base, extra = VARIANTS.get(precision, (precision, []))
+            cmd = [str(KILN), "build", "--model", str(ckpt), "--precision", base, "--target", "cuda",
+                   "--out", str(engine), "--max-seq-len", "4096", "--max-batch", str(engine_max_batch), *extra]
+            if base == "fp8":
                 write_calibration(work / "calibration.jsonl", cfg["vocab_size"], args.calibration_sequences)
                 cmd += ["--calibration", str(work / "calibration.jsonl")]
             if args.keep_engines and engine.exists():
@@ -545,7 +564,7 @@ def main() -> None:
         if theirs:
             log(f"{name}: transformers {theirs}")
         for precision, measured in ours.items():
-            new = rows_of(name, precision, cfg, measured, theirs, bw, rates[precision])
+            new = rows_of(name, precision, cfg, measured, theirs, bw, rates[VARIANTS.get(precision, (precision,))[0]])
             if args.append and not theirs:
                 reuse_hf(new, earlier)
             rows += new

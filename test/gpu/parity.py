@@ -9,12 +9,13 @@ The checkpoints: Llama shapes (head_dim 64 and 128, GQA, llama3 RoPE, tied and u
 (QK norm, explicit head_dim).
 Pass (the CPU parity tier's rules, test/parity/compare.py): bf16: identical greedy tokens and, per
 step, max|kiln - hf| / max|hf| < 2e-2; fp8: teacher-forced top-1 agreement >= 0.9 and that error
-< 0.15. With --full-1b the Llama-3.2-1B shape itself (random weights) runs too, bf16 only. With
+< 0.15 (fp8-lmhead: fp8 with `--lm-head fp8`, the lm_head in E4M3 too, by the same rule). With
+--full-1b the Llama-3.2-1B shape itself (random weights) runs too, bf16 only. With
 --kv-dtype fp8 generation keeps an E4M3 KV cache (`generate --kv-dtype fp8`); every case is then
 judged by the fp8 rule, since bf16 weights over an fp8 cache no longer give transformers' exact
 tokens. Prints one line per case and a summary; exits 1 on a failure.
 
-Usage: python3 test/gpu/parity.py --work DIR [--precisions bf16,fp8] [--full-1b] [--kv-dtype bf16|fp8]
+Usage: python3 test/gpu/parity.py --work DIR [--precisions bf16,fp8,fp8-lmhead] [--full-1b] [--kv-dtype bf16|fp8]
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ STEPS = 64
 PROMPT_LENGTHS = (1, 7, 33, 100)
 RULES = {"bf16": {"tokens_identical": True, "max_rel_err": 2e-2},
          "fp8": {"min_top1_agreement": 0.9, "max_rel_err": 0.15}}
+# Precisions named on the command line: the build's --precision and its extra flags.
+BUILDS = {"bf16": ("bf16", []), "fp8": ("fp8", []), "fp8-lmhead": ("fp8", ["--lm-head", "fp8"])}
 
 CHECKPOINTS = {
     # GQA 8q/2kv, head_dim 64, untied successor head
@@ -130,9 +133,10 @@ def main() -> None:
             hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.bfloat16).cuda().eval()
             made.add(name)
         engine = ckpt / f"engine.{precision}.cuda.kiln"
-        build = [str(KILN), "build", "--model", str(ckpt), "--precision", precision, "--target", "cuda",
-                 "--out", str(engine), "--max-seq-len", "256"]
-        if precision == "fp8":
+        base, extra = BUILDS[precision]
+        build = [str(KILN), "build", "--model", str(ckpt), "--precision", base, "--target", "cuda",
+                 "--out", str(engine), "--max-seq-len", "256", *extra]
+        if base == "fp8":
             build += ["--calibration", str(calibration_file(ckpt, config.vocab_size))]
         t0 = time.time()
         subprocess.run(build, check=True, stdout=subprocess.DEVNULL)
@@ -153,7 +157,7 @@ def main() -> None:
             same = tokens == ref_tokens
             first_diff = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), None)
             top1 = float((np.array(tokens) == ref.argmax(1)).mean())
-            ok = passes("fp8" if args.kv_dtype == "fp8" else precision, same, float(rel.max()), top1)
+            ok = passes("fp8" if args.kv_dtype == "fp8" else base, same, float(rel.max()), top1)
             failed |= not ok
             row = {"checkpoint": name, "precision": precision, "kv_dtype": args.kv_dtype, "prompt_len": length,
                    "tokens_identical": same,
