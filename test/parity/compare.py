@@ -18,7 +18,8 @@ Metrics (per case, over all prompts and steps):
 
 Thresholds (THRESHOLDS below; the vitest file asserts the same numbers from the report):
 fp32 tokens identical and rel_err < 1e-4; bf16 tokens identical and rel_err < 2e-2;
-int8-weight / fp8: top1_agreement >= 0.9 and rel_err under the stated tolerance.
+int8-weight / fp8: top1_agreement >= 0.9 and rel_err under the stated tolerance; fp8-lmhead (fp8
+built with --lm-head fp8, the lm_head in E4M3 too) by fp8's rule.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 STEPS = 32
 PROMPT_LENGTHS = (1, 6, 17, 31)
 MAX_SEQ_LEN = 128
-PRECISIONS = ("fp32", "bf16", "int8-weight", "fp8")
+PRECISIONS = ("fp32", "bf16", "int8-weight", "fp8", "fp8-lmhead")
+# Each precision name's build: kiln-native build --precision and the extra flags.
+BUILDS: dict[str, tuple[str, list[str]]] = {p: (p, []) for p in PRECISIONS[:4]}
+BUILDS["fp8-lmhead"] = ("fp8", ["--lm-head", "fp8"])
 
 # rel_err is max|a-b|/max|b| per step (see module doc). The int8/fp8 tolerances are what a correct
 # quantizer reaches on these checkpoints with margin (int8 per-channel weights: ~2^-8 relative weight
@@ -55,6 +59,7 @@ THRESHOLDS: dict[str, dict[str, Any]] = {
     "bf16": {"tokens_identical": True, "max_rel_err": 2e-2},
     "int8-weight": {"min_top1_agreement": 0.9, "max_rel_err": 0.05},
     "fp8": {"min_top1_agreement": 0.9, "max_rel_err": 0.15},
+    "fp8-lmhead": {"min_top1_agreement": 0.9, "max_rel_err": 0.15},
 }
 
 
@@ -121,7 +126,8 @@ def run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess[str
 
 
 def build_engine(kiln: str, ckpt: str, precision: str, out: Path, calib: Path | None, autotune: bool) -> dict[str, Any]:
-    cmd = [kiln, "build", "--model", ckpt, "--precision", precision, "--out", str(out)]
+    base, extra = BUILDS[precision]
+    cmd = [kiln, "build", "--model", ckpt, "--precision", base, "--out", str(out), *extra]
     cmd += ["--max-seq-len", str(MAX_SEQ_LEN), "--max-batch", "1"]
     if calib is not None:
         cmd += ["--calibration", str(calib)]
@@ -186,7 +192,7 @@ def compare_case(
             "top1_agreement": "fraction of steps with argmax(ref) == engine token (teacher-forced)",
         },
     }
-    build = build_engine(kiln, ck["path"], precision, engine, calib if precision == "fp8" else None, autotune)
+    build = build_engine(kiln, ck["path"], precision, engine, calib if BUILDS[precision][0] == "fp8" else None, autotune)
     report["build"] = build
     if not build["ok"]:
         report["passed"] = False
