@@ -71,6 +71,23 @@ TEST(Build, Fp8WithoutCalibrationFailsBeforeLoadingAnything) {
   }
 }
 
+TEST(Build, AnFp8LmHeadNeedsTheFp8Precision) {
+  const std::string dir = write_tiny_checkpoint("m", TinySpec{});
+  BuildOptions o;
+  o.model_dir = dir;
+  o.out_path = dir + "/engine.kiln";
+  o.precision = Precision::BF16;
+  o.fp8_lm_head = true;
+  std::atomic<bool> cancel{false};
+  try {
+    build(o, {}, cancel);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--lm-head fp8 needs --precision fp8"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(o.out_path));
+}
+
 TEST(Build, CalibrationErrorsNameTheLine) {
   const std::string dir = write_tiny_checkpoint("m", TinySpec{});
   std::ofstream(dir + "/calib.jsonl") << "[1,2]\n[3, 9999]\n";
