@@ -247,28 +247,37 @@ describe("native serving engine", () => {
   });
 
   test("close ends every stream in flight as cancelled and later submits fail", async () => {
-    const engine = await loadEngine(enginePath, { threads: 1, maxBatchSize: 1 });
-    // No eos within 100 steps, and close only once x0 streams: x1 and x2 wait behind it (one
-    // sequence at a time) for ~100 steps, so neither can have finished on its own. (Closing right
-    // after submitting raced the engine on a loaded machine: a prompt that hits eos early ends as
-    // "stop" before the close arrives.)
-    const prompt = await longRunningPrompt(engine, 100);
-    const [first, ...queued] = [0, 1, 2].map((i) =>
-      engine.submit({ id: `x${i}`, promptTokens: prompt, maxTokens: 100 })[Symbol.asyncIterator](),
-    );
-    const firstBatch = await first?.next();
-    expect(firstBatch?.done).toBe(false);
-    await engine.close();
     const drain = async (it: AsyncIterator<TokenBatch>) => {
       const batches: TokenBatch[] = [];
       for (let r = await it.next(); !r.done; r = await it.next()) batches.push(r.value);
       return batches;
     };
-    for (const batches of await Promise.all(queued.map(drain))) {
-      expect(batches.at(-1)?.finishReason).toBe("cancelled");
-      expect(batches.flatMap((b) => b.tokens)).toEqual([]);
+    // One sequence at a time (maxBatchSize 1), prompts without eos within 100 steps: x1..x4 wait
+    // behind x0 until close. The native loop may still run through x0 and into x1 before a loaded
+    // test process gets x0's first batch and closes (CI saw x1 at 45 tokens), so a run where no
+    // queued request was still untouched at the close says nothing about queued ones: it is run
+    // again on a fresh engine, as the cancel test above does.
+    let untouched = 0;
+    for (let attempt = 0; attempt < 10 && untouched === 0; attempt++) {
+      const engine = await loadEngine(enginePath, { threads: 1, maxBatchSize: 1 });
+      const prompt = await longRunningPrompt(engine, 100);
+      const [first, ...queued] = [0, 1, 2, 3, 4].map((i) =>
+        engine.submit({ id: `x${i}`, promptTokens: prompt, maxTokens: 100 })[Symbol.asyncIterator](),
+      );
+      const firstBatch = await first?.next();
+      expect(firstBatch?.done).toBe(false);
+      await engine.close();
+      for (const batches of await Promise.all(queued.map(drain))) {
+        const tokens = batches.flatMap((b) => b.tokens).length;
+        const reason = batches.at(-1)?.finishReason;
+        // Ended by the close (fewer than its 100 tokens), or finished before the close arrived.
+        if (reason === "cancelled") expect(tokens).toBeLessThan(100);
+        else expect({ reason, tokens }).toEqual({ reason: "length", tokens: 100 });
+        if (reason === "cancelled" && tokens === 0) untouched++;
+      }
+      expect(() => engine.submit({ id: "late", promptTokens: [1], maxTokens: 1 })).toThrow(/closed/);
     }
-    expect(() => engine.submit({ id: "late", promptTokens: [1], maxTokens: 1 })).toThrow(/closed/);
+    expect(untouched).toBeGreaterThan(0);
   });
 
   test("this machine's target is the CPU's where the addon has no CUDA backend or no GPU is visible", () => {
