@@ -744,7 +744,8 @@ def test_decode_attention(k: Kernels) -> None:
 
 # (name, n, k): Llama-3.2-1B and Llama-3.1-8B projections, and an odd n with k not a power of two.
 SHAPES = [("1B qkv", 3072, 2048), ("1B o", 2048, 2048), ("1B gate_up", 16384, 2048), ("1B down", 2048, 8192),
-          ("8B qkv", 6144, 4096), ("8B gate_up", 28672, 4096), ("odd", 1001, 1040)]
+          ("8B qkv", 6144, 4096), ("8B gate_up", 28672, 4096), ("odd", 1001, 1040),
+          ("long gate_up", 512, 5136)]  # k > 4096: one E4M3 row at split 8 streams through the ring
 
 
 class Weights:
@@ -859,8 +860,10 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
             check(kernel, name, y, ref * in_scale, 0.0, bound)
     if not gate_up:
         return
-    for i, m in enumerate((1, 5, 8) + ((3,) if fp8 else ())):
-        split = splits[(i + 1) % 4] if i < 3 else 16
+    # E4M3 adds split 16 and one row at split 8: the deep kernel, whose weights go through the
+    # shared-memory ring where k > 4096 (and at k = 4096 under KILN_CUDA_GEMV_RING_SHORT=1).
+    cases = [(1, splits[1]), (5, splits[2]), (8, splits[3])] + ([(3, 16), (1, 8)] if fp8 else [])
+    for m, split in cases:
         x = weights.inputs(m)
         ref, mag = weights.product(x)
         act, kernel, name = nan_like((m, n // 2), act_dtype), f"gemv_silu_{dtype_name(fp8)}", f"{shape} m {m} split {split}"

@@ -162,6 +162,11 @@ BuildResult build(const BuildOptions& o, const ProgressFn& progress, const std::
   const Json hf_config = read_json_file(dir / "config.json");
   const ModelConfig config = parse_hf_config(hf_config, (dir / "config.json").string());
   const int64_t max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : std::min<int64_t>(config.max_position_embeddings, 4096);
+  // cuBLASLt's E4M3 GEMMs need 16-byte aligned dimensions, which the decoder's always have.
+  if (o.fp8_lm_head && cuda_target && config.vocab_size % 16 != 0) {
+    throw Error("build: --lm-head fp8 on the CUDA target needs a vocabulary that is a multiple of 16 (E4M3 GEMM "
+                "alignment); this checkpoint has " + std::to_string(config.vocab_size) + ": leave --lm-head out");
+  }
   // The checkpoint's mapping ends with the load: its pages would otherwise count against the build's
   // memory next to the fp32 graph decoded from them.
   Graph graph = load_graph(config, Checkpoint::open(o.model_dir), report.steps(kLoad, "loaded tensor"), &pool);
