@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "compiler/build.h"
+#include "core/error.h"
 #include "tiny_checkpoint.h"
 
 namespace kiln::test {
@@ -23,6 +24,27 @@ inline std::string build_engine(const std::string& model_dir, Precision precisio
   std::atomic<bool> cancel{false};
   build(o, [&](const BuildProgress& p) { if (progress) progress->push_back(p); }, cancel);
   return o.out_path;
+}
+
+// The error build(o) throws, or "" when it builds: for the input checks.
+inline std::string build_error(const BuildOptions& o) {
+  std::atomic<bool> cancel{false};
+  try {
+    build(o, {}, cancel);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A bf16 build of a fresh tiny checkpoint into <dir>/engine.kiln, for changing one option.
+inline BuildOptions tiny_build_options(const std::string& name) {
+  const std::string dir = write_tiny_checkpoint(name, TinySpec{});
+  BuildOptions o;
+  o.model_dir = dir;
+  o.out_path = dir + "/engine.kiln";
+  o.precision = Precision::BF16;
+  return o;
 }
 
 }  // namespace kiln::test

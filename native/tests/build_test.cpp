@@ -72,19 +72,10 @@ TEST(Build, Fp8WithoutCalibrationFailsBeforeLoadingAnything) {
 }
 
 TEST(Build, AnFp8LmHeadNeedsTheFp8Precision) {
-  const std::string dir = write_tiny_checkpoint("m", TinySpec{});
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.kiln";
-  o.precision = Precision::BF16;
+  BuildOptions o = tiny_build_options("m");
   o.fp8_lm_head = true;
-  std::atomic<bool> cancel{false};
-  try {
-    build(o, {}, cancel);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--lm-head fp8 needs --precision fp8"), std::string::npos) << e.what();
-  }
+  const std::string error = build_error(o);
+  EXPECT_NE(error.find("--lm-head fp8 needs --precision fp8"), std::string::npos) << error;
   EXPECT_FALSE(std::filesystem::exists(o.out_path));
 }
 
@@ -100,11 +91,7 @@ TEST(Build, CalibrationErrorsNameTheLine) {
 }
 
 TEST(Build, CancellingStopsTheBuildAndLeavesNoFile) {
-  const std::string dir = write_tiny_checkpoint("m", TinySpec{});
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.kiln";
-  o.precision = Precision::BF16;
+  const BuildOptions o = tiny_build_options("m");
   std::atomic<bool> cancel{false};
   EXPECT_THROW(build(o,
                      [&](const BuildProgress& p) {

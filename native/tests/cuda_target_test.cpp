@@ -11,19 +11,9 @@ namespace kiln::test {
 namespace {
 
 std::string build_error(const std::string& target) {
-  const std::string dir = write_tiny_checkpoint("cuda_target", TinySpec{});
-  BuildOptions o;
-  o.model_dir = dir;
-  o.out_path = dir + "/engine.kiln";
-  o.precision = Precision::BF16;
+  BuildOptions o = tiny_build_options("cuda_target");
   o.target = target;
-  std::atomic<bool> cancel{false};
-  try {
-    build(o, {}, cancel);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
+  return kiln::test::build_error(o);
 }
 
 TEST(BuildTarget, UnknownTargetsAreRefusedByName) {
