@@ -37,6 +37,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qw
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "test" / "parity"))
+from compare import BUILDS  # noqa: E402  (each precision name's build: --precision and extra flags)
 from make_checkpoints import init_weights, write_tokenizer  # noqa: E402
 
 KILN = ROOT / "native" / "build-cuda" / "kiln-native"
@@ -44,8 +45,6 @@ STEPS = 64
 PROMPT_LENGTHS = (1, 7, 33, 100)
 RULES = {"bf16": {"tokens_identical": True, "max_rel_err": 2e-2},
          "fp8": {"min_top1_agreement": 0.9, "max_rel_err": 0.15}}
-# Precisions named on the command line: the build's --precision and its extra flags.
-BUILDS = {"bf16": ("bf16", []), "fp8": ("fp8", []), "fp8-lmhead": ("fp8", ["--lm-head", "fp8"])}
 
 CHECKPOINTS = {
     # GQA 8q/2kv, head_dim 64, untied successor head

@@ -114,7 +114,6 @@ Roles roles_of(Precision precision, const ModelConfig& config) {
   return {};
 }
 
-// quantize's body; `converted(name)` after each weight is converted.
 // An fp8 blob of `w` under `name`, with its scales in `scales` (input range from calibration,
 // recorded under `observed`: the weight name the calibration run read it as).
 TensorBlob fp8_blob(const std::string& name, const Weight& w, const std::string& observed,
@@ -134,6 +133,7 @@ TensorBlob fp8_blob(const std::string& name, const Weight& w, const std::string&
   return q;
 }
 
+// quantize's body; `converted(name)` after each weight is converted.
 QuantizedModel quantize_each(const Graph& g, Precision precision, const std::map<std::string, float>& input_amax,
                              const std::function<void(size_t, size_t)>& on_tensor, ThreadPool* pool,
                              const std::function<void(const std::string&)>& converted, bool fp8_lm_head) {

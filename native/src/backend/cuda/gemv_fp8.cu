@@ -174,9 +174,11 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   // and so is the residual slice 0 adds its sums to where the caller vouches for it (Args::y_settled).
   uint4 lo0[kRing ? 1 : P];
   uint4 hi0[kRing ? 1 : P];
-  // Ring slot u of this warp: [u][row g or g + 8][lane], so a warp's reads of a slot are 512
+  // Where the staged rows go: the normed E4M3 rows (kNorm), their f16 widening (kWide), then the
+  // rings. Ring slot u of this warp: [u][row g or g + 8][lane], so a warp's reads of a slot are 512
   // contiguous bytes (no bank conflicts).
-  uint4* const rings = x_s + M * chunks * (kNorm ? 1 : 0) + 2 * M * chunks;
+  auto* const x_h = reinterpret_cast<Half16*>(x_s + (kNorm ? M * chunks : 0));
+  uint4* const rings = reinterpret_cast<uint4*>(x_h + M * chunks);
   uint4* const ring = rings + static_cast<int64_t>(warp) * P * 64;
   const auto fetch = [&](int slot, int64_t c) {
     if (c - q < chunks) {  // warp-uniform: a step of the slice
@@ -202,7 +204,6 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);
   const uint4* x = kNorm ? x_s : a.x;
-  auto* x_h = reinterpret_cast<Half16*>(x_s + (kNorm ? M * chunks : 0));
   if constexpr (kWide) stage_input_rows<M>(x, chunks, x_h);
   // Lanes of input rows g >= M hold zeros: those MMA columns are never stored.
   const auto input = [&](int64_t c) {
@@ -311,6 +312,16 @@ bool ring_short_enabled() {
   return on;
 }
 
+bool deep_prefetch_enabled() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", true);
+  return on;
+}
+
+bool deep_stage_enabled() {
+  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_STAGE", true);
+  return on;
+}
+
 template <int M, int S, bool kNorm, bool kSilu, int P>
 void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
@@ -357,16 +368,6 @@ void launch_mma_split(const Args& a, int64_t m, bool norm, bool silu, cudaStream
   else if (norm) launch_mma_rows<S, true, false, P1>(a, m, stream);
   else if (silu) launch_mma_rows<S, false, true, P1>(a, m, stream);
   else launch_mma_rows<S, false, false, P1>(a, m, stream);
-}
-
-bool deep_prefetch_enabled() {
-  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", true);
-  return on;
-}
-
-bool deep_stage_enabled() {
-  static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_STAGE", true);
-  return on;
 }
 
 void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
