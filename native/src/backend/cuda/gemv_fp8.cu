@@ -48,7 +48,8 @@ constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
 // The register form loads the first P steps before the wait and then the rest four steps at a time,
 // so each warp waits out five more round trips with nothing in flight while it multiplies; the ring
 // keeps P steps in flight to the end, and needs no registers for them. Each lane copies the chunks
-// it later reads itself: no barrier. 59 registers against the register form's 108. H200, 8B fp8,
+// it later reads itself: no barrier. 59 registers as measured (64 since the rings are placed by
+// x_h, compile-checked) against the register form's 108. H200, 8B fp8,
 // one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
 // KILN_CUDA_GEMV_RING=0 turns it off.
 // KILN_CUDA_GEMV_RING_SHORT=1 (off by default, not yet measured) also sends the slices the prefetch
