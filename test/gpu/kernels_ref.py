@@ -861,7 +861,7 @@ def test_gemv_fused(k: Kernels, weights: Weights, shape: str, gate_up: bool) -> 
     if not gate_up:
         return
     # E4M3 adds split 16 and one row at split 8: the deep kernel, whose weights go through the
-    # shared-memory ring where k > 4096 (and at k = 4096 under KILN_CUDA_GEMV_RING_SHORT=1).
+    # shared-memory ring where k > 4096.
     cases = [(1, splits[1]), (5, splits[2]), (8, splits[3])] + ([(3, 16), (1, 8)] if fp8 else [])
     for m, split in cases:
         x = weights.inputs(m)

@@ -52,12 +52,9 @@ constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
 // x_h, compile-checked) against the register form's 108. H200, 8B fp8,
 // one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
 // KILN_CUDA_GEMV_RING=0 turns it off.
-// KILN_CUDA_GEMV_RING_SHORT=1 (off by default, not yet measured) also sends the slices the prefetch
-// covers whole (o, QKV, gate_up at 8B) through the ring: all 8 steps are copied before the wait, as
-// the register form loads them, but without its 64 registers of buffers, so three blocks fit an SM
-// (72.5 KB of shared memory each at k = 4096) where the register form's 108 registers fit two. The
-// 8B QKV's 384 blocks would then run in one wave instead of two, and more of gate_up's 1792 would
-// have their weights in flight before the wait.
+// The ring for the slices the prefetch covers whole (o, QKV, gate_up at 8B: 52-64 registers, three
+// blocks an SM where the register form fits two) lost: batch 1 2.575 -> 2.678 ms, batch 8 even
+// (H200, 8B fp8, one engine, 3 interleaved rounds), so only slices longer than P steps take it.
 constexpr int64_t kRingStepBytes = 32 * 2 * 16;  // a warp step: 32 lanes, rows g and g + 8, 16 bytes each
 constexpr int64_t ring_bytes(int steps) { return int64_t{kWarps} * steps * kRingStepBytes; }
 
@@ -308,11 +305,6 @@ bool ring_enabled() {
   return on;
 }
 
-bool ring_short_enabled() {
-  static const bool on = env_switch("KILN_CUDA_GEMV_RING_SHORT", false);
-  return on;
-}
-
 bool deep_prefetch_enabled() {
   static const bool on = env_switch("KILN_CUDA_GEMV_DEEP_PREFETCH", true);
   return on;
@@ -331,7 +323,7 @@ void launch_mma_one(const Args& a, cudaStream_t stream) {
     if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm) {
       // A slice longer than the prefetched steps (8B down): the rest streams through the ring.
       // (The E4M3 GEMVs never take the norm: TunedGemm::fuses_norm.)
-      if (a.k > kDeepPrefetchMinK ? ring_enabled() : ring_short_enabled()) {
+      if (a.k > kDeepPrefetchMinK && ring_enabled()) {
         launch_mma_wide<M, S, kNorm, kSilu, true, P, true>(a, normed + wide + ring_bytes(P), stream);
         return;
       }
