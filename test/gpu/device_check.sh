@@ -29,15 +29,14 @@ for s in ${STAGES:-build tests parity bench}; do
     build) stage build 400 bash test/gpu/build_native.sh kiln-native kiln-cuda-tests || exit 1 ;;
     # then the builds the defaults do not reach at these small shapes: the counter merge, the
     # four-per-SM decode attention with and without its cp.async pipeline, the unstaged deep GEMV,
-    # the E4M3 GEMV without its weight ring, the model with the L2 prefetch
+    # the E4M3 GEMV without its weight ring
     tests) stage tests 300 bash -c 't=native/build-cuda/kiln-cuda-tests; $t --gtest_brief=1 &&
       KILN_CUDA_DECODE_CLUSTER=0 $t --gtest_brief=1 --gtest_filter="CudaDecodeAttention.*" &&
       KILN_DECODE_ATTENTION_FOUR_PER_SM=1 KILN_DECODE_ATTENTION_PIPELINE=0 $t --gtest_brief=1 --gtest_filter="CudaDecodeAttention.*" &&
       KILN_DECODE_ATTENTION_FOUR_PER_SM=1 KILN_DECODE_ATTENTION_PIPELINE=1 $t --gtest_brief=1 --gtest_filter="CudaDecodeAttention.*" &&
       KILN_DECODE_ATTENTION_FOUR_PER_SM=1 KILN_DECODE_ATTENTION_PIPELINE=1 KILN_CUDA_DECODE_CLUSTER=0 $t --gtest_brief=1 --gtest_filter="CudaDecodeAttention.*" &&
       KILN_CUDA_GEMV_DEEP_STAGE=0 $t --gtest_brief=1 --gtest_filter="*CudaFp8Gemv*" &&
-      KILN_CUDA_GEMV_RING=0 $t --gtest_brief=1 --gtest_filter="*CudaFp8Gemv*" &&
-      KILN_CUDA_L2_PREFETCH=1 $t --gtest_brief=1 --gtest_filter="CudaModel.*:CudaFp8.*"' ;;
+      KILN_CUDA_GEMV_RING=0 $t --gtest_brief=1 --gtest_filter="*CudaFp8Gemv*"' ;;
     # every kernel launcher against a PyTorch reference (builds only the small kiln-kernels-abi)
     kernels) stage kernels 400 bash -c 'bash test/gpu/build_native.sh kiln-kernels-abi && python3 test/gpu/kernels_ref.py' ;;
     # kiln-gemv alone on the Llama shapes; GEMV_ARGS e.g. --compare KILN_CUDA_PDL=0,1

@@ -139,11 +139,6 @@ void decode_attention_kernel(DecodeAttentionArgs a) {
   const int t = static_cast<int>(blockIdx.x);
   const int kvh = static_cast<int>(blockIdx.y);
   const int z = static_cast<int>(blockIdx.z);
-  // Every block, those past their token's splits too (they exit next), so the shares cover it all.
-  if (threadIdx.x == 0) {
-    const uint64_t block = (static_cast<uint64_t>(z) * gridDim.y + kvh) * gridDim.x + t;
-    prefetch_l2_share(a.next_weights, block, static_cast<uint64_t>(gridDim.x) * gridDim.y * gridDim.z);
-  }
   const int pos = a.step.token_position[t];
   const int first_key = a.window > 0 ? max(0, pos - static_cast<int>(a.window) + 1) : 0;
   const int n = pos - first_key + 1;

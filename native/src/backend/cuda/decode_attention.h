@@ -38,7 +38,6 @@ struct DecodeAttentionArgs {
   int64_t splits = 1;
   float* partials = nullptr;    // [tokens, heads, splits, head_dim + 2]
   int32_t* counters = nullptr;  // [tokens, kv_heads], all zero before the first launch; left zero
-  L2Prefetch next_weights;  // the o projection's, pulled into L2 while the kernel runs (l2_prefetch.h)
 };
 
 void decode_attention(const DecodeAttentionArgs& args, cudaStream_t stream);

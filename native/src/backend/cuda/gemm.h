@@ -116,7 +116,6 @@ class TunedGemm {
   bool gemv_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
-  int64_t weight_bytes() const { return gemm_.n() * gemm_.k() * (gemm_.input() == CUDA_R_8F_E4M3 ? 1 : 2); }
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {
       if (m <= bucket) return choice;

@@ -80,9 +80,8 @@ constexpr int kNormVecThreads = 1024;
 
 template <typename Out>
 __global__ void rms_norm_vec_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma,
-                                    float eps, float inv_scale, Out* y, L2Prefetch next) {
+                                    float eps, float inv_scale, Out* y) {
   __shared__ float partial[kNormVecThreads / kWarp];
-  prefetch_l2_share(next, blockIdx.x * blockDim.x + threadIdx.x, static_cast<uint64_t>(gridDim.x) * blockDim.x);
   wait_for_producer();
   let_consumer_start();
   const int64_t r = blockIdx.x;
@@ -115,9 +114,8 @@ __global__ void rms_norm_vec_kernel(const float* h, const int32_t* row_index, in
 // One block per row; the row is read twice (sum of squares, then scale), the second time from cache.
 template <typename Out>
 __global__ void rms_norm_kernel(const float* h, const int32_t* row_index, int64_t hidden, const float* gamma, float eps,
-                                float inv_scale, Out* y, L2Prefetch next) {
+                                float inv_scale, Out* y) {
   __shared__ float partial[32];
-  prefetch_l2_share(next, blockIdx.x * blockDim.x + threadIdx.x, static_cast<uint64_t>(gridDim.x) * blockDim.x);
   wait_for_producer();
   let_consumer_start();
   const int64_t r = blockIdx.x;
@@ -460,27 +458,27 @@ void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hid
 
 template <typename Out>
 void rms_norm(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma, float eps,
-              float inv_scale, Out* y, cudaStream_t stream, const L2Prefetch& next) {
+              float inv_scale, Out* y, cudaStream_t stream) {
   if (rows == 0) return;
   if (hidden % 4 == 0 && hidden <= 4 * kNormVecThreads) {
     const unsigned threads = static_cast<unsigned>((hidden / 4 + kWarp - 1) / kWarp * kWarp);
     launch_kernel("rms_norm_vec_kernel", rms_norm_vec_kernel<Out>, dim3(static_cast<unsigned>(rows)), dim3(threads),
-                  stream, h, row_index, hidden, gamma, eps, inv_scale, y, next);
+                  stream, h, row_index, hidden, gamma, eps, inv_scale, y);
     return;
   }
   const unsigned threads = hidden >= 4096 ? 1024 : 256;
   launch_kernel("rms_norm_kernel", rms_norm_kernel<Out>, dim3(static_cast<unsigned>(rows)), dim3(threads), stream, h,
-                row_index, hidden, gamma, eps, inv_scale, y, next);
+                row_index, hidden, gamma, eps, inv_scale, y);
 }
 
 void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                      float eps, bf16* y, cudaStream_t stream, const L2Prefetch& next) {
-  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f, y, stream, next);
+                      float eps, bf16* y, cudaStream_t stream) {
+  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f, y, stream);
 }
 
 void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                     float eps, float scale, fp8* y, cudaStream_t stream, const L2Prefetch& next) {
-  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f / scale, y, stream, next);
+                     float eps, float scale, fp8* y, cudaStream_t stream) {
+  rms_norm(h, row_index, rows, hidden, gamma, eps, 1.0f / scale, y, stream);
 }
 
 namespace {

@@ -12,7 +12,6 @@
 
 #include <cstdint>
 
-#include "backend/cuda/l2_prefetch.h"
 #include "core/dtype.h"
 
 namespace kiln::cuda {
@@ -50,13 +49,12 @@ struct PagedStep {
 void embed_rows(const bf16* table, const int32_t* tokens, int64_t n, int64_t hidden, float* h, cudaStream_t stream);
 
 // y[r] = bf16(x · rsqrt(mean(x²) + eps) · gamma) with x = h[row_index ? row_index[r] : r]; gamma may
-// be null (folded into the next projection). next: weights of the GEMM that reads y, pulled into L2
-// meanwhile (l2_prefetch.h).
+// be null (folded into the next projection).
 void rms_norm_to_bf16(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                      float eps, bf16* y, cudaStream_t stream, const L2Prefetch& next = {});
+                      float eps, bf16* y, cudaStream_t stream);
 // The same with the output quantized for an fp8 GEMM: y[r] = e4m3(normed / scale), saturating.
 void rms_norm_to_fp8(const float* h, const int32_t* row_index, int64_t rows, int64_t hidden, const float* gamma,
-                     float eps, float scale, fp8* y, cudaStream_t stream, const L2Prefetch& next = {});
+                     float eps, float scale, fp8* y, cudaStream_t stream);
 
 // Per token of the batch: adds the QKV bias (when given), rotates q and k (HF rotate_half
 // convention) in place in the fp32 qkv rows, and writes k and v in the cache's dtype into the

@@ -181,11 +181,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
   decode_attention_ = env_switch("KILN_CUDA_DECODE_ATTENTION", true);
   prefill_mma_ = env_switch("KILN_CUDA_PREFILL_MMA", true) && prefill_attention_supports_head_dim(c.head_dim);
   early_residual_ = env_switch("KILN_CUDA_EARLY_RESIDUAL", true);
-  if (env_switch("KILN_CUDA_L2_PREFETCH", false)) {
-    int l2_bytes = 0;
-    KILN_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-    l2_prefetch_cap_ = static_cast<uint64_t>(l2_bytes) / 2;
-  }
   const std::string precision = e.header().value("precision", "bf16");
   if (precision != "bf16" && precision != "fp8") {
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
@@ -530,17 +525,9 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     in.scale = p.input_scale;
     return in;
   };
-  // The first bytes of p's weights (all of them where they fit the cap), for a decode step.
-  const auto l2_prefetch = [&](const Projection& p) {
-    L2Prefetch f;
-    if (!shape.decode || l2_prefetch_cap_ == 0) return f;
-    f.p = p.weight;
-    f.bytes = std::min(static_cast<uint64_t>(p.gemm->weight_bytes()), l2_prefetch_cap_) & ~uint64_t{15};
-    return f;
-  };
   const auto norm = [&](const float* gamma, const Projection& p) {
-    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_, l2_prefetch(p));
-    else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_, l2_prefetch(p));
+    if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -560,7 +547,6 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       decode.k_norm = layer.k_norm;
       decode.kv = cache.layer(li);
       decode.out_scale = layer.o.input_scale;
-      decode.next_weights = l2_prefetch(layer.o);
       decode_attention(decode, stream_);
     } else {
       rope.bias = layer.qkv_bias;
@@ -598,11 +584,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_);
   }
   if (rows > 0) {
-    if (lm_head_fp8_) {
-      rms_norm_to_fp8(h, rows_d, rows, H, final_norm_, eps, lm_head_.input_scale, x8, stream_, l2_prefetch(lm_head_));
-    } else {
-      rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_, l2_prefetch(lm_head_));
-    }
+    if (lm_head_fp8_) rms_norm_to_fp8(h, rows_d, rows, H, final_norm_, eps, lm_head_.input_scale, x8, stream_);
+    else rms_norm_to_bf16(h, rows_d, rows, H, final_norm_, eps, x, stream_);
     lm_head_.run(x_.get(), rows, logits_.get<float>(), 0.0f, stream_);
     argmax_rows(logits_.get<float>(), rows, c.vocab_size, next_keys_.get<unsigned long long>(), stream_);
     KILN_CUDA_CHECK(cudaMemcpyAsync(host_next_.get(), next_keys_.get(), static_cast<size_t>(rows) * 8,

@@ -176,9 +176,6 @@ class CudaModel {
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
   bool early_residual_ = true;  // o and down read the residual before their PDL wait (GemvOut::y_settled)
-  // KILN_CUDA_L2_PREFETCH: in decode steps, decode attention and the norm kernels pull the next GEMM's
-  // weights into L2, at most this many bytes (half the L2; 0 = off).
-  uint64_t l2_prefetch_cap_ = 0;
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
