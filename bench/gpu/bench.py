@@ -16,7 +16,9 @@ in bf16 + the KV rows read) / copy bandwidth per step; prefill is compute-bound,
 two over the whole run (see rows_of). With --kv-fp8, decode runs again with an E4M3 KV cache
 (rows with kv_dtype "fp8", whose floor reads one byte per cached element). `--precisions
 fp8-lmhead` builds fp8 with `--lm-head fp8` (the lm_head in E4M3 too; rows with lm_head_dtype
-"fp8", whose floor reads the lm_head at one byte). Prints one table; writes gpu-latest.json (the issue's schema,
+"fp8", whose floor reads the lm_head at one byte). Decode rows also carry graph_replay_ms: the same
+step's CUDA graph replayed back to back, so ms - graph_replay_ms is the host round trip between
+steps (waking on the step's tokens, packing and launching the next). Prints one table; writes gpu-latest.json (the issue's schema,
 with extra keys) and gpu-section.md (for bench/RESULTS.md) into --out.
 """
 
@@ -291,7 +293,12 @@ def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None
     for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite)):
         if line["mode"] == "decode":
             res["decode"][line["batch"]] = line["decode_step_ms"]
-            log(f"{log_name}: decode batch {line['batch']}: {line['decode_step_ms']:.3f} ms/step")
+            replay = line.get("decode_replay_ms") or 0.0
+            if replay:
+                res.setdefault("replay", {})[line["batch"]] = replay
+            log(f"{log_name}: decode batch {line['batch']}: {line['decode_step_ms']:.3f} ms/step"
+                + (f" (its graph back to back: {replay:.3f} ms; host round trip "
+                   f"{(line['decode_step_ms'] - replay) * 1e3:.1f} us)" if replay else ""))
         elif line["mode"] == "prefill":
             res["prefill"][line["prompt_len"]] = line["prefill_ms"]
             log(f"{log_name}: prefill {line['prompt_len']}: {line['prefill_ms']:.2f} ms")
@@ -340,6 +347,8 @@ def rows_of(name: str, precision: str, cfg: dict, ours: dict, theirs: dict | Non
                    prompt_len=DECODE_PROMPT, transformers_tok_s=round(hf, 1) if hf else None)
         if kv_dtype == "fp8":
             row["kv_dtype"] = "fp8"  # transformers' figure is its bf16 cache's
+        elif batch in ours.get("replay", {}):
+            row["graph_replay_ms"] = round(ours["replay"][batch], 3)  # the step without the host between
 
         if batch == 1 and kv_dtype == "bf16" and "no_graphs_ms" in ours:
             row.update(no_graphs_ms=round(ours["no_graphs_ms"], 3), no_pdl_ms=round(ours["no_pdl_ms"], 3))

@@ -262,7 +262,8 @@ int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine>
       for (const auto& b : d.at("batches")) {
         const auto r = kiln::cuda::bench(model, prompt_len, steps, b.get<int64_t>());
         print_line(Json{{"mode", "decode"}, {"batch", b}, {"prompt_len", prompt_len}, {"steps", steps},
-                        {"decode_step_ms", r.decode_step_ms}, {"decode_tok_per_s", r.decode_tok_per_s}});
+                        {"decode_step_ms", r.decode_step_ms}, {"decode_tok_per_s", r.decode_tok_per_s},
+                        {"decode_replay_ms", r.decode_replay_ms}});
       }
     }
     if (suite.contains("prefill")) {

@@ -460,6 +460,42 @@ TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
   EXPECT_EQ(cuda::generate_greedy(model, {1, 2}, 40, [](const float*, int64_t) {}).tokens, again.tokens);
 }
 
+// kiln-native bench's host round trip: the step's graph replayed back to back has a GPU time of its
+// own; a shape no step has captured yet (a fresh cache), or a step with a prompt, is refused.
+TEST(CudaModel, ReplaysTheDecodeGraphOfAStepItRan) {
+  SKIP_WITHOUT_GPU();
+  TinySpec spec;
+  spec.hidden = 256;
+  spec.intermediate = 512;
+  const TensorMap tensors = tiny_tensors(spec);
+  const std::string dir = temp_dir("cuda_replay");
+  write_checkpoint(dir, spec, tensors);
+  cuda::CudaModel model(Engine::load(build_cuda_engine(dir, false)));
+  const cuda::BenchResult r = cuda::bench(model, 8, 4, 1);
+  EXPECT_GT(r.decode_step_ms, 0.0);
+  EXPECT_GT(r.decode_replay_ms, 0.0);
+
+  cuda::CudaKvCache cache = model.new_cache(4);
+  const std::vector<int32_t> table{0, 1, 2, 3};
+  const std::vector<int32_t> prompt{7, 3, 90};
+  ForwardBatch decode;
+  decode.add(&prompt[0], 1, 3, table.data(), true);
+  try {
+    model.replay_decode_ms(decode, cache, 2);
+    ADD_FAILURE() << "replayed a graph no step had captured";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no decode graph of this shape"), std::string::npos) << e.what();
+  }
+  ForwardBatch prefill;
+  prefill.add(prompt.data(), 3, 0, table.data(), true);
+  try {
+    model.replay_decode_ms(prefill, cache, 2);
+    ADD_FAILURE() << "replayed a step with a prompt";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a greedy decode-only step"), std::string::npos) << e.what();
+  }
+}
+
 // An autotuned tiny engine (buckets 1, 8, 64): gate_up (its own shape here) races with the SiLU·mul
 // where kiln-gemv races, which writes it itself, so cuBLASLt is credited the silu_mul kernel's time
 // there; at 64 rows it is a plain cuBLASLt race.

@@ -58,30 +58,6 @@ std::vector<uint8_t> device_weight(const TensorBlob& w) {
   return out;
 }
 
-class EventPair {
- public:
-  EventPair() {
-    KILN_CUDA_CHECK(cudaEventCreate(&start_));
-    KILN_CUDA_CHECK(cudaEventCreate(&stop_));
-  }
-  ~EventPair() {
-    cudaEventDestroy(start_);
-    cudaEventDestroy(stop_);
-  }
-  cudaEvent_t start() const { return start_; }
-  cudaEvent_t stop() const { return stop_; }
-  float elapsed_us() const {
-    KILN_CUDA_CHECK(cudaEventSynchronize(stop_));
-    float ms = 0.0f;
-    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
-    return ms * 1000.0f;
-  }
-
- private:
-  cudaEvent_t start_ = nullptr;
-  cudaEvent_t stop_ = nullptr;
-};
-
 double round2(double v) { return std::round(v * 100) / 100; }
 
 // The median of kRepeats event-timed runs of `launch`, each after flushing the L2 and then running

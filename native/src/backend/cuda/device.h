@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "backend/cuda/check.h"
 #include "core/json.h"
 
 namespace kiln::cuda {
@@ -50,6 +51,33 @@ class PinnedBuffer {
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// Two events bracketing work on a stream, to time it on the device.
+class EventPair {
+ public:
+  EventPair() {
+    KILN_CUDA_CHECK(cudaEventCreate(&start_));
+    KILN_CUDA_CHECK(cudaEventCreate(&stop_));
+  }
+  ~EventPair() {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  EventPair(const EventPair&) = delete;
+  EventPair& operator=(const EventPair&) = delete;
+  cudaEvent_t start() const { return start_; }
+  cudaEvent_t stop() const { return stop_; }
+  float elapsed_us() const {
+    KILN_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0.0f;
+    KILN_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    return ms * 1000.0f;
+  }
+
+ private:
+  cudaEvent_t start_ = nullptr;
+  cudaEvent_t stop_ = nullptr;
 };
 
 // True when a CUDA device is visible (tests skip themselves otherwise).

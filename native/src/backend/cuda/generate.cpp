@@ -64,6 +64,7 @@ GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& promp
 
 BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype) {
   constexpr int64_t kWarmupSteps = 2;
+  constexpr int kReplays = 32, kReplayRounds = 5;
   if (prompt_len < 1 || steps < 1 || batch < 1) throw Error("bench: prompt length, steps and batch must be positive");
   model.require_batch(batch, "bench: batch");
   const int64_t total = prompt_len + steps + kWarmupSteps;
@@ -119,6 +120,17 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
   r.prefill_ms = median(prefill_ms);
   r.decode_step_ms = median(step_ms);
   r.decode_tok_per_s = r.decode_step_ms > 0 ? 1000.0 * static_cast<double>(batch) / r.decode_step_ms : 0.0;
+  if (model.decode_graphs()) {
+    // The last step again, its graph replayed back to back: the same step without the host between.
+    ForwardBatch last;
+    for (int64_t b = 0; b < batch; ++b) {
+      last.add(&next[static_cast<size_t>(b)], 1, prompt_len + steps + kWarmupSteps - 1,
+               tables[static_cast<size_t>(b)].data(), true);
+    }
+    std::vector<double> replay_ms;
+    for (int round = 0; round < kReplayRounds; ++round) replay_ms.push_back(model.replay_decode_ms(last, cache, kReplays));
+    r.decode_replay_ms = median(replay_ms);
+  }
   return r;
 }
 

@@ -593,6 +593,25 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   }
 }
 
+double CudaModel::replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times) {
+  if (times < 1) throw Error("replay_decode_ms: times must be at least 1");
+  bool decode = use_graphs_;
+  for (const SequenceSlice& slice : batch.slices) decode = decode && slice.n == 1 && slice.wants_logits;
+  if (!decode) throw Error("replay_decode_ms: the batch is not a greedy decode-only step on CUDA graphs");
+  const StepShape shape = check_batch(batch, cache, true);
+  reserve(shape);
+  const KvCacheArgs first = cache.layer(0);
+  const auto it = graphs_.find(GraphKey{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(),
+                                        cache.dtype()});
+  if (it == graphs_.end()) throw Error("replay_decode_ms: no decode graph of this shape yet (run forward first)");
+  pack(batch, shape, cache.page_size());
+  const EventPair events;
+  KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream_));
+  for (int i = 0; i < times; ++i) KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+  KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream_));
+  return events.elapsed_us() / 1000.0 / times;
+}
+
 void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits,
                         const RowRequest* rows) {
   // A step of decode tokens only, with no logits wanted on the host, replays a CUDA graph captured

@@ -71,6 +71,8 @@ class CudaModel {
   // batch 64 on a max-batch-8 engine: 4.43 ms against 3.67), which a benchmark must not report.
   void require_batch(int64_t rows, const std::string& what) const;
   cudaStream_t stream() const { return stream_; }
+  // Whether greedy decode-only steps replay a captured graph (KILN_CUDA_GRAPHS, on by default).
+  bool decode_graphs() const { return use_graphs_; }
 
   // dtype: BF16 or F8E4M3 (CudaKvCache), with the engine's calibrated KV scales where it has them.
   CudaKvCache new_cache(int64_t pages, int64_t page_size = 16, DType dtype = DType::BF16) const;
@@ -84,6 +86,11 @@ class CudaModel {
   // Returns after the results are on the host.
   void forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits = nullptr,
                const RowRequest* rows = nullptr);
+  // The GPU's own time for a greedy decode-only step: `batch`'s decode graph (captured by forward,
+  // which must have run a step of this shape first) replayed `times` times back to back, ms each.
+  // Against forward's wall time per step this gives what the host round trip between steps costs
+  // (waking up, packing the next step, launching it). Each replay recomputes the same step.
+  double replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times);
 
  private:
   // One decoder-layer GEMM: y = alpha · x · wᵀ (+ y); for fp8, x is quantized with input_scale and
