@@ -318,7 +318,8 @@ int run_bench(const Args& args) {
                     {"prefill_ms", r.prefill_ms},
                     {"prefill_tok_per_s", r.prefill_ms > 0 ? 1000.0 * static_cast<double>(prompt_len) / r.prefill_ms : 0.0},
                     {"decode_step_ms", r.decode_step_ms},
-                    {"decode_tok_per_s", r.decode_tok_per_s}});
+                    {"decode_tok_per_s", r.decode_tok_per_s},
+                    {"decode_replay_ms", r.decode_replay_ms}});
 #endif
     return 0;
   }
