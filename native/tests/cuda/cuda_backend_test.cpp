@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "engine/engine.h"
 #include "engine/reader.h"
+#include "runtime/step_model.h"
 #include "tiny_checkpoint.h"
 
 namespace kiln::test {
@@ -493,6 +494,31 @@ TEST(CudaModel, ReplaysTheDecodeGraphOfAStepItRan) {
     ADD_FAILURE() << "replayed a step with a prompt";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not a greedy decode-only step"), std::string::npos) << e.what();
+  }
+}
+
+// Serving past the engine's max_batch would run every large step on tactics tuned for fewer rows:
+// the CUDA step model refuses it, naming the option, both limits and the field to rebuild with.
+TEST(CudaStepModel, RefusesAMaxBatchSizePastTheEnginesMaxBatch) {
+  SKIP_WITHOUT_GPU();
+  BuildOptions o = cuda_build_options(write_tiny_checkpoint("cuda_serving_batch", cuda_tiny_spec()));
+  o.max_batch = 4;
+  const auto engine = Engine::load(build_cuda_engine(o));
+  StepModelOptions options;
+  options.page_size = 16;
+  options.max_seq_len = 128;
+  options.max_batch_size = 4;
+  options.max_batched_tokens = 256;
+  options.kv.pages = 64;  // not 90% of the card for a tiny model
+  EXPECT_EQ(make_step_model(engine, options)->backend(), std::string("cuda"));
+  options.max_batch_size = 5;
+  try {
+    make_step_model(engine, options);
+    ADD_FAILURE() << "maxBatchSize 5 was accepted on a max-batch-4 engine";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("maxBatchSize (5) is past the engine's max_batch (4)"), std::string::npos) << m;
+    EXPECT_NE(m.find("spec.engine.maxBatchSize"), std::string::npos) << m;
   }
 }
 
