@@ -465,12 +465,7 @@ TEST(CudaModel, DecodeGraphReplaysGiveTheTokensOfDirectLaunches) {
 // own; a shape no step has captured yet (a fresh cache), or a step with a prompt, is refused.
 TEST(CudaModel, ReplaysTheDecodeGraphOfAStepItRan) {
   SKIP_WITHOUT_GPU();
-  TinySpec spec;
-  spec.hidden = 256;
-  spec.intermediate = 512;
-  const TensorMap tensors = tiny_tensors(spec);
-  const std::string dir = temp_dir("cuda_replay");
-  write_checkpoint(dir, spec, tensors);
+  const std::string dir = write_tiny_checkpoint("cuda_replay", cuda_tiny_spec());
   cuda::CudaModel model(Engine::load(build_cuda_engine(dir, false)));
   const cuda::BenchResult r = cuda::bench(model, 8, 4, 1);
   EXPECT_GT(r.decode_step_ms, 0.0);
