@@ -593,16 +593,23 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   }
 }
 
-double CudaModel::replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times) {
-  if (times < 1) throw Error("replay_decode_ms: times must be at least 1");
+bool CudaModel::graphed_step(const ForwardBatch& batch) const {
   bool decode = use_graphs_;
   for (const SequenceSlice& slice : batch.slices) decode = decode && slice.n == 1 && slice.wants_logits;
-  if (!decode) throw Error("replay_decode_ms: the batch is not a greedy decode-only step on CUDA graphs");
+  return decode;
+}
+
+CudaModel::GraphKey CudaModel::graph_key(const StepShape& shape, const CudaKvCache& cache) {
+  const KvCacheArgs first = cache.layer(0);
+  return GraphKey{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
+}
+
+double CudaModel::replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times) {
+  if (times < 1) throw Error("replay_decode_ms: times must be at least 1");
+  if (!graphed_step(batch)) throw Error("replay_decode_ms: the batch is not a greedy decode-only step on CUDA graphs");
   const StepShape shape = check_batch(batch, cache, true);
   reserve(shape);
-  const KvCacheArgs first = cache.layer(0);
-  const auto it = graphs_.find(GraphKey{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(),
-                                        cache.dtype()});
+  const auto it = graphs_.find(graph_key(shape, cache));
   if (it == graphs_.end()) throw Error("replay_decode_ms: no decode graph of this shape yet (run forward first)");
   pack(batch, shape, cache.page_size());
   const EventPair events;
@@ -619,8 +626,7 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
   // engine's max_seq_len in pages) so every step of that batch size has the same metadata layout;
   // the kernels read positions, pages and tokens from the metadata the graph copies in first. The
   // step's device draws run after the graph, outside it.
-  bool decode = use_graphs_ && logits == nullptr;
-  for (const SequenceSlice& slice : batch.slices) decode = decode && slice.n == 1 && slice.wants_logits;
+  const bool decode = logits == nullptr && graphed_step(batch);
   const StepShape shape = check_batch(batch, cache, decode);
   const auto want = [&](int64_t r) { return rows ? rows[r].want : logits ? RowWant::Logits : RowWant::Greedy; };
   sample_jobs_.clear();
@@ -635,8 +641,7 @@ void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* 
   reserve(shape);
   pack(batch, shape, cache.page_size());
   if (decode) {
-    const KvCacheArgs first = cache.layer(0);
-    const GraphKey key{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
+    const GraphKey key = graph_key(shape, cache);
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       it = graphs_.emplace(key, capture_graph(stream_, [&] { enqueue(shape, cache); })).first;

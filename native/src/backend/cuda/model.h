@@ -139,6 +139,10 @@ class CudaModel {
   TunedGemm* gemm_for(int64_t n, int64_t k, const std::string& dtype);
   Projection projection(const std::string& name, int64_t n, int64_t k, bool interleave = false);
   StepShape check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const;
+  // Whether a step of `batch` may replay a decode graph (every slice one token wanting its greedy
+  // token, graphs on; the caller also wants no logits), and the graph that step of that shape uses.
+  bool graphed_step(const ForwardBatch& batch) const;
+  static GraphKey graph_key(const StepShape& shape, const CudaKvCache& cache);
   void reserve(const StepShape& shape);
   void pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size);
   // Everything of one step on the stream, ending with the next tokens in host_next_ (graph-capturable:
