@@ -280,12 +280,28 @@ def hf_measure(cfg: dict) -> dict:
     return res
 
 
-def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None = None) -> dict:
+def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
+    """The decode line's kernel families (kiln-native's kernel_costs), what each costs the step, to
+    the log and, with `out`, to kernel-costs-<name>-b<batch>.json."""
+    step = line["kernel_costs_step_ms"]
+    log(f"{log_name}: batch {line['batch']} step {step:.3f} ms back to back; what each kernel family costs it "
+        "(its nodes disabled):")
+    for c in line["kernel_costs"]:
+        saved = (step - c["step_ms_without"]) * 1e3
+        log(f"  {saved:8.1f} us  {c['launches']:4d} x {c['blocks']:5d} blocks  {c['kernel']}")
+    if out:
+        slug = log_name.replace(" ", "-")
+        (out / f"kernel-costs-{slug}-b{line['batch']}.json").write_text(json.dumps(line, indent=1))
+
+
+def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None = None,
+                   kernel_costs: list[int] | None = None, out: Path | None = None) -> dict:
     """Every Kiln measurement of one engine: one process for the suite, two more for batch-1 decode
     without CUDA graphs and without Programmatic Dependent Launch (what each buys). With
-    `decode_batches`, only decode at those batches (the issue's target rows, in a short call)."""
+    `decode_batches`, only decode at those batches (the issue's target rows, in a short call). At the
+    `kernel_costs` batches, also what each kernel family costs the step (log_kernel_costs)."""
     suite = {"decode": {"prompt_len": DECODE_PROMPT, "steps": DECODE_STEPS,
-                        "batches": decode_batches or list(DECODE_BATCHES)}}
+                        "batches": decode_batches or list(DECODE_BATCHES), "kernel_costs": kernel_costs or []}}
     if not decode_batches:
         suite["prefill"] = {"lengths": list(PREFILL_LENGTHS), "repeats": 5}
         suite["offline"] = [{k: v for k, v in c.items() if k != "hf_batch"} for c in OFFLINE_CASES]
@@ -299,6 +315,8 @@ def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None
             log(f"{log_name}: decode batch {line['batch']}: {line['decode_step_ms']:.3f} ms/step"
                 + (f" (its graph back to back: {replay:.3f} ms; host round trip "
                    f"{(line['decode_step_ms'] - replay) * 1e3:.1f} us)" if replay else ""))
+            if "kernel_costs" in line:
+                log_kernel_costs(log_name, line, out)
         elif line["mode"] == "prefill":
             res["prefill"][line["prompt_len"]] = line["prefill_ms"]
             log(f"{log_name}: prefill {line['prompt_len']}: {line['prefill_ms']:.2f} ms")
@@ -459,6 +477,10 @@ def main() -> None:
     ap.add_argument("--decode-batches", metavar="B1,B2,...",
                     help="measure only decode at these batches (no prefill, offline or transformers; engines built for "
                          "at most the largest); with --append the earlier rows of everything else are kept")
+    ap.add_argument("--kernel-costs", metavar="B1,B2,...",
+                    help="at these decode batches (of those measured) also time the step's graph with each kernel "
+                         "family disabled in turn: what each costs the step as it runs (Nsight Compute serializes "
+                         "kernels); a table in the log and kernel-costs-*.json in --out")
     ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
                     help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",
@@ -496,6 +518,7 @@ def main() -> None:
     models = args.models.split(",")
     precisions = args.precisions.split(",")
     decode_batches = [int(b) for b in args.decode_batches.split(",")] if args.decode_batches else None
+    kernel_costs = [int(b) for b in args.kernel_costs.split(",")] if args.kernel_costs else None
     # Every engine serves every batch this script can ask of it, so a kept one fits any later run.
     engine_max_batch = max([*DECODE_BATCHES, *(decode_batches or []), *(c["concurrency"] for c in OFFLINE_CASES)])
     rows, builds = [], {}
@@ -554,7 +577,7 @@ def main() -> None:
             if args.ab:
                 ab_compare(engine, f"{name} {precision}", args.ab, decode_batches or [1, 8], args.ab_prefill)
             elif not args.only_profile:
-                ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches)
+                ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches, kernel_costs, out)
                 if args.kv_fp8:
                     ours[precision]["decode_kv_fp8"] = measure_kv_fp8(engine, f"{name} {precision}",
                                                                       decode_batches or list(DECODE_BATCHES))

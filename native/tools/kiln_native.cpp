@@ -259,11 +259,24 @@ int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine>
       const Json& d = suite["decode"];
       const int64_t prompt_len = d.value("prompt_len", int64_t{128});
       const int64_t steps = d.value("steps", int64_t{64});
+      const std::vector<int64_t> cost_batches = d.value("kernel_costs", std::vector<int64_t>{});
       for (const auto& b : d.at("batches")) {
-        const auto r = kiln::cuda::bench(model, prompt_len, steps, b.get<int64_t>());
-        print_line(Json{{"mode", "decode"}, {"batch", b}, {"prompt_len", prompt_len}, {"steps", steps},
-                        {"decode_step_ms", r.decode_step_ms}, {"decode_tok_per_s", r.decode_tok_per_s},
-                        {"decode_replay_ms", r.decode_replay_ms}});
+        const int64_t batch = b.get<int64_t>();
+        const bool costs = std::find(cost_batches.begin(), cost_batches.end(), batch) != cost_batches.end();
+        const auto r = kiln::cuda::bench(model, prompt_len, steps, batch, kiln::DType::BF16, costs);
+        Json line{{"mode", "decode"}, {"batch", b}, {"prompt_len", prompt_len}, {"steps", steps},
+                  {"decode_step_ms", r.decode_step_ms}, {"decode_tok_per_s", r.decode_tok_per_s},
+                  {"decode_replay_ms", r.decode_replay_ms}};
+        if (costs) {
+          Json families = Json::array();
+          for (const auto& c : r.kernel_costs) {
+            families.push_back(Json{{"kernel", c.kernel}, {"blocks", c.blocks}, {"launches", c.launches},
+                                    {"step_ms_without", c.step_ms_without}});
+          }
+          line["kernel_costs_step_ms"] = r.kernel_costs_step_ms;
+          line["kernel_costs"] = std::move(families);
+        }
+        print_line(line);
       }
     }
     if (suite.contains("prefill")) {

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 
 #include "architectures.h"
@@ -490,6 +491,33 @@ TEST(CudaModel, ReplaysTheDecodeGraphOfAStepItRan) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not a greedy decode-only step"), std::string::npos) << e.what();
   }
+}
+
+// Where a decode step's time goes: the families of the step's graph, each timed with its nodes
+// disabled, slowest first; decode attention once a layer, the embedding once a step. The ablation
+// runs on a graph and cache of its own: the model decodes the same tokens afterwards.
+TEST(CudaModel, KernelCostsNameEveryKernelFamilyOfADecodeStep) {
+  SKIP_WITHOUT_GPU();
+  const TinySpec spec = cuda_tiny_spec();
+  cuda::CudaModel model(Engine::load(build_cuda_engine(write_tiny_checkpoint("cuda_kernel_costs", spec), false)));
+  const std::vector<int32_t> prompt{7, 3, 90, 12};
+  const auto before = cuda::generate_greedy(model, prompt, 12);
+  const cuda::BenchResult r = cuda::bench(model, 8, 4, 1, DType::BF16, true);
+  EXPECT_GT(r.kernel_costs_step_ms, 0.0);
+  ASSERT_FALSE(r.kernel_costs.empty());
+  std::map<std::string, int64_t> launches;
+  for (size_t i = 0; i < r.kernel_costs.size(); ++i) {
+    const auto& c = r.kernel_costs[i];
+    EXPECT_FALSE(c.kernel.empty());
+    EXPECT_EQ(c.kernel.find('('), std::string::npos) << c.kernel;  // no parameter list
+    EXPECT_GT(c.blocks, 0u) << c.kernel;
+    EXPECT_GT(c.step_ms_without, 0.0) << c.kernel;
+    if (i > 0) EXPECT_LE(r.kernel_costs[i - 1].step_ms_without, c.step_ms_without);
+    launches[c.kernel.substr(0, c.kernel.find('<'))] += c.launches;
+  }
+  EXPECT_EQ(launches["decode_attention_kernel"], spec.layers);
+  EXPECT_EQ(launches["embed_rows_kernel"], 1);
+  EXPECT_EQ(cuda::generate_greedy(model, prompt, 12).tokens, before.tokens);
 }
 
 // Serving past the engine's max_batch would run every large step on tactics tuned for fewer rows:

@@ -62,10 +62,12 @@ GreedyResult generate_greedy(CudaModel& model, const std::vector<int32_t>& promp
   return r;
 }
 
-BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype) {
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype,
+                  bool kernel_costs) {
   constexpr int64_t kWarmupSteps = 2;
   constexpr int kReplays = 32, kReplayRounds = 5;
   if (prompt_len < 1 || steps < 1 || batch < 1) throw Error("bench: prompt length, steps and batch must be positive");
+  if (kernel_costs && !model.decode_graphs()) throw Error("bench: kernel costs need decode graphs (KILN_CUDA_GRAPHS)");
   model.require_batch(batch, "bench: batch");
   const int64_t total = prompt_len + steps + kWarmupSteps;
   if (total > model.max_seq_len()) {
@@ -130,6 +132,8 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
     std::vector<double> replay_ms;
     for (int round = 0; round < kReplayRounds; ++round) replay_ms.push_back(model.replay_decode_ms(last, cache, kReplays));
     r.decode_replay_ms = median(replay_ms);
+    // Last: its disabled replays leave garbage in the step's KV slots.
+    if (kernel_costs) r.kernel_costs = model.decode_kernel_costs(last, cache, kReplays, &r.kernel_costs_step_ms);
   }
   return r;
 }

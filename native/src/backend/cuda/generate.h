@@ -22,11 +22,17 @@ struct BenchResult {
   // The same step's decode graph replayed back to back (CudaModel::replay_decode_ms), median of 5
   // rounds of 32: decode_step_ms minus this is the host round trip a step pays. 0 without graphs.
   double decode_replay_ms = 0.0;
+  // With kernel_costs: the step's graph captured afresh (kernel_costs_step_ms back to back) and what
+  // each family of its kernels costs it (CudaModel::decode_kernel_costs), slowest first.
+  double kernel_costs_step_ms = 0.0;
+  std::vector<CudaModel::KernelCost> kernel_costs;
 };
 
 // `batch` sequences of `prompt_len` tokens: each prefilled alone (timed), then `steps` decode steps
 // of all of them in one batched forward per step (timed after two warm-up steps), on a kv_dtype cache.
-BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype = DType::BF16);
+// kernel_costs: also measure where the last step's time goes (needs decode graphs).
+BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t batch, DType kv_dtype = DType::BF16,
+                  bool kernel_costs = false);
 
 // Time to first token of one `prompt_len` prompt into a fresh cache: median of `repeats` forwards
 // (after one warm-up), each ending with the greedy token on the host.

@@ -612,11 +612,7 @@ double CudaModel::replay_decode_ms(const ForwardBatch& batch, const CudaKvCache&
   const auto it = graphs_.find(graph_key(shape, cache));
   if (it == graphs_.end()) throw Error("replay_decode_ms: no decode graph of this shape yet (run forward first)");
   pack(batch, shape, cache.page_size());
-  const EventPair events;
-  KILN_CUDA_CHECK(cudaEventRecord(events.start(), stream_));
-  for (int i = 0; i < times; ++i) KILN_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
-  KILN_CUDA_CHECK(cudaEventRecord(events.stop(), stream_));
-  return events.elapsed_us() / 1000.0 / times;
+  return replay_ms(it->second, stream_, times);
 }
 
 void CudaModel::forward(const ForwardBatch& batch, CudaKvCache& cache, int32_t* next_tokens, float* logits,

@@ -92,6 +92,24 @@ class CudaModel {
   // (waking up, packing the next step, launching it). Each replay recomputes the same step.
   double replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times);
 
+  // One family of a decode graph's kernel nodes: one kernel at one grid size (so the o and down
+  // GEMVs of a layer, or a norm and the GEMV after it, are told apart), and the step's time with
+  // every node of the family disabled (kernel_costs.cpp).
+  struct KernelCost {
+    std::string kernel;  // as cudaFuncGetName gives it
+    unsigned blocks = 0;
+    int64_t launches = 0;  // nodes of the family in one step
+    double step_ms_without = 0.0;
+  };
+  // Where a greedy decode-only step of `batch` spends its time inside its graph: the step captured
+  // afresh and replayed `replays` times back to back (*step_ms), then again with each family
+  // disabled in turn. What a family takes away is what its latency and traffic add to the step's
+  // critical path; families overlap, so the costs need not add up to the step. Slowest first.
+  // The disabled replays compute garbage into this step's KV slots: run the step again (forward)
+  // before decoding on from it.
+  std::vector<KernelCost> decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache, int replays,
+                                              double* step_ms);
+
  private:
   // One decoder-layer GEMM: y = alpha · x · wᵀ (+ y); for fp8, x is quantized with input_scale and
   // alpha = weight scale · input scale; for bf16 both are 1.

@@ -1,0 +1,131 @@
+// CudaModel::decode_kernel_costs: a decode step's time, family by family of its graph's kernels.
+// Nsight Systems does not run on the GPU machine and Nsight Compute serializes kernels (every one
+// then pays its full ramp and drain, which PDL hides in the graph), so neither says what a kernel
+// costs the step as it runs; disabling its nodes in the instantiated graph does.
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <utility>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/graph.h"
+#include "backend/cuda/model.h"
+#include "core/error.h"
+
+namespace kiln::cuda {
+
+namespace {
+
+// Owns a captured graph and its instantiation.
+class OwnedGraph {
+ public:
+  explicit OwnedGraph(cudaGraph_t graph) : graph_(graph) {
+    const cudaError_t status = cudaGraphInstantiate(&exec_, graph_, 0);
+    if (status != cudaSuccess) {
+      cudaGraphDestroy(graph_);
+      KILN_CUDA_CHECK(status);
+    }
+  }
+  ~OwnedGraph() {
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+  }
+  OwnedGraph(const OwnedGraph&) = delete;
+  OwnedGraph& operator=(const OwnedGraph&) = delete;
+  cudaGraph_t graph() const { return graph_; }
+  cudaGraphExec_t exec() const { return exec_; }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+// A kernel's symbol as a reader names it: demangled, without its return type, namespaces and
+// parameter list ("gemv_mma_kernel<1, 8, false, true, true, 8, true>").
+std::string readable_kernel_name(const char* symbol) {
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(symbol, nullptr, nullptr, &status);
+  std::string s = status == 0 && demangled ? demangled : symbol;
+  std::free(demangled);
+  for (const std::string prefix : {"(anonymous namespace)::", "kiln::cuda::", "gemv_detail::"}) {
+    for (size_t at = s.find(prefix); at != std::string::npos; at = s.find(prefix)) s.erase(at, prefix.size());
+  }
+  if (s.rfind("void ", 0) == 0) s.erase(0, 5);
+  int depth = 0;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '<') ++depth;
+    if (s[i] == '>') --depth;
+    if (s[i] == '(' && depth == 0) return s.substr(0, i);
+  }
+  return s;
+}
+
+// The graph's kernel nodes by (kernel name, blocks), in the order each family first appears.
+std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kernel_families(cudaGraph_t graph) {
+  size_t count = 0;
+  KILN_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &count));
+  std::vector<cudaGraphNode_t> nodes(count);
+  KILN_CUDA_CHECK(cudaGraphGetNodes(graph, nodes.data(), &count));
+  std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> families;
+  std::map<std::pair<std::string, unsigned>, size_t> index;
+  for (cudaGraphNode_t node : nodes) {
+    cudaGraphNodeParams params{};
+    KILN_CUDA_CHECK(cudaGraphNodeGetParams(node, &params));
+    if (params.type != cudaGraphNodeTypeKernel) continue;
+    const dim3 grid = params.kernel.gridDim;
+    const unsigned blocks = grid.x * grid.y * grid.z;
+    // A kernel a library launched through the driver API (cuBLASLt's) has no runtime entry point
+    // to name: the family is then its grid alone.
+    const char* name = nullptr;
+    if (cudaFuncGetName(&name, params.kernel.func) != cudaSuccess) {
+      cudaGetLastError();
+      name = nullptr;
+    }
+    const auto key = std::make_pair(name ? readable_kernel_name(name) : std::string("library kernel"), blocks);
+    auto [at, added] = index.emplace(key, families.size());
+    if (added) {
+      CudaModel::KernelCost cost;
+      cost.kernel = key.first;
+      cost.blocks = blocks;
+      families.emplace_back(cost, std::vector<cudaGraphNode_t>{});
+    }
+    families[at->second].second.push_back(node);
+  }
+  return families;
+}
+
+void set_enabled(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes, bool enabled) {
+  for (cudaGraphNode_t node : nodes) KILN_CUDA_CHECK(cudaGraphNodeSetEnabled(exec, node, enabled ? 1 : 0));
+}
+
+}  // namespace
+
+std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache,
+                                                                  int replays, double* step_ms) {
+  if (replays < 1) throw Error("decode_kernel_costs: replays must be at least 1");
+  if (!graphed_step(batch)) throw Error("decode_kernel_costs: the batch is not a greedy decode-only step on CUDA graphs");
+  const StepShape shape = check_batch(batch, cache, true);
+  reserve(shape);
+  pack(batch, shape, cache.page_size());
+  const OwnedGraph step(capture(stream_, [&] { enqueue(shape, cache); }));
+  auto families = kernel_families(step.graph());
+  // One untimed replay first: the graph's first launch uploads it.
+  replay_ms(step.exec(), stream_, 1);
+  if (step_ms) *step_ms = replay_ms(step.exec(), stream_, replays);
+  std::vector<KernelCost> costs;
+  for (auto& [cost, nodes] : families) {
+    set_enabled(step.exec(), nodes, false);
+    cost.launches = static_cast<int64_t>(nodes.size());
+    cost.step_ms_without = replay_ms(step.exec(), stream_, replays);
+    set_enabled(step.exec(), nodes, true);
+    costs.push_back(cost);
+  }
+  std::sort(costs.begin(), costs.end(),
+            [](const KernelCost& a, const KernelCost& b) { return a.step_ms_without < b.step_ms_without; });
+  return costs;
+}
+
+}  // namespace kiln::cuda
