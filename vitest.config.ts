@@ -9,6 +9,8 @@ export default defineConfig({
         test: {
           name: "unit",
           include: ["**/*.test.ts"],
+          // expect.poll's default 1 s is short for a loopback HTTP round trip on a loaded CI machine.
+          expect: { poll: { timeout: 10_000 } },
           exclude: [
             "**/node_modules/**",
             "**/*.parity.test.ts",

@@ -165,7 +165,8 @@ describe("the real entrypoint on a real engine", () => {
       stdio: ["ignore", "pipe", "inherit"],
     });
     const proc = child;
-    const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
+    // "close": after stdout ended, so "drained; exiting" (written just before exit) has been read.
+    const exited = new Promise<number | null>((resolve) => proc.on("close", (code) => resolve(code)));
     let output = "";
     proc.stdout?.on("data", (d: Buffer) => {
       output += d.toString();

@@ -121,7 +121,7 @@ describe("the entrypoint with an s3:// engine", () => {
             ready(`http://127.0.0.1:${port}`).then(() => child.kill("SIGTERM"), reject);
           }
         });
-        child.on("exit", (code) => resolve({ code, output }));
+        child.on("close", (code) => resolve({ code, output })); // after stdout ended: the fatal line read
       });
 
     const wrong = await run("2".repeat(64));

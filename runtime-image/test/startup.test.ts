@@ -43,7 +43,9 @@ function runMain(
     });
     const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
     child.on("error", reject);
-    child.on("exit", (code) => {
+    // "close", not "exit": close fires once stdout and stderr have ended, so the last lines written
+    // before process.exit (the fatal one) have been read.
+    child.on("close", (code) => {
       clearTimeout(timer);
       const lines = out
         .split("\n")
