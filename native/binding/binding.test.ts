@@ -62,13 +62,23 @@ describe("native binding: build", () => {
   });
 
   test("an abort during the build rejects with BuildCancelledError and leaves no engine behind", async () => {
+    // The abort comes from the first progress event, on the JS thread; a loaded machine may finish
+    // the whole (~0.5 s) build before that thread runs it. Such a run shows nothing: its engine is
+    // removed and the build runs again, and the assertions are about a run the abort reached.
     const outPath = join(work, "cancelled.kiln");
-    const controller = new AbortController();
-    const pending = build(
-      { modelDir, outPath, precision: "fp32", maxSeqLen: 128, autotune: true },
-      { signal: controller.signal, onProgress: () => controller.abort() },
-    );
-    await expect(pending).rejects.toBeInstanceOf(BuildCancelledError);
+    let outcome: unknown = "built";
+    for (let attempt = 0; attempt < 5 && outcome === "built"; attempt++) {
+      await rm(outPath, { force: true });
+      const controller = new AbortController();
+      outcome = await build(
+        { modelDir, outPath, precision: "fp32", maxSeqLen: 128, autotune: true },
+        { signal: controller.signal, onProgress: () => controller.abort() },
+      ).then(
+        () => "built",
+        (error: unknown) => error,
+      );
+    }
+    expect(outcome).toBeInstanceOf(BuildCancelledError);
     expect(existsSync(outPath)).toBe(false);
     expect(readdirSync(work).filter((f) => f.startsWith("cancelled"))).toEqual([]);
   });
