@@ -20,7 +20,12 @@ export interface RuntimeConfig {
   maxQueuedRequests: number;
   /** Seconds clients are told to wait in Retry-After on 429/503. */
   retryAfterSeconds: number;
-  /** How long SIGTERM waits for in-flight requests before exiting anyway. */
+  /**
+   * How long a pod that was ready keeps admitting after SIGTERM (with /readyz already failing), so
+   * the Service's endpoints drop it before it refuses anyone.
+   */
+  drainDelaySeconds: number;
+  /** How long SIGTERM then waits for in-flight requests before exiting anyway. */
   drainGraceSeconds: number;
   /** Passed to the native loader; unset fields take the engine's defaults. */
   engine: Omit<EngineLoadOptions, "maxQueuedRequests">;
@@ -78,7 +83,9 @@ export function loadConfig(env: Env = process.env): RuntimeConfig {
     },
     maxQueuedRequests: integerWithDefault(env, "KILN_MAX_QUEUED_REQUESTS", 256, 0),
     retryAfterSeconds: integerWithDefault(env, "KILN_RETRY_AFTER_SECONDS", 1, 1),
-    // Below the pod's terminationGracePeriodSeconds (60), so we exit before the kubelet kills us.
+    // Delay + grace stay below the pod's terminationGracePeriodSeconds (60), so we exit before the
+    // kubelet kills us.
+    drainDelaySeconds: integerWithDefault(env, "KILN_DRAIN_DELAY_SECONDS", 5, 0),
     drainGraceSeconds: integerWithDefault(env, "KILN_DRAIN_GRACE_SECONDS", 50, 0),
     engine: {
       ...optional("maxBatchSize", integer(env, "KILN_MAX_BATCH_SIZE", undefined, 1)),

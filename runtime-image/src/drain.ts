@@ -2,10 +2,12 @@ import type { EngineStats } from "../../native/binding/engine-types.js";
 import { ApiError } from "./errors.js";
 
 /**
- * Admission of generation requests, and the drain SIGTERM starts: once draining, new requests get
- * 503 (and /readyz fails, so the Service stops routing here) while admitted ones run to the end.
+ * Admission of generation requests, and the drain SIGTERM starts: once terminating, /readyz fails
+ * (so the Service stops routing here); once draining, new requests get 503 while admitted ones run
+ * to the end.
  */
 export class Admission {
+  private terminating = false;
   private draining = false;
   private inFlight = 0;
   private idle: (() => void)[] = [];
@@ -18,6 +20,16 @@ export class Admission {
 
   get isDraining(): boolean {
     return this.draining;
+  }
+
+  /** From SIGTERM on: the pod is leaving, whether or not it still admits. */
+  get isTerminating(): boolean {
+    return this.terminating || this.draining;
+  }
+
+  /** Fails readiness from now on; requests are still admitted until drain(). */
+  terminate(): void {
+    this.terminating = true;
   }
 
   get active(): number {
@@ -78,6 +90,14 @@ export class Admission {
 
 export interface ShutdownSteps {
   admission: Admission;
+  /**
+   * How long a pod that was ready keeps admitting after the signal while /readyz fails: endpoints
+   * reach kube-proxy and load balancers seconds after a pod starts terminating, and requests they
+   * route here meanwhile should be served, not refused.
+   */
+  delayMs: number;
+  /** Whether the pod ever became ready (no Service routes to one that did not: no delay). */
+  wasReady: () => boolean;
   graceMs: number;
   /** Undefined while the engine is still loading. */
   engine: () => { close(): Promise<void> } | undefined;
@@ -87,13 +107,22 @@ export interface ShutdownSteps {
 }
 
 /**
- * SIGTERM (and SIGINT): stop admitting, let in-flight generations finish within the grace period,
- * then close the engine (cancelling whatever is left) and the server, and exit 0.
+ * SIGTERM (and SIGINT): fail readiness and keep serving for the delay, then stop admitting, let
+ * in-flight generations finish within the grace period, close the engine (cancelling whatever is
+ * left) and the server, and exit 0.
  */
 export function installShutdown(steps: ShutdownSteps): () => Promise<void> {
   let started: Promise<void> | undefined;
   const shutdown = () => {
     started ??= (async () => {
+      steps.admission.terminate();
+      if (steps.delayMs > 0 && steps.wasReady()) {
+        steps.log.info(
+          { delayMs: steps.delayMs },
+          "terminating: not ready; still serving while the Service stops routing here",
+        );
+        await new Promise((resolve) => setTimeout(resolve, steps.delayMs));
+      }
       steps.log.info(
         { inFlight: steps.admission.active, graceMs: steps.graceMs },
         "draining: no new requests",

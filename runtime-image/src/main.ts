@@ -14,6 +14,8 @@ async function start(config: RuntimeConfig): Promise<void> {
   const server = await createServer(config, log);
   installShutdown({
     admission: server.admission,
+    delayMs: config.drainDelaySeconds * 1000,
+    wasReady: () => server.state.warmedUp,
     graceMs: config.drainGraceSeconds * 1000,
     engine: () => server.state.model?.engine,
     closeServer: () => server.app.close(),

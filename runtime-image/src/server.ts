@@ -92,7 +92,7 @@ export async function createServer(config: ServerConfig, logger: Logger): Promis
   await app.register(healthRoutes, {
     healthy: () => stats()?.healthy ?? true,
     notReadyReason: () => {
-      if (admission.isDraining) return "draining";
+      if (admission.isTerminating) return "draining";
       if (!state.model) return "loading engine";
       if (!state.warmedUp) return "warming up";
       return stats()?.healthy === false ? "engine loop stopped" : undefined;

@@ -11,6 +11,7 @@ describe("runtime config from the environment", () => {
       modelName: "kiln",
       port: 8000,
       cacheDir: "/var/cache/kiln",
+      drainDelaySeconds: 5,
       drainGraceSeconds: 50,
       engine: {},
     });

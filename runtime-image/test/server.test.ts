@@ -195,6 +195,8 @@ describe("drain on SIGTERM", () => {
     const closeEngine = vi.spyOn(r.engine, "close");
     const shutdown = installShutdown({
       admission: r.admission,
+      delayMs: 0,
+      wasReady: () => true,
       graceMs: 10_000,
       engine: () => r.engine,
       closeServer: () => r.app.close(),
@@ -237,12 +239,78 @@ describe("drain on SIGTERM", () => {
     }
   });
 
+  test("a pod that was ready fails /readyz at once but admits for the delay, then refuses and drains", async () => {
+    runtime = await testRuntime({ manual: true });
+    const r = runtime;
+    const exit = vi.fn();
+    const shutdown = installShutdown({
+      admission: r.admission,
+      delayMs: 2_000,
+      wasReady: () => true,
+      graceMs: 10_000,
+      engine: () => r.engine,
+      closeServer: () => r.app.close(),
+      exit,
+      log: { info: () => {}, warn: () => {} },
+    });
+    const completion = (prompt: string) =>
+      r.app.inject({ method: "POST", url: "/v1/completions", payload: { model: MODEL, prompt } });
+    try {
+      const done = shutdown();
+      expect((await r.app.inject({ url: "/readyz" })).json()).toEqual({ status: "draining" });
+      // Within the delay a request routed here before the endpoints caught up is still served.
+      const late = completion("x");
+      await expect.poll(() => r.engine.submitted.length).toBe(1);
+      expect(r.admission.isDraining).toBe(false);
+      await expect.poll(() => r.admission.isDraining).toBe(true);
+      const refused = await completion("y");
+      expect(refused.statusCode).toBe(503);
+      expect(refused.json().error.code).toBe("draining");
+      expect(exit).not.toHaveBeenCalled();
+      const timer = setInterval(() => r.engine.step(), 2);
+      expect((await late).statusCode).toBe(200);
+      clearInterval(timer);
+      await done;
+      expect(exit).toHaveBeenCalledWith(0);
+      expect(r.engine.cancelled).toEqual([]);
+    } finally {
+      process.removeListener("SIGTERM", shutdown);
+      process.removeListener("SIGINT", shutdown);
+    }
+  });
+
+  test("a pod that never became ready refuses at once: no Service routes to it", async () => {
+    runtime = await testRuntime({ manual: true });
+    const r = runtime;
+    const exit = vi.fn();
+    const shutdown = installShutdown({
+      admission: r.admission,
+      delayMs: 60_000,
+      wasReady: () => false,
+      graceMs: 10_000,
+      engine: () => r.engine,
+      closeServer: () => r.app.close(),
+      exit,
+      log: { info: () => {}, warn: () => {} },
+    });
+    try {
+      await shutdown();
+      expect(r.admission.isDraining).toBe(true);
+      expect(exit).toHaveBeenCalledWith(0);
+    } finally {
+      process.removeListener("SIGTERM", shutdown);
+      process.removeListener("SIGINT", shutdown);
+    }
+  });
+
   test("requests still running when the grace period ends are cancelled and the process still exits 0", async () => {
     runtime = await testRuntime({ manual: true });
     const r = runtime;
     const exit = vi.fn();
     const shutdown = installShutdown({
       admission: r.admission,
+      delayMs: 0,
+      wasReady: () => true,
       graceMs: 50,
       engine: () => r.engine,
       closeServer: () => r.app.close(),
