@@ -280,18 +280,22 @@ def hf_measure(cfg: dict) -> dict:
     return res
 
 
+KERNEL_COSTS: dict[str, dict] = {}  # "<engine> b<batch>" -> its decode line, for kernel-costs.json
+
+
 def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
     """The decode line's kernel families (kiln-native's kernel_costs), what each costs the step, to
-    the log and, with `out`, to kernel-costs-<name>-b<batch>.json."""
+    the log and, with `out`, to kernel-costs.json (every engine and batch of the run in one file: a
+    device call returns only so many)."""
     step = line["kernel_costs_step_ms"]
     log(f"{log_name}: batch {line['batch']} step {step:.3f} ms back to back; what each kernel family costs it "
         "(its nodes disabled):")
     for c in line["kernel_costs"]:
         saved = (step - c["step_ms_without"]) * 1e3
         log(f"  {saved:8.1f} us  {c['launches']:4d} x {c['blocks']:5d} blocks  {c['kernel']}")
+    KERNEL_COSTS[f"{log_name} b{line['batch']}"] = line
     if out:
-        slug = log_name.replace(" ", "-")
-        (out / f"kernel-costs-{slug}-b{line['batch']}.json").write_text(json.dumps(line, indent=1))
+        (out / "kernel-costs.json").write_text(json.dumps(KERNEL_COSTS, indent=1))
 
 
 def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None = None,
@@ -480,7 +484,7 @@ def main() -> None:
     ap.add_argument("--kernel-costs", metavar="B1,B2,...",
                     help="at these decode batches (of those measured) also time the step's graph with each kernel "
                          "family disabled in turn: what each costs the step as it runs (Nsight Compute serializes "
-                         "kernels); a table in the log and kernel-costs-*.json in --out")
+                         "kernels); a table in the log and kernel-costs.json in --out")
     ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
                     help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
     ap.add_argument("--ab", metavar="VAR=V1,V2,...",

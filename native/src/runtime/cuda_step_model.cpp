@@ -57,7 +57,8 @@ KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
     throw Error("serving options: maxBatchSize (" + std::to_string(o.max_batch_size) + ") is past the engine's max_batch (" +
                 std::to_string(model.max_batch()) + "), the batch its GEMMs were tuned for: serve at most " +
                 std::to_string(model.max_batch()) + ", or build the engine for " + std::to_string(o.max_batch_size) +
-                " (spec.engine.maxBatchSize, kiln-native build --max-batch)");
+                " (spec.engine.maxBatchSize, kiln-native build --max-batch); in the runtime image it is "
+                "KILN_MAX_BATCH_SIZE");
   }
   reserve_largest_step(model, o);
   size_t free_bytes = 0, total_bytes = 0;

@@ -509,10 +509,13 @@ TEST(CudaModel, KernelCostsNameEveryKernelFamilyOfADecodeStep) {
   for (size_t i = 0; i < r.kernel_costs.size(); ++i) {
     const auto& c = r.kernel_costs[i];
     EXPECT_FALSE(c.kernel.empty());
-    EXPECT_EQ(c.kernel.find('('), std::string::npos) << c.kernel;  // no parameter list
-    EXPECT_GT(c.blocks, 0u) << c.kernel;
+    EXPECT_NE(c.kernel.back(), ')') << c.kernel;  // no parameter list
+    // cuBLASLt's kernels (this engine's GEMMs, not autotuned) may come without their grid.
+    if (c.kernel != "library kernel") EXPECT_GT(c.blocks, 0u) << c.kernel;
     EXPECT_GT(c.step_ms_without, 0.0) << c.kernel;
-    if (i > 0) EXPECT_LE(r.kernel_costs[i - 1].step_ms_without, c.step_ms_without);
+    if (i > 0) {
+      EXPECT_LE(r.kernel_costs[i - 1].step_ms_without, c.step_ms_without);
+    }
     launches[c.kernel.substr(0, c.kernel.find('<'))] += c.launches;
   }
   EXPECT_EQ(launches["decode_attention_kernel"], spec.layers);

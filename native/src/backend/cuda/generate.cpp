@@ -104,9 +104,10 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
     prefill_ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
   }
   std::vector<double> step_ms;
+  std::vector<int32_t> tokens;
   for (int64_t s = 0; s < steps + kWarmupSteps; ++s) {
     ForwardBatch step;
-    const std::vector<int32_t> tokens = next;
+    tokens = next;
     for (int64_t b = 0; b < batch; ++b) {
       step.add(&tokens[static_cast<size_t>(b)], 1, prompt_len + s, tables[static_cast<size_t>(b)].data(), true);
     }
@@ -123,10 +124,11 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
   r.decode_step_ms = median(step_ms);
   r.decode_tok_per_s = r.decode_step_ms > 0 ? 1000.0 * static_cast<double>(batch) / r.decode_step_ms : 0.0;
   if (model.decode_graphs()) {
-    // The last step again, its graph replayed back to back: the same step without the host between.
+    // The last step again (its tokens at its positions), its graph replayed back to back: the same
+    // step without the host between.
     ForwardBatch last;
     for (int64_t b = 0; b < batch; ++b) {
-      last.add(&next[static_cast<size_t>(b)], 1, prompt_len + steps + kWarmupSteps - 1,
+      last.add(&tokens[static_cast<size_t>(b)], 1, prompt_len + steps + kWarmupSteps - 1,
                tables[static_cast<size_t>(b)].data(), true);
     }
     std::vector<double> replay_ms;

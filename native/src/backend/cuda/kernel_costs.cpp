@@ -63,6 +63,29 @@ std::string readable_kernel_name(const char* symbol) {
   return s;
 }
 
+// A kernel node's name and block count. A kernel another library launched through the driver API
+// (cuBLASLt's) has no runtime entry point to name, and the runtime may not even give its
+// parameters: it is then "library kernel", with its grid where known (0 where not).
+std::pair<std::string, unsigned> kernel_of(cudaGraphNode_t node) {
+  cudaGraphNodeParams params{};
+  if (cudaGraphNodeGetParams(node, &params) != cudaSuccess) {
+    cudaGetLastError();
+    return {"library kernel", 0};
+  }
+  const dim3 grid = params.kernel.gridDim;
+  const unsigned blocks = grid.x * grid.y * grid.z;
+#if CUDART_VERSION >= 13000
+  // A CUfunction is not a runtime entry point: cudaFuncGetName would take it for a cudaKernel_t.
+  if (params.kernel.functionType == cudaKernelFunctionTypeFunction) return {"library kernel", blocks};
+#endif
+  const char* name = nullptr;
+  if (cudaFuncGetName(&name, params.kernel.func) != cudaSuccess || !name) {
+    cudaGetLastError();
+    return {"library kernel", blocks};
+  }
+  return {readable_kernel_name(name), blocks};
+}
+
 // The graph's kernel nodes by (kernel name, blocks), in the order each family first appears.
 std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kernel_families(cudaGraph_t graph) {
   size_t count = 0;
@@ -72,19 +95,11 @@ std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kern
   std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> families;
   std::map<std::pair<std::string, unsigned>, size_t> index;
   for (cudaGraphNode_t node : nodes) {
-    cudaGraphNodeParams params{};
-    KILN_CUDA_CHECK(cudaGraphNodeGetParams(node, &params));
-    if (params.type != cudaGraphNodeTypeKernel) continue;
-    const dim3 grid = params.kernel.gridDim;
-    const unsigned blocks = grid.x * grid.y * grid.z;
-    // A kernel a library launched through the driver API (cuBLASLt's) has no runtime entry point
-    // to name: the family is then its grid alone.
-    const char* name = nullptr;
-    if (cudaFuncGetName(&name, params.kernel.func) != cudaSuccess) {
-      cudaGetLastError();
-      name = nullptr;
-    }
-    const auto key = std::make_pair(name ? readable_kernel_name(name) : std::string("library kernel"), blocks);
+    cudaGraphNodeType type{};
+    KILN_CUDA_CHECK(cudaGraphNodeGetType(node, &type));
+    if (type != cudaGraphNodeTypeKernel) continue;
+    const auto [name, blocks] = kernel_of(node);
+    const auto key = std::make_pair(name, blocks);
     auto [at, added] = index.emplace(key, families.size());
     if (added) {
       CudaModel::KernelCost cost;
@@ -123,6 +138,13 @@ std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardB
     set_enabled(step.exec(), nodes, true);
     costs.push_back(cost);
   }
+  // A disabled node is an empty node on the PDL edges around it, so the kernels next to it may
+  // overlap in ways the step never does: the decode attention's counter merge could be left
+  // non-zero, which every later step relies on finding zero.
+  if (split_counters_.bytes() > 0) {
+    KILN_CUDA_CHECK(cudaMemsetAsync(split_counters_.get(), 0, split_counters_.bytes(), stream_));
+  }
+  KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::sort(costs.begin(), costs.end(),
             [](const KernelCost& a, const KernelCost& b) { return a.step_ms_without < b.step_ms_without; });
   return costs;

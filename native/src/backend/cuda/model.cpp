@@ -604,13 +604,15 @@ CudaModel::GraphKey CudaModel::graph_key(const StepShape& shape, const CudaKvCac
   return GraphKey{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
 }
 
-double CudaModel::replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times) {
+double CudaModel::replay_decode_ms(const ForwardBatch& batch, CudaKvCache& cache, int times) {
   if (times < 1) throw Error("replay_decode_ms: times must be at least 1");
   if (!graphed_step(batch)) throw Error("replay_decode_ms: the batch is not a greedy decode-only step on CUDA graphs");
   const StepShape shape = check_batch(batch, cache, true);
-  reserve(shape);
+  // Looked up before reserve(): a graph of this shape exists only while the buffers it was
+  // captured on still fit it (growing them drops every graph).
   const auto it = graphs_.find(graph_key(shape, cache));
   if (it == graphs_.end()) throw Error("replay_decode_ms: no decode graph of this shape yet (run forward first)");
+  reserve(shape);
   pack(batch, shape, cache.page_size());
   return replay_ms(it->second, stream_, times);
 }

@@ -89,8 +89,9 @@ class CudaModel {
   // The GPU's own time for a greedy decode-only step: `batch`'s decode graph (captured by forward,
   // which must have run a step of this shape first) replayed `times` times back to back, ms each.
   // Against forward's wall time per step this gives what the host round trip between steps costs
-  // (waking up, packing the next step, launching it). Each replay recomputes the same step.
-  double replay_decode_ms(const ForwardBatch& batch, const CudaKvCache& cache, int times);
+  // (waking up, packing the next step, launching it). Each replay recomputes the same step and
+  // writes the same keys and values into `cache` again.
+  double replay_decode_ms(const ForwardBatch& batch, CudaKvCache& cache, int times);
 
   // One family of a decode graph's kernel nodes: one kernel at one grid size (so the o and down
   // GEMVs of a layer, or a norm and the GEMV after it, are told apart), and the step's time with
