@@ -511,7 +511,9 @@ TEST(CudaModel, KernelCostsNameEveryKernelFamilyOfADecodeStep) {
     EXPECT_FALSE(c.kernel.empty());
     EXPECT_NE(c.kernel.back(), ')') << c.kernel;  // no parameter list
     // cuBLASLt's kernels (this engine's GEMMs, not autotuned) may come without their grid.
-    if (c.kernel != "library kernel") EXPECT_GT(c.blocks, 0u) << c.kernel;
+    if (c.kernel != "library kernel") {
+      EXPECT_GT(c.blocks, 0u) << c.kernel;
+    }
     EXPECT_GT(c.step_ms_without, 0.0) << c.kernel;
     if (i > 0) {
       EXPECT_LE(r.kernel_costs[i - 1].step_ms_without, c.step_ms_without);
