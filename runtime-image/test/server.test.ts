@@ -2,7 +2,7 @@ import { request as httpRequest } from "node:http";
 import type { AddressInfo } from "node:net";
 import OpenAI from "openai";
 import { afterEach, describe, expect, test, vi } from "vitest";
-import { installShutdown } from "../src/drain.js";
+import { installShutdown, type ShutdownSteps } from "../src/drain.js";
 import { loadedModelFrom, warmUp } from "../src/model.js";
 import { loadTokenizer } from "../src/tokenizer.js";
 import { EOS_ID, tinyTokenizerJson } from "./fixtures/tokenizer.js";
@@ -183,6 +183,27 @@ describe("the official OpenAI client", () => {
   });
 });
 
+/** installShutdown on `r` (no delay, was ready, exit spied, silent), overridden by `steps`. */
+function shutdownOf(r: TestRuntime, steps: Partial<ShutdownSteps> = {}) {
+  const exit = vi.fn();
+  const shutdown = installShutdown({
+    admission: r.admission,
+    delayMs: 0,
+    wasReady: () => true,
+    graceMs: 10_000,
+    engine: () => r.engine,
+    closeServer: () => r.app.close(),
+    exit,
+    log: { info: () => {}, warn: () => {} },
+    ...steps,
+  });
+  const remove = () => {
+    process.removeListener("SIGTERM", shutdown);
+    process.removeListener("SIGINT", shutdown);
+  };
+  return { shutdown, exit, remove };
+}
+
 describe("drain on SIGTERM", () => {
   test("in-flight streams finish, new requests get 503, /readyz fails, then the process exits 0", async () => {
     runtime = await testRuntime({
@@ -191,18 +212,8 @@ describe("drain on SIGTERM", () => {
     });
     const r = runtime;
     const base = await listen(r);
-    const exit = vi.fn();
     const closeEngine = vi.spyOn(r.engine, "close");
-    const shutdown = installShutdown({
-      admission: r.admission,
-      delayMs: 0,
-      wasReady: () => true,
-      graceMs: 10_000,
-      engine: () => r.engine,
-      closeServer: () => r.app.close(),
-      exit,
-      log: { info: () => {}, warn: () => {} },
-    });
+    const { shutdown, exit, remove } = shutdownOf(r);
     try {
       const inFlight = fetch(`${base}/v1/completions`, {
         method: "POST",
@@ -234,25 +245,14 @@ describe("drain on SIGTERM", () => {
       expect(exit).toHaveBeenCalledWith(0);
       expect(r.engine.cancelled).toEqual([]);
     } finally {
-      process.removeListener("SIGTERM", shutdown);
-      process.removeListener("SIGINT", shutdown);
+      remove();
     }
   });
 
   test("a pod that was ready fails /readyz at once but admits for the delay, then refuses and drains", async () => {
     runtime = await testRuntime({ manual: true });
     const r = runtime;
-    const exit = vi.fn();
-    const shutdown = installShutdown({
-      admission: r.admission,
-      delayMs: 2_000,
-      wasReady: () => true,
-      graceMs: 10_000,
-      engine: () => r.engine,
-      closeServer: () => r.app.close(),
-      exit,
-      log: { info: () => {}, warn: () => {} },
-    });
+    const { shutdown, exit, remove } = shutdownOf(r, { delayMs: 2_000 });
     const completion = (prompt: string) =>
       r.app.inject({ method: "POST", url: "/v1/completions", payload: { model: MODEL, prompt } });
     try {
@@ -274,49 +274,27 @@ describe("drain on SIGTERM", () => {
       expect(exit).toHaveBeenCalledWith(0);
       expect(r.engine.cancelled).toEqual([]);
     } finally {
-      process.removeListener("SIGTERM", shutdown);
-      process.removeListener("SIGINT", shutdown);
+      remove();
     }
   });
 
   test("a pod that never became ready refuses at once: no Service routes to it", async () => {
     runtime = await testRuntime({ manual: true });
     const r = runtime;
-    const exit = vi.fn();
-    const shutdown = installShutdown({
-      admission: r.admission,
-      delayMs: 60_000,
-      wasReady: () => false,
-      graceMs: 10_000,
-      engine: () => r.engine,
-      closeServer: () => r.app.close(),
-      exit,
-      log: { info: () => {}, warn: () => {} },
-    });
+    const { shutdown, exit, remove } = shutdownOf(r, { delayMs: 60_000, wasReady: () => false });
     try {
       await shutdown();
       expect(r.admission.isDraining).toBe(true);
       expect(exit).toHaveBeenCalledWith(0);
     } finally {
-      process.removeListener("SIGTERM", shutdown);
-      process.removeListener("SIGINT", shutdown);
+      remove();
     }
   });
 
   test("requests still running when the grace period ends are cancelled and the process still exits 0", async () => {
     runtime = await testRuntime({ manual: true });
     const r = runtime;
-    const exit = vi.fn();
-    const shutdown = installShutdown({
-      admission: r.admission,
-      delayMs: 0,
-      wasReady: () => true,
-      graceMs: 50,
-      engine: () => r.engine,
-      closeServer: () => r.app.close(),
-      exit,
-      log: { info: () => {}, warn: () => {} },
-    });
+    const { shutdown, exit, remove } = shutdownOf(r, { graceMs: 50 });
     try {
       const inFlight = r.app.inject({
         method: "POST",
@@ -329,8 +307,7 @@ describe("drain on SIGTERM", () => {
       expect(r.engine.cancelled).toEqual([r.engine.submitted[0]?.id]);
       await inFlight;
     } finally {
-      process.removeListener("SIGTERM", shutdown);
-      process.removeListener("SIGINT", shutdown);
+      remove();
     }
   });
 });
