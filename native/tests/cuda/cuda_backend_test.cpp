@@ -525,6 +525,44 @@ TEST(CudaModel, KernelCostsNameEveryKernelFamilyOfADecodeStep) {
   EXPECT_EQ(cuda::generate_greedy(model, prompt, 12).tokens, before.tokens);
 }
 
+// KILN_CUDA_TACTIC replaces a bucket's autotuned tactic at load (for an A/B in the decode graph):
+// a valid override loads and decodes, a bucket the table lacks or a split the GEMV lacks is refused.
+TEST(CudaModel, TacticOverridesReplaceABucketsTacticOrAreRefusedNamingIt) {
+  SKIP_WITHOUT_GPU();
+  const TinySpec spec = cuda_tiny_spec();
+  const BuildOptions o = build_autotuned_tiny_engine("cuda_tactic_override", spec);
+  const auto engine = Engine::load(o.out_path);
+  const std::string gate_up = std::to_string(2 * spec.intermediate) + "x" + std::to_string(spec.hidden) + ":bf16";
+  const auto load_with = [&](const std::string& text) {
+    setenv("KILN_CUDA_TACTIC", text.c_str(), 1);  // read by the constructor
+    try {
+      auto model = std::make_unique<cuda::CudaModel>(engine);
+      unsetenv("KILN_CUDA_TACTIC");
+      return model;
+    } catch (...) {
+      unsetenv("KILN_CUDA_TACTIC");
+      throw;
+    }
+  };
+  auto forced = load_with(gate_up + "@1=cublaslt;" + gate_up + "@8=kiln-gemv/2/unstaged");
+  EXPECT_EQ(cuda::generate_greedy(*forced, {7, 3, 90}, 8).tokens.size(), 8u);
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {gate_up + "@3=cublaslt", "no such GEMM bucket"},
+      {"7x7:bf16@1=cublaslt", "no such GEMM bucket"},
+      {gate_up + "@1=kiln-gemv/3", "kiln-gemv has no split 3 for bf16"},
+      {gate_up + "@1=kiln", "neither cublaslt nor kiln-gemv"},
+  };
+  for (const auto& [text, why] : refused) {
+    SCOPED_TRACE(text);
+    try {
+      load_with(text);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+}
+
 // Serving past the engine's max_batch would run every large step on tactics tuned for fewer rows:
 // the CUDA step model refuses it, naming the option, both limits and the field to rebuild with.
 TEST(CudaStepModel, RefusesAMaxBatchSizePastTheEnginesMaxBatch) {

@@ -12,6 +12,7 @@
 #include "backend/cuda/graph.h"
 #include "backend/cuda/prefill_attention.h"
 #include "backend/cuda/switches.h"
+#include "backend/tactic_override.h"
 #include "core/error.h"
 #include "runtime/rope.h"
 
@@ -117,6 +118,34 @@ const float* CudaModel::upload_optional_vector(const std::string& name, int64_t 
   return static_cast<const float*>(upload(name, DType::F32));
 }
 
+void CudaModel::apply_tactic_overrides(const std::string& source) {
+  const char* text = std::getenv("KILN_CUDA_TACTIC");
+  if (!text) return;
+  for (const TacticOverride& o : parse_tactic_overrides(text)) {
+    const std::string what = "KILN_CUDA_TACTIC: " + std::to_string(o.n) + "x" + std::to_string(o.k) + ":" + o.dtype +
+                             "@" + std::to_string(o.bucket);
+    GemmChoice* found = nullptr;
+    if (const auto table = tuned_.find({o.n, o.k, o.dtype}); table != tuned_.end()) {
+      for (auto& [bucket, c] : table->second) {
+        if (bucket == o.bucket) found = &c;
+      }
+    }
+    if (!found) {
+      throw Error(what + ": " + source + "'s autotune table has no such GEMM bucket (kiln-native inspect lists them)");
+    }
+    GemmChoice& choice = *found;
+    choice.tactic = o.gemv ? GemmTactic::KilnGemv : GemmTactic::CublasLt;
+    if (o.gemv) {
+      const std::vector<int> splits = gemv_splits(o.dtype == "f8e4m3");
+      if (std::find(splits.begin(), splits.end(), o.split) == splits.end()) {
+        throw Error(what + ": kiln-gemv has no split " + std::to_string(o.split) + " for " + o.dtype);
+      }
+      choice.gemv_split = o.split;
+      choice.gemv_stage_input = o.stage_input;
+    }
+  }
+}
+
 TunedGemm* CudaModel::gemm_for(int64_t n, int64_t k, const std::string& dtype) {
   const GemmKey key{n, k, dtype};
   auto& slot = gemms_[key];
@@ -215,6 +244,7 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
       throw Error(e.source() + ": autotune table is malformed: " + ex.what());
     }
   }
+  apply_tactic_overrides(e.source());
 
   const RopeTable rope(c, max_seq_len_);
   const size_t rope_bytes = static_cast<size_t>(max_seq_len_ * (c.head_dim / 2)) * sizeof(float);

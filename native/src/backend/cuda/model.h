@@ -155,6 +155,8 @@ class CudaModel {
   // the GEMM path's output then comes interleaved too, as silu_mul_to_* reads it.
   const void* upload(const std::string& name, DType as, bool interleave = false);
   const float* upload_optional_vector(const std::string& name, int64_t length);
+  // KILN_CUDA_TACTIC (backend/tactic_override.h) applied to the autotune table; `source` names the engine.
+  void apply_tactic_overrides(const std::string& source);
   TunedGemm* gemm_for(int64_t n, int64_t k, const std::string& dtype);
   Projection projection(const std::string& name, int64_t n, int64_t k, bool interleave = false);
   StepShape check_batch(const ForwardBatch& batch, const CudaKvCache& cache, bool fixed_tables) const;
