@@ -150,7 +150,7 @@ describe("the real entrypoint on a real engine", () => {
     child?.kill("SIGKILL");
   });
 
-  test("becomes ready, and SIGTERM mid-stream completes the stream before exiting 0", async () => {
+  test("becomes ready; after SIGTERM it fails /readyz, still serves for the drain delay, completes the stream and exits 0", async () => {
     child = spawn(process.execPath, ["--import", "tsx", MAIN], {
       env: {
         PATH: process.env.PATH ?? "",
@@ -161,6 +161,7 @@ describe("the real entrypoint on a real engine", () => {
         KILN_ENGINE_SHA256: stored.sha256,
         KILN_MODEL_NAME: "tiny",
         KILN_THREADS: "1",
+        KILN_DRAIN_DELAY_SECONDS: "10",
       },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -186,6 +187,14 @@ describe("the real entrypoint on a real engine", () => {
     const first = await reader?.read();
     expect(first?.done).toBe(false);
     proc.kill("SIGTERM");
+    await expect.poll(async () => (await fetch(`${url}/readyz`)).status).toBe(503);
+    // A request the Service still routes here during the delay is served, not refused.
+    const late = await fetch(`${url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tiny", prompt: "late", max_tokens: 4, temperature: 0 }),
+    });
+    expect(late.status).toBe(200);
     let rest = new TextDecoder().decode(first?.value);
     for (;;) {
       const chunk = await reader?.read();
