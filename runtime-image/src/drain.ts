@@ -24,7 +24,7 @@ export class Admission {
 
   /** From SIGTERM on: the pod is leaving, whether or not it still admits. */
   get isTerminating(): boolean {
-    return this.terminating || this.draining;
+    return this.terminating;
   }
 
   /** Fails readiness from now on; requests are still admitted until drain(). */
@@ -73,6 +73,7 @@ export class Admission {
 
   /** Stops admitting and resolves once in-flight requests are done or the grace period ends. */
   async drain(graceMs: number): Promise<"finished" | "grace-expired"> {
+    this.terminating = true;
     this.draining = true;
     if (this.inFlight === 0) return "finished";
     let timer: NodeJS.Timeout | undefined;

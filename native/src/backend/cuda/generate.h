@@ -19,8 +19,8 @@ struct BenchResult {
   double prefill_ms = 0.0;         // one prompt alone, median over the batch's sequences
   double decode_step_ms = 0.0;     // median step of `batch` sequences decoding together
   double decode_tok_per_s = 0.0;   // batch / decode_step_ms
-  // The same step's decode graph replayed back to back (CudaModel::replay_decode_ms), median of 5
-  // rounds of 32: decode_step_ms minus this is the host round trip a step pays. 0 without graphs.
+  // The same step's decode graph replayed back to back (CudaModel::replay_decode_ms), median of 3
+  // rounds of 16: decode_step_ms minus this is the host round trip a step pays. 0 without graphs.
   double decode_replay_ms = 0.0;
   // With kernel_costs: the step's graph captured afresh (kernel_costs_step_ms back to back) and what
   // each family of its kernels costs it (CudaModel::decode_kernel_costs), slowest first.

@@ -120,9 +120,7 @@ void set_enabled(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes
 
 std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache,
                                                                   int replays, double* step_ms) {
-  if (replays < 1) throw Error("decode_kernel_costs: replays must be at least 1");
-  if (!graphed_step(batch)) throw Error("decode_kernel_costs: the batch is not a greedy decode-only step on CUDA graphs");
-  const StepShape shape = check_batch(batch, cache, true);
+  const StepShape shape = graphed_shape(batch, cache, replays, "decode_kernel_costs");
   reserve(shape);
   pack(batch, shape, cache.page_size());
   const OwnedGraph step(capture(stream_, [&] { enqueue(shape, cache); }));

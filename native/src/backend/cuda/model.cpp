@@ -634,10 +634,15 @@ CudaModel::GraphKey CudaModel::graph_key(const StepShape& shape, const CudaKvCac
   return GraphKey{shape.sequences, first.keys, first.values, cache.pages(), cache.page_size(), cache.dtype()};
 }
 
+CudaModel::StepShape CudaModel::graphed_shape(const ForwardBatch& batch, const CudaKvCache& cache, int replays,
+                                              const char* what) const {
+  if (replays < 1) throw Error(std::string(what) + ": replays must be at least 1");
+  if (!graphed_step(batch)) throw Error(std::string(what) + ": the batch is not a greedy decode-only step on CUDA graphs");
+  return check_batch(batch, cache, true);
+}
+
 double CudaModel::replay_decode_ms(const ForwardBatch& batch, CudaKvCache& cache, int times) {
-  if (times < 1) throw Error("replay_decode_ms: times must be at least 1");
-  if (!graphed_step(batch)) throw Error("replay_decode_ms: the batch is not a greedy decode-only step on CUDA graphs");
-  const StepShape shape = check_batch(batch, cache, true);
+  const StepShape shape = graphed_shape(batch, cache, times, "replay_decode_ms");
   // Looked up before reserve(): a graph of this shape exists only while the buffers it was
   // captured on still fit it (growing them drops every graph).
   const auto it = graphs_.find(graph_key(shape, cache));

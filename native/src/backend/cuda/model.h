@@ -164,6 +164,9 @@ class CudaModel {
   // token, graphs on; the caller also wants no logits), and the graph that step of that shape uses.
   bool graphed_step(const ForwardBatch& batch) const;
   static GraphKey graph_key(const StepShape& shape, const CudaKvCache& cache);
+  // The shape of a greedy decode-only step that replays its graph `replays` times, or an Error
+  // naming `what` (replay_decode_ms, decode_kernel_costs).
+  StepShape graphed_shape(const ForwardBatch& batch, const CudaKvCache& cache, int replays, const char* what) const;
   void reserve(const StepShape& shape);
   void pack(const ForwardBatch& batch, const StepShape& shape, int64_t page_size);
   // Everything of one step on the stream, ending with the next tokens in host_next_ (graph-capturable:
