@@ -271,7 +271,7 @@ int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine>
           Json families = Json::array();
           for (const auto& c : r.kernel_costs) {
             families.push_back(Json{{"kernel", c.kernel}, {"blocks", c.blocks}, {"launches", c.launches},
-                                    {"step_ms_without", c.step_ms_without}});
+                                    {"step_ms_without", c.step_ms_without ? Json(*c.step_ms_without) : Json()}});
           }
           line["kernel_costs_step_ms"] = r.kernel_costs_step_ms;
           line["kernel_costs"] = std::move(families);

@@ -6,6 +6,7 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <utility>
@@ -65,21 +66,18 @@ std::string readable_kernel_name(const char* symbol) {
 
 // A kernel node's name and block count. A kernel another library launched through the driver API
 // (cuBLASLt's) has no runtime entry point to name, and the runtime may not even give its
-// parameters: it is then "library kernel", with its grid where known (0 where not).
+// parameters: it is then "library kernel", with its grid where known (0 where not). The legacy
+// cudaGraphKernelNodeGetParams, not cudaGraphNodeGetParams: the GPU machine's CUDA 13.0 runtime
+// lacks the latter, and the former returns a foreign kernel's handle that cudaFuncGetName refuses.
 std::pair<std::string, unsigned> kernel_of(cudaGraphNode_t node) {
-  cudaGraphNodeParams params{};
-  if (cudaGraphNodeGetParams(node, &params) != cudaSuccess) {
+  cudaKernelNodeParams params{};
+  if (cudaGraphKernelNodeGetParams(node, &params) != cudaSuccess) {
     cudaGetLastError();
     return {"library kernel", 0};
   }
-  const dim3 grid = params.kernel.gridDim;
-  const unsigned blocks = grid.x * grid.y * grid.z;
-#if CUDART_VERSION >= 13000
-  // A CUfunction is not a runtime entry point: cudaFuncGetName would take it for a cudaKernel_t.
-  if (params.kernel.functionType == cudaKernelFunctionTypeFunction) return {"library kernel", blocks};
-#endif
+  const unsigned blocks = params.gridDim.x * params.gridDim.y * params.gridDim.z;
   const char* name = nullptr;
-  if (cudaFuncGetName(&name, params.kernel.func) != cudaSuccess || !name) {
+  if (!params.func || cudaFuncGetName(&name, params.func) != cudaSuccess || !name) {
     cudaGetLastError();
     return {"library kernel", blocks};
   }
@@ -116,6 +114,17 @@ void set_enabled(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes
   for (cudaGraphNode_t node : nodes) KILN_CUDA_CHECK(cudaGraphNodeSetEnabled(exec, node, enabled ? 1 : 0));
 }
 
+// Whether the family's nodes can be disabled: the first one's refusal (a cluster launch) leaves
+// every node as it was, and a refusal is no error of the step.
+bool try_disable(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes) {
+  if (cudaGraphNodeSetEnabled(exec, nodes.front(), 0) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  set_enabled(exec, {nodes.begin() + 1, nodes.end()}, false);
+  return true;
+}
+
 }  // namespace
 
 std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache,
@@ -130,10 +139,11 @@ std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardB
   if (step_ms) *step_ms = replay_ms(step.exec(), stream_, replays);
   std::vector<KernelCost> costs;
   for (auto& [cost, nodes] : families) {
-    set_enabled(step.exec(), nodes, false);
     cost.launches = static_cast<int64_t>(nodes.size());
-    cost.step_ms_without = replay_ms(step.exec(), stream_, replays);
-    set_enabled(step.exec(), nodes, true);
+    if (try_disable(step.exec(), nodes)) {
+      cost.step_ms_without = replay_ms(step.exec(), stream_, replays);
+      set_enabled(step.exec(), nodes, true);
+    }
     costs.push_back(cost);
   }
   // A disabled node is an empty node on the PDL edges around it, so the kernels next to it may
@@ -143,8 +153,10 @@ std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardB
     KILN_CUDA_CHECK(cudaMemsetAsync(split_counters_.get(), 0, split_counters_.bytes(), stream_));
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::sort(costs.begin(), costs.end(),
-            [](const KernelCost& a, const KernelCost& b) { return a.step_ms_without < b.step_ms_without; });
+  // Slowest first; the families that could not be disabled last.
+  std::stable_sort(costs.begin(), costs.end(), [](const KernelCost& a, const KernelCost& b) {
+    return a.step_ms_without.value_or(INFINITY) < b.step_ms_without.value_or(INFINITY);
+  });
   return costs;
 }
 

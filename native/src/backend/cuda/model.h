@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -100,7 +101,9 @@ class CudaModel {
     std::string kernel;  // as cudaFuncGetName gives it
     unsigned blocks = 0;
     int64_t launches = 0;  // nodes of the family in one step
-    double step_ms_without = 0.0;
+    // Unset where the graph refuses to disable the family's nodes: CUDA 13.0 cannot toggle a node
+    // launched with a cluster shape (decode attention's; run with KILN_CUDA_DECODE_CLUSTER=0).
+    std::optional<double> step_ms_without;
   };
   // Where a greedy decode-only step of `batch` spends its time inside its graph: the step captured
   // afresh and replayed `replays` times back to back (*step_ms), then again with each family
