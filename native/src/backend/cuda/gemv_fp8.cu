@@ -48,8 +48,8 @@ constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
 // The register form loads the first P steps before the wait and then the rest four steps at a time,
 // so each warp waits out five more round trips with nothing in flight while it multiplies; the ring
 // keeps P steps in flight to the end, and needs no registers for them. Each lane copies the chunks
-// it later reads itself: no barrier. 59 registers as measured (64 since the rings are placed by
-// x_h, compile-checked) against the register form's 108. H200, 8B fp8,
+// it later reads itself: no barrier. 56 registers (nvcc 13.5 for sm_90a) against the register
+// form's 112. H200, 8B fp8,
 // one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
 // KILN_CUDA_GEMV_RING=0 turns it off.
 // The ring for the slices the prefetch covers whole (o, QKV, gate_up at 8B: 52-64 registers, three
@@ -151,7 +151,18 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   const uint4* w_hi = a.w + (hi_row < a.n ? hi_row : 0) * chunks;
   const int64_t first = static_cast<int64_t>(slice) * kStepChunks + q;
   constexpr int64_t kStride = static_cast<int64_t>(kStepChunks) * S;
-  const auto weights = [&](const uint4* w, int64_t c) { return c < chunks ? __ldcs(w + c) : make_uint4(0, 0, 0, 0); };
+  // The steps of this warp's slice (those whose first chunk is inside the row: the same for every
+  // lane of the warp), and of this lane's (one fewer where the last step is ragged): 32-bit counts,
+  // so that a step after the PDL wait spends no instructions on 64-bit bounds. The steps after the
+  // wait are what limits this kernel: each instruction there costs the 8B fp8 step ~6 us (widening
+  // half or all of the weights by integer logic instead of cvt added 20 or 40 instructions a step
+  // and lost 2.552 -> 2.681 / 2.809 ms). Dropping the 64-bit bounds, the predicated input loads and
+  // the branches between prefetched steps (36 -> ~27 instructions a step) gained batch 1
+  // 2.655 -> 2.622 ms and batch 8 2.974 -> 2.907 (H200, one engine, 3 interleaved rounds).
+  const int steps = static_cast<int>((chunks - (first - q) + kStride - 1) / kStride);
+  const int lane_steps = chunks > first ? static_cast<int>((chunks - first + kStride - 1) / kStride) : 0;
+  const auto chunk = [&](int u) { return first + static_cast<int64_t>(u) * kStride; };
+  const auto weights = [&](const uint4* w, int u) { return u < lane_steps ? __ldcs(w + chunk(u)) : make_uint4(0, 0, 0, 0); };
 
   // The outputs this lane holds (the C fragment): weight rows g and g + 8 of the tile, input rows
   // 2q and 2q + 1; visit(row, input row, fragment index) for those inside n and m.
@@ -178,21 +189,22 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   auto* const x_h = reinterpret_cast<Half16*>(x_s + (kNorm ? M * chunks : 0));
   uint4* const rings = reinterpret_cast<uint4*>(x_h + M * chunks);
   uint4* const ring = rings + static_cast<int64_t>(warp) * P * 64;
-  const auto fetch = [&](int slot, int64_t c) {
-    if (c - q < chunks) {  // warp-uniform: a step of the slice
-      const bool valid = c < chunks;  // zeros past the row's end: garbage E4M3 may be NaN, and NaN * 0 is NaN
-      cp_async_16_or_zero(ring + slot * 64 + lane, w_lo + (valid ? c : 0), valid);
-      cp_async_16_or_zero(ring + slot * 64 + 32 + lane, w_hi + (valid ? c : 0), valid);
+  const auto fetch = [&](int slot, int u) {
+    if (u < steps) {  // warp-uniform
+      const bool valid = u < lane_steps;  // zeros past the row's end: garbage E4M3 may be NaN, and NaN * 0 is NaN
+      const int64_t c = valid ? chunk(u) : 0;
+      cp_async_16_or_zero(ring + slot * 64 + lane, w_lo + c, valid);
+      cp_async_16_or_zero(ring + slot * 64 + 32 + lane, w_hi + c, valid);
     }
     cp_async_commit();  // one group per step, empty or not, so wait_group counts steps
   };
 #pragma unroll
   for (int u = 0; u < P; ++u) {
     if constexpr (kRing) {
-      fetch(u, first + u * kStride);
+      fetch(u, u);
     } else {
-      lo0[u] = weights(w_lo, first + u * kStride);
-      hi0[u] = weights(w_hi, first + u * kStride);
+      lo0[u] = weights(w_lo, u);
+      hi0[u] = weights(w_hi, u);
     }
   }
   float settled[4] = {};
@@ -203,35 +215,47 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);
   const uint4* x = kNorm ? x_s : a.x;
   if constexpr (kWide) stage_input_rows<M>(x, chunks, x_h);
-  // Lanes of input rows g >= M hold zeros: those MMA columns are never stored.
-  const auto input = [&](int64_t c) {
-    if (g >= M || c >= chunks) return Half16{};
-    if constexpr (kWide) return x_h[g * chunks + c];
-    else return widen(x[g * chunks + c]);
+  // Input row g is MMA column g, and only columns below M are stored. Staged, every lane reads
+  // without a predicate: lanes of g >= M read row M - 1, and a ragged step's lanes past the row's
+  // end (whose weights are zeros) its last chunk, finite values of the same row.
+  const int x_row = (g < M ? g : M - 1) * static_cast<int>(chunks);
+  const int last_chunk = static_cast<int>(chunks) - 1;
+  const auto input = [&](int u) {
+    if constexpr (kWide) {
+      return x_h[x_row + min(static_cast<int>(first) + u * static_cast<int>(kStride), last_chunk)];
+    } else {
+      if (g >= M || u >= lane_steps) return Half16{};
+      return widen(x[g * chunks + chunk(u)]);
+    }
   };
 
   float acc[2][4] = {};
   if constexpr (kRing) {
     int slot = 0;
-    for (int64_t c = first; c - q < chunks; c += kStride) {  // warp-uniform, as below
+    for (int u = 0; u < steps; ++u) {
       cp_async_wait<P - 1>();  // this step's group: every one but the P - 1 newest
       const uint4 lo = ring[slot * 64 + lane];
       const uint4 hi = ring[slot * 64 + 32 + lane];
-      fetch(slot, c + P * kStride);  // after the reads above, in this thread's program order
-      apply_step(acc, lo, hi, input(c));
+      fetch(slot, u + P);  // after the reads above, in this thread's program order
+      apply_step(acc, lo, hi, input(u));
       slot = slot + 1 == P ? 0 : slot + 1;
     }
     cp_async_wait<0>();  // no copy may still be landing in shared memory when the block exits
   } else {
-    int64_t c = first;
+    if (steps >= P) {
+      // Every prefetched step taken (the 8B shapes' slices): no branch between the steps.
 #pragma unroll
-    for (int u = 0; u < P; ++u, c += kStride) {
-      if (c - q >= chunks) break;  // warp-uniform: every lane of a warp takes the same steps
-      apply_step(acc, lo0[u], hi0[u], input(c));
+      for (int u = 0; u < P; ++u) apply_step(acc, lo0[u], hi0[u], input(u));
+    } else {
+#pragma unroll
+      for (int u = 0; u < P; ++u) {
+        if (u >= steps) break;  // warp-uniform: every lane of a warp takes the same steps
+        apply_step(acc, lo0[u], hi0[u], input(u));
+      }
     }
     // Four steps' loads in flight per warp: the tile's few warps per SM must cover the memory latency.
 #pragma unroll 4
-    for (; c - q < chunks; c += kStride) apply_step(acc, weights(w_lo, c), weights(w_hi, c), input(c));
+    for (int u = P; u < steps; ++u) apply_step(acc, weights(w_lo, u), weights(w_hi, u), input(u));
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) acc[0][i] += acc[1][i];
