@@ -281,6 +281,30 @@ TEST(StepModelSeam, AnFp8KvCacheIsRefusedOnTheCpuNamingTheOptionAndTheBackend) {
   }
 }
 
+// Both runtimes (the CPU loop and the CUDA model) size their buffers by the header's limits, read
+// through Engine::limit: a bad value is refused naming the engine's field.
+TEST(StepModelSeam, EngineLimitsAreReadOrRefusedNamingTheField) {
+  auto engine = tiny_engine("seam_limits");
+  EXPECT_EQ(engine->limit("max_seq_len"), engine->header()["limits"]["max_seq_len"].get<int64_t>());
+  EXPECT_EQ(engine->limit("max_batch"), engine->header()["limits"]["max_batch"].get<int64_t>());
+  const auto refused = [&](const char* field, const Json& value) {
+    Json header = engine->header();
+    if (value.is_null()) header["limits"].erase(field);
+    else header["limits"][field] = value;
+    auto bad = Engine::from_tensors(header, {});
+    try {
+      bad->limit(field);
+      ADD_FAILURE() << field << " = " << value.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("limits.") + field), std::string::npos) << e.what();
+    }
+  };
+  refused("max_batch", 0);
+  refused("max_batch", "8");
+  refused("max_seq_len", Json());
+  refused("max_seq_len", int64_t{1} << 23);
+}
+
 #if !KILN_CUDA
 TEST(StepModelSeam, ACudaEngineInABuildWithoutCudaIsRefusedNamingTheTarget) {
   auto cpu_engine = tiny_engine("seam_target");

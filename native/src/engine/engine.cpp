@@ -70,6 +70,15 @@ void Engine::index(const std::string& name, DType dtype, std::vector<int64_t> sh
   tensors_[name] = TensorView{name, dtype, std::move(shape), layout, data, bytes};
 }
 
+int64_t Engine::limit(const char* key) const {
+  constexpr int64_t kMaxLimit = int64_t{1} << 22;
+  if (header_.contains("limits") && header_["limits"].contains(key) && header_["limits"][key].is_number_integer()) {
+    const int64_t v = header_["limits"][key].get<int64_t>();
+    if (v > 0 && v <= kMaxLimit) return v;
+  }
+  throw Error(source_ + ": header limits." + key + " is missing or not an integer from 1 to " + std::to_string(kMaxLimit));
+}
+
 const TensorView* Engine::find(const std::string& name) const {
   const auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;

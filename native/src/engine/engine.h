@@ -39,6 +39,10 @@ class Engine {
   const ModelConfig& config() const { return config_; }
   const std::string& source() const { return source_; }
 
+  // header limits.<key> (max_seq_len, max_batch): a positive integer of at most 2^22, which the
+  // runtimes size their buffers by; throws an Error naming the engine and the field.
+  int64_t limit(const char* key) const;
+
   const TensorView* find(const std::string& name) const;
   // Throws an Error naming the engine and the missing tensor.
   const TensorView& tensor(const std::string& name) const;

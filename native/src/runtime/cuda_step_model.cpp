@@ -50,16 +50,22 @@ void reserve_largest_step(cuda::CudaModel& model, const StepModelOptions& o) {
   model.forward(batch, cache, next.data());
 }
 
-KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
-  // Past the engine's max_batch every step would run GEMM tactics tuned for fewer rows (H200, 8B fp8
-  // batch 64 on a max-batch-8 engine: 4.43 ms a step against 3.67), silently; refuse it instead.
-  if (o.max_batch_size > model.max_batch()) {
+// Past the engine's max_batch every step would run GEMM tactics tuned for fewer rows (H200, 8B fp8
+// batch 64 on a max-batch-8 engine: 4.43 ms a step against 3.67), silently; refused before the
+// weights go to the GPU.
+std::shared_ptr<const Engine> servable(std::shared_ptr<const Engine> engine, const StepModelOptions& o) {
+  const int64_t max_batch = engine->limit("max_batch");
+  if (o.max_batch_size > max_batch) {
     throw Error("serving options: maxBatchSize (" + std::to_string(o.max_batch_size) + ") is past the engine's max_batch (" +
-                std::to_string(model.max_batch()) + "), the batch its GEMMs were tuned for: serve at most " +
-                std::to_string(model.max_batch()) + ", or build the engine for " + std::to_string(o.max_batch_size) +
+                std::to_string(max_batch) + "), the batch its GEMMs were tuned for: serve at most " +
+                std::to_string(max_batch) + ", or build the engine for " + std::to_string(o.max_batch_size) +
                 " (spec.engine.maxBatchSize, kiln-native build --max-batch); in the runtime image it is "
                 "KILN_MAX_BATCH_SIZE");
   }
+  return engine;
+}
+
+KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
   reserve_largest_step(model, o);
   size_t free_bytes = 0, total_bytes = 0;
   KILN_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -75,7 +81,7 @@ KvCacheSize size_for(cuda::CudaModel& model, const StepModelOptions& o) {
 }  // namespace
 
 CudaStepModel::CudaStepModel(std::shared_ptr<const Engine> engine, const StepModelOptions& o)
-    : model_(std::move(engine)),
+    : model_(servable(std::move(engine), o)),
       size_(size_for(model_, o)),
       cache_(std::make_unique<cuda::CudaKvCache>(model_.new_cache(size_.pages, o.page_size, cache_dtype(o)))) {}
 

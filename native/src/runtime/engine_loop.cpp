@@ -13,15 +13,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-int64_t header_limit(const Engine& e, const char* field) {
-  const Json& h = e.header();
-  if (!h.contains("limits") || !h["limits"].contains(field) || !h["limits"][field].is_number_integer() ||
-      h["limits"][field].get<int64_t>() < 1) {
-    throw Error(e.source() + ": header limits." + field + " is missing or not a positive integer");
-  }
-  return h["limits"][field].get<int64_t>();
-}
-
 // special_tokens.eos_token_id may be one id or a list (Llama 3 instruct lists several).
 std::vector<int32_t> eos_ids(const Engine& e) {
   std::vector<int32_t> out;
@@ -48,13 +39,13 @@ int32_t bos_id(const Engine& e) {
 
 ServingLimits resolve_limits(const Engine& e, const ServingOptions& o) {
   ServingLimits l;
-  l.max_seq_len = header_limit(e, "max_seq_len");
+  l.max_seq_len = e.limit("max_seq_len");
   l.max_input_len = o.max_input_len > 0 ? o.max_input_len : l.max_seq_len - 1;
   if (l.max_input_len >= l.max_seq_len) {
     throw Error("serving options: maxInputLen (" + std::to_string(l.max_input_len) + ") must be below the engine's maxSeqLen (" +
                 std::to_string(l.max_seq_len) + ")");
   }
-  l.max_batch_size = o.max_batch_size > 0 ? o.max_batch_size : header_limit(e, "max_batch");
+  l.max_batch_size = o.max_batch_size > 0 ? o.max_batch_size : e.limit("max_batch");
   l.max_batched_tokens = o.max_batched_tokens;
   l.max_queued = o.max_queued;
   if (l.max_queued < 1) throw Error("serving options: maxQueuedRequests must be at least 1");

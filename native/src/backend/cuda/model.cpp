@@ -20,15 +20,6 @@ namespace kiln::cuda {
 
 namespace {
 
-int64_t header_limit(const Engine& e, const char* key) {
-  const Json& h = e.header();
-  if (h.contains("limits") && h["limits"].contains(key) && h["limits"][key].is_number_integer()) {
-    const int64_t v = h["limits"][key].get<int64_t>();
-    if (v > 0 && v <= (int64_t{1} << 22)) return v;
-  }
-  throw Error(e.source() + ": header limits." + key + " is missing or out of range");
-}
-
 int64_t round_up_pow2(int64_t v) {
   int64_t p = 1;
   while (p < v) p *= 2;
@@ -193,8 +184,8 @@ CudaModel::Projection CudaModel::projection(const std::string& name, int64_t n, 
 CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(engine)) {
   const Engine& e = *engine_;
   const ModelConfig& c = e.config();
-  max_seq_len_ = header_limit(e, "max_seq_len");
-  max_batch_ = header_limit(e, "max_batch");
+  max_seq_len_ = e.limit("max_seq_len");
+  max_batch_ = e.limit("max_batch");
   if (c.o_bias || c.mlp_bias) {
     throw Error(e.source() + ": the CUDA backend does not run o/MLP biases yet (" + c.hf_architecture + ")");
   }
