@@ -31,7 +31,9 @@ SHAPES = [
     ("8B qkv", 6144, 4096, False), ("8B o", 4096, 4096, False), ("8B gate_up", 28672, 4096, True),
     ("8B down", 4096, 14336, False),
 ]
-SPLITS = {False: (1, 2, 4, 8), True: (1, 2, 4, 8, 16)}  # by fp8: E4M3 adds split 16 (blocks of 16 warps)
+# by fp8: E4M3 adds split 16 (blocks of 16 warps) and 64, the wgmma kernel (gemv.h, kGemvWgmmaSplit;
+# every Llama shape's k is a multiple of 512)
+SPLITS = {False: (1, 2, 4, 8), True: (1, 2, 4, 8, 16, 64)}
 LAUNCHES = 200
 COPY_BYTES = 400e6  # the copies a shape rotates through: eight times an H100/H200's L2
 

@@ -11,6 +11,10 @@ std::vector<int> gemv_splits(bool fp8) {
   return splits;
 }
 
+bool gemv_wgmma_supports(int64_t m, int64_t k, bool normed_input) {
+  return gemv_detail::wgmma_fits(m, k, normed_input);
+}
+
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;
   // Normed rows are staged in shared memory: at most kGemvNormSharedBytes of them.
@@ -27,6 +31,11 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                 (fp8 ? " fp8" : " bf16") + (norm ? " normed input" : "") + (silu ? " SiLU output" : "") +
                 " is not supported (m <= " + std::to_string(norm ? kGemvNormMaxRows : kGemvMaxRows) + ", k % " +
                 (fp8 ? "16" : "8") + " == 0, n even for SiLU, an input and an output)");
+  }
+  if (split == kGemvWgmmaSplit && (!fp8 || !gemv_wgmma_supports(m, k, norm))) {
+    throw Error("kiln-gemv: the wgmma kernel (split " + std::to_string(kGemvWgmmaSplit) + ") takes E4M3, one input row " +
+                "and k % 512 == 0 without a normed input; got m=" + std::to_string(m) + " k=" + std::to_string(k) +
+                (fp8 ? "" : " bf16") + (norm ? " normed input" : ""));
   }
   gemv_detail::Args a;
   a.w = static_cast<const uint4*>(w);

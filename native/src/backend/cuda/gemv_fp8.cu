@@ -409,6 +409,10 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
 }  // namespace
 
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
+  if (split == kGemvWgmmaSplit) {
+    launch_fp8_wgmma(a, silu, stream);
+    return;
+  }
   launch_mma(a, m, split, norm, silu, stream);
 }
 

@@ -128,7 +128,12 @@ void CudaModel::apply_tactic_overrides(const std::string& source) {
     choice.tactic = o.gemv ? GemmTactic::KilnGemv : GemmTactic::CublasLt;
     if (o.gemv) {
       const std::vector<int> splits = gemv_splits(o.dtype == "f8e4m3");
-      if (std::find(splits.begin(), splits.end(), o.split) == splits.end()) {
+      if (o.split == kGemvWgmmaSplit) {
+        if (o.dtype != "f8e4m3" || o.bucket != 1 || !gemv_wgmma_supports(1, o.k)) {
+          throw Error(what + ": the wgmma GEMV (split " + std::to_string(kGemvWgmmaSplit) +
+                      ") runs E4M3 at bucket 1 with k % 512 == 0");
+        }
+      } else if (std::find(splits.begin(), splits.end(), o.split) == splits.end()) {
         throw Error(what + ": kiln-gemv has no split " + std::to_string(o.split) + " for " + o.dtype);
       }
       choice.gemv_split = o.split;

@@ -1,0 +1,196 @@
+#include <cstdint>
+
+#include "backend/cuda/gemv_kernel.cuh"
+
+// The one-row E4M3 GEMV on Hopper's own E4M3 tensor-core instruction (wgmma), behind
+// KILN_CUDA_GEMV_WGMMA=1 until it is measured. gemv_fp8.cu's kernel spends most of a step's
+// instructions widening the weights to f16 for mma.sync (16 conversions of ~27 instructions), and
+// those steps after the PDL wait are what limits it (H200, 8B fp8 batch 1: each instruction a step
+// costs the decode step ~4-6 us). wgmma multiplies E4M3 as it is: a step here is two loads before
+// and two wgmma instructions after, with the weights going from global memory straight into the A
+// fragments and the input row read by the tensor cores from shared memory.
+//
+// A block is one warpgroup (4 warps) on a tile of 64 weight rows and the whole of k. Lane (g, q) of
+// warp w holds rows 16w + g and 16w + g + 8; a step is 64 bytes of k, lane q's 16 bytes at 16q.
+// wgmma m64n8k32 takes four 32-bit A registers per lane: (row g, k 4q..4q+3), (row g + 8, same),
+// (row g, k 16 + 4q..), (row g + 8, same). A dot product does not care in which order it visits
+// k, so a step's two wgmmas take the lane's words (0, 1) and (2, 3) as those k positions, and the
+// input row is staged in the order that matches: within each 64-byte block, shared word 4a + q
+// holds input word 4q + a (a 4 x 4 transpose of words).
+//
+// The input B (k x 8, K-major) is read by a shared-memory descriptor without swizzling: 8 rows of
+// 16 bytes make a core matrix and the two core matrices of a k32 step are LBO bytes apart. Only
+// column 0 is a real input row (m = 1); columns 1-7 are never stored, so a core matrix may start
+// every 16 bytes and let its rows 1-7 fall on the next ones' data: the staged row takes k bytes,
+// not 8k, and k % 64 == 0 suffices.
+
+namespace kiln::cuda::gemv_detail {
+
+namespace {
+
+constexpr int kWgmmaRows = 64;      // weight rows of a block (one warpgroup's m64)
+constexpr int kWgmmaThreads = 128;  // one warpgroup
+constexpr int kWgmmaStepBytes = 64;
+constexpr int kWgmmaGroup = 4;  // steps a register set holds; two sets: 8 steps loaded before the wait
+// Rows 1-7 of the last core matrices reach this far past the staged row.
+constexpr int kWgmmaTailBytes = 7 * 16;
+
+__device__ __forceinline__ uint64_t input_descriptor(uint32_t shared_address) {
+  constexpr uint64_t kLeadingBytes = 16;   // between the two core matrices of a k32 step
+  constexpr uint64_t kStrideBytes = 128;   // between 8-row groups of B: there is one (n = 8)
+  return static_cast<uint64_t>((shared_address & 0x3FFFF) >> 4) | ((kLeadingBytes >> 4) << 16) |
+         ((kStrideBytes >> 4) << 32);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int Pending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
+}
+
+// d = A (this lane's four words) · B (the descriptor's k32 x 8) + (accumulate ? d : 0).
+__device__ __forceinline__ void wgmma_e4m3(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                           uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n8k32.f32.e4m3.e4m3 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(accumulate));
+}
+
+// One step's two wgmmas: words (0, 1) and (2, 3) of the lane's chunks of rows g (lo) and g + 8 (hi);
+// `fresh`: the step starts a new partial sum.
+__device__ __forceinline__ void wgmma_step(float (&d)[4], const uint4& lo, const uint4& hi, uint64_t b, bool fresh) {
+  wgmma_e4m3(d, lo.x, hi.x, lo.y, hi.y, b, fresh ? 0 : 1);
+  wgmma_e4m3(d, lo.z, hi.z, lo.w, hi.w, b + (32 >> 4), 1);  // the descriptor counts 16-byte units
+}
+
+template <bool kSilu>
+__global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
+  extern __shared__ __align__(128) uint4 x_t[];  // the input row, word-transposed per 64 bytes
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int g = lane / 4;
+  const int q = lane % 4;
+  const int64_t lo_row = static_cast<int64_t>(blockIdx.x) * kWgmmaRows + 16 * warp + g;
+  const int64_t hi_row = lo_row + 8;
+  const int64_t chunks = a.k / 16;
+  // Rows past n read row 0 (any readable row: their sums are never stored).
+  const uint4* w_lo = a.w + (lo_row < a.n ? lo_row : 0) * chunks + q;
+  const uint4* w_hi = a.w + (hi_row < a.n ? hi_row : 0) * chunks + q;
+  const int steps = static_cast<int>(a.k / kWgmmaStepBytes);  // a multiple of 2 groups (wgmma_fits)
+  constexpr int kStepChunks = kWgmmaStepBytes / 16;
+
+  uint4 lo[2][kWgmmaGroup];
+  uint4 hi[2][kWgmmaGroup];
+  const auto load = [&](int set, int group) {
+#pragma unroll
+    for (int u = 0; u < kWgmmaGroup; ++u) {
+      const int64_t c = static_cast<int64_t>(group * kWgmmaGroup + u) * kStepChunks;
+      lo[set][u] = __ldcs(w_lo + c);
+      hi[set][u] = __ldcs(w_hi + c);
+    }
+  };
+  load(0, 0);
+  load(1, 1);
+  float settled[2] = {};
+  const bool early = !kSilu && a.y_settled && a.beta != 0.0f && q == 0;
+  if (early) {
+    if (lo_row < a.n) settled[0] = __ldcg(a.y + lo_row);
+    if (hi_row < a.n) settled[1] = __ldcg(a.y + hi_row);
+  }
+  wait_for_producer();
+  let_consumer_start();
+
+  // Stage the input row: 64-byte block b, shared word 4a + q' = input word 4q' + a.
+  const int blocks = steps;
+  for (int b = threadIdx.x; b < blocks; b += kWgmmaThreads) {
+    const uint4* src = a.x + static_cast<int64_t>(b) * 4;
+    const uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
+    uint4* dst = x_t + static_cast<int64_t>(b) * 4;
+    dst[0] = make_uint4(v0.x, v1.x, v2.x, v3.x);
+    dst[1] = make_uint4(v0.y, v1.y, v2.y, v3.y);
+    dst[2] = make_uint4(v0.z, v1.z, v2.z, v3.z);
+    dst[3] = make_uint4(v0.w, v1.w, v2.w, v3.w);
+  }
+  // The tensor cores read shared memory through the async proxy: the stores above must reach it.
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  __syncthreads();
+
+  // Hopper's E4M3 wgmma keeps about 14 bits of its running sum (DeepSeek-V3's report: up to 2%
+  // error over k = 4096), so each register set's group (256 products a row) sums afresh and is
+  // added to `d` in fp32 once its wgmmas are done, as cuBLASLt does without fast accumulation.
+  const uint64_t b0 = input_descriptor(static_cast<uint32_t>(__cvta_generic_to_shared(x_t)));
+  float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float part[2][4] = {};
+  const auto add = [&](const float (&p)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) d[i] += p[i];
+  };
+  const int groups = steps / kWgmmaGroup;
+  for (int group = 0; group < groups; group += 2) {
+#pragma unroll
+    for (int set = 0; set < 2; ++set) {
+      wgmma_fence();
+#pragma unroll
+      for (int u = 0; u < kWgmmaGroup; ++u) {
+        const int step = (group + set) * kWgmmaGroup + u;
+        wgmma_step(part[set], lo[set][u], hi[set][u], b0 + static_cast<uint64_t>(step) * (kWgmmaStepBytes >> 4), u == 0);
+      }
+      wgmma_commit();
+    }
+    // A set's registers (weights and partial sums) are free once its wgmmas are done: its sums go
+    // into d and it is reloaded with the group two on.
+    wgmma_wait<1>();
+    add(part[0]);
+    if (group + 2 < groups) load(0, group + 2);
+    wgmma_wait<0>();
+    add(part[1]);
+    if (group + 3 < groups) load(1, group + 3);
+  }
+
+  // d: (row g, input 2q), (row g, 2q + 1), (row g + 8, 2q), (row g + 8, 2q + 1); only input 0 is real.
+  if constexpr (kSilu) {
+    // Rows 2j, 2j + 1 are gate_j and up_j (a tile starts at an even row): up sits 4 lanes on.
+    const float up_lo = __shfl_down_sync(0xffffffffu, d[0], 4);
+    const float up_hi = __shfl_down_sync(0xffffffffu, d[2], 4);
+    if (q != 0 || g % 2 != 0) return;
+    auto* act = static_cast<fp8*>(a.act);
+    const auto store = [&](int64_t row, float gate_sum, float up_sum) {
+      if (row >= a.n) return;
+      const float gate = a.scale * gate_sum;
+      const float up = a.scale * up_sum;
+      act[row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * up, a.act_inv_scale);
+    };
+    store(lo_row, d[0], up_lo);
+    store(hi_row, d[2], up_hi);
+  } else {
+    if (q != 0) return;
+    const auto store = [&](int64_t row, float sum, float old) {
+      if (row >= a.n) return;
+      float* out = a.y + row;
+      *out = a.beta == 0.0f ? a.scale * sum : a.scale * sum + a.beta * (early ? old : *out);
+    };
+    store(lo_row, d[0], settled[0]);
+    store(hi_row, d[2], settled[1]);
+  }
+}
+
+}  // namespace
+
+bool wgmma_fits(int64_t m, int64_t k, bool norm) {
+  return m == 1 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0;
+}
+
+void launch_fp8_wgmma(const Args& a, bool silu, cudaStream_t stream) {
+  const dim3 blocks(static_cast<unsigned>((a.n + kWgmmaRows - 1) / kWgmmaRows));
+  const size_t shared = static_cast<size_t>(a.k) + kWgmmaTailBytes;
+  if (silu) {
+    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<true>, blocks, dim3(kWgmmaThreads), shared, stream, a);
+  } else {
+    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<false>, blocks, dim3(kWgmmaThreads), shared, stream, a);
+  }
+}
+
+}  // namespace kiln::cuda::gemv_detail
