@@ -44,9 +44,15 @@ __device__ __forceinline__ uint64_t input_descriptor(uint32_t shared_address) {
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Waits until at most `Pending` committed groups are in flight, with the sums the retired group
+// wrote passed through the asm: a "memory" clobber does not order registers, and the compiler
+// could otherwise read them before the wait (Triton met this reordering: triton-lang/triton#7500).
 template <int Pending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(Pending) : "memory");
+__device__ __forceinline__ void wgmma_wait(float (&sums)[4]) {
+  asm volatile("wgmma.wait_group.sync.aligned %4;\n"
+               : "+f"(sums[0]), "+f"(sums[1]), "+f"(sums[2]), "+f"(sums[3])
+               : "n"(Pending)
+               : "memory");
 }
 
 // d = A (this lane's four words) · B (the descriptor's k32 x 8) + (accumulate ? d : 0).
@@ -142,10 +148,10 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
     }
     // A set's registers (weights and partial sums) are free once its wgmmas are done: its sums go
     // into d and it is reloaded with the group two on.
-    wgmma_wait<1>();
+    wgmma_wait<1>(part[0]);
     add(part[0]);
     if (group + 2 < groups) load(0, group + 2);
-    wgmma_wait<0>();
+    wgmma_wait<0>(part[1]);
     add(part[1]);
     if (group + 3 < groups) load(1, group + 3);
   }
@@ -180,7 +186,10 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
 }  // namespace
 
 bool wgmma_fits(int64_t m, int64_t k, bool norm) {
-  return m == 1 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0;
+  // The staged row in the default 48 KB of dynamic shared memory (no opt-in: k <= 48 K covers
+  // every Llama projection).
+  return m == 1 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0 &&
+         k + kWgmmaTailBytes <= 48 * 1024;
 }
 
 void launch_fp8_wgmma(const Args& a, bool silu, cudaStream_t stream) {
