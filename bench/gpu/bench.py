@@ -209,8 +209,8 @@ def build_engine(cmd: list[str]) -> dict[str, float]:
     return phases
 
 
-def kiln_lines(*args: str, env: dict | None = None) -> list[dict]:
-    out = subprocess.run([str(KILN), *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
+def kiln_lines(*args: str, env: dict | None = None, binary: Path = KILN) -> list[dict]:
+    out = subprocess.run([str(binary), *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if out.returncode != 0:
         raise RuntimeError(f"kiln-native {args[0]} exited {out.returncode}: {out.stderr.strip()[-2000:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -493,6 +493,9 @@ def main() -> None:
                     help="instead of the table: decode of each engine at each --decode-batches batch (default 1 and 8) "
                          "under each value of one environment variable, interleaved over rounds (what a switch "
                          "buys, side by side)")
+    ap.add_argument("--ab-binary", metavar="PATH",
+                    help="instead of the table: like --ab, between this kiln-native build ('base') and the tree's "
+                         "('head'), on the engine the tree's build makes (bench/gpu/ab_builds.sh)")
     ap.add_argument("--ab-prefill", action="store_true",
                     help="with --ab: also time each prefill length's first token under every value")
     ap.add_argument("--keep-engines", action="store_true",
@@ -580,8 +583,9 @@ def main() -> None:
                 builds[f"{name}:{precision}"] = round(time.time() - t0, 1)
                 log(f"{name} {precision}: engine built in {builds[f'{name}:{precision}']} s ("
                     + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items()) + ")")
-            if args.ab:
-                ab_compare(engine, f"{name} {precision}", args.ab, decode_batches or [1, 8], args.ab_prefill)
+            if args.ab or args.ab_binary:
+                ab_compare(engine, f"{name} {precision}", ab_variants(args.ab, args.ab_binary), decode_batches or [1, 8],
+                           args.ab_prefill)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches, kernel_costs, out)
                 if args.kv_fp8:
@@ -596,7 +600,7 @@ def main() -> None:
                     profile_decode(engine, out, f"{name}-{precision}-b{batch}", batch)
             if not args.keep_engines:
                 engine.unlink()
-        if args.only_profile or args.ab:
+        if args.only_profile or args.ab or args.ab_binary:
             continue
         theirs = None if args.no_hf or decode_batches else hf_measure(cfg)
         if theirs:
@@ -612,31 +616,40 @@ def main() -> None:
 
 
 
-def ab_compare(engine: Path, log_name: str, spec: str, batches: list[int], prefill: bool = False,
-               rounds: int = 3) -> None:
+def ab_variants(spec: str | None, base_binary: str | None) -> list[tuple[str, Path, dict]]:
+    """What --ab and --ab-binary compare: (label, kiln-native binary, environment) per side."""
+    if base_binary:
+        return [("base", Path(base_binary), {}), ("head", KILN, {})]
+    var, _, values = (spec or "").partition("=")
+    return [(f"{var}={value}", KILN, {var: value}) for value in values.split(",")]
+
+
+def ab_compare(engine: Path, log_name: str, variants: list[tuple[str, Path, dict]], batches: list[int],
+               prefill: bool = False, rounds: int = 3) -> None:
     """Decode step time (and with `prefill`, time to first token of each PREFILL_LENGTHS prompt) of
-    one engine under each value of one environment variable. The values take turns within every
-    round, so a drift of the card (clocks, heat) lands on all of them alike. Each time goes to the log
-    as it is measured, so a run cut short by its time limit still says what it saw."""
-    var, _, values = spec.partition("=")
+    one engine under each variant: a value of one environment variable, or another build of
+    kiln-native. The variants take turns within every round, so a drift of the card (clocks, heat)
+    lands on all of them alike. Each time goes to the log as it is measured, so a run cut short by
+    its time limit still says what it saw."""
     times: dict[tuple[str, str], list[float]] = {}
 
-    def record(value: str, what: str, ms: float, round_: int) -> None:
-        times.setdefault((value, what), []).append(ms)
-        log(f"{log_name}: round {round_ + 1}: {var}={value} {what}: {ms:.3f} ms")
+    def record(label: str, what: str, ms: float, round_: int) -> None:
+        times.setdefault((label, what), []).append(ms)
+        log(f"{log_name}: round {round_ + 1}: {label} {what}: {ms:.3f} ms")
 
     for round_ in range(rounds):
-        for value in values.split(","):
+        for label, binary, env in variants:
             for batch in batches:
                 line = kiln_lines("bench", "--engine", str(engine), "--prompt-len", str(DECODE_PROMPT), "--steps",
-                                  str(DECODE_STEPS), "--batch", str(batch), env={var: value})[-1]
-                record(value, f"decode batch {batch}", line["decode_step_ms"], round_)
+                                  str(DECODE_STEPS), "--batch", str(batch), env=env, binary=binary)[-1]
+                record(label, f"decode batch {batch}", line["decode_step_ms"], round_)
             if prefill:
                 suite = {"prefill": {"lengths": list(PREFILL_LENGTHS), "repeats": 3}}
-                for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite), env={var: value}):
-                    record(value, f"prefill {line['prompt_len']}", line["prefill_ms"], round_)
-    for (value, what), ms in times.items():
-        log(f"{log_name}: {var}={value} {what}: median {sorted(ms)[len(ms) // 2]:.3f} ms "
+                for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite), env=env,
+                                       binary=binary):
+                    record(label, f"prefill {line['prompt_len']}", line["prefill_ms"], round_)
+    for (label, what), ms in times.items():
+        log(f"{log_name}: {label} {what}: median {sorted(ms)[len(ms) // 2]:.3f} ms "
             f"(rounds: {', '.join(f'{m:.3f}' for m in ms)})")
 
 
