@@ -300,6 +300,17 @@ def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
         (out / "kernel-costs.json").write_text(json.dumps(KERNEL_COSTS, indent=1))
 
 
+def unclustered_kernel_costs(engine: Path, log_name: str, batch: int, out: Path | None) -> None:
+    """The kernel costs of one batch again without thread-block clusters: a graph cannot disable a
+    node launched with a cluster shape (decode attention's), so its cost is only measured in a step
+    whose attention runs without one (a slightly different step: both step times are logged)."""
+    suite = {"decode": {"prompt_len": DECODE_PROMPT, "steps": DECODE_STEPS, "batches": [batch], "kernel_costs": [batch]}}
+    for line in kiln_lines("bench", "--engine", str(engine), "--suite", json.dumps(suite),
+                           env={"KILN_CUDA_DECODE_CLUSTER": "0"}):
+        if line["mode"] == "decode" and "kernel_costs" in line:
+            log_kernel_costs(f"{log_name} (KILN_CUDA_DECODE_CLUSTER=0)", line, out)
+
+
 def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None = None,
                    kernel_costs: list[int] | None = None, out: Path | None = None) -> dict:
     """Every Kiln measurement of one engine: one process for the suite, two more for batch-1 decode
@@ -323,6 +334,8 @@ def measure_engine(engine: Path, log_name: str, decode_batches: list[int] | None
                    f"{(line['decode_step_ms'] - replay) * 1e3:.1f} us)" if replay else ""))
             if "kernel_costs" in line:
                 log_kernel_costs(log_name, line, out)
+                if any(c["step_ms_without"] is None for c in line["kernel_costs"]):
+                    unclustered_kernel_costs(engine, log_name, line["batch"], out)
         elif line["mode"] == "prefill":
             res["prefill"][line["prompt_len"]] = line["prefill_ms"]
             log(f"{log_name}: prefill {line['prompt_len']}: {line['prefill_ms']:.2f} ms")
