@@ -6,9 +6,15 @@
 # ~/.cache/kiln/cuda-<version>. Host sources (backend, tools, GPU tests) are checked for syntax;
 # each .cu is compiled for sm_90a, with ptxas's register counts and any wgmma serialization warning
 # in the log (a few minutes on two cores: name files to check only those).
-# Usage: bash test/gpu/compile_check.sh [native/src/backend/cuda/<file>.cu ...]
+# --host: the host sources only (what the unit tier runs: test/gpu/compile_check.test.ts).
+# Usage: bash test/gpu/compile_check.sh [--host | native/src/backend/cuda/<file>.cu ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+host_only=0
+if [ "${1:-}" = "--host" ]; then
+  host_only=1
+  shift
+fi
 version=${KILN_CUDA_CHECK_VERSION:-13.0}
 root=${KILN_CACHE:-$HOME/.cache/kiln}/cuda-$version
 cuda=$root/nvidia/cu13
@@ -16,7 +22,7 @@ if [ ! -x "$cuda/nvvm/bin/cicc" ] || [ ! -f "$cuda/include/cublasLt.h" ]; then
   echo "compile_check: fetching CUDA $version (nvcc, nvvm, runtime, crt, cccl, cuBLAS and profiler headers)"
   rm -rf "$root"
   mkdir -p "$root/wheels"
-  pip download -q --no-deps -d "$root/wheels" "nvidia-cuda-nvcc==$version.*" "nvidia-nvvm==$version.*" \
+  python3 -m pip download -q --no-deps -d "$root/wheels" "nvidia-cuda-nvcc==$version.*" "nvidia-nvvm==$version.*" \
     "nvidia-cuda-runtime==$version.*" "nvidia-cuda-crt==$version.*" "nvidia-cuda-cccl==$version.*" \
     "nvidia-cuda-profiler-api==$version.*" "nvidia-cublas==$version.*"
   for wheel in "$root"/wheels/*.whl; do
@@ -49,7 +55,7 @@ if [ $# -eq 0 ]; then
     native/tools/kernel_abi.cpp native/tests/cuda/*.cpp; do
     check "$f" g++ -std=c++20 -fsyntax-only -Wall -Wextra -DKILN_CUDA=1 "${includes[@]}" "$f"
   done
-  set -- native/src/backend/cuda/*.cu
+  [ "$host_only" = 1 ] || set -- native/src/backend/cuda/*.cu
 fi
 for f in "$@"; do
   check "$f" "$nvcc" -std=c++20 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Xcompiler=-Wall \
