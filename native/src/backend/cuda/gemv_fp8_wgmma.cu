@@ -2,8 +2,9 @@
 
 #include "backend/cuda/gemv_kernel.cuh"
 
-// The one-row E4M3 GEMV on Hopper's own E4M3 tensor-core instruction (wgmma), behind
-// KILN_CUDA_GEMV_WGMMA=1 until it is measured. gemv_fp8.cu's kernel spends most of a step's
+// The one-row E4M3 GEMV on Hopper's own E4M3 tensor-core instruction (wgmma): kiln-gemv split 64
+// (gemv.h, kGemvWgmmaSplit), which the autotuner does not race until it has been measured in a
+// decode step (KILN_CUDA_TACTIC picks it). gemv_fp8.cu's kernel spends most of a step's
 // instructions widening the weights to f16 for mma.sync (16 conversions of ~27 instructions), and
 // those steps after the PDL wait are what limits it (H200, 8B fp8 batch 1: each instruction a step
 // costs the decode step ~4-6 us). wgmma multiplies E4M3 as it is: a step here is two loads before
