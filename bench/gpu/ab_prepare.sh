@@ -12,7 +12,7 @@ rm -rf .gpu/base
 mkdir -p .gpu/base
 git rev-parse --short "$rev" > .gpu/base/.rev
 : > .gpu/base/.absent
-{ git diff --name-only "$rev" -- native; git ls-files --others --exclude-standard native; } | sort -u | while read -r f; do
+{ git diff --no-renames --name-only "$rev" -- native; git ls-files --others --exclude-standard native; } | sort -u | while read -r f; do
   if git cat-file -e "$rev:$f" 2> /dev/null; then
     mkdir -p ".gpu/base/$(dirname "$f")"
     git show "$rev:$f" > ".gpu/base/$f"
@@ -20,6 +20,6 @@ git rev-parse --short "$rev" > .gpu/base/.rev
     echo "$f" >> .gpu/base/.absent
   fi
 done
-changed=$(find .gpu/base -type f ! -name '.*' | wc -l)
+changed=$(find .gpu/base -type f ! -path .gpu/base/.rev ! -path .gpu/base/.absent | wc -l)
 [ "$changed" -gt 0 ] || [ -s .gpu/base/.absent ] || { echo "ab_prepare: native/ is the same at $rev" >&2; exit 2; }
 echo "base $(cat .gpu/base/.rev): $changed files as they were there, $(wc -l < .gpu/base/.absent) not there"

@@ -212,7 +212,7 @@ def build_engine(cmd: list[str]) -> dict[str, float]:
 def kiln_lines(*args: str, env: dict | None = None, binary: Path = KILN) -> list[dict]:
     out = subprocess.run([str(binary), *args], capture_output=True, text=True, env={**os.environ, **(env or {})})
     if out.returncode != 0:
-        raise RuntimeError(f"kiln-native {args[0]} exited {out.returncode}: {out.stderr.strip()[-2000:]}")
+        raise RuntimeError(f"{binary} {args[0]} exited {out.returncode}: {out.stderr.strip()[-2000:]}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
@@ -502,11 +502,12 @@ def main() -> None:
                          "kernels); a table in the log and kernel-costs.json in --out")
     ap.add_argument("--calibration-sequences", type=int, default=CALIBRATION["sequences"],
                     help="fp8 calibration sequences (fewer build faster; decode speed does not depend on them)")
-    ap.add_argument("--ab", metavar="VAR=V1,V2,...",
+    ab = ap.add_mutually_exclusive_group()
+    ab.add_argument("--ab", metavar="VAR=V1,V2,...",
                     help="instead of the table: decode of each engine at each --decode-batches batch (default 1 and 8) "
                          "under each value of one environment variable, interleaved over rounds (what a switch "
                          "buys, side by side)")
-    ap.add_argument("--ab-binary", metavar="PATH",
+    ab.add_argument("--ab-binary", metavar="PATH",
                     help="instead of the table: like --ab, between this kiln-native build ('base') and the tree's "
                          "('head'), on the engine the tree's build makes (bench/gpu/ab_builds.sh)")
     ap.add_argument("--ab-prefill", action="store_true",

@@ -281,12 +281,15 @@ TEST(StepModelSeam, AnFp8KvCacheIsRefusedOnTheCpuNamingTheOptionAndTheBackend) {
   }
 }
 
-// Both runtimes (the CPU loop and the CUDA model) size their buffers by the header's limits, read
-// through Engine::limit: a bad value is refused naming the engine's field.
+// The runtimes size their buffers by the header's limits, which they read through Engine::limit: a
+// value from 1 to 2^22 is taken, anything else refused naming the engine's field.
 TEST(StepModelSeam, EngineLimitsAreReadOrRefusedNamingTheField) {
   auto engine = tiny_engine("seam_limits");
   EXPECT_EQ(engine->limit("max_seq_len"), engine->header()["limits"]["max_seq_len"].get<int64_t>());
   EXPECT_EQ(engine->limit("max_batch"), engine->header()["limits"]["max_batch"].get<int64_t>());
+  Json largest = engine->header();
+  largest["limits"]["max_batch"] = int64_t{1} << 22;
+  EXPECT_EQ(Engine::from_tensors(largest, {})->limit("max_batch"), int64_t{1} << 22);
   const auto refused = [&](const char* field, const Json& value) {
     Json header = engine->header();
     if (value.is_null()) header["limits"].erase(field);

@@ -14,10 +14,15 @@ host_only=0
 if [ "${1:-}" = "--host" ]; then
   host_only=1
   shift
+  [ $# -eq 0 ] || { echo "compile_check: --host checks every host source; name no files with it" >&2; exit 2; }
 fi
 version=${KILN_CUDA_CHECK_VERSION:-13.0}
 root=${KILN_CACHE:-$HOME/.cache/kiln}/cuda-$version
-cuda=$root/nvidia/cu13
+cuda=$root/nvidia/cu${version%%.*}
+mkdir -p "$(dirname "$root")"
+# One fetch at a time: the unit tier runs this under Node 20 and Node 24.
+exec 9> "$root.lock"
+flock 9
 if [ ! -x "$cuda/nvvm/bin/cicc" ] || [ ! -f "$cuda/include/cublasLt.h" ]; then
   echo "compile_check: fetching CUDA $version (nvcc, nvvm, runtime, crt, cccl, cuBLAS and profiler headers)"
   rm -rf "$root"
@@ -27,12 +32,13 @@ if [ ! -x "$cuda/nvvm/bin/cicc" ] || [ ! -f "$cuda/include/cublasLt.h" ]; then
     "nvidia-cuda-profiler-api==$version.*" "nvidia-cublas==$version.*"
   for wheel in "$root"/wheels/*.whl; do
     case $wheel in
-      *nvidia_cublas-*) unzip -q -o "$wheel" 'nvidia/cu13/include/*' -d "$root" ;;  # headers only: the wheel is 400 MB of libraries
+      *nvidia_cublas-*) unzip -q -o "$wheel" "nvidia/cu${version%%.*}/include/*" -d "$root" ;;  # headers only: the wheel is 400 MB of libraries
       *) unzip -q -o "$wheel" -d "$root" ;;
     esac
   done
   rm -rf "$root/wheels"
 fi
+flock -u 9
 nvcc=$cuda/bin/nvcc
 "$nvcc" --version | tail -1
 log=${OUT:-/tmp/kiln-compile-check}

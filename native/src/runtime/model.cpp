@@ -10,15 +10,6 @@ namespace kiln {
 
 namespace {
 
-int64_t header_max_seq_len(const Engine& e) {
-  const Json& h = e.header();
-  if (h.contains("limits") && h["limits"].contains("max_seq_len") && h["limits"]["max_seq_len"].is_number_integer()) {
-    const int64_t v = h["limits"]["max_seq_len"].get<int64_t>();
-    if (v > 0 && v <= (int64_t{1} << 22)) return v;
-  }
-  throw Error(e.source() + ": header limits.max_seq_len is missing or out of range");
-}
-
 }  // namespace
 
 const float* Model::optional_vector(const std::string& name, int64_t length) const {
@@ -34,7 +25,7 @@ Model::Model(std::shared_ptr<const Engine> engine, ThreadPool& pool)
     : engine_(std::move(engine)), pool_(pool), plan_(engine_->header().contains("autotune") ? engine_->header()["autotune"] : Json()) {
   const Engine& e = *engine_;
   const ModelConfig& c = e.config();
-  max_seq_len_ = header_max_seq_len(e);
+  max_seq_len_ = e.limit("max_seq_len");
   rope_ = std::make_unique<RopeTable>(c, max_seq_len_);
 
   embed_ = &e.tensor("embed.weight");

@@ -25,9 +25,10 @@ constexpr int kStepChunks = 4;  // 16-byte chunks of each row per warp step: one
 constexpr int kMmaPrefetchSteps = 4;
 // One input row at split 8 loads 8 steps before the wait: all of a k = 4096 row slice (o, QKV and
 // gate_up of the 8B shape), so the whole read can overlap the kernel before it where the blocks are
-// resident (98 registers against 64). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8 input rows the
-// same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0 switches it off;
-// the autotuner's race never takes it (gemv(..., isolated) in gemv.h, Args::deep_prefetch).
+// resident (112 registers against 76, nvcc 13.0). H200, 8B fp8: batch 1 2.675 -> 2.586 ms; at 8
+// input rows the same depth lost (2.961 -> 3.089), so they keep 4. KILN_CUDA_GEMV_DEEP_PREFETCH=0
+// switches it off; the autotuner's race never takes it (gemv(..., isolated) in gemv.h,
+// Args::deep_prefetch).
 // The deep kernel always stages its input row where it fits: unstaged, each of the 8 prefetched
 // steps loads its input chunk only after the previous step's MMAs (the SASS: one LDG per step,
 // behind a branch), a chain of 8 L2 round trips after the PDL wait. The race, timing the 4-step
@@ -48,9 +49,9 @@ constexpr int64_t kGemvMmaSharedBytes = 64 * 1024;
 // The register form loads the first P steps before the wait and then the rest four steps at a time,
 // so each warp waits out five more round trips with nothing in flight while it multiplies; the ring
 // keeps P steps in flight to the end, and needs no registers for them. Each lane copies the chunks
-// it later reads itself: no barrier. 56 registers (nvcc 13.5 for sm_90a) against the register
-// form's 112. H200, 8B fp8,
-// one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even (2.846 / 2.849).
+// it later reads itself: no barrier. 56 registers (nvcc 13.0) against the register form's 112.
+// H200, 8B fp8, one engine, 3 interleaved rounds: batch 1 2.583 -> 2.569 ms, batch 8 even
+// (2.846 / 2.849).
 // KILN_CUDA_GEMV_RING=0 turns it off.
 // The ring for the slices the prefetch covers whole (o, QKV, gate_up at 8B: 52-64 registers, three
 // blocks an SM where the register form fits two) lost: batch 1 2.575 -> 2.678 ms, batch 8 even
@@ -154,7 +155,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   // The steps of this warp's slice (those whose first chunk is inside the row: the same for every
   // lane of the warp), and of this lane's (one fewer where the last step is ragged): 32-bit counts,
   // so that a step after the PDL wait spends no instructions on 64-bit bounds. The steps after the
-  // wait are what limits this kernel: each instruction there costs the 8B fp8 step ~6 us (widening
+  // wait are what limits this kernel: each instruction there costs the 8B fp8 step ~4-6 us (widening
   // half or all of the weights by integer logic instead of cvt added 20 or 40 instructions a step
   // and lost 2.552 -> 2.681 / 2.809 ms). Dropping the 64-bit bounds, the predicated input loads and
   // the branches between prefetched steps (36 -> ~27 instructions a step) gained batch 1

@@ -7,7 +7,7 @@
 // decode step (KILN_CUDA_TACTIC picks it). gemv_fp8.cu's kernel spends most of a step's
 // instructions widening the weights to f16 for mma.sync (16 conversions of ~27 instructions), and
 // those steps after the PDL wait are what limits it (H200, 8B fp8 batch 1: each instruction a step
-// costs the decode step ~4-6 us). wgmma multiplies E4M3 as it is: a step here is two loads before
+// costs the decode step ~4-6 us, gemv_fp8.cu). wgmma multiplies E4M3 as it is: a step here is two loads before
 // and two wgmma instructions after, with the weights going from global memory straight into the A
 // fragments and the input row read by the tensor cores from shared memory.
 //
@@ -111,8 +111,7 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
   let_consumer_start();
 
   // Stage the input row: 64-byte block b, shared word 4a + q' = input word 4q' + a.
-  const int blocks = steps;
-  for (int b = threadIdx.x; b < blocks; b += kWgmmaThreads) {
+  for (int b = threadIdx.x; b < steps; b += kWgmmaThreads) {
     const uint4* src = a.x + static_cast<int64_t>(b) * 4;
     const uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
     uint4* dst = x_t + static_cast<int64_t>(b) * 4;
@@ -187,8 +186,8 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
 }  // namespace
 
 bool wgmma_fits(int64_t m, int64_t k, bool norm) {
-  // The staged row in the default 48 KB of dynamic shared memory (no opt-in: k <= 48 K covers
-  // every Llama projection).
+  // The staged row in the default 48 KB of dynamic shared memory (no opt-in: that covers every
+  // 8B and 70B projection; a 405B down projection, k = 53248, is refused).
   return m == 1 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0 &&
          k + kWgmmaTailBytes <= 48 * 1024;
 }

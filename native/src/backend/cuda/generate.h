@@ -23,7 +23,7 @@ struct BenchResult {
   // rounds of 16: decode_step_ms minus this is the host round trip a step pays. 0 without graphs.
   double decode_replay_ms = 0.0;
   // With kernel_costs: the step's graph captured afresh (kernel_costs_step_ms back to back) and what
-  // each family of its kernels costs it (CudaModel::decode_kernel_costs), slowest first.
+  // each family of its kernels costs it (CudaModel::decode_kernel_costs), costliest first.
   double kernel_costs_step_ms = 0.0;
   std::vector<CudaModel::KernelCost> kernel_costs;
 };

@@ -153,7 +153,7 @@ std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardB
     KILN_CUDA_CHECK(cudaMemsetAsync(split_counters_.get(), 0, split_counters_.bytes(), stream_));
   }
   KILN_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  // Slowest first; the families that could not be disabled last.
+  // Costliest first (the shortest step without them); the families that could not be disabled last.
   std::stable_sort(costs.begin(), costs.end(), [](const KernelCost& a, const KernelCost& b) {
     return a.step_ms_without.value_or(INFINITY) < b.step_ms_without.value_or(INFINITY);
   });

@@ -131,7 +131,7 @@ void CudaModel::apply_tactic_overrides(const std::string& source) {
       if (o.split == kGemvWgmmaSplit) {
         if (o.dtype != "f8e4m3" || o.bucket != 1 || !gemv_wgmma_supports(1, o.k)) {
           throw Error(what + ": the wgmma GEMV (split " + std::to_string(kGemvWgmmaSplit) +
-                      ") runs E4M3 at bucket 1 with k % 512 == 0");
+                      ") runs E4M3 at bucket 1 with k a multiple of 512 up to 48640");
         }
       } else if (std::find(splits.begin(), splits.end(), o.split) == splits.end()) {
         throw Error(what + ": kiln-gemv has no split " + std::to_string(o.split) + " for " + o.dtype);

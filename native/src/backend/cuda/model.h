@@ -108,7 +108,8 @@ class CudaModel {
   // Where a greedy decode-only step of `batch` spends its time inside its graph: the step captured
   // afresh and replayed `replays` times back to back (*step_ms), then again with each family
   // disabled in turn. What a family takes away is what its latency and traffic add to the step's
-  // critical path; families overlap, so the costs need not add up to the step. Slowest first.
+  // critical path; families overlap, so the costs need not add up to the step. Costliest first,
+  // then the families the graph would not disable (unset step_ms_without).
   // The disabled replays compute garbage into this step's KV slots: run the step again (forward)
   // before decoding on from it.
   std::vector<KernelCost> decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache, int replays,
