@@ -557,7 +557,7 @@ TEST(CudaModel, TacticOverridesReplaceABucketsTacticOrAreRefusedNamingIt) {
       {gate_up + "@3=cublaslt", "no such GEMM bucket"},
       {"7x7:bf16@1=cublaslt", "no such GEMM bucket"},
       {gate_up + "@1=kiln-gemv/3", "kiln-gemv has no split 3 for bf16"},
-      {gate_up + "@1=kiln-gemv/64", "the wgmma GEMV (split 64) runs E4M3 at bucket 1"},
+      {gate_up + "@1=kiln-gemv/64", "the wgmma GEMV (split 64) runs E4M3 at buckets up to 8"},
       {gate_up + "@1=kiln", "neither cublaslt nor kiln-gemv"},
   };
   for (const auto& [text, why] : refused) {

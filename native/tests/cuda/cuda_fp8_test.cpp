@@ -90,63 +90,71 @@ TEST_P(CudaFp8Gemv, ComputesTheScaledProductOfE4m3OperandsForUpToEightRows) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaFp8Gemv, ::testing::Values(int64_t{1040}, int64_t{4096}, int64_t{5136}, int64_t{14336}));
 
-// The wgmma kernel (split kGemvWgmmaSplit: one row, Hopper's E4M3 tensor-core instruction) against
-// the same double reference, on a ragged last tile (n = 302: four full tiles of 64 and 46 rows),
-// k from one 512-byte group pair to the 8B down projection; its SiLU·mul output against the
-// tensor-core mma kernel's; and what it refuses.
-TEST(CudaFp8Gemv, TheWgmmaKernelComputesOneRowsScaledProductAndItsSiluMul) {
+// The wgmma kernel (split kGemvWgmmaSplit: up to 8 rows, Hopper's E4M3 tensor-core instruction)
+// against the same double reference, on a ragged last tile (n = 302: four full tiles of 64 and 46
+// rows), k from one 512-byte group pair to the 8B down projection, at the row counts whose staged
+// rows fit (m·k + (8 - m)·16 <= 48 KB); its SiLU·mul output against the tensor-core mma kernel's;
+// and what it refuses.
+TEST(CudaFp8Gemv, TheWgmmaKernelComputesTheScaledProductOfUpToEightRowsAndItsSiluMul) {
   SKIP_WITHOUT_GPU();
   std::mt19937 rng(29);
   const int64_t n = 302;
   const int split = cuda::kGemvWgmmaSplit;
-  for (int64_t k : {int64_t{512}, int64_t{4096}, int64_t{14336}}) {
-    SCOPED_TRACE("k " + std::to_string(k));
-    ASSERT_TRUE(cuda::gemv_wgmma_supports(1, k));
+  const std::vector<std::pair<int64_t, std::vector<int64_t>>> shapes = {
+      {512, {1, 2, 8}}, {4096, {1, 3, 8}}, {14336, {1, 3}}};
+  for (const auto& [k, row_counts] : shapes) {
     const auto w = random_fp8(static_cast<size_t>(n * k), 30.0f, rng);
-    const auto x = random_fp8(static_cast<size_t>(k), 100.0f, rng);
+    const auto x = random_fp8(static_cast<size_t>(8 * k), 100.0f, rng);
     std::normal_distribution<float> normal(0.0f, 1.0f);
-    std::vector<float> y0(static_cast<size_t>(n));
+    std::vector<float> y0(static_cast<size_t>(8 * n));
     for (float& v : y0) v = normal(rng);
     const DeviceBuffer w_d = to_device(w), x_d = to_device(x);
     const float scale = 3.0e-5f;
-    for (float beta : {0.0f, 1.0f}) {
-      SCOPED_TRACE("beta " + std::to_string(beta));
-      const auto want = scaled_product(w, x, 1, n, k, scale, beta, y0);
-      std::vector<float> start(y0);
-      if (beta == 0.0f) std::fill(start.begin(), start.end(), std::nanf(""));  // beta 0 must not read y
-      // E4M3 wgmma sums 256 products at a time with ~14 bits kept (gemv_fp8_wgmma.cu), then in fp32.
-      const auto got = gemv_result(w_d.get(), x_d.get(), true, 1, n, k, scale, beta, start, split, true, false);
-      const double error = relative_norm_error(got, want);
-      std::printf("wgmma GEMV k %lld beta %g: relative error %.2e\n", static_cast<long long>(k), beta, error);
-      EXPECT_LT(error, 1e-3);
-      const auto settled = gemv_result(w_d.get(), x_d.get(), true, 1, n, k, scale, beta, start, split, true, true);
-      EXPECT_LT(relative_norm_error(settled, want), 1e-3) << "settled";
+    for (int64_t m : row_counts) {
+      SCOPED_TRACE("k " + std::to_string(k) + " m " + std::to_string(m));
+      ASSERT_TRUE(cuda::gemv_wgmma_supports(m, k));
+      for (float beta : {0.0f, 1.0f}) {
+        SCOPED_TRACE("beta " + std::to_string(beta));
+        const auto want = scaled_product(w, x, m, n, k, scale, beta, y0);
+        std::vector<float> start(y0.begin(), y0.begin() + m * n);
+        if (beta == 0.0f) std::fill(start.begin(), start.end(), std::nanf(""));  // beta 0 must not read y
+        // E4M3 wgmma sums 256 products at a time with ~14 bits kept (gemv_fp8_wgmma.cu), then in fp32.
+        const auto got = gemv_result(w_d.get(), x_d.get(), true, m, n, k, scale, beta, start, split, true, false);
+        const double error = relative_norm_error(got, want);
+        std::printf("wgmma GEMV k %lld m %lld beta %g: relative error %.2e\n", static_cast<long long>(k),
+                    static_cast<long long>(m), beta, error);
+        EXPECT_LT(error, 1e-3);
+        const auto settled = gemv_result(w_d.get(), x_d.get(), true, m, n, k, scale, beta, start, split, true, true);
+        EXPECT_LT(relative_norm_error(settled, want), 1e-3) << "settled";
+      }
+      // SiLU·mul of the (gate, up) row pairs, quantized to E4M3: the same bytes as the mma kernel's
+      // but where a product sits on a rounding boundary (sums in another order).
+      const float act_scale = 0.05f;
+      const auto act_of = [&](int with_split) {
+        const size_t count = static_cast<size_t>(m * (n / 2));
+        DeviceBuffer act_d(count, "act");
+        KILN_CUDA_CHECK(cudaMemset(act_d.get(), 0xff, act_d.bytes()));  // E4M3 NaN: an unwritten byte fails
+        cuda::GemvIn in;
+        in.x = x_d.get();
+        cuda::GemvOut out;
+        out.act = act_d.get();
+        out.act_scale = act_scale;
+        cuda::gemv(w_d.get(), true, m, n, k, scale, in, out, with_split, nullptr);
+        std::vector<float> decoded(count);
+        const auto bytes = to_host<uint8_t>(act_d, count);
+        for (size_t i = 0; i < count; ++i) decoded[i] = f8e4m3_to_f32(bytes[i]) * act_scale;
+        return decoded;
+      };
+      EXPECT_LT(relative_norm_error(act_of(split), act_of(8)), 4e-2);
     }
-    // SiLU·mul of the (gate, up) row pairs, quantized to E4M3: the same bytes as the mma kernel's
-    // but where a product sits on a rounding boundary (sums in another order).
-    const float act_scale = 0.05f;
-    const auto act_of = [&](int with_split) {
-      DeviceBuffer act_d(static_cast<size_t>(n / 2), "act");
-      KILN_CUDA_CHECK(cudaMemset(act_d.get(), 0xff, act_d.bytes()));  // E4M3 NaN: an unwritten byte fails
-      cuda::GemvIn in;
-      in.x = x_d.get();
-      cuda::GemvOut out;
-      out.act = act_d.get();
-      out.act_scale = act_scale;
-      cuda::gemv(w_d.get(), true, 1, n, k, scale, in, out, with_split, nullptr);
-      std::vector<float> decoded(static_cast<size_t>(n / 2));
-      const auto bytes = to_host<uint8_t>(act_d, decoded.size());
-      for (size_t i = 0; i < decoded.size(); ++i) decoded[i] = f8e4m3_to_f32(bytes[i]) * act_scale;
-      return decoded;
-    };
-    EXPECT_LT(relative_norm_error(act_of(split), act_of(8)), 4e-2);
   }
-  EXPECT_FALSE(cuda::gemv_wgmma_supports(2, 4096));
+  EXPECT_FALSE(cuda::gemv_wgmma_supports(9, 512));
+  EXPECT_FALSE(cuda::gemv_wgmma_supports(4, 14336));
   EXPECT_FALSE(cuda::gemv_wgmma_supports(1, 1040));
   EXPECT_FALSE(cuda::gemv_wgmma_supports(1, 4096, true));
-  const auto x = random_fp8(static_cast<size_t>(2 * 1040), 1.0f, rng);
-  const DeviceBuffer buffer = to_device(std::vector<uint8_t>(static_cast<size_t>(64 * 1040), 0)), x_d = to_device(x);
-  DeviceBuffer y_d(static_cast<size_t>(2 * 64) * 4, "y");
+  const auto x = random_fp8(static_cast<size_t>(8 * 14336), 1.0f, rng);
+  const DeviceBuffer buffer = to_device(std::vector<uint8_t>(static_cast<size_t>(64 * 14336), 0)), x_d = to_device(x);
+  DeviceBuffer y_d(static_cast<size_t>(8 * 64) * 4, "y");
   const auto refused = [&](const std::function<void()>& run, const std::string& names) {
     try {
       run();
@@ -155,8 +163,8 @@ TEST(CudaFp8Gemv, TheWgmmaKernelComputesOneRowsScaledProductAndItsSiluMul) {
       EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what();
     }
   };
-  refused([&] { cuda::gemv_fp8(buffer.get<fp8>(), x_d.get<fp8>(), 2, 64, 512, 1.0f, y_d.get<float>(), 0.0f, nullptr, split); },
-          "m=2");
+  refused([&] { cuda::gemv_fp8(buffer.get<fp8>(), x_d.get<fp8>(), 4, 64, 14336, 1.0f, y_d.get<float>(), 0.0f, nullptr, split); },
+          "m=4 k=14336");
   refused([&] { cuda::gemv_fp8(buffer.get<fp8>(), x_d.get<fp8>(), 1, 64, 1040, 1.0f, y_d.get<float>(), 0.0f, nullptr, split); },
           "k=1040");
   refused([&] {

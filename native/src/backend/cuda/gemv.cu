@@ -33,9 +33,9 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                 (fp8 ? "16" : "8") + " == 0, n even for SiLU, an input and an output)");
   }
   if (split == kGemvWgmmaSplit && (!fp8 || !gemv_wgmma_supports(m, k, norm))) {
-    throw Error("kiln-gemv: the wgmma kernel (split " + std::to_string(kGemvWgmmaSplit) + ") takes E4M3, one input row " +
-                "and k a multiple of 512 up to 48640 without a normed input; got m=" + std::to_string(m) + " k=" +
-                std::to_string(k) + (fp8 ? "" : " bf16") + (norm ? " normed input" : ""));
+    throw Error("kiln-gemv: the wgmma kernel (split " + std::to_string(kGemvWgmmaSplit) + ") takes E4M3, 1-8 input " +
+                "rows and k a multiple of 512 with m·k + (8 - m)·16 <= 49152 bytes, without a normed input; got m=" +
+                std::to_string(m) + " k=" + std::to_string(k) + (fp8 ? "" : " bf16") + (norm ? " normed input" : ""));
   }
   gemv_detail::Args a;
   a.w = static_cast<const uint4*>(w);

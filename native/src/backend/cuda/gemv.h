@@ -56,10 +56,10 @@ constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
 // The splits the autotuner races. E4M3 adds 16: a block of 16 warps on one tile, twice the loads in
 // flight per row of split 8, for projections with few tiles (8B down: 256 tiles of k = 14336).
 std::vector<int> gemv_splits(bool fp8);
-// E4M3, one input row, no normed input, k a multiple of 512 up to 48640 (the staged row in 48 KB of
-// shared memory: every 8B and 70B projection): the "split" that runs Hopper's E4M3 wgmma
-// instead (a warpgroup per 64 weight rows and the whole of k, gemv_fp8_wgmma.cu). Not raced by the
-// autotuner until it has been measured in a decode step; KILN_CUDA_TACTIC=...=kiln-gemv/64 picks it.
+// E4M3, 1-8 input rows, no normed input, k a multiple of 512 with the m staged rows in 48 KB of shared
+// memory (m·k + (8 - m)·16 bytes: one row of every 8B and 70B projection, 8 rows of k = 4096): the
+// "split" that runs Hopper's E4M3 wgmma instead (a warpgroup per 64 weight rows and the whole of k,
+// gemv_fp8_wgmma.cu). Not raced by the autotuner; KILN_CUDA_TACTIC=...=kiln-gemv/64 picks it.
 constexpr int kGemvWgmmaSplit = 64;
 bool gemv_wgmma_supports(int64_t m, int64_t k, bool normed_input = false);
 

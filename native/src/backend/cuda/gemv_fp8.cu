@@ -411,7 +411,7 @@ void launch_mma(const Args& a, int64_t m, int split, bool norm, bool silu, cudaS
 
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream) {
   if (split == kGemvWgmmaSplit) {
-    launch_fp8_wgmma(a, silu, stream);
+    launch_fp8_wgmma(a, m, silu, stream);
     return;
   }
   launch_mma(a, m, split, norm, silu, stream);

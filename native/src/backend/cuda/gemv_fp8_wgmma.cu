@@ -1,10 +1,16 @@
 #include <cstdint>
+#include <string>
 
 #include "backend/cuda/gemv_kernel.cuh"
 
-// The one-row E4M3 GEMV on Hopper's own E4M3 tensor-core instruction (wgmma): kiln-gemv split 64
-// (gemv.h, kGemvWgmmaSplit), which the autotuner does not race until it has been measured in a
-// decode step (KILN_CUDA_TACTIC picks it). gemv_fp8.cu's kernel spends most of a step's
+// The E4M3 GEMV of up to 8 input rows on Hopper's own E4M3 tensor-core instruction (wgmma): kiln-gemv
+// split 64 (gemv.h, kGemvWgmmaSplit), which KILN_CUDA_TACTIC=...=kiln-gemv/64 picks for any bucket
+// it fits. Nothing picks it by default, as measured on H200s (8B fp8 decode, one engine, 3-6
+// interleaved rounds): alone it is 4% slower than gemv_fp8.cu's kernel (gemv_bench.py, 8B gate_up:
+// 31.4 against 30.3 us); gate_up on it in the step at batch 1 ran 2.54-2.58 ms on three cards, where
+// the mma kernel's step ran 2.600 (a 2.4% gain), 2.571 (0.2%) and 2.540 (a 1.4% loss); at batch 8
+// it lost (2.704 -> 2.841 ms), and o, QKV and down (64-96 blocks of 64 rows) lost badly (batch 1
+// 2.597 -> 3.917 ms with all four on it). gemv_fp8.cu's kernel spends most of a step's
 // instructions widening the weights to f16 for mma.sync (16 conversions of ~27 instructions), and
 // those steps after the PDL wait are what limits it (H200, 8B fp8 batch 1: each instruction a step
 // costs the decode step ~4-6 us, gemv_fp8.cu). wgmma multiplies E4M3 as it is: a step here is two loads before
@@ -21,9 +27,9 @@
 //
 // The input B (k x 8, K-major) is read by a shared-memory descriptor without swizzling: 8 rows of
 // 16 bytes make a core matrix and the two core matrices of a k32 step are LBO bytes apart. Only
-// column 0 is a real input row (m = 1); columns 1-7 are never stored, so a core matrix may start
-// every 16 bytes and let its rows 1-7 fall on the next ones' data: the staged row takes k bytes,
-// not 8k, and k % 64 == 0 suffices.
+// columns below M are real input rows; the others are never stored, so the core matrix of 16-byte
+// chunk c may start at 16·M·c and let its rows M..7 fall on the next chunks' data: the staged rows
+// take M·k bytes, not 8k (input row i's chunk c at 16·(M·c + i)).
 
 namespace kiln::cuda::gemv_detail {
 
@@ -33,11 +39,13 @@ constexpr int kWgmmaRows = 64;      // weight rows of a block (one warpgroup's m
 constexpr int kWgmmaThreads = 128;  // one warpgroup
 constexpr int kWgmmaStepBytes = 64;
 constexpr int kWgmmaGroup = 4;  // steps a register set holds; two sets: 8 steps loaded before the wait
-// Rows 1-7 of the last core matrices reach this far past the staged row.
-constexpr int kWgmmaTailBytes = 7 * 16;
+constexpr int64_t kWgmmaSharedBytes = 48 * 1024;
+// Rows M..7 of the last core matrices reach this far past the staged rows.
+constexpr int64_t tail_bytes(int64_t m) { return (8 - m) * 16; }
 
+template <int M>
 __device__ __forceinline__ uint64_t input_descriptor(uint32_t shared_address) {
-  constexpr uint64_t kLeadingBytes = 16;   // between the two core matrices of a k32 step
+  constexpr uint64_t kLeadingBytes = 16 * M;  // between the two core matrices of a k32 step
   constexpr uint64_t kStrideBytes = 128;   // between 8-row groups of B: there is one (n = 8)
   return static_cast<uint64_t>((shared_address & 0x3FFFF) >> 4) | ((kLeadingBytes >> 4) << 16) |
          ((kStrideBytes >> 4) << 32);
@@ -67,15 +75,16 @@ __device__ __forceinline__ void wgmma_e4m3(float (&d)[4], uint32_t a0, uint32_t 
 }
 
 // One step's two wgmmas: words (0, 1) and (2, 3) of the lane's chunks of rows g (lo) and g + 8 (hi);
-// `fresh`: the step starts a new partial sum.
+// `fresh`: the step starts a new partial sum. The second takes the step's chunks 2 and 3.
+template <int M>
 __device__ __forceinline__ void wgmma_step(float (&d)[4], const uint4& lo, const uint4& hi, uint64_t b, bool fresh) {
   wgmma_e4m3(d, lo.x, hi.x, lo.y, hi.y, b, fresh ? 0 : 1);
-  wgmma_e4m3(d, lo.z, hi.z, lo.w, hi.w, b + (32 >> 4), 1);  // the descriptor counts 16-byte units
+  wgmma_e4m3(d, lo.z, hi.z, lo.w, hi.w, b + 2 * M, 1);  // the descriptor counts 16-byte units
 }
 
-template <bool kSilu>
+template <int M, bool kSilu>
 __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
-  extern __shared__ __align__(128) uint4 x_t[];  // the input row, word-transposed per 64 bytes
+  extern __shared__ __align__(128) uint4 x_t[];  // the input rows, word-transposed per 64 bytes
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
   const int g = lane / 4;
@@ -101,24 +110,37 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
   };
   load(0, 0);
   load(1, 1);
-  float settled[2] = {};
-  const bool early = !kSilu && a.y_settled && a.beta != 0.0f && q == 0;
-  if (early) {
-    if (lo_row < a.n) settled[0] = __ldcg(a.y + lo_row);
-    if (hi_row < a.n) settled[1] = __ldcg(a.y + hi_row);
-  }
+  // The outputs this lane holds (the D fragment): rows g and g + 8, input rows 2q and 2q + 1;
+  // visit(row, input row, fragment index) for those inside n and M.
+  const auto each_output = [&](auto&& visit) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t row = r == 0 ? lo_row : hi_row;
+      if (row >= a.n) continue;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if (2 * q + j < M) visit(row, 2 * q + j, 2 * r + j);
+      }
+    }
+  };
+  float settled[4] = {};
+  const bool early = !kSilu && a.y_settled && a.beta != 0.0f;
+  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
   wait_for_producer();
   let_consumer_start();
 
-  // Stage the input row: 64-byte block b, shared word 4a + q' = input word 4q' + a.
-  for (int b = threadIdx.x; b < steps; b += kWgmmaThreads) {
-    const uint4* src = a.x + static_cast<int64_t>(b) * 4;
+  // Stage the input rows: in row i's 64-byte block b, transposed word 4a + q' = input word 4q' + a,
+  // and transposed chunk c = 4b + a goes to x_t[M·c + i].
+  for (int t = threadIdx.x; t < M * steps; t += kWgmmaThreads) {
+    const int i = M == 1 ? 0 : t / steps;
+    const int b = M == 1 ? t : t - i * steps;
+    const uint4* src = a.x + static_cast<int64_t>(i) * chunks + static_cast<int64_t>(b) * 4;
     const uint4 v0 = src[0], v1 = src[1], v2 = src[2], v3 = src[3];
-    uint4* dst = x_t + static_cast<int64_t>(b) * 4;
+    uint4* dst = x_t + static_cast<int64_t>(b) * 4 * M + i;
     dst[0] = make_uint4(v0.x, v1.x, v2.x, v3.x);
-    dst[1] = make_uint4(v0.y, v1.y, v2.y, v3.y);
-    dst[2] = make_uint4(v0.z, v1.z, v2.z, v3.z);
-    dst[3] = make_uint4(v0.w, v1.w, v2.w, v3.w);
+    dst[M] = make_uint4(v0.y, v1.y, v2.y, v3.y);
+    dst[2 * M] = make_uint4(v0.z, v1.z, v2.z, v3.z);
+    dst[3 * M] = make_uint4(v0.w, v1.w, v2.w, v3.w);
   }
   // The tensor cores read shared memory through the async proxy: the stores above must reach it.
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -127,7 +149,7 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
   // Hopper's E4M3 wgmma keeps about 14 bits of its running sum (DeepSeek-V3's report: up to 2%
   // error over k = 4096), so each register set's group (256 products a row) sums afresh and is
   // added to `d` in fp32 once its wgmmas are done, as cuBLASLt does without fast accumulation.
-  const uint64_t b0 = input_descriptor(static_cast<uint32_t>(__cvta_generic_to_shared(x_t)));
+  const uint64_t b0 = input_descriptor<M>(static_cast<uint32_t>(__cvta_generic_to_shared(x_t)));
   float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   float part[2][4] = {};
   const auto add = [&](const float (&p)[4]) {
@@ -142,7 +164,8 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
 #pragma unroll
       for (int u = 0; u < kWgmmaGroup; ++u) {
         const int step = (group + set) * kWgmmaGroup + u;
-        wgmma_step(part[set], lo[set][u], hi[set][u], b0 + static_cast<uint64_t>(step) * (kWgmmaStepBytes >> 4), u == 0);
+        wgmma_step<M>(part[set], lo[set][u], hi[set][u], b0 + static_cast<uint64_t>(step) * (kWgmmaStepBytes >> 4) * M,
+                      u == 0);
       }
       wgmma_commit();
     }
@@ -156,50 +179,60 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
     if (group + 3 < groups) load(1, group + 3);
   }
 
-  // d: (row g, input 2q), (row g, 2q + 1), (row g + 8, 2q), (row g + 8, 2q + 1); only input 0 is real.
   if constexpr (kSilu) {
     // Rows 2j, 2j + 1 are gate_j and up_j (a tile starts at an even row): up sits 4 lanes on.
-    const float up_lo = __shfl_down_sync(0xffffffffu, d[0], 4);
-    const float up_hi = __shfl_down_sync(0xffffffffu, d[2], 4);
-    if (q != 0 || g % 2 != 0) return;
+    float up[4];
+#pragma unroll
+    for (int f = 0; f < 4; ++f) up[f] = __shfl_down_sync(0xffffffffu, d[f], 4);
+    if (g % 2 != 0) return;
     auto* act = static_cast<fp8*>(a.act);
-    const auto store = [&](int64_t row, float gate_sum, float up_sum) {
-      if (row >= a.n) return;
-      const float gate = a.scale * gate_sum;
-      const float up = a.scale * up_sum;
-      act[row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * up, a.act_inv_scale);
-    };
-    store(lo_row, d[0], up_lo);
-    store(hi_row, d[2], up_hi);
+    const int64_t half = a.n / 2;
+    each_output([&](int64_t row, int i, int f) {
+      const float gate = a.scale * d[f];
+      const float u = a.scale * up[f];
+      act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
+    });
   } else {
-    if (q != 0) return;
-    const auto store = [&](int64_t row, float sum, float old) {
-      if (row >= a.n) return;
-      float* out = a.y + row;
-      *out = a.beta == 0.0f ? a.scale * sum : a.scale * sum + a.beta * (early ? old : *out);
-    };
-    store(lo_row, d[0], settled[0]);
-    store(hi_row, d[2], settled[1]);
+    each_output([&](int64_t row, int i, int f) {
+      float* out = a.y + i * a.n + row;
+      *out = a.beta == 0.0f ? a.scale * d[f] : a.scale * d[f] + a.beta * (early ? settled[f] : *out);
+    });
+  }
+}
+
+template <int M>
+void launch_rows(const Args& a, bool silu, cudaStream_t stream) {
+  const dim3 blocks(static_cast<unsigned>((a.n + kWgmmaRows - 1) / kWgmmaRows));
+  const size_t shared = static_cast<size_t>(M * a.k + tail_bytes(M));
+  if (silu) {
+    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<M, true>, blocks, dim3(kWgmmaThreads), shared, stream, a);
+  } else {
+    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<M, false>, blocks, dim3(kWgmmaThreads), shared, stream, a);
   }
 }
 
 }  // namespace
 
 bool wgmma_fits(int64_t m, int64_t k, bool norm) {
-  // The staged row in the default 48 KB of dynamic shared memory (no opt-in: that covers every
-  // 8B and 70B projection; a 405B down projection, k = 53248, is refused).
-  return m == 1 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0 &&
-         k + kWgmmaTailBytes <= 48 * 1024;
+  // The staged rows in the default 48 KB of dynamic shared memory (no opt-in, so that blocks still
+  // share an SM): one row of every 8B and 70B projection, 8 rows of k = 4096 (a 405B down
+  // projection, k = 53248, is refused).
+  return m >= 1 && m <= 8 && !norm && k > 0 && k % (2 * kWgmmaGroup * kWgmmaStepBytes) == 0 &&
+         m * k + tail_bytes(m) <= kWgmmaSharedBytes;
 }
 
-void launch_fp8_wgmma(const Args& a, bool silu, cudaStream_t stream) {
-  const dim3 blocks(static_cast<unsigned>((a.n + kWgmmaRows - 1) / kWgmmaRows));
-  const size_t shared = static_cast<size_t>(a.k) + kWgmmaTailBytes;
-  if (silu) {
-    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<true>, blocks, dim3(kWgmmaThreads), shared, stream, a);
-  } else {
-    launch_kernel_shared("gemv_wgmma_kernel", gemv_wgmma_kernel<false>, blocks, dim3(kWgmmaThreads), shared, stream, a);
+void launch_fp8_wgmma(const Args& a, int64_t m, bool silu, cudaStream_t stream) {
+  switch (m) {
+    case 1: launch_rows<1>(a, silu, stream); return;
+    case 2: launch_rows<2>(a, silu, stream); return;
+    case 3: launch_rows<3>(a, silu, stream); return;
+    case 4: launch_rows<4>(a, silu, stream); return;
+    case 5: launch_rows<5>(a, silu, stream); return;
+    case 6: launch_rows<6>(a, silu, stream); return;
+    case 7: launch_rows<7>(a, silu, stream); return;
+    case 8: launch_rows<8>(a, silu, stream); return;
   }
+  throw Error("kiln-gemv: the wgmma kernel takes 1-8 input rows, not " + std::to_string(m));
 }
 
 }  // namespace kiln::cuda::gemv_detail

@@ -290,8 +290,8 @@ void launch(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStrea
 
 void launch_bf16(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
 void launch_fp8(const Args& a, int64_t m, int split, bool norm, bool silu, cudaStream_t stream);
-// gemv_fp8_wgmma.cu: one row of E4M3 on wgmma (gemv.h, kGemvWgmmaSplit).
+// gemv_fp8_wgmma.cu: up to 8 rows of E4M3 on wgmma (gemv.h, kGemvWgmmaSplit).
 bool wgmma_fits(int64_t m, int64_t k, bool norm);
-void launch_fp8_wgmma(const Args& a, bool silu, cudaStream_t stream);
+void launch_fp8_wgmma(const Args& a, int64_t m, bool silu, cudaStream_t stream);
 
 }  // namespace kiln::cuda::gemv_detail
