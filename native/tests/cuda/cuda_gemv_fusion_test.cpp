@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 #include <random>
 
 #include "backend/cuda/gemv.h"
@@ -99,6 +101,80 @@ TEST(CudaGemvFusion, NormedInputAndSiluOutputMatchTheSeparateKernels) {
   }
 }
 
+// GemvOut::sums / GemvIn::sums: an E4M3 GEMV adding onto a residual leaves each row's sum of squares
+// in one piece a 16-row tile (every piece written, tiles of a ragged last block included), and the
+// next GEMV normalises that residual from them as it would from its own pass over the rows.
+TEST(CudaGemvFusion, NormSumsCarryTheNormFromOneGemvToTheNext) {
+  SKIP_WITHOUT_GPU();
+  std::mt19937 rng(47);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // hidden: 65 tiles, so split 1 (8 tiles a block) leaves 7 tiles of its last block past the rows.
+  const int64_t hidden = 1040, k = 512, n = 300;
+  const int64_t count = cuda::gemv_norm_sums(hidden);
+  ASSERT_EQ(count, 65);
+  const auto e4m3 = [&](size_t size, float spread) {
+    std::vector<float> f(size);
+    for (float& v : f) v = spread * normal(rng);
+    std::vector<uint8_t> q(size);
+    quantize_fp8(f.data(), size, 1.0f, q.data());
+    return q;
+  };
+  const auto w_residual = e4m3(static_cast<size_t>(hidden * k), 20.0f);
+  const auto x = e4m3(static_cast<size_t>(cuda::kGemvNormMaxRows * k), 100.0f);
+  const auto w_next = e4m3(static_cast<size_t>(n * hidden), 20.0f);
+  std::vector<float> residual(static_cast<size_t>(cuda::kGemvNormMaxRows * hidden)), gamma(static_cast<size_t>(hidden));
+  for (float& v : residual) v = 3.0f * normal(rng);
+  for (float& v : gamma) v = 1.0f + 0.2f * normal(rng);
+  const DeviceBuffer w_residual_d = to_device(w_residual), x_d = to_device(x), w_next_d = to_device(w_next),
+                     g_d = to_device(gamma);
+  const float scale = 1.0f / 20.0f / 100.0f / 64.0f, in_scale = 4.0f / 448.0f;
+  for (int split : cuda::gemv_splits(true)) {
+    for (int64_t m = 1; m <= cuda::kGemvNormMaxRows; ++m) {
+      SCOPED_TRACE("split " + std::to_string(split) + " m " + std::to_string(m));
+      ASSERT_TRUE(cuda::gemv_writes_norm_sums(m, true, split));
+      DeviceBuffer h_d = to_device(std::vector<float>(residual.begin(), residual.begin() + m * hidden));
+      DeviceBuffer sums_d = to_device(std::vector<float>(static_cast<size_t>(m * count), std::nanf("")));
+      cuda::GemvIn in;
+      in.x = x_d.get();
+      cuda::GemvOut out;
+      out.y = h_d.get<float>();
+      out.beta = 1.0f;
+      out.sums = sums_d.get<float>();
+      cuda::gemv(w_residual_d.get(), true, m, hidden, k, scale, in, out, split, nullptr);
+      const auto h = to_host<float>(h_d, static_cast<size_t>(m * hidden));
+      const auto sums = to_host<float>(sums_d, static_cast<size_t>(m * count));
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t t = 0; t < count; ++t) {
+          double want = 0;
+          for (int64_t r = 16 * t; r < 16 * (t + 1); ++r) want += static_cast<double>(h[i * hidden + r]) * h[i * hidden + r];
+          const float got = sums[static_cast<size_t>(i * count + t)];
+          ASSERT_FALSE(std::isnan(got)) << "row " << i << " tile " << t << " has no piece";
+          EXPECT_NEAR(got, want, 1e-5 * want + 1e-6) << "row " << i << " tile " << t;
+        }
+      }
+      // The next GEMV on the normed residual: from the sums, and from its own pass over h.
+      const auto next = [&](const float* with_sums) {
+        cuda::GemvIn normed;
+        normed.h = h_d.get<float>();
+        normed.gamma = g_d.get<float>();
+        normed.eps = 1e-5f;
+        normed.scale = in_scale;
+        normed.sums = with_sums;
+        normed.sum_count = with_sums ? count : 0;
+        DeviceBuffer y_d(static_cast<size_t>(m * n) * 4, "y");
+        KILN_CUDA_CHECK(cudaMemset(y_d.get(), 0xff, y_d.bytes()));
+        cuda::GemvOut to_y;
+        to_y.y = y_d.get<float>();
+        cuda::gemv(w_next_d.get(), true, m, n, hidden, in_scale / 20.0f, normed, to_y, split, nullptr);
+        return to_host<float>(y_d, static_cast<size_t>(m * n));
+      };
+      // The two sum the squares in another order: a few inputs may round to the neighbouring E4M3
+      // value (as the fused norm against the norm kernel above).
+      EXPECT_LT(relative_norm_error(next(sums_d.get<float>()), next(nullptr)), 2e-2);
+    }
+  }
+}
+
 TEST(CudaGemvFusion, RefusesWhatItCannotRun) {
   SKIP_WITHOUT_GPU();
   EXPECT_FALSE(cuda::gemv_supports(cuda::kGemvNormMaxRows + 1, 1024, false, true));
@@ -112,6 +188,28 @@ TEST(CudaGemvFusion, RefusesWhatItCannotRun) {
   out.y = buffer.get<float>();
   EXPECT_THROW(cuda::gemv(buffer.get(), false, 1, 64, 64, 1.0f, in, out, 16, nullptr), Error);  // split 16 is E4M3's
   EXPECT_THROW(cuda::gemv(buffer.get(), true, 1, 64, 64, 1.0f, in, out, 32, nullptr), Error);
+  // Norm sums: written by an E4M3 GEMV of at most kGemvNormMaxRows rows with y, not the wgmma kernel;
+  // read only with a normed input and a piece count.
+  EXPECT_FALSE(cuda::gemv_writes_norm_sums(1, false, 1));
+  EXPECT_FALSE(cuda::gemv_writes_norm_sums(cuda::kGemvNormMaxRows + 1, true, 1));
+  EXPECT_FALSE(cuda::gemv_writes_norm_sums(1, true, cuda::kGemvWgmmaSplit));
+  DeviceBuffer sums(64 * 4, "sums");
+  cuda::GemvOut with_sums = out;
+  with_sums.sums = sums.get<float>();
+  const auto refused = [&](const std::function<void()>& run, const std::string& names) {
+    try {
+      run();
+      ADD_FAILURE() << names << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what();
+    }
+  };
+  refused([&] { cuda::gemv(buffer.get(), false, 1, 64, 64, 1.0f, in, with_sums, 1, nullptr); }, "norm sums (GemvOut::sums)");
+  refused([&] { cuda::gemv(buffer.get(), true, 5, 16, 64, 1.0f, in, with_sums, 1, nullptr); }, "m=5");
+  cuda::GemvIn sums_without_h = in;
+  sums_without_h.sums = sums.get<float>();
+  sums_without_h.sum_count = 4;
+  refused([&] { cuda::gemv(buffer.get(), true, 1, 64, 64, 1.0f, sums_without_h, out, 1, nullptr); }, "no h");
 }
 
 }  // namespace

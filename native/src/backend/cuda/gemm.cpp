@@ -188,8 +188,21 @@ void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in
        c.gemv_stage_input);
 }
 
+bool TunedGemm::writes_norm_sums(int64_t m) const {
+  return gemv_at(m) && gemv_writes_norm_sums(m, gemm_.input() == CUDA_R_8F_E4M3, choose(m).gemv_split);
+}
+
+bool TunedGemm::reads_norm_sums(int64_t m) const {
+  const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
+  return gemv_at(m) && fp8 && choose(m).gemv_split != kGemvWgmmaSplit && gemv_supports(m, gemm_.k(), fp8, true);
+}
+
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale,
-                    bool y_settled) {
+                    bool y_settled, float* sums) {
+  if (sums && !writes_norm_sums(m)) {
+    throw Error("GEMM [" + std::to_string(gemm_.n()) + " x " + std::to_string(gemm_.k()) + "] at " + std::to_string(m) +
+                " rows: its tactic cannot write norm sums");
+  }
   if (gemv_at(m)) {
     GemvIn in;
     in.x = x;
@@ -197,6 +210,7 @@ void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float bet
     out.y = y;
     out.beta = beta;
     out.y_settled = y_settled;
+    out.sums = sums;
     run_gemv(w, m, scale, in, out, stream);
     return;
   }

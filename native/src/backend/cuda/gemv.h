@@ -35,6 +35,10 @@ struct GemvIn {
   const float* gamma = nullptr;
   float eps = 0.0f;
   float scale = 1.0f;  // fp8: the input scale the normed rows are quantized with
+  // With h: the sums of squares of h's rows, [m][sum_count] pieces, as the GEMV that wrote h left
+  // them (GemvOut::sums). Each block then adds those up in place of its own pass over h.
+  const float* sums = nullptr;
+  int64_t sum_count = 0;
 };
 
 struct GemvOut {
@@ -47,7 +51,15 @@ struct GemvOut {
   bool y_settled = false;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
+  // E4M3 with y, m <= kGemvNormMaxRows, not the wgmma kernel: the sums of squares of y's rows as
+  // stored, [m][gemv_norm_sums(n)] pieces (one a 16-row tile), for a next GEMV that RMS-normalises y
+  // (GemvIn::sums): the decoder's residual adds (o, down) feed the next projection's norm this way,
+  // and no RMSNorm kernel runs between the two GEMVs.
+  float* sums = nullptr;
 };
+
+constexpr int64_t gemv_norm_sums(int64_t n) { return (n + 15) / 16; }
+bool gemv_writes_norm_sums(int64_t m, bool fp8, int split);
 
 // Split factors (bf16: warps per row pair; E4M3: warps per 16-row tile), and the weight rows one
 // block of 8 warps covers with a bf16 split (the only GEMV the RMSNorm is fused into).

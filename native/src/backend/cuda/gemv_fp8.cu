@@ -95,6 +95,23 @@ __device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, 
   for (int j = 0; j < 4; ++j) mma_f16(acc[j % 2], a.h[2 * j], b.h[2 * j], a.h[2 * j + 1], b.h[2 * j + 1], x.h[2 * j], x.h[2 * j + 1]);
 }
 
+// GemvOut::sums: the squares of the tile's stored outputs (the C fragment's: rows g and g + 8, input
+// rows 2q and 2q + 1; zeros where each_output stored nothing), summed per input row over the warp,
+// one piece per tile. Every lane of the warp takes part; tiles past n have no piece.
+template <int M>
+__device__ __forceinline__ void write_norm_sums(const Args& a, const float (&stored)[4], int64_t tile, int q) {
+  const int64_t count = (a.n + kTileRows - 1) / kTileRows;
+#pragma unroll
+  for (int i = 0; i < M; ++i) {
+    float s = 0.0f;
+    if (2 * q == i) s = stored[0] * stored[0] + stored[2] * stored[2];
+    if (2 * q + 1 == i) s = stored[1] * stored[1] + stored[3] * stored[3];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
+    if (threadIdx.x % 32 == 0 && tile < count) a.sums_out[i * count + tile] = s;
+  }
+}
+
 // The input rows as f16 in shared memory, [M][k / 16][8 pairs]: widened once per block instead of
 // once per warp and step, where they fit (kGemvMmaSharedBytes) and Args::stage_input asks for it.
 // Each thread issues its loads (up to kStageBatch) before it widens any: this runs after the PDL
@@ -292,10 +309,15 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
       act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
     });
   } else {
+    float stored[4] = {};
     each_output([&](int64_t row, int i, int f) {
       float* out = a.y + i * a.n + row;
-      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
+      stored[f] = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
+      *out = stored[f];
     });
+    if constexpr (M <= kGemvNormMaxRows) {
+      if (a.sums_out) write_norm_sums<M>(a, stored, (static_cast<int64_t>(blockIdx.x) * kTiles + warp / S), q);
+    }
   }
 }
 

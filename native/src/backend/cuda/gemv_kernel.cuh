@@ -30,6 +30,9 @@ struct Args {
   float act_inv_scale = 1.0f;
   bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
   bool deep_prefetch = true;  // E4M3, one row, split 8: 8 steps before the wait (gemv_fp8.cu)
+  const float* sums = nullptr;  // GemvIn::sums
+  int64_t sum_count = 0;
+  float* sums_out = nullptr;  // GemvOut::sums
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
@@ -66,23 +69,35 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   const int warp = threadIdx.x / 32;
   const int quads = static_cast<int>(a.k / 4);
   const auto* h4 = reinterpret_cast<const float4*>(a.h);
-  float sq[M];
+  if (a.sums) {
+    // The GEMV that wrote h summed its squares (GemvOut::sums): warp i adds up row i's pieces, in
+    // the same order in every block.
+    if (warp < M) {
+      float total = 0.0f;
+      for (int64_t j = lane; j < a.sum_count; j += 32) total += a.sums[warp * a.sum_count + j];
 #pragma unroll
-  for (int i = 0; i < M; ++i) {
-    sq[i] = 0.0f;
-    for (int j = threadIdx.x; j < quads; j += blockDim.x) {
-      const float4 v = h4[i * quads + j];
-      sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
+      if (lane == 0) inv[warp] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
     }
+  } else {
+    float sq[M];
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], offset);
-    if (lane == 0) partial[warp][i] = sq[i];
-  }
-  __syncthreads();
-  if (threadIdx.x < M) {
-    float total = 0.0f;
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w][threadIdx.x];
-    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
+    for (int i = 0; i < M; ++i) {
+      sq[i] = 0.0f;
+      for (int j = threadIdx.x; j < quads; j += blockDim.x) {
+        const float4 v = h4[i * quads + j];
+        sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], offset);
+      if (lane == 0) partial[warp][i] = sq[i];
+    }
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float total = 0.0f;
+      for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w][threadIdx.x];
+      inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
+    }
   }
   __syncthreads();
   // gamma 1 when absent: 1 · normed is normed exactly, as the norm kernels store it.
