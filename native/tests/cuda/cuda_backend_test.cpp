@@ -591,10 +591,18 @@ TEST(CudaModel, NormSumsTakeTheNormKernelsOutOfAnFp8DecodeStep) {
   const auto load_with = [&](bool sums) {
     setenv("KILN_CUDA_TACTIC", tactics.c_str(), 1);  // both read by the constructor
     setenv("KILN_CUDA_NORM_SUMS", sums ? "1" : "0", 1);
-    auto model = std::make_unique<cuda::CudaModel>(engine);
-    unsetenv("KILN_CUDA_TACTIC");
-    unsetenv("KILN_CUDA_NORM_SUMS");
-    return model;
+    const auto unset = [] {
+      unsetenv("KILN_CUDA_TACTIC");
+      unsetenv("KILN_CUDA_NORM_SUMS");
+    };
+    try {
+      auto model = std::make_unique<cuda::CudaModel>(engine);
+      unset();
+      return model;
+    } catch (...) {
+      unset();
+      throw;
+    }
   };
   auto plain = load_with(false);
   auto summed = load_with(true);

@@ -163,7 +163,11 @@ TunedGemm::TunedGemm(const LtContext& context, int64_t n, int64_t k,
 }
 
 bool TunedGemm::gemv_at(int64_t m) const {
-  return choose(m).tactic == GemmTactic::KilnGemv && gemv_supports(m, gemm_.k(), gemm_.input() == CUDA_R_8F_E4M3);
+  const GemmChoice& c = choose(m);
+  const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
+  // m past the largest bucket takes that bucket's choice: a wgmma split must fit m rows too.
+  return c.tactic == GemmTactic::KilnGemv && gemv_supports(m, gemm_.k(), fp8) &&
+         (c.gemv_split != kGemvWgmmaSplit || gemv_wgmma_supports(m, gemm_.k()));
 }
 
 bool TunedGemm::fuses_norm(int64_t m) const {

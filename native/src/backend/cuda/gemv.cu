@@ -41,13 +41,15 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                 "rows and k a multiple of 512 with m·k + (8 - m)·16 <= 49152 bytes, without a normed input; got m=" +
                 std::to_string(m) + " k=" + std::to_string(k) + (fp8 ? "" : " bf16") + (norm ? " normed input" : ""));
   }
-  if (out.sums && (silu || !gemv_writes_norm_sums(m, fp8, split))) {
-    throw Error("kiln-gemv: norm sums (GemvOut::sums) come from an E4M3 GEMV with y, at most " +
+  if (out.sums && (silu || norm || !gemv_writes_norm_sums(m, fp8, split))) {
+    throw Error("kiln-gemv: norm sums (GemvOut::sums) come from an E4M3 GEMV of a plain input with y, at most " +
                 std::to_string(kGemvNormMaxRows) + " rows and not the wgmma kernel; got m=" + std::to_string(m) +
-                (fp8 ? "" : " bf16") + (silu ? " SiLU output" : "") + " split " + std::to_string(split));
+                (fp8 ? "" : " bf16") + (norm ? " normed input" : "") + (silu ? " SiLU output" : "") + " split " +
+                std::to_string(split));
   }
-  if (in.sums && (!norm || in.sum_count < 1)) {
-    throw Error("kiln-gemv: norm sums (GemvIn::sums) need a normed input (GemvIn::h) and sum_count >= 1; got " +
+  if (in.sums && (!norm || in.sum_count != gemv_norm_sums(k))) {
+    throw Error("kiln-gemv: norm sums (GemvIn::sums) need a normed input (GemvIn::h) and sum_count " +
+                std::to_string(gemv_norm_sums(k)) + " (one piece per 16 of k = " + std::to_string(k) + "); got " +
                 std::string(norm ? "" : "no h, ") + "sum_count " + std::to_string(in.sum_count));
   }
   gemv_detail::Args a;

@@ -51,7 +51,7 @@ struct GemvOut {
   bool y_settled = false;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
-  // E4M3 with y, m <= kGemvNormMaxRows, not the wgmma kernel: the sums of squares of y's rows as
+  // E4M3, plain input, y, m <= kGemvNormMaxRows, not the wgmma kernel: the sums of squares of y's rows as
   // stored, [m][gemv_norm_sums(n)] pieces (one a 16-row tile), for a next GEMV that RMS-normalises y
   // (GemvIn::sums): the decoder's residual adds (o, down) feed the next projection's norm this way,
   // and no RMSNorm kernel runs between the two GEMVs.

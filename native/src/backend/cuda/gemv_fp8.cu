@@ -145,10 +145,13 @@ constexpr int kBlockWarpsOf = S > kWarps ? S : kWarps;
 // S warps share a tile of 16 weight rows (each a slice of its steps); kBlockWarpsOf<S> / S tiles
 // per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step). P: the
 // steps loaded before the wait on the previous kernel. kRing: the weights through the shared-memory
-// ring above, after the staged input (kWide) in the dynamic shared memory.
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing>
+// ring above, after the staged input (kWide) in the dynamic shared memory. kSums: y's sums of squares
+// too (Args::sums_out), a variant of its own: in every y kernel of 2-4 rows, the held outputs and
+// shuffles cost registers enough to drop a block an SM (79 -> 84, 256 threads).
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>
 __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a) {
   static_assert(!kRing || (kWide && S == kWarps), "the ring sits after the staged input, one tile a block");
+  static_assert(!kSums || (!kSilu && M <= kGemvNormMaxRows), "norm sums come from y, up to the normed rows");
   constexpr int kBlockWarps = kBlockWarpsOf<S>;
   constexpr int kTiles = kBlockWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
@@ -308,20 +311,23 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
       const float u = a.scale * up[f];
       act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
     });
-  } else {
+  } else if constexpr (kSums) {
     float stored[4] = {};
     each_output([&](int64_t row, int i, int f) {
       float* out = a.y + i * a.n + row;
       stored[f] = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
       *out = stored[f];
     });
-    if constexpr (M <= kGemvNormMaxRows) {
-      if (a.sums_out) write_norm_sums<M>(a, stored, (static_cast<int64_t>(blockIdx.x) * kTiles + warp / S), q);
-    }
+    write_norm_sums<M>(a, stored, static_cast<int64_t>(blockIdx.x) * kTiles + warp / S, q);
+  } else {
+    each_output([&](int64_t row, int i, int f) {
+      float* out = a.y + i * a.n + row;
+      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
+    });
   }
 }
 
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing = false>
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
   constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
@@ -330,7 +336,7 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     // legal while a decode graph is being captured). The ring's blocks (~92 KB for the 8B down
     // projection) also ask for the largest carveout, or only one would fit an SM.
     static const bool opted_in = [] {
-      auto* kernel = gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>;
+      auto* kernel = gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing, kSums>;
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(kGemvMmaSharedBytes + (kRing ? ring_bytes(P) : 0))),
                  "gemv_mma_kernel shared memory limit", __FILE__, __LINE__);
@@ -343,7 +349,7 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     }();
     (void)opted_in;
   }
-  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>, blocks,
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing, kSums>, blocks,
                        dim3(kBlockWarpsOf<S> * 32), shared, stream, a);
 }
 
@@ -362,23 +368,35 @@ bool deep_stage_enabled() {
   return on;
 }
 
-template <int M, int S, bool kNorm, bool kSilu, int P>
-void launch_mma_one(const Args& a, cudaStream_t stream) {
+template <int M, int S, bool kNorm, bool kSilu, int P, bool kSums>
+void launch_mma_staged(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
   if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
     if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm) {
       // A slice longer than the prefetched steps (8B down): the rest streams through the ring.
-      // (The E4M3 GEMVs never take the norm: TunedGemm::fuses_norm.)
+      // (A normed input keeps the register form.)
       if (a.k > kDeepPrefetchMinK && ring_enabled()) {
-        launch_mma_wide<M, S, kNorm, kSilu, true, P, true>(a, normed + wide + ring_bytes(P), stream);
+        launch_mma_wide<M, S, kNorm, kSilu, true, P, true, kSums>(a, normed + wide + ring_bytes(P), stream);
         return;
       }
     }
-    launch_mma_wide<M, S, kNorm, kSilu, true, P>(a, normed + wide, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, true, P, false, kSums>(a, normed + wide, stream);
   } else {
-    launch_mma_wide<M, S, kNorm, kSilu, false, P>(a, normed, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, false, P, false, kSums>(a, normed, stream);
   }
+}
+
+template <int M, int S, bool kNorm, bool kSilu, int P>
+void launch_mma_one(const Args& a, cudaStream_t stream) {
+  // Only the residual adds write norm sums (o and down: plain input, y output).
+  if constexpr (!kNorm && !kSilu && M <= kGemvNormMaxRows) {
+    if (a.sums_out) {
+      launch_mma_staged<M, S, kNorm, kSilu, P, true>(a, stream);
+      return;
+    }
+  }
+  launch_mma_staged<M, S, kNorm, kSilu, P, false>(a, stream);
 }
 
 // P1: the prefetch depth of one input row (more rows keep kMmaPrefetchSteps).

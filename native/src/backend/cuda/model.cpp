@@ -632,8 +632,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    // o wrote h two launches back (gate_up with the norm fused) or more (a norm kernel, or cuBLASLt's
-    // gate_up and the SiLU kernel, in between).
+    // o wrote h two launches back (gate_up with the norm fused, or normalising from o's sums) or more
+    // (a norm kernel, or cuBLASLt's gate_up and the SiLU kernel, in between).
     const bool qkv_summed = l + 1 < layers_.size() && summed(layer.down, layers_[l + 1].qkv);
     layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_, qkv_summed ? down_sums : nullptr);
   }
