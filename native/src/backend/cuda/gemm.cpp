@@ -197,8 +197,15 @@ bool TunedGemm::writes_norm_sums(int64_t m) const {
 }
 
 bool TunedGemm::reads_norm_sums(int64_t m) const {
+  // Every block still reads the rows and gamma once to scale them (2 x 16 KB at k = 4096): past
+  // fuses_norm's 1024 blocks that costs more than the norm kernel it replaces (8B gate_up at split 8
+  // has 1792; at split 1, 224).
+  constexpr int64_t kMaxBlocks = 1024;
   const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
-  return gemv_at(m) && fp8 && choose(m).gemv_split != kGemvWgmmaSplit && gemv_supports(m, gemm_.k(), fp8, true);
+  const int split = choose(m).gemv_split;
+  const int64_t rows_per_block = gemv_fp8_rows_per_block(split);
+  return gemv_at(m) && fp8 && split != kGemvWgmmaSplit && gemv_supports(m, gemm_.k(), fp8, true) &&
+         (gemm_.n() + rows_per_block - 1) / rows_per_block <= kMaxBlocks;
 }
 
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale,

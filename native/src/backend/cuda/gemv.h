@@ -65,6 +65,8 @@ bool gemv_writes_norm_sums(int64_t m, bool fp8, int split);
 // block of 8 warps covers with a bf16 split (the only GEMV the RMSNorm is fused into).
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
+// The same for an E4M3 split of the tensor-core kernel: 16-row tiles, blocks of 8 warps (16 at split 16).
+constexpr int64_t gemv_fp8_rows_per_block(int split) { return split >= 8 ? 16 : 16 * (8 / split); }
 // The splits the autotuner races. E4M3 adds 16: a block of 16 warps on one tile, twice the loads in
 // flight per row of split 8, for projections with few tiles (8B down: 256 tiles of k = 14336).
 std::vector<int> gemv_splits(bool fp8);

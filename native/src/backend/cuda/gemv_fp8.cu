@@ -330,6 +330,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
 template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
   constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
+  static_assert(rows_per_block == gemv_fp8_rows_per_block(S), "gemv.h's count of a block's rows");
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   if constexpr (kWide) {
     // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
