@@ -512,6 +512,9 @@ def main() -> None:
                          "('head'), on the engine the tree's build makes (bench/gpu/ab_builds.sh)")
     ap.add_argument("--ab-prefill", action="store_true",
                     help="with --ab: also time each prefill length's first token under every value")
+    ap.add_argument("--ab-rounds", type=int, default=3, metavar="N",
+                    help="with --ab or --ab-binary: rounds of every variant in turn (default 3; differences near 1%% "
+                         "want more)")
     ap.add_argument("--keep-engines", action="store_true",
                     help="leave the engines in --work and use one already there instead of building it (an --ab run "
                          "and the table rows of its winner from one build; the engine must have been built for the "
@@ -521,6 +524,8 @@ def main() -> None:
     ap.add_argument("--hf-only", action="store_true",
                     help="measure only transformers and fill its columns into the --append rows of the models")
     args = ap.parse_args()
+    if args.ab_rounds < 1:
+        ap.error(f"--ab-rounds must be at least 1, got {args.ab_rounds}")
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -599,7 +604,7 @@ def main() -> None:
                     + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items()) + ")")
             if args.ab or args.ab_binary:
                 ab_compare(engine, f"{name} {precision}", ab_variants(args.ab, args.ab_binary), decode_batches or [1, 8],
-                           args.ab_prefill)
+                           args.ab_prefill, args.ab_rounds)
             elif not args.only_profile:
                 ours[precision] = measure_engine(engine, f"{name} {precision}", decode_batches, kernel_costs, out)
                 if args.kv_fp8:
