@@ -5,18 +5,31 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/paged_attention.h"
 #include "backend/cuda/check.h"
 #include "backend/cuda/device.h"
 #include "backend/cuda/gemv.h"
+#include "core/error.h"
 #include "core/thread_pool.h"
 
 namespace kiln::test {
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::device_available()) GTEST_SKIP() << "no CUDA device visible"
+
+// run() must throw an Error whose message names `names`.
+inline void expect_refused(const std::function<void()>& run, const std::string& names) {
+  try {
+    run();
+    ADD_FAILURE() << names << " was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(names), std::string::npos) << e.what();
+  }
+}
 
 template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {
