@@ -96,7 +96,7 @@ __device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, 
 }
 
 // GemvOut::sums: the squares of the tile's stored outputs (the C fragment's: rows g and g + 8, input
-// rows 2q and 2q + 1; zeros where each_output stored nothing), summed per input row over the warp,
+// rows 2q and 2q + 1; zeros where store_fragment stored nothing), summed per input row over the warp,
 // one piece per tile. Every lane of the warp takes part; tiles past n have no piece.
 template <int M>
 __device__ __forceinline__ void write_norm_sums(const Args& a, const float (&stored)[4], int64_t tile, int q) {
@@ -185,21 +185,6 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   const auto chunk = [&](int u) { return first + static_cast<int64_t>(u) * kStride; };
   const auto weights = [&](const uint4* w, int u) { return u < lane_steps ? __ldcs(w + chunk(u)) : make_uint4(0, 0, 0, 0); };
 
-  // The outputs this lane holds (the C fragment): weight rows g and g + 8 of the tile, input rows
-  // 2q and 2q + 1; visit(row, input row, fragment index) for those inside n and m.
-  const auto each_output = [&](auto&& visit) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = r == 0 ? lo_row : hi_row;
-      if (row >= a.n) break;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int i = 2 * q + j;
-        if (i >= M) break;
-        visit(row, i, 2 * r + j);
-      }
-    }
-  };
   // As in gemv_kernel: the first steps' weights are loaded before waiting on the previous kernel,
   // and so is the residual slice 0 adds its sums to where the caller vouches for it (Args::y_settled).
   uint4 lo0[kRing ? 1 : P];
@@ -230,7 +215,7 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
   }
   float settled[4] = {};
   const bool early = !kSilu && a.y_settled && a.beta != 0.0f && slice == 0;
-  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
+  if (early) each_fragment_output<M>(a, lo_row, q, [&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
   wait_for_producer();
   let_consumer_start();
   if constexpr (kNorm) stage_normed_rows<Fp8Chunk, M>(a, x_s);
@@ -297,34 +282,9 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
       for (int i = 0; i < 4; ++i) acc[0][i] += theirs[i];
     }
   }
-  const float* sum = acc[0];
-  if constexpr (kSilu) {
-    // Rows 2j, 2j + 1 are gate_j and up_j (n even; a tile starts at an even row): up sits 4 lanes on.
-    float up[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) up[i] = __shfl_down_sync(0xffffffffu, sum[i], 4);
-    if (g % 2 != 0) return;
-    auto* act = static_cast<fp8*>(a.act);
-    const int64_t half = a.n / 2;
-    each_output([&](int64_t row, int i, int f) {
-      const float gate = a.scale * sum[f];
-      const float u = a.scale * up[f];
-      act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
-    });
-  } else if constexpr (kSums) {
-    float stored[4] = {};
-    each_output([&](int64_t row, int i, int f) {
-      float* out = a.y + i * a.n + row;
-      stored[f] = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
-      *out = stored[f];
-    });
-    write_norm_sums<M>(a, stored, static_cast<int64_t>(blockIdx.x) * kTiles + warp / S, q);
-  } else {
-    each_output([&](int64_t row, int i, int f) {
-      float* out = a.y + i * a.n + row;
-      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
-    });
-  }
+  float stored[4] = {};
+  store_fragment<M, kSilu>(a, lo_row, g, q, acc[0], early, settled, stored);
+  if constexpr (kSums) write_norm_sums<M>(a, stored, static_cast<int64_t>(blockIdx.x) * kTiles + warp / S, q);
 }
 
 template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>

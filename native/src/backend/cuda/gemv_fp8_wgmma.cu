@@ -110,22 +110,9 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
   };
   load(0, 0);
   load(1, 1);
-  // The outputs this lane holds (the D fragment): rows g and g + 8, input rows 2q and 2q + 1;
-  // visit(row, input row, fragment index) for those inside n and M.
-  const auto each_output = [&](auto&& visit) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t row = r == 0 ? lo_row : hi_row;
-      if (row >= a.n) continue;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        if (2 * q + j < M) visit(row, 2 * q + j, 2 * r + j);
-      }
-    }
-  };
   float settled[4] = {};
   const bool early = !kSilu && a.y_settled && a.beta != 0.0f;
-  if (early) each_output([&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
+  if (early) each_fragment_output<M>(a, lo_row, q, [&](int64_t row, int i, int f) { settled[f] = __ldcg(a.y + i * a.n + row); });
   wait_for_producer();
   let_consumer_start();
 
@@ -179,25 +166,8 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
     if (group + 3 < groups) load(1, group + 3);
   }
 
-  if constexpr (kSilu) {
-    // Rows 2j, 2j + 1 are gate_j and up_j (a tile starts at an even row): up sits 4 lanes on.
-    float up[4];
-#pragma unroll
-    for (int f = 0; f < 4; ++f) up[f] = __shfl_down_sync(0xffffffffu, d[f], 4);
-    if (g % 2 != 0) return;
-    auto* act = static_cast<fp8*>(a.act);
-    const int64_t half = a.n / 2;
-    each_output([&](int64_t row, int i, int f) {
-      const float gate = a.scale * d[f];
-      const float u = a.scale * up[f];
-      act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
-    });
-  } else {
-    each_output([&](int64_t row, int i, int f) {
-      float* out = a.y + i * a.n + row;
-      *out = a.beta == 0.0f ? a.scale * d[f] : a.scale * d[f] + a.beta * (early ? settled[f] : *out);
-    });
-  }
+  float stored[4];
+  store_fragment<M, kSilu>(a, lo_row, g, q, d, early, settled, stored);
 }
 
 template <int M>

@@ -57,6 +57,53 @@ struct Fp8Chunk {
   __device__ __forceinline__ static Element convert(float v, float inv_scale) { return fp8(v * inv_scale); }
 };
 
+// The E4M3 kernels' accumulators (mma.sync's C fragment of a 16-row tile, and each warp's 16 rows
+// of wgmma's m64n8 D: the same layout) as lane (g, q) holds them: weight rows lo_row (the tile's
+// row g) and lo_row + 8, input rows 2q and 2q + 1. visit(row, input row, fragment index) for those
+// inside n and M.
+template <int M, typename Visit>
+__device__ __forceinline__ void each_fragment_output(const Args& a, int64_t lo_row, int q, Visit&& visit) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t row = lo_row + 8 * r;
+    if (row >= a.n) break;
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int i = 2 * q + j;
+      if (i >= M) break;
+      visit(row, i, 2 * r + j);
+    }
+  }
+}
+
+// An E4M3 kernel's outputs from its fragment sums (times a.scale): the SiLU·mul of (gate, up) row
+// pairs as E4M3 (kSilu), or y (+ beta · the residual: `settled` where it was read before the wait).
+// `stored` gets each y value written (GemvOut::sums). With kSilu every lane must come here: up sits
+// 4 lanes on (rows 2j, 2j + 1 are gate_j and up_j, n even, tiles start at even rows).
+template <int M, bool kSilu>
+__device__ __forceinline__ void store_fragment(const Args& a, int64_t lo_row, int g, int q, const float* sum,
+                                               bool early, const float (&settled)[4], float (&stored)[4]) {
+  if constexpr (kSilu) {
+    float up[4];
+#pragma unroll
+    for (int f = 0; f < 4; ++f) up[f] = __shfl_down_sync(0xffffffffu, sum[f], 4);
+    if (g % 2 != 0) return;
+    auto* act = static_cast<fp8*>(a.act);
+    const int64_t half = a.n / 2;
+    each_fragment_output<M>(a, lo_row, q, [&](int64_t row, int i, int f) {
+      const float gate = a.scale * sum[f];
+      const float u = a.scale * up[f];
+      act[i * half + row / 2] = Fp8Chunk::convert(gate / (1.0f + __expf(-gate)) * u, a.act_inv_scale);
+    });
+  } else {
+    each_fragment_output<M>(a, lo_row, q, [&](int64_t row, int i, int f) {
+      float* out = a.y + i * a.n + row;
+      stored[f] = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
+      *out = stored[f];
+    });
+  }
+}
+
 // x_s[i][c] = the normed (and, for fp8, quantized) chunk c of row i, for all M rows; one pass for the
 // sums of squares, one to scale (the row is then in L1). Both passes move a float4 of the row (and of
 // gamma) per thread and step, so every thread of the block has work even for E4M3's 16-element chunks.

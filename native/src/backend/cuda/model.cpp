@@ -579,15 +579,13 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
-    if (l > 0 && summed(layers_[l - 1].down, layer.qkv)) {
+    const bool qkv_summed = l > 0 && summed(layers_[l - 1].down, layer.qkv);
+    if (qkv_summed || fuse_norm(layer.qkv, n)) {
       GemvOut out;
       out.y = qkv;
-      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha,
-                               normed_from_sums(layer.attn_norm, layer.qkv, down_sums), out, stream_);
-    } else if (fuse_norm(layer.qkv, n)) {
-      GemvOut out;
-      out.y = qkv;
-      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, normed(layer.attn_norm, layer.qkv), out, stream_);
+      const GemvIn in = qkv_summed ? normed_from_sums(layer.attn_norm, layer.qkv, down_sums)
+                                   : normed(layer.attn_norm, layer.qkv);
+      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, in, out, stream_);
     } else {
       norm(layer.attn_norm, layer.qkv);
       layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
@@ -634,8 +632,8 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     }
     // o wrote h two launches back (gate_up with the norm fused, or normalising from o's sums) or more
     // (a norm kernel, or cuBLASLt's gate_up and the SiLU kernel, in between).
-    const bool qkv_summed = l + 1 < layers_.size() && summed(layer.down, layers_[l + 1].qkv);
-    layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_, qkv_summed ? down_sums : nullptr);
+    const bool next_qkv_summed = l + 1 < layers_.size() && summed(layer.down, layers_[l + 1].qkv);
+    layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_, next_qkv_summed ? down_sums : nullptr);
   }
   if (rows > 0) {
     if (lm_head_fp8_) rms_norm_to_fp8(h, rows_d, rows, H, final_norm_, eps, lm_head_.input_scale, x8, stream_);
