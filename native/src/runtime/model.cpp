@@ -8,10 +8,6 @@
 
 namespace kiln {
 
-namespace {
-
-}  // namespace
-
 const float* Model::optional_vector(const std::string& name, int64_t length) const {
   const TensorView* t = engine_->find(name);
   if (!t) return nullptr;
