@@ -571,68 +571,6 @@ TEST(CudaModel, TacticOverridesReplaceABucketsTacticOrAreRefusedNamingIt) {
   }
 }
 
-// KILN_CUDA_NORM_SUMS=1 on an fp8 engine whose projections run on kiln-gemv: o and down leave the
-// residual's sums of squares and gate_up and the next QKV normalise from them, so a decode step keeps
-// only two RMSNorm kernels (the first layer's and the final one) of 2 a layer + 1; the logits are
-// the plain model's to E4M3 rounding.
-TEST(CudaModel, NormSumsTakeTheNormKernelsOutOfAnFp8DecodeStep) {
-  SKIP_WITHOUT_GPU();
-  const TinySpec spec = cuda_tiny_spec();
-  const std::string dir = write_tiny_checkpoint("cuda_norm_sums", spec);
-  const auto engine = Engine::load(build_cuda_engine(dir, true, Precision::FP8, write_calibration(dir, spec.vocab)));
-  const int64_t head_dim = spec.hidden / spec.heads;
-  const int64_t qkv = (spec.heads + 2 * spec.kv_heads) * head_dim;
-  const auto gemv8 = [](int64_t n, int64_t k) {
-    const std::string shape = std::to_string(n) + "x" + std::to_string(k) + ":f8e4m3@";
-    return shape + "1=kiln-gemv/8;" + shape + "8=kiln-gemv/8;";
-  };
-  const std::string tactics = gemv8(qkv, spec.hidden) + gemv8(spec.hidden, spec.heads * head_dim) +
-                              gemv8(2 * spec.intermediate, spec.hidden) + gemv8(spec.hidden, spec.intermediate);
-  const auto load_with = [&](bool sums) {
-    setenv("KILN_CUDA_TACTIC", tactics.c_str(), 1);  // both read by the constructor
-    setenv("KILN_CUDA_NORM_SUMS", sums ? "1" : "0", 1);
-    const auto unset = [] {
-      unsetenv("KILN_CUDA_TACTIC");
-      unsetenv("KILN_CUDA_NORM_SUMS");
-    };
-    try {
-      auto model = std::make_unique<cuda::CudaModel>(engine);
-      unset();
-      return model;
-    } catch (...) {
-      unset();
-      throw;
-    }
-  };
-  auto plain = load_with(false);
-  auto summed = load_with(true);
-  const auto norm_launches = [](cuda::CudaModel& model) {
-    int64_t launches = 0;
-    for (const auto& c : cuda::bench(model, 8, 4, 1, DType::BF16, true).kernel_costs) {
-      if (c.kernel.rfind("rms_norm", 0) == 0) launches += c.launches;
-    }
-    return launches;
-  };
-  EXPECT_EQ(norm_launches(*plain), 2 * spec.layers + 1);
-  EXPECT_EQ(norm_launches(*summed), 2);
-  // One decode row (m = 1) and the 4-token prompt (m = 4) both take the sums.
-  const std::vector<int32_t> prompt{7, 3, 90, 12};
-  std::vector<std::vector<float>> plain_logits, summed_logits;
-  const auto keep = [](std::vector<std::vector<float>>& into) {
-    return [&into](const float* logits, int64_t vocab) { into.emplace_back(logits, logits + vocab); };
-  };
-  const auto a = cuda::generate_greedy(*plain, prompt, 8, keep(plain_logits));
-  const auto b = cuda::generate_greedy(*summed, prompt, 8, keep(summed_logits));
-  ASSERT_EQ(plain_logits.size(), summed_logits.size());
-  size_t compared = 0;
-  for (size_t step = 0; step < plain_logits.size(); ++step) {
-    EXPECT_LT(relative_norm_error(summed_logits[step], plain_logits[step]), 2e-2) << "step " << step;
-    ++compared;
-    if (step >= a.tokens.size() || a.tokens[step] != b.tokens[step]) break;  // the contexts part here
-  }
-  EXPECT_GE(compared, 4u);
-}
-
 // Serving past the engine's max_batch would run every large step on tactics tuned for fewer rows:
 // the CUDA step model refuses it, naming the option, both limits and the field to rebuild with.
 TEST(CudaStepModel, RefusesAMaxBatchSizePastTheEnginesMaxBatch) {

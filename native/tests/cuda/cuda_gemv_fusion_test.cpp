@@ -3,9 +3,7 @@
 // k-split variants, for every row count the fusion takes.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <cmath>
-#include <string>
 #include <random>
 
 #include "backend/cuda/gemv.h"
@@ -101,102 +99,6 @@ TEST(CudaGemvFusion, NormedInputAndSiluOutputMatchTheSeparateKernels) {
   }
 }
 
-// GemvOut::sums / GemvIn::sums: an E4M3 GEMV adding onto a residual leaves each row's sum of squares
-// in one piece a 16-row tile (every piece written: tiles of a ragged last block, a ragged last tile,
-// one row's deep-prefetch and ring kernels at k = 4096 and 4608), and the next GEMV normalises that
-// residual from them as it would from its own pass over the rows, and from them only (four times
-// the sums halve its input, and so its output).
-TEST(CudaGemvFusion, NormSumsCarryTheNormFromOneGemvToTheNext) {
-  SKIP_WITHOUT_GPU();
-  std::mt19937 rng(47);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int64_t n = 300;
-  const auto e4m3 = [&](size_t size, float spread) {
-    std::vector<float> f(size);
-    for (float& v : f) v = spread * normal(rng);
-    std::vector<uint8_t> q(size);
-    quantize_fp8(f.data(), size, 1.0f, q.data());
-    return q;
-  };
-  // hidden 1040: 65 tiles, so split 1 (8 tiles a block) leaves 7 tiles of its last block past the
-  // rows; 1032: the last tile holds 8 rows (only the pieces are checked: no GEMV takes k = 1032).
-  struct Shape {
-    int64_t hidden, k;
-  };
-  for (const Shape shape : {Shape{1040, 512}, Shape{1032, 512}, Shape{1040, 4096}, Shape{1040, 4608}}) {
-    const int64_t hidden = shape.hidden, k = shape.k;
-    const int64_t count = cuda::gemv_norm_sums(hidden);
-    ASSERT_EQ(count, 65);
-    const auto w_residual = e4m3(static_cast<size_t>(hidden * k), 20.0f);
-    const auto x = e4m3(static_cast<size_t>(cuda::kGemvNormMaxRows * k), 100.0f);
-    std::vector<float> residual(static_cast<size_t>(cuda::kGemvNormMaxRows * hidden));
-    for (float& v : residual) v = 3.0f * normal(rng);
-    const bool next_gemv = hidden % 16 == 0;
-    const auto w_next = e4m3(static_cast<size_t>(n * hidden), 20.0f);
-    std::vector<float> gamma(static_cast<size_t>(hidden));
-    for (float& v : gamma) v = 1.0f + 0.2f * normal(rng);
-    const DeviceBuffer w_residual_d = to_device(w_residual), x_d = to_device(x), w_next_d = to_device(w_next),
-                       g_d = to_device(gamma);
-    const float scale = 1.0f / 20.0f / 100.0f / static_cast<float>(k / 8), in_scale = 4.0f / 448.0f;
-    for (int split : cuda::gemv_splits(true)) {
-      for (int64_t m = 1; m <= cuda::kGemvNormMaxRows; ++m) {
-        SCOPED_TRACE("hidden " + std::to_string(hidden) + " k " + std::to_string(k) + " split " +
-                     std::to_string(split) + " m " + std::to_string(m));
-        ASSERT_TRUE(cuda::gemv_writes_norm_sums(m, true, split));
-        DeviceBuffer h_d = to_device(std::vector<float>(residual.begin(), residual.begin() + m * hidden));
-        DeviceBuffer sums_d = to_device(std::vector<float>(static_cast<size_t>(m * count), std::nanf("")));
-        cuda::GemvIn in;
-        in.x = x_d.get();
-        cuda::GemvOut out;
-        out.y = h_d.get<float>();
-        out.beta = 1.0f;
-        out.sums = sums_d.get<float>();
-        cuda::gemv(w_residual_d.get(), true, m, hidden, k, scale, in, out, split, nullptr);
-        const auto h = to_host<float>(h_d, static_cast<size_t>(m * hidden));
-        auto sums = to_host<float>(sums_d, static_cast<size_t>(m * count));
-        for (int64_t i = 0; i < m; ++i) {
-          for (int64_t t = 0; t < count; ++t) {
-            double want = 0;
-            for (int64_t r = 16 * t; r < std::min(16 * (t + 1), hidden); ++r) {
-              want += static_cast<double>(h[i * hidden + r]) * h[i * hidden + r];
-            }
-            const float got = sums[static_cast<size_t>(i * count + t)];
-            ASSERT_FALSE(std::isnan(got)) << "row " << i << " tile " << t << " has no piece";
-            EXPECT_NEAR(got, want, 1e-5 * want + 1e-6) << "row " << i << " tile " << t;
-          }
-        }
-        if (!next_gemv) continue;
-        // The next GEMV on the normed residual: from the sums, from its own pass over h, and from
-        // four times the sums.
-        const auto next = [&](const std::vector<float>* with_sums) {
-          const DeviceBuffer given_d = to_device(with_sums ? *with_sums : std::vector<float>(1, 0.0f));
-          cuda::GemvIn normed;
-          normed.h = h_d.get<float>();
-          normed.gamma = g_d.get<float>();
-          normed.eps = 1e-5f;
-          normed.scale = in_scale;
-          normed.sums = with_sums ? given_d.get<float>() : nullptr;
-          normed.sum_count = with_sums ? count : 0;
-          DeviceBuffer y_d(static_cast<size_t>(m * n) * 4, "y");
-          KILN_CUDA_CHECK(cudaMemset(y_d.get(), 0xff, y_d.bytes()));
-          cuda::GemvOut to_y;
-          to_y.y = y_d.get<float>();
-          cuda::gemv(w_next_d.get(), true, m, n, hidden, in_scale / 20.0f, normed, to_y, split, nullptr);
-          return to_host<float>(y_d, static_cast<size_t>(m * n));
-        };
-        const auto own = next(nullptr);
-        // The two sum the squares in another order: a few inputs may round to the neighbouring E4M3
-        // value (as the fused norm against the norm kernel above).
-        EXPECT_LT(relative_norm_error(next(&sums), own), 2e-2);
-        for (float& v : sums) v *= 4.0f;
-        std::vector<float> half(own);
-        for (float& v : half) v *= 0.5f;
-        EXPECT_LT(relative_norm_error(next(&sums), half), 2e-2) << "the sums were not what normalised h";
-      }
-    }
-  }
-}
-
 TEST(CudaGemvFusion, RefusesWhatItCannotRun) {
   SKIP_WITHOUT_GPU();
   EXPECT_FALSE(cuda::gemv_supports(cuda::kGemvNormMaxRows + 1, 1024, false, true));
@@ -210,26 +112,6 @@ TEST(CudaGemvFusion, RefusesWhatItCannotRun) {
   out.y = buffer.get<float>();
   EXPECT_THROW(cuda::gemv(buffer.get(), false, 1, 64, 64, 1.0f, in, out, 16, nullptr), Error);  // split 16 is E4M3's
   EXPECT_THROW(cuda::gemv(buffer.get(), true, 1, 64, 64, 1.0f, in, out, 32, nullptr), Error);
-  // Norm sums: written by an E4M3 GEMV of at most kGemvNormMaxRows rows with y, not the wgmma kernel;
-  // read only with a normed input and a piece count.
-  EXPECT_FALSE(cuda::gemv_writes_norm_sums(1, false, 1));
-  EXPECT_FALSE(cuda::gemv_writes_norm_sums(cuda::kGemvNormMaxRows + 1, true, 1));
-  EXPECT_FALSE(cuda::gemv_writes_norm_sums(1, true, cuda::kGemvWgmmaSplit));
-  DeviceBuffer sums(64 * 4, "sums");
-  cuda::GemvOut with_sums = out;
-  with_sums.sums = sums.get<float>();
-  expect_refused([&] { cuda::gemv(buffer.get(), false, 1, 64, 64, 1.0f, in, with_sums, 1, nullptr); }, "norm sums (GemvOut::sums)");
-  expect_refused([&] { cuda::gemv(buffer.get(), true, 5, 16, 64, 1.0f, in, with_sums, 1, nullptr); }, "m=5");
-  cuda::GemvIn sums_without_h = in;
-  sums_without_h.sums = sums.get<float>();
-  sums_without_h.sum_count = 4;
-  expect_refused([&] { cuda::gemv(buffer.get(), true, 1, 64, 64, 1.0f, sums_without_h, out, 1, nullptr); }, "no h");
-  cuda::GemvIn normed;
-  normed.h = buffer.get<float>();
-  expect_refused([&] { cuda::gemv(buffer.get(), true, 1, 16, 64, 1.0f, normed, with_sums, 1, nullptr); }, "normed input");
-  normed.sums = sums.get<float>();
-  normed.sum_count = 5;
-  expect_refused([&] { cuda::gemv(buffer.get(), true, 1, 16, 64, 1.0f, normed, out, 1, nullptr); }, "sum_count 4");
 }
 
 }  // namespace

@@ -192,28 +192,8 @@ void TunedGemm::run_gemv(const void* w, int64_t m, float scale, const GemvIn& in
        c.gemv_stage_input);
 }
 
-bool TunedGemm::writes_norm_sums(int64_t m) const {
-  return gemv_at(m) && gemv_writes_norm_sums(m, gemm_.input() == CUDA_R_8F_E4M3, choose(m).gemv_split);
-}
-
-bool TunedGemm::reads_norm_sums(int64_t m) const {
-  // Every block still reads the rows and gamma once to scale them (2 x 16 KB at k = 4096): past
-  // fuses_norm's 1024 blocks that costs more than the norm kernel it replaces (8B gate_up at split 8
-  // has 1792; at split 1, 224).
-  constexpr int64_t kMaxBlocks = 1024;
-  const bool fp8 = gemm_.input() == CUDA_R_8F_E4M3;
-  const int split = choose(m).gemv_split;
-  const int64_t rows_per_block = gemv_fp8_rows_per_block(split);
-  return gemv_at(m) && fp8 && split != kGemvWgmmaSplit && gemv_supports(m, gemm_.k(), fp8, true) &&
-         (gemm_.n() + rows_per_block - 1) / rows_per_block <= kMaxBlocks;
-}
-
 void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale,
-                    bool y_settled, float* sums) {
-  if (sums && !writes_norm_sums(m)) {
-    throw Error("GEMM [" + std::to_string(gemm_.n()) + " x " + std::to_string(gemm_.k()) + "] at " + std::to_string(m) +
-                " rows: its tactic cannot write norm sums");
-  }
+                    bool y_settled) {
   if (gemv_at(m)) {
     GemvIn in;
     in.x = x;
@@ -221,7 +201,6 @@ void TunedGemm::run(const void* w, const void* x, int64_t m, float* y, float bet
     out.y = y;
     out.beta = beta;
     out.y_settled = y_settled;
-    out.sums = sums;
     run_gemv(w, m, scale, in, out, stream);
     return;
   }

@@ -107,19 +107,14 @@ class TunedGemm {
   TunedGemm(const LtContext& context, int64_t n, int64_t k, std::vector<std::pair<int64_t, GemmChoice>> by_bucket,
             cudaDataType_t input = CUDA_R_16BF);
 
-  // `scale` multiplies the product (fp8: weight scale · input scale of this weight). y_settled and
-  // sums: as GemvOut's, for the GEMV tactic (sums only where writes_norm_sums(m)).
+  // `scale` multiplies the product (fp8: weight scale · input scale of this weight). y_settled: as
+  // GemvOut::y_settled, for the GEMV tactic.
   void run(const void* w, const void* x, int64_t m, float* y, float beta, cudaStream_t stream, float scale = 1.0f,
-           bool y_settled = false, float* sums = nullptr);
+           bool y_settled = false);
   // Whether m rows run on Kiln's GEMV (the tuned tactic), which can then fuse the SiLU·mul of its
   // output and, where that pays, the RMSNorm of its input (gemv.h) through run_gemv.
   bool gemv_at(int64_t m) const;
   bool fuses_norm(int64_t m) const;
-  // Whether m rows run on an E4M3 GEMV that can leave its output rows' sums of squares
-  // (GemvOut::sums), and whether they run on one that can normalise its input from them
-  // (GemvIn::sums): the two ends of a norm without a kernel of its own.
-  bool writes_norm_sums(int64_t m) const;
-  bool reads_norm_sums(int64_t m) const;
   void run_gemv(const void* w, int64_t m, float scale, const GemvIn& in, const GemvOut& out, cudaStream_t stream);
   const GemmChoice& choose(int64_t m) const {
     for (const auto& [bucket, choice] : by_bucket_) {

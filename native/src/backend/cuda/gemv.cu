@@ -15,10 +15,6 @@ bool gemv_wgmma_supports(int64_t m, int64_t k, bool normed_input) {
   return gemv_detail::wgmma_fits(m, k, normed_input);
 }
 
-bool gemv_writes_norm_sums(int64_t m, bool fp8, int split) {
-  return fp8 && m >= 1 && m <= kGemvNormMaxRows && split != kGemvWgmmaSplit;
-}
-
 bool gemv_supports(int64_t m, int64_t k, bool fp8, bool normed_input) {
   const int64_t chunk = fp8 ? 16 : 8;
   // Normed rows are staged in shared memory: at most kGemvNormSharedBytes of them.
@@ -41,17 +37,6 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
                 "rows and k a multiple of 512 with m·k + (8 - m)·16 <= 49152 bytes, without a normed input; got m=" +
                 std::to_string(m) + " k=" + std::to_string(k) + (fp8 ? "" : " bf16") + (norm ? " normed input" : ""));
   }
-  if (out.sums && (silu || norm || !gemv_writes_norm_sums(m, fp8, split))) {
-    throw Error("kiln-gemv: norm sums (GemvOut::sums) come from an E4M3 GEMV of a plain input with y, at most " +
-                std::to_string(kGemvNormMaxRows) + " rows and not the wgmma kernel; got m=" + std::to_string(m) +
-                (fp8 ? "" : " bf16") + (norm ? " normed input" : "") + (silu ? " SiLU output" : "") + " split " +
-                std::to_string(split));
-  }
-  if (in.sums && (!norm || in.sum_count != gemv_norm_sums(k))) {
-    throw Error("kiln-gemv: norm sums (GemvIn::sums) need a normed input (GemvIn::h) and sum_count " +
-                std::to_string(gemv_norm_sums(k)) + " (one piece per 16 of k = " + std::to_string(k) + "); got " +
-                std::string(norm ? "" : "no h, ") + "sum_count " + std::to_string(in.sum_count));
-  }
   gemv_detail::Args a;
   a.w = static_cast<const uint4*>(w);
   a.n = n;
@@ -69,9 +54,6 @@ void gemv(const void* w, bool fp8, int64_t m, int64_t n, int64_t k, float scale,
   a.act_inv_scale = 1.0f / out.act_scale;
   a.stage_input = stage_input;
   a.deep_prefetch = !isolated;
-  a.sums = in.sums;
-  a.sum_count = in.sum_count;
-  a.sums_out = out.sums;
   if (fp8) gemv_detail::launch_fp8(a, m, split, norm, silu, stream);
   else gemv_detail::launch_bf16(a, m, split, norm, silu, stream);
 }

@@ -35,10 +35,6 @@ struct GemvIn {
   const float* gamma = nullptr;
   float eps = 0.0f;
   float scale = 1.0f;  // fp8: the input scale the normed rows are quantized with
-  // With h: the sums of squares of h's rows, [m][sum_count] pieces, as the GEMV that wrote h left
-  // them (GemvOut::sums). Each block then adds those up in place of its own pass over h.
-  const float* sums = nullptr;
-  int64_t sum_count = 0;
 };
 
 struct GemvOut {
@@ -51,22 +47,12 @@ struct GemvOut {
   bool y_settled = false;
   void* act = nullptr;  // or: [m, n / 2] SiLU·mul of (gate, up) row pairs
   float act_scale = 1.0f;
-  // E4M3, plain input, y, m <= kGemvNormMaxRows, not the wgmma kernel: the sums of squares of y's rows as
-  // stored, [m][gemv_norm_sums(n)] pieces (one a 16-row tile), for a next GEMV that RMS-normalises y
-  // (GemvIn::sums): the decoder's residual adds (o, down) feed the next projection's norm this way,
-  // and no RMSNorm kernel runs between the two GEMVs.
-  float* sums = nullptr;
 };
-
-constexpr int64_t gemv_norm_sums(int64_t n) { return (n + 15) / 16; }
-bool gemv_writes_norm_sums(int64_t m, bool fp8, int split);
 
 // Split factors (bf16: warps per row pair; E4M3: warps per 16-row tile), and the weight rows one
 // block of 8 warps covers with a bf16 split (the only GEMV the RMSNorm is fused into).
 constexpr int kGemvSplits[] = {1, 2, 4, 8};
 constexpr int64_t gemv_rows_per_block(int split) { return 16 / split; }
-// The same for an E4M3 split of the tensor-core kernel: 16-row tiles, blocks of 8 warps (16 at split 16).
-constexpr int64_t gemv_fp8_rows_per_block(int split) { return split >= 8 ? 16 : 16 * (8 / split); }
 // The splits the autotuner races. E4M3 adds 16: a block of 16 warps on one tile, twice the loads in
 // flight per row of split 8, for projections with few tiles (8B down: 256 tiles of k = 14336).
 std::vector<int> gemv_splits(bool fp8);

@@ -95,23 +95,6 @@ __device__ __forceinline__ void apply_step(float (&acc)[2][4], const uint4& lo, 
   for (int j = 0; j < 4; ++j) mma_f16(acc[j % 2], a.h[2 * j], b.h[2 * j], a.h[2 * j + 1], b.h[2 * j + 1], x.h[2 * j], x.h[2 * j + 1]);
 }
 
-// GemvOut::sums: the squares of the tile's stored outputs (the C fragment's: rows g and g + 8, input
-// rows 2q and 2q + 1; zeros where store_fragment stored nothing), summed per input row over the warp,
-// one piece per tile. Every lane of the warp takes part; tiles past n have no piece.
-template <int M>
-__device__ __forceinline__ void write_norm_sums(const Args& a, const float (&stored)[4], int64_t tile, int q) {
-  const int64_t count = (a.n + kTileRows - 1) / kTileRows;
-#pragma unroll
-  for (int i = 0; i < M; ++i) {
-    float s = 0.0f;
-    if (2 * q == i) s = stored[0] * stored[0] + stored[2] * stored[2];
-    if (2 * q + 1 == i) s = stored[1] * stored[1] + stored[3] * stored[3];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) s += __shfl_xor_sync(0xffffffffu, s, offset);
-    if (threadIdx.x % 32 == 0 && tile < count) a.sums_out[i * count + tile] = s;
-  }
-}
-
 // The input rows as f16 in shared memory, [M][k / 16][8 pairs]: widened once per block instead of
 // once per warp and step, where they fit (kGemvMmaSharedBytes) and Args::stage_input asks for it.
 // Each thread issues its loads (up to kStageBatch) before it widens any: this runs after the PDL
@@ -145,13 +128,10 @@ constexpr int kBlockWarpsOf = S > kWarps ? S : kWarps;
 // S warps share a tile of 16 weight rows (each a slice of its steps); kBlockWarpsOf<S> / S tiles
 // per block. kWide: the input rows are staged as f16 (else widened from E4M3 at every step). P: the
 // steps loaded before the wait on the previous kernel. kRing: the weights through the shared-memory
-// ring above, after the staged input (kWide) in the dynamic shared memory. kSums: y's sums of squares
-// too (Args::sums_out), a variant of its own: in every y kernel of 2-4 rows, the held outputs and
-// shuffles cost registers enough to drop a block an SM (79 -> 84, 256 threads).
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>
+// ring above, after the staged input (kWide) in the dynamic shared memory.
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing>
 __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a) {
   static_assert(!kRing || (kWide && S == kWarps), "the ring sits after the staged input, one tile a block");
-  static_assert(!kSums || (!kSilu && M <= kGemvNormMaxRows), "norm sums come from y, up to the normed rows");
   constexpr int kBlockWarps = kBlockWarpsOf<S>;
   constexpr int kTiles = kBlockWarps / S;
   extern __shared__ uint4 x_s[];  // normed input [M][k / 16] E4M3, then (kWide) the f16 rows
@@ -282,22 +262,19 @@ __global__ __launch_bounds__(kBlockWarpsOf<S> * 32) void gemv_mma_kernel(Args a)
       for (int i = 0; i < 4; ++i) acc[0][i] += theirs[i];
     }
   }
-  float stored[4] = {};
-  store_fragment<M, kSilu>(a, lo_row, g, q, acc[0], early, settled, stored);
-  if constexpr (kSums) write_norm_sums<M>(a, stored, static_cast<int64_t>(blockIdx.x) * kTiles + warp / S, q);
+  store_fragment<M, kSilu>(a, lo_row, g, q, acc[0], early, settled);
 }
 
-template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing, bool kSums>
+template <int M, int S, bool kNorm, bool kSilu, bool kWide, int P, bool kRing = false>
 void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
   constexpr int64_t rows_per_block = static_cast<int64_t>(kTileRows) * (kBlockWarpsOf<S> / S);
-  static_assert(rows_per_block == gemv_fp8_rows_per_block(S), "gemv.h's count of a block's rows");
   const dim3 blocks(static_cast<unsigned>((a.n + rows_per_block - 1) / rows_per_block));
   if constexpr (kWide) {
     // Past 48 KB a kernel must opt in to its dynamic shared memory, once (not a stream operation:
     // legal while a decode graph is being captured). The ring's blocks (~92 KB for the 8B down
     // projection) also ask for the largest carveout, or only one would fit an SM.
     static const bool opted_in = [] {
-      auto* kernel = gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing, kSums>;
+      auto* kernel = gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>;
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(kGemvMmaSharedBytes + (kRing ? ring_bytes(P) : 0))),
                  "gemv_mma_kernel shared memory limit", __FILE__, __LINE__);
@@ -310,7 +287,7 @@ void launch_mma_wide(const Args& a, size_t shared, cudaStream_t stream) {
     }();
     (void)opted_in;
   }
-  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing, kSums>, blocks,
+  launch_kernel_shared("gemv_mma_kernel", gemv_mma_kernel<M, S, kNorm, kSilu, kWide, P, kRing>, blocks,
                        dim3(kBlockWarpsOf<S> * 32), shared, stream, a);
 }
 
@@ -329,35 +306,23 @@ bool deep_stage_enabled() {
   return on;
 }
 
-template <int M, int S, bool kNorm, bool kSilu, int P, bool kSums>
-void launch_mma_staged(const Args& a, cudaStream_t stream) {
+template <int M, int S, bool kNorm, bool kSilu, int P>
+void launch_mma_one(const Args& a, cudaStream_t stream) {
   const size_t normed = kNorm ? static_cast<size_t>(M * a.k) : 0;
   const size_t wide = static_cast<size_t>(M * a.k) * 2;
   if (a.stage_input && normed + wide <= static_cast<size_t>(kGemvMmaSharedBytes)) {
     if constexpr (M == 1 && S == kWarps && P == kMmaDeepPrefetchSteps && !kNorm) {
       // A slice longer than the prefetched steps (8B down): the rest streams through the ring.
-      // (A normed input keeps the register form.)
+      // (The E4M3 GEMVs never take the norm: TunedGemm::fuses_norm.)
       if (a.k > kDeepPrefetchMinK && ring_enabled()) {
-        launch_mma_wide<M, S, kNorm, kSilu, true, P, true, kSums>(a, normed + wide + ring_bytes(P), stream);
+        launch_mma_wide<M, S, kNorm, kSilu, true, P, true>(a, normed + wide + ring_bytes(P), stream);
         return;
       }
     }
-    launch_mma_wide<M, S, kNorm, kSilu, true, P, false, kSums>(a, normed + wide, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, true, P>(a, normed + wide, stream);
   } else {
-    launch_mma_wide<M, S, kNorm, kSilu, false, P, false, kSums>(a, normed, stream);
+    launch_mma_wide<M, S, kNorm, kSilu, false, P>(a, normed, stream);
   }
-}
-
-template <int M, int S, bool kNorm, bool kSilu, int P>
-void launch_mma_one(const Args& a, cudaStream_t stream) {
-  // Only the residual adds write norm sums (o and down: plain input, y output).
-  if constexpr (!kNorm && !kSilu && M <= kGemvNormMaxRows) {
-    if (a.sums_out) {
-      launch_mma_staged<M, S, kNorm, kSilu, P, true>(a, stream);
-      return;
-    }
-  }
-  launch_mma_staged<M, S, kNorm, kSilu, P, false>(a, stream);
 }
 
 // P1: the prefetch depth of one input row (more rows keep kMmaPrefetchSteps).

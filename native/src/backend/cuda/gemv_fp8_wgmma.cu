@@ -166,8 +166,7 @@ __global__ __launch_bounds__(kWgmmaThreads) void gemv_wgmma_kernel(Args a) {
     if (group + 3 < groups) load(1, group + 3);
   }
 
-  float stored[4];
-  store_fragment<M, kSilu>(a, lo_row, g, q, d, early, settled, stored);
+  store_fragment<M, kSilu>(a, lo_row, g, q, d, early, settled);
 }
 
 template <int M>

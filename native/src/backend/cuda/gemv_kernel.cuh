@@ -30,9 +30,6 @@ struct Args {
   float act_inv_scale = 1.0f;
   bool stage_input = true;  // E4M3: widen the input rows in shared memory first, where they fit
   bool deep_prefetch = true;  // E4M3, one row, split 8: 8 steps before the wait (gemv_fp8.cu)
-  const float* sums = nullptr;  // GemvIn::sums
-  int64_t sum_count = 0;
-  float* sums_out = nullptr;  // GemvOut::sums
 };
 
 // One 16-byte chunk of a row: unpacked to fp32, packed from fp32 (as the norm / SiLU kernels store).
@@ -78,11 +75,11 @@ __device__ __forceinline__ void each_fragment_output(const Args& a, int64_t lo_r
 
 // An E4M3 kernel's outputs from its fragment sums (times a.scale): the SiLU·mul of (gate, up) row
 // pairs as E4M3 (kSilu), or y (+ beta · the residual: `settled` where it was read before the wait).
-// `stored` gets each y value written (GemvOut::sums). With kSilu every lane must come here: up sits
-// 4 lanes on (rows 2j, 2j + 1 are gate_j and up_j, n even, tiles start at even rows).
+// With kSilu every lane must come here: up sits 4 lanes on (rows 2j, 2j + 1 are gate_j and up_j, n
+// even, tiles start at even rows).
 template <int M, bool kSilu>
 __device__ __forceinline__ void store_fragment(const Args& a, int64_t lo_row, int g, int q, const float* sum,
-                                               bool early, const float (&settled)[4], float (&stored)[4]) {
+                                               bool early, const float (&settled)[4]) {
   if constexpr (kSilu) {
     float up[4];
 #pragma unroll
@@ -98,8 +95,7 @@ __device__ __forceinline__ void store_fragment(const Args& a, int64_t lo_row, in
   } else {
     each_fragment_output<M>(a, lo_row, q, [&](int64_t row, int i, int f) {
       float* out = a.y + i * a.n + row;
-      stored[f] = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
-      *out = stored[f];
+      *out = a.beta == 0.0f ? a.scale * sum[f] : a.scale * sum[f] + a.beta * (early ? settled[f] : *out);
     });
   }
 }
@@ -116,35 +112,23 @@ __device__ void stage_normed_rows(const Args& a, uint4* x_s) {
   const int warp = threadIdx.x / 32;
   const int quads = static_cast<int>(a.k / 4);
   const auto* h4 = reinterpret_cast<const float4*>(a.h);
-  if (a.sums) {
-    // The GEMV that wrote h summed its squares (GemvOut::sums): warp i adds up row i's pieces, in
-    // the same order in every block.
-    if (warp < M) {
-      float total = 0.0f;
-      for (int64_t j = lane; j < a.sum_count; j += 32) total += a.sums[warp * a.sum_count + j];
+  float sq[M];
 #pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) total += __shfl_xor_sync(0xffffffffu, total, offset);
-      if (lane == 0) inv[warp] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
+  for (int i = 0; i < M; ++i) {
+    sq[i] = 0.0f;
+    for (int j = threadIdx.x; j < quads; j += blockDim.x) {
+      const float4 v = h4[i * quads + j];
+      sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
-  } else {
-    float sq[M];
 #pragma unroll
-    for (int i = 0; i < M; ++i) {
-      sq[i] = 0.0f;
-      for (int j = threadIdx.x; j < quads; j += blockDim.x) {
-        const float4 v = h4[i * quads + j];
-        sq[i] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-      }
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], offset);
-      if (lane == 0) partial[warp][i] = sq[i];
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-      float total = 0.0f;
-      for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w][threadIdx.x];
-      inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
-    }
+    for (int offset = 16; offset > 0; offset /= 2) sq[i] += __shfl_xor_sync(0xffffffffu, sq[i], offset);
+    if (lane == 0) partial[warp][i] = sq[i];
+  }
+  __syncthreads();
+  if (threadIdx.x < M) {
+    float total = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += partial[w][threadIdx.x];
+    inv[threadIdx.x] = rsqrtf(total / static_cast<float>(a.k) + a.eps);
   }
   __syncthreads();
   // gamma 1 when absent: 1 · normed is normed exactly, as the norm kernels store it.

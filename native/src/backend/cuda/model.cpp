@@ -212,11 +212,6 @@ CudaModel::CudaModel(std::shared_ptr<const Engine> engine) : engine_(std::move(e
     throw Error(e.source() + ": the CUDA backend runs bf16 and fp8 engines, this one is " + precision);
   }
   fp8_ = precision == "fp8";
-  norm_sums_ = fp8_ && env_switch("KILN_CUDA_NORM_SUMS", false);
-  if (norm_sums_) {
-    norm_sums_buffer_ = DeviceBuffer(static_cast<size_t>(2 * kGemvNormMaxRows * gemv_norm_sums(c.hidden_size)) * 4,
-                                     "norm sums");
-  }
 
   const Json& autotune = e.header().contains("autotune") ? e.header()["autotune"] : Json();
   if (autotune.is_object() && autotune.contains("entries")) {
@@ -561,31 +556,14 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     if (fp8_) rms_norm_to_fp8(h, nullptr, n, H, gamma, eps, p.input_scale, x8, stream_);
     else rms_norm_to_bf16(h, nullptr, n, H, gamma, eps, x, stream_);
   };
-  // Or, with norm_sums_, inside the GEMV from the sums of squares the residual add before it left:
-  // o's for gate_up, down's for the next layer's QKV.
-  const int64_t sum_count = gemv_norm_sums(H);
-  float* const o_sums = norm_sums_ ? norm_sums_buffer_.get<float>() : nullptr;
-  float* const down_sums = norm_sums_ ? o_sums + kGemvNormMaxRows * sum_count : nullptr;
-  const auto summed = [&](const Projection& from, const Projection& to) {
-    return norm_sums_ && from.gemm->writes_norm_sums(n) && to.gemm->reads_norm_sums(n);
-  };
-  const auto normed_from_sums = [&](const float* gamma, const Projection& p, const float* sums) {
-    GemvIn in = normed(gamma, p);
-    in.sums = sums;
-    in.sum_count = sum_count;
-    return in;
-  };
   embed_rows(embed_, tokens_d, n, H, h, stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& layer = layers_[l];
     const auto li = static_cast<int64_t>(l);
-    const bool qkv_summed = l > 0 && summed(layers_[l - 1].down, layer.qkv);
-    if (qkv_summed || fuse_norm(layer.qkv, n)) {
+    if (fuse_norm(layer.qkv, n)) {
       GemvOut out;
       out.y = qkv;
-      const GemvIn in = qkv_summed ? normed_from_sums(layer.attn_norm, layer.qkv, down_sums)
-                                   : normed(layer.attn_norm, layer.qkv);
-      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, in, out, stream_);
+      layer.qkv.gemm->run_gemv(layer.qkv.weight, n, layer.qkv.alpha, normed(layer.attn_norm, layer.qkv), out, stream_);
     } else {
       norm(layer.attn_norm, layer.qkv);
       layer.qkv.run(x_.get(), n, qkv, 0.0f, stream_);
@@ -611,14 +589,12 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
     // beta = 1: the projection adds onto the fp32 residual stream in the GEMM's epilogue. That stream
     // was last written by the previous residual add (or the embedding), three or more launches back,
     // so the GEMV may read it before its PDL wait (GemvOut::y_settled).
-    const bool gate_up_summed = summed(layer.o, layer.gate_up);
-    layer.o.run(attn_.get(), n, h, 1.0f, stream_, early_residual_, gate_up_summed ? o_sums : nullptr);
+    layer.o.run(attn_.get(), n, h, 1.0f, stream_, early_residual_);
     if (layer.gate_up.gemm->gemv_at(n)) {
       // SiLU·mul in the GEMV's output, and the norm in its input where the rows fit its shared memory.
       GemvIn in;
       in.x = x_.get();
-      if (gate_up_summed) in = normed_from_sums(layer.mlp_norm, layer.gate_up, o_sums);
-      else if (fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
+      if (fuse_norm(layer.gate_up, n)) in = normed(layer.mlp_norm, layer.gate_up);
       else norm(layer.mlp_norm, layer.gate_up);
       GemvOut out;
       out.act = act_.get();
@@ -630,10 +606,9 @@ void CudaModel::enqueue(const StepShape& shape, CudaKvCache& cache) {
       if (fp8_) silu_mul_to_fp8(gate_up, n, c.intermediate_size, layer.down.input_scale, act8, stream_);
       else silu_mul_to_bf16(gate_up, n, c.intermediate_size, act, stream_);
     }
-    // o wrote h two launches back (gate_up with the norm fused, or normalising from o's sums) or more
-    // (a norm kernel, or cuBLASLt's gate_up and the SiLU kernel, in between).
-    const bool next_qkv_summed = l + 1 < layers_.size() && summed(layer.down, layers_[l + 1].qkv);
-    layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_, next_qkv_summed ? down_sums : nullptr);
+    // o wrote h two launches back (gate_up with the norm fused) or more (a norm kernel, or cuBLASLt's
+    // gate_up and the SiLU kernel, in between).
+    layer.down.run(act_.get(), n, h, 1.0f, stream_, early_residual_);
   }
   if (rows > 0) {
     if (lm_head_fp8_) rms_norm_to_fp8(h, rows_d, rows, H, final_norm_, eps, lm_head_.input_scale, x8, stream_);

@@ -123,9 +123,8 @@ class CudaModel {
     TunedGemm* gemm = nullptr;
     float input_scale = 1.0f;
     float alpha = 1.0f;
-    void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream, bool y_settled = false,
-             float* sums = nullptr) const {
-      gemm->run(weight, x, m, y, beta, stream, alpha, y_settled, sums);
+    void run(const void* x, int64_t m, float* y, float beta, cudaStream_t stream, bool y_settled = false) const {
+      gemm->run(weight, x, m, y, beta, stream, alpha, y_settled);
     }
   };
   struct Layer {
@@ -216,11 +215,6 @@ class CudaModel {
   // KILN_CUDA_PREFILL_MMA=0 switches it off (to measure what it buys).
   bool prefill_mma_ = true;
   bool early_residual_ = true;  // o and down read the residual before their PDL wait (GemvOut::y_settled)
-  // KILN_CUDA_NORM_SUMS=1: where o and gate_up, or down and the next QKV, both run on E4M3 GEMVs, the
-  // first leaves the sums of squares of the residual rows it wrote and the second normalises its
-  // input from them: no RMSNorm kernel between them (gemv.h, GemvOut::sums). Off until measured.
-  bool norm_sums_ = false;
-  DeviceBuffer norm_sums_buffer_;  // [2][kGemvNormMaxRows][gemv_norm_sums(hidden)]: o's, then down's
   std::map<GraphKey, cudaGraphExec_t> graphs_;
 };
 
