@@ -36,7 +36,8 @@ import torch
 from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[2]
-KILN = ROOT / "native" / "build-cuda" / "kiln-native"
+# KILN_NATIVE: another build (run.sh sets the timeline build's with KILN_CUDA_TIMELINE=1).
+KILN = Path(os.environ.get("KILN_NATIVE", ROOT / "native" / "build-cuda" / "kiln-native"))
 
 MODELS = {
     "llama3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -291,10 +292,20 @@ def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
     step = line["kernel_costs_step_ms"]
     log(f"{log_name}: batch {line['batch']} step {step:.3f} ms back to back; what each kernel family costs it "
         "(its nodes disabled):")
+    timeline = "timeline" in line
+    if timeline:
+        # a timeline build (--timeline): critical = what the family's launches add to the step's
+        # critical path, waited = a launch's first block at its PDL wait before the kernel ahead
+        # completed, spread = its last block's release after its first (backend/cuda/timeline.h)
+        log(f"  {line['timeline']}; columns: disabled-saves, critical, waited/launch, spread/launch (us)")
     for c in line["kernel_costs"]:
         # null: the graph would not disable it (a cluster launch; KILN_CUDA_DECODE_CLUSTER=0 measures it)
         saved = "       ?" if c["step_ms_without"] is None else f"{(step - c['step_ms_without']) * 1e3:8.1f}"
-        log(f"  {saved} us  {c['launches']:4d} x {c['blocks']:5d} blocks  {c['kernel']}")
+        marks = ""
+        if timeline:
+            marks = "".join("       -" if c.get(k) is None else f"{c[k]:8.1f}"
+                            for k in ("critical_us", "waited_us", "release_spread_us"))
+        log(f"  {saved} us{marks}  {c['launches']:4d} x {c['blocks']:5d} blocks  {c['kernel']}")
     KERNEL_COSTS[f"{log_name} b{line['batch']}"] = line
     if out:
         (out / "kernel-costs.json").write_text(json.dumps(KERNEL_COSTS, indent=1))

@@ -269,11 +269,19 @@ int run_bench_suite(const std::string& text, std::shared_ptr<const kiln::Engine>
                   {"decode_replay_ms", r.decode_replay_ms}};
         if (costs) {
           Json families = Json::array();
+          const auto maybe = [](const std::optional<double>& v) { return v ? Json(*v) : Json(); };
           for (const auto& c : r.kernel_costs) {
-            families.push_back(Json{{"kernel", c.kernel}, {"blocks", c.blocks}, {"launches", c.launches},
-                                    {"step_ms_without", c.step_ms_without ? Json(*c.step_ms_without) : Json()}});
+            Json family{{"kernel", c.kernel}, {"blocks", c.blocks}, {"launches", c.launches},
+                        {"step_ms_without", maybe(c.step_ms_without)}};
+            if (!r.timeline_note.empty()) {
+              family["critical_us"] = maybe(c.critical_us);
+              family["waited_us"] = maybe(c.waited_us);
+              family["release_spread_us"] = maybe(c.release_spread_us);
+            }
+            families.push_back(std::move(family));
           }
           line["kernel_costs_step_ms"] = r.kernel_costs_step_ms;
+          if (!r.timeline_note.empty()) line["timeline"] = r.timeline_note;
           line["kernel_costs"] = std::move(families);
         }
         print_line(line);

@@ -7,6 +7,7 @@
 # each .cu is compiled for sm_90a, with ptxas's register counts and any wgmma serialization warning
 # in the log (a few minutes on two cores: name files to check only those).
 # --host: the host sources only (what the unit tier runs: test/gpu/compile_check.test.ts).
+# KILN_CUDA_CHECK_DEFINES: more -D flags for every file (-DKILN_CUDA_TIMELINE=1: the timeline build).
 # Usage: bash test/gpu/compile_check.sh [--host | native/src/backend/cuda/<file>.cu ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -56,16 +57,17 @@ check() {
   fi
 }
 includes=(-I native/src -I native/tests -I "$cuda/include")
+read -r -a defines <<< "${KILN_CUDA_CHECK_DEFINES:-}"
 if [ $# -eq 0 ]; then
   for f in native/src/backend/cuda/*.cpp native/src/runtime/cuda_step_model.cpp native/tools/kiln_native.cpp \
     native/tools/kernel_abi.cpp native/tests/cuda/*.cpp; do
-    check "$f" g++ -std=c++20 -fsyntax-only -Wall -Wextra -DKILN_CUDA=1 "${includes[@]}" "$f"
+    check "$f" g++ -std=c++20 -fsyntax-only -Wall -Wextra -DKILN_CUDA=1 ${defines[@]+"${defines[@]}"} "${includes[@]}" "$f"
   done
   [ "$host_only" = 1 ] || set -- native/src/backend/cuda/*.cu
 fi
 for f in "$@"; do
   check "$f" "$nvcc" -std=c++20 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -Xcompiler=-Wall \
-    -DKILN_CUDA=1 "${includes[@]}" -Xptxas -v -c "$f" -o /dev/null
+    -DKILN_CUDA=1 ${defines[@]+"${defines[@]}"} "${includes[@]}" -Xptxas -v -c "$f" -o /dev/null
   if grep -qi "serializ" "$log/$(basename "$f").log"; then
     echo "       $f: ptxas serializes wgmma:"
     grep -i "serializ" "$log/$(basename "$f").log" | head -3

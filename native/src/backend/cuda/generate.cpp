@@ -137,7 +137,9 @@ BenchResult bench(CudaModel& model, int64_t prompt_len, int64_t steps, int64_t b
     for (int round = 0; round < kReplayRounds; ++round) replay_ms.push_back(model.replay_decode_ms(last, cache, kReplays));
     r.decode_replay_ms = median(replay_ms);
     // Last: its disabled replays leave garbage in the step's KV slots.
-    if (kernel_costs) r.kernel_costs = model.decode_kernel_costs(last, cache, kReplays, &r.kernel_costs_step_ms);
+    if (kernel_costs) {
+      r.kernel_costs = model.decode_kernel_costs(last, cache, kReplays, &r.kernel_costs_step_ms, &r.timeline_note);
+    }
   }
   return r;
 }

@@ -26,6 +26,7 @@ struct BenchResult {
   // each family of its kernels costs it (CudaModel::decode_kernel_costs), costliest first.
   double kernel_costs_step_ms = 0.0;
   std::vector<CudaModel::KernelCost> kernel_costs;
+  std::string timeline_note;  // with a timeline build (timeline.h)
 };
 
 // `batch` sequences of `prompt_len` tokens: each prefilled alone (timed), then `steps` decode steps

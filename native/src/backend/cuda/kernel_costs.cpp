@@ -1,19 +1,25 @@
 // CudaModel::decode_kernel_costs: a decode step's time, family by family of its graph's kernels.
 // Nsight Systems does not run on the GPU machine and Nsight Compute serializes kernels (every one
 // then pays its full ramp and drain, which PDL hides in the graph), so neither says what a kernel
-// costs the step as it runs; disabling its nodes in the instantiated graph does.
+// costs the step as it runs; disabling its nodes in the instantiated graph does, and in a timeline
+// build (timeline.h) so do the marks every launch leaves at its PDL wait.
 
 #include <cxxabi.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <functional>
 #include <map>
+#include <queue>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/graph.h"
 #include "backend/cuda/model.h"
+#include "backend/cuda/timeline.h"
 #include "core/error.h"
 
 namespace kiln::cuda {
@@ -84,15 +90,49 @@ std::pair<std::string, unsigned> kernel_of(cudaGraphNode_t node) {
   return {readable_kernel_name(name), blocks};
 }
 
-// The graph's kernel nodes by (kernel name, blocks), in the order each family first appears.
-std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kernel_families(cudaGraph_t graph) {
+// The graph's nodes in launch order: dependency order, found from its edges (a decode graph is one
+// chain, programmatic edges included); ties keep cudaGraphGetNodes' order.
+std::vector<cudaGraphNode_t> nodes_in_launch_order(cudaGraph_t graph) {
   size_t count = 0;
   KILN_CUDA_CHECK(cudaGraphGetNodes(graph, nullptr, &count));
   std::vector<cudaGraphNode_t> nodes(count);
   KILN_CUDA_CHECK(cudaGraphGetNodes(graph, nodes.data(), &count));
+  size_t edges = 0;
+  KILN_CUDA_CHECK(cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &edges));
+  std::vector<cudaGraphNode_t> from(edges), to(edges);
+  std::vector<cudaGraphEdgeData> data(edges);  // programmatic edges are not default ones: a null here is refused
+  KILN_CUDA_CHECK(cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &edges));
+  std::map<cudaGraphNode_t, size_t> index;
+  for (size_t i = 0; i < count; ++i) index[nodes[i]] = i;
+  std::vector<size_t> waiting(count, 0);
+  std::vector<std::vector<size_t>> after(count);
+  for (size_t e = 0; e < edges; ++e) {
+    after[index.at(from[e])].push_back(index.at(to[e]));
+    ++waiting[index.at(to[e])];
+  }
+  std::priority_queue<size_t, std::vector<size_t>, std::greater<>> ready;
+  for (size_t i = 0; i < count; ++i) {
+    if (waiting[i] == 0) ready.push(i);
+  }
+  std::vector<cudaGraphNode_t> order;
+  while (!ready.empty()) {
+    const size_t i = ready.top();
+    ready.pop();
+    order.push_back(nodes[i]);
+    for (size_t j : after[i]) {
+      if (--waiting[j] == 0) ready.push(j);
+    }
+  }
+  return order;
+}
+
+// The graph's kernel nodes by (kernel name, blocks), in the order each family is first launched; with
+// `order`, every kernel node's family index in the graph's (launch) order.
+std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kernel_families(
+    cudaGraph_t graph, std::vector<size_t>* order) {
   std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> families;
   std::map<std::pair<std::string, unsigned>, size_t> index;
-  for (cudaGraphNode_t node : nodes) {
+  for (cudaGraphNode_t node : nodes_in_launch_order(graph)) {
     cudaGraphNodeType type{};
     KILN_CUDA_CHECK(cudaGraphNodeGetType(node, &type));
     if (type != cudaGraphNodeTypeKernel) continue;
@@ -106,8 +146,61 @@ std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kern
       families.emplace_back(cost, std::vector<cudaGraphNode_t>{});
     }
     families[at->second].second.push_back(node);
+    if (order) order->push_back(at->second);
   }
   return families;
+}
+
+// The launch timeline of kTimelineReplays replays laid onto the families (KernelCost::critical_us
+// and the rest), averaged over the replays. The Kiln launches are the kernel nodes that are not
+// library kernels, in the same order; where their counts differ (a kernel whose thread 0 never
+// waits) nothing is laid on, and the note says so.
+constexpr int kTimelineReplays = 8;  // ~230 launches each at 8B batch 1: well inside kTimelineSlots
+
+std::string lay_on_timeline(cudaGraphExec_t exec, cudaStream_t stream,
+                            std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>>& families,
+                            const std::vector<size_t>& order) {
+  const auto launches = record_timeline(stream, [&] {
+    for (int r = 0; r < kTimelineReplays; ++r) KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  });
+  const auto library = [&](size_t family) { return families[family].first.kernel == "library kernel"; };
+  const auto library_nodes = static_cast<size_t>(std::count_if(order.begin(), order.end(), library));
+  const size_t per_replay = order.size() - library_nodes;
+  if (per_replay == 0 || launches.size() != kTimelineReplays * per_replay) {
+    return "timeline: " + std::to_string(launches.size()) + " marked launches in " +
+           std::to_string(kTimelineReplays) + " replays of " + std::to_string(per_replay) +
+           " Kiln kernel nodes; not laid on";
+  }
+  struct Sums {
+    double critical = 0, waited = 0, spread = 0;
+    int64_t count = 0;
+  };
+  std::vector<Sums> sums(families.size());
+  double span = 0;
+  for (int r = 0; r < kTimelineReplays; ++r) {
+    const TimelineLaunch* const replay = launches.data() + r * per_replay;
+    span += replay[per_replay - 1].release_last_us - replay[0].arrive_first_us;
+    size_t next = 0;  // the replay's next Kiln launch
+    for (size_t i = 0; i < order.size(); ++i) {
+      if (library(order[i])) continue;
+      const TimelineLaunch& l = replay[next++];
+      Sums& s = sums[order[i]];
+      s.waited += l.release_first_us - l.arrive_first_us;
+      s.spread += l.release_last_us - l.release_first_us;
+      ++s.count;
+      if (i + 1 < order.size() && !library(order[i + 1])) s.critical += replay[next].release_first_us - l.release_first_us;
+    }
+  }
+  for (size_t f = 0; f < families.size(); ++f) {
+    if (sums[f].count == 0) continue;
+    CudaModel::KernelCost& cost = families[f].first;
+    cost.critical_us = sums[f].critical / kTimelineReplays;
+    cost.waited_us = sums[f].waited / static_cast<double>(sums[f].count);
+    cost.release_spread_us = sums[f].spread / static_cast<double>(sums[f].count);
+  }
+  return "timeline: " + std::to_string(per_replay) + " launches a replay laid on, averaged over " +
+         std::to_string(kTimelineReplays) + " replays of " +
+         std::to_string(static_cast<int64_t>(span / kTimelineReplays)) + " us (first arrival to last release)";
 }
 
 void set_enabled(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes, bool enabled) {
@@ -128,15 +221,21 @@ bool try_disable(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes
 }  // namespace
 
 std::vector<CudaModel::KernelCost> CudaModel::decode_kernel_costs(const ForwardBatch& batch, CudaKvCache& cache,
-                                                                  int replays, double* step_ms) {
+                                                                  int replays, double* step_ms,
+                                                                  std::string* timeline_note) {
   const StepShape shape = graphed_shape(batch, cache, replays, "decode_kernel_costs");
   reserve(shape);
   pack(batch, shape, cache.page_size());
   const OwnedGraph step(capture(stream_, [&] { enqueue(shape, cache); }));
-  auto families = kernel_families(step.graph());
+  std::vector<size_t> order;
+  auto families = kernel_families(step.graph(), &order);
   // One untimed replay first: the graph's first launch uploads it.
   replay_ms(step.exec(), stream_, 1);
   if (step_ms) *step_ms = replay_ms(step.exec(), stream_, replays);
+  if (timeline_compiled()) {
+    const std::string note = lay_on_timeline(step.exec(), stream_, families, order);
+    if (timeline_note) *timeline_note = note;
+  }
   std::vector<KernelCost> costs;
   for (auto& [cost, nodes] : families) {
     cost.launches = static_cast<int64_t>(nodes.size());

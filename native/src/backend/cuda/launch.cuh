@@ -21,6 +21,7 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/switches.h"
+#include "backend/cuda/timeline.h"
 
 namespace kiln::cuda {
 
@@ -29,7 +30,15 @@ inline bool pdl_enabled() {
   return on;
 }
 
-__device__ __forceinline__ void wait_for_producer() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void wait_for_producer() {
+#if defined(KILN_CUDA_TIMELINE) && defined(__CUDACC__)
+  TimelineSlot* const slot = timeline_arrive();
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  timeline_release(slot);
+#else
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ void let_consumer_start() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
