@@ -14,7 +14,8 @@ mkdir -p "$out"
 base=/tmp/kiln-ab-base
 rm -rf "$base"
 mkdir -p "$base/.gpu"
-tar -cf - --anchored --exclude=native/build --exclude=native/build-cuda native test | tar -xf - -C "$base"
+tar -cf - --anchored --exclude=native/build --exclude=native/build-cuda \
+  --exclude=native/build-cuda-timeline native test | tar -xf - -C "$base"
 cp -r .gpu/deps "$base/.gpu/"
 (cd .gpu/base && find . -type f ! -path ./.rev ! -path ./.absent -exec cp --parents {} "$base/" \;)
 while read -r f; do rm -f "$base/$f"; done < .gpu/base/.absent

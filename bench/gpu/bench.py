@@ -294,7 +294,7 @@ def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
         "(its nodes disabled):")
     timeline = "timeline" in line
     if timeline:
-        # a timeline build (--timeline): critical = what the family's launches add to the step's
+        # a timeline build (KILN_CUDA_TIMELINE=1 bash bench/gpu/run.sh): critical = what the family's launches add to the step's
         # critical path, waited = a launch's first block at its PDL wait before the kernel ahead
         # completed, spread = its last block's release after its first (backend/cuda/timeline.h)
         log(f"  {line['timeline']}; columns: disabled-saves, critical, waited/launch, spread/launch (us)")

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."
 if [ "${KILN_CUDA_TIMELINE:-0}" = 1 ]; then
   [ -x native/build-cuda-timeline/kiln-native ] || bash test/gpu/build_native.sh kiln-native
   export KILN_NATIVE=$PWD/native/build-cuda-timeline/kiln-native
+  # Its engines are built (and autotuned) by the timeline build too: kept apart from the serving build's.
+  export KILN_BENCH_WORK=${KILN_BENCH_WORK:-/tmp/kiln-bench-gpu-timeline}
 else
   [ -x native/build-cuda/kiln-native ] || bash test/gpu/build_native.sh
 fi

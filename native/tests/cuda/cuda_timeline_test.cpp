@@ -64,22 +64,27 @@ TEST(CudaTimeline, LaysADecodeStepsLaunchesOntoItsKernelFamilies) {
     for (const auto& c : r.kernel_costs) EXPECT_FALSE(c.critical_us) << c.kernel;
     return;
   }
+  ASSERT_EQ(r.timeline_note.find("not laid on"), std::string::npos) << r.timeline_note;
   EXPECT_NE(r.timeline_note.find("laid on"), std::string::npos) << r.timeline_note;
   double critical = 0.0;
   for (const auto& c : r.kernel_costs) {
     if (c.kernel == "library kernel") {
-      EXPECT_FALSE(c.critical_us);
+      EXPECT_FALSE(c.critical_us || c.waited_us || c.release_spread_us);
       continue;
     }
-    ASSERT_TRUE(c.critical_us && c.waited_us && c.release_spread_us) << c.kernel;
-    EXPECT_GE(*c.critical_us, 0.0) << c.kernel;
+    ASSERT_TRUE(c.waited_us && c.release_spread_us) << c.kernel << ": " << r.timeline_note;
     EXPECT_GE(*c.waited_us, 0.0) << c.kernel;
     EXPECT_GE(*c.release_spread_us, 0.0) << c.kernel;
-    critical += *c.critical_us;
+    // Unset where each of its launches is followed by a library kernel (this engine's GEMMs are
+    // cuBLASLt's: it is not autotuned).
+    if (c.critical_us) {
+      EXPECT_GE(*c.critical_us, 0.0) << c.kernel;
+      critical += *c.critical_us;
+    }
   }
   // The laid-on spans are parts of one replay of the step, which the back-to-back replays time.
-  EXPECT_GT(critical, 0.0);
-  EXPECT_LT(critical, 2e3 * r.kernel_costs_step_ms);
+  EXPECT_GT(critical, 0.0) << r.timeline_note;
+  EXPECT_LT(critical, 2e3 * r.kernel_costs_step_ms) << r.timeline_note;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <map>
@@ -154,15 +155,22 @@ std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>> kern
 // The launch timeline of kTimelineReplays replays laid onto the families (KernelCost::critical_us
 // and the rest), averaged over the replays. The Kiln launches are the kernel nodes that are not
 // library kernels, in the same order; where their counts differ (a kernel whose thread 0 never
-// waits) nothing is laid on, and the note says so.
-constexpr int kTimelineReplays = 8;  // ~230 launches each at 8B batch 1: well inside kTimelineSlots
+// waits) or the recording fails, nothing is laid on and the note says why. The note also gives
+// what the attribution rests on: the grid ids' span against the launches (%gridid taken to count
+// launches), the timer's finest step seen, and the critical times' sum against the replays' span.
+constexpr int kTimelineReplays = 8;
 
 std::string lay_on_timeline(cudaGraphExec_t exec, cudaStream_t stream,
                             std::vector<std::pair<CudaModel::KernelCost, std::vector<cudaGraphNode_t>>>& families,
                             const std::vector<size_t>& order) {
-  const auto launches = record_timeline(stream, [&] {
-    for (int r = 0; r < kTimelineReplays; ++r) KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-  });
+  std::vector<TimelineLaunch> launches;
+  try {
+    launches = record_timeline(stream, [&] {
+      for (int r = 0; r < kTimelineReplays; ++r) KILN_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    });
+  } catch (const Error& e) {
+    return std::string("timeline: ") + e.what() + "; not laid on";
+  }
   const auto library = [&](size_t family) { return families[family].first.kernel == "library kernel"; };
   const auto library_nodes = static_cast<size_t>(std::count_if(order.begin(), order.end(), library));
   const size_t per_replay = order.size() - library_nodes;
@@ -173,13 +181,13 @@ std::string lay_on_timeline(cudaGraphExec_t exec, cudaStream_t stream,
   }
   struct Sums {
     double critical = 0, waited = 0, spread = 0;
-    int64_t count = 0;
+    int64_t count = 0, critical_count = 0;
   };
   std::vector<Sums> sums(families.size());
-  double span = 0;
+  double span = 0, critical = 0;
   for (int r = 0; r < kTimelineReplays; ++r) {
     const TimelineLaunch* const replay = launches.data() + r * per_replay;
-    span += replay[per_replay - 1].release_last_us - replay[0].arrive_first_us;
+    span += replay[per_replay - 1].release_first_us - replay[0].release_first_us;
     size_t next = 0;  // the replay's next Kiln launch
     for (size_t i = 0; i < order.size(); ++i) {
       if (library(order[i])) continue;
@@ -188,19 +196,38 @@ std::string lay_on_timeline(cudaGraphExec_t exec, cudaStream_t stream,
       s.waited += l.release_first_us - l.arrive_first_us;
       s.spread += l.release_last_us - l.release_first_us;
       ++s.count;
-      if (i + 1 < order.size() && !library(order[i + 1])) s.critical += replay[next].release_first_us - l.release_first_us;
+      if (i + 1 < order.size() && !library(order[i + 1])) {
+        const double t = replay[next].release_first_us - l.release_first_us;
+        s.critical += t;
+        critical += t;
+        ++s.critical_count;
+      }
     }
   }
   for (size_t f = 0; f < families.size(); ++f) {
     if (sums[f].count == 0) continue;
     CudaModel::KernelCost& cost = families[f].first;
-    cost.critical_us = sums[f].critical / kTimelineReplays;
+    if (sums[f].critical_count > 0) cost.critical_us = sums[f].critical / kTimelineReplays;
     cost.waited_us = sums[f].waited / static_cast<double>(sums[f].count);
     cost.release_spread_us = sums[f].spread / static_cast<double>(sums[f].count);
   }
-  return "timeline: " + std::to_string(per_replay) + " launches a replay laid on, averaged over " +
-         std::to_string(kTimelineReplays) + " replays of " +
-         std::to_string(static_cast<int64_t>(span / kTimelineReplays)) + " us (first arrival to last release)";
+  std::vector<double> marks;
+  for (const TimelineLaunch& l : launches) marks.insert(marks.end(), {l.arrive_first_us, l.release_first_us, l.release_last_us});
+  std::sort(marks.begin(), marks.end());
+  double finest = INFINITY;
+  for (size_t i = 1; i < marks.size(); ++i) {
+    if (marks[i] > marks[i - 1]) finest = std::min(finest, marks[i] - marks[i - 1]);
+  }
+  const auto fixed = [](double v, int digits) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.*f", digits, v);
+    return std::string(text);
+  };
+  return "timeline: " + std::to_string(per_replay) + " launches a replay laid on, " + std::to_string(kTimelineReplays) +
+         " replays; grid ids span " + std::to_string(launches.back().grid - launches.front().grid + 1) + " for " +
+         std::to_string(launches.size()) + " launches; finest timer step " + fixed(finest * 1e3, 0) +
+         " ns; critical times add to " + fixed(critical / kTimelineReplays, 1) + " of " +
+         fixed(span / kTimelineReplays, 1) + " us a replay (first to last release)";
 }
 
 void set_enabled(cudaGraphExec_t exec, const std::vector<cudaGraphNode_t>& nodes, bool enabled) {

@@ -104,13 +104,14 @@ class CudaModel {
     // Unset where the graph refuses to disable the family's nodes: CUDA 13.0 cannot toggle a node
     // launched with a cluster shape (decode attention's; run with KILN_CUDA_DECODE_CLUSTER=0).
     std::optional<double> step_ms_without;
-    // With a timeline build (timeline.h), from one more replay: the microseconds the family's
+    // With a timeline build (timeline.h), from 8 more replays: the microseconds the family's
     // launches add to the step's critical path (each: the next launch's first release past its PDL
     // wait less its own), then per launch on average how long its first block waited at the PDL
     // wait before the kernel ahead completed (the overlap PDL bought), and how far its last
     // block's release trailed its first (blocks that found no SM free until the kernel ahead
-    // left). A launch followed by a library kernel (cuBLASLt, which marks nothing) adds no
-    // critical time: its span holds both. Unset without the timeline, and for library kernels.
+    // left). A launch followed by a library kernel (cuBLASLt, which marks nothing), or the step's
+    // last, has no critical time of its own (the span holds both; critical_us is unset where no
+    // launch of the family has one). Unset without the timeline, and for library kernels.
     std::optional<double> critical_us, waited_us, release_spread_us;
   };
   // Where a greedy decode-only step of `batch` spends its time inside its graph: the step captured

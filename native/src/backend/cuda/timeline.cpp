@@ -46,6 +46,9 @@ std::vector<TimelineLaunch> record_timeline(cudaStream_t stream, const std::func
   DeviceBuffer slots(table.size() * sizeof(TimelineSlot), "launch timeline");
   KILN_CUDA_CHECK(cudaMemcpy(slots.get(), table.data(), slots.bytes(), cudaMemcpyHostToDevice));
   point_every_unit_at(slots.get<TimelineSlot>());
+  // Both copies are synchronous only towards the host: the work `run` enqueues on a non-blocking
+  // stream must not start before they land.
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
   try {
     run();
     KILN_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -54,6 +57,7 @@ std::vector<TimelineLaunch> record_timeline(cudaStream_t stream, const std::func
     throw;
   }
   point_every_unit_at(nullptr);
+  KILN_CUDA_CHECK(cudaDeviceSynchronize());
   KILN_CUDA_CHECK(cudaMemcpy(table.data(), slots.get(), slots.bytes(), cudaMemcpyDeviceToHost));
 
   std::vector<TimelineSlot> used;

@@ -24,11 +24,13 @@
 namespace kiln::cuda {
 
 // One launch's marks, nanoseconds of %globaltimer; grid_lo != grid_hi means two launches fell on
-// one slot (the table holds kTimelineSlots launches apart).
+// one slot (the table tells launches apart that are fewer than kTimelineSlots grid ids apart:
+// %gridid is a "temporal grid launch number", taken to grow by launch; the note of
+// kernel_costs.cpp gives the ids' span and the timer's finest step, to check both).
 struct TimelineSlot {
   unsigned long long grid_lo, grid_hi, arrive_first, release_first, release_last;
 };
-constexpr int kTimelineSlots = 4096;
+constexpr int kTimelineSlots = 1 << 16;  // 2.6 MB; cuBLASLt's launches take grid ids too
 
 struct TimelineLaunch {
   unsigned long long grid = 0;  // %gridid: launches in the order they were made
