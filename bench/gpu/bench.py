@@ -294,9 +294,10 @@ def log_kernel_costs(log_name: str, line: dict, out: Path | None) -> None:
         "(its nodes disabled):")
     timeline = "timeline" in line
     if timeline:
-        # a timeline build (KILN_CUDA_TIMELINE=1 bash bench/gpu/run.sh): critical = what the family's launches add to the step's
-        # critical path, waited = a launch's first block at its PDL wait before the kernel ahead
-        # completed, spread = its last block's release after its first (backend/cuda/timeline.h)
+        # a timeline build (KILN_CUDA_TIMELINE=1 bash bench/gpu/run.sh): critical = what the family's
+        # launches add to the step's critical path, waited = a launch's first block at its PDL wait
+        # before the kernel ahead completed, spread = its last block's release after its first
+        # (backend/cuda/timeline.h)
         log(f"  {line['timeline']}; columns: disabled-saves, critical, waited/launch, spread/launch (us)")
     for c in line["kernel_costs"]:
         # null: the graph would not disable it (a cluster launch; KILN_CUDA_DECODE_CLUSTER=0 measures it)

@@ -28,7 +28,8 @@ TEST(CudaTimeline, MarksEveryKilnLaunchInLaunchOrderOrNamesItsBuildOption) {
   const auto norms = [&](int count) {
     return [&, count] {
       for (int i = 0; i < count; ++i) {
-        cuda::rms_norm_to_bf16(h.get<float>(), nullptr, rows, hidden, gamma.get<float>(), 1e-5f, y.get<cuda::bf16>(), stream);
+        cuda::rms_norm_to_bf16(h.get<float>(), nullptr, rows, hidden, gamma.get<float>(), 1e-5f, y.get<cuda::bf16>(),
+                               stream);
       }
     };
   };

@@ -212,7 +212,9 @@ std::string lay_on_timeline(cudaGraphExec_t exec, cudaStream_t stream,
     cost.release_spread_us = sums[f].spread / static_cast<double>(sums[f].count);
   }
   std::vector<double> marks;
-  for (const TimelineLaunch& l : launches) marks.insert(marks.end(), {l.arrive_first_us, l.release_first_us, l.release_last_us});
+  for (const TimelineLaunch& l : launches) {
+    marks.insert(marks.end(), {l.arrive_first_us, l.release_first_us, l.release_last_us});
+  }
   std::sort(marks.begin(), marks.end());
   double finest = INFINITY;
   for (size_t i = 1; i < marks.size(); ++i) {

@@ -69,7 +69,8 @@ std::vector<TimelineLaunch> record_timeline(cudaStream_t stream, const std::func
     }
     used.push_back(s);
   }
-  std::sort(used.begin(), used.end(), [](const TimelineSlot& a, const TimelineSlot& b) { return a.grid_lo < b.grid_lo; });
+  std::sort(used.begin(), used.end(),
+            [](const TimelineSlot& a, const TimelineSlot& b) { return a.grid_lo < b.grid_lo; });
   std::vector<TimelineLaunch> launches;
   if (used.empty()) return launches;
   unsigned long long origin = kNever;
